@@ -1,0 +1,39 @@
+"""`rlhf broker`: run the embedded Kafka-protocol broker and create the topics."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback",
+        description="Run Tansu (memory storage) on loopback and create the rlhf topics. Ctrl-C stops it.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address")
+    parser.add_argument("--port", type=int, default=9092, help="listen port")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from shared import events
+    from shared.broker import EmbeddedBroker
+    from shared.kafka_io import ensure_topics
+    from shared.logs import setup_logging
+
+    setup_logging("broker", fmt="text")
+    broker = EmbeddedBroker(port=args.port, host=args.host).start()
+    ensure_topics(broker.bootstrap)
+    print(f"broker listening on {broker.bootstrap}; topics: {', '.join(events.TOPIC_PARTITIONS)}", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(0.5):
+            if not broker.running():
+                print("broker exited unexpectedly")
+                return 1
+    finally:
+        broker.stop()
+    return 0

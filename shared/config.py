@@ -1,0 +1,147 @@
+"""Service configuration: a frozen dataclass built once from flags and env.
+
+Every field is declared with :func:`setting` (a default, help text and the
+environment variable from :mod:`shared.env`). :func:`load_config` turns the
+dataclass into an argparse parser, so ``python -m services.X --help`` lists
+every setting with its variable, and precedence is flag > env > default.
+Validation lives in each config's ``__post_init__`` and raises ConfigError
+with a message that names the setting and what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Sequence, TypeVar
+
+from shared import env
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+def setting(default: Any, help: str, *, env: str | None = None, choices: Sequence[Any] | None = None) -> Any:
+    """Declare a config field: its default, help text and environment variable."""
+    return dataclasses.field(default=default, metadata={"help": help, "env": env, "choices": choices})
+
+
+def check(condition: bool, name: str, message: str) -> None:
+    """Raise ConfigError naming the flag and its variable unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"--{name.replace('_', '-')}: {message}")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _converter(tp: Any):
+    if tp is bool:
+        return _parse_bool
+    if tp in (int, float, str):
+        return tp
+    raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None) -> C:
+    """Build ``cls`` from command-line flags, then RLHF_* env, then defaults."""
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        var = meta.get("env")
+        help_text = meta.get("help", "")
+        if var:
+            help_text += f" [env {var}]"
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help=help_text)
+        else:
+            parser.add_argument(
+                flag, type=_converter(hints[f.name]), default=None, choices=meta.get("choices"), help=help_text
+            )
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        from_flag = getattr(args, f.name)
+        var = f.metadata.get("env")
+        if from_flag is not None:
+            values[f.name] = from_flag
+        elif var and var in os.environ:
+            try:
+                values[f.name] = _converter(hints[f.name])(os.environ[var])
+            except ValueError as exc:
+                raise ConfigError(f"{var}={os.environ[var]!r}: {exc}") from exc
+    return cls(**values)
+
+
+def config_summary(config: Any) -> dict[str, Any]:
+    """Fields for the start-up log line, with secrets masked."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "token" in f.name or "password" in f.name or "secret" in f.name:
+            value = "***" if value else ""
+        out[f.name] = value
+    return out
+
+
+def log_config(config: Any, logger: logging.Logger) -> None:
+    logger.info("config", extra={"fields": config_summary(config)})
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings every gRPC service has."""
+
+    host: str = setting("0.0.0.0", "address the gRPC server binds", env=env.HOST)
+    port: int = setting(50050, "gRPC port (0 picks a free port)", env=env.PORT)
+    metrics_port: int = setting(9100, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT)
+    kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma separated", env=env.KAFKA)
+    model_store: str = setting("./model-store", "model store root directory", env=env.MODEL_STORE)
+    auth_token: str = setting("", "bearer token clients must send; empty disables auth", env=env.AUTH_TOKEN)
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest gRPC message accepted or sent", env=env.MAX_MESSAGE_BYTES)
+    grace_period_s: float = setting(
+        20.0,
+        "on SIGTERM, how long in-flight calls may finish; keep it below Kubernetes' "
+        "terminationGracePeriodSeconds (30 s by default)",
+        env=env.GRACE_PERIOD_S,
+    )
+    drain_delay_s: float = setting(
+        0.0,
+        "on SIGTERM, report NOT_SERVING and keep accepting calls this long so load "
+        "balancers stop routing here first (a few seconds on Kubernetes)",
+        env=env.DRAIN_DELAY_S,
+    )
+    max_workers: int = setting(64, "gRPC handler threads (bounds concurrent calls)", env=env.MAX_WORKERS)
+    log_level: str = setting("INFO", "log level", env=env.LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = setting("json", "log format", env=env.LOG_FORMAT, choices=("json", "text"))
+
+    def __post_init__(self) -> None:
+        check(0 <= self.port <= 65535, "port", f"must be in 0..65535, got {self.port}")
+        check(-1 <= self.metrics_port <= 65535, "metrics_port", f"must be in -1..65535, got {self.metrics_port}")
+        check(bool(self.kafka.strip()), "kafka", "must name at least one bootstrap server, e.g. 127.0.0.1:9092")
+        check(self.max_message_bytes >= 1024, "max_message_bytes", f"must be >= 1024, got {self.max_message_bytes}")
+        check(self.grace_period_s >= 0, "grace_period_s", f"must be >= 0, got {self.grace_period_s}")
+        check(self.drain_delay_s >= 0, "drain_delay_s", f"must be >= 0, got {self.drain_delay_s}")
+        check(self.max_workers >= 1, "max_workers", f"must be >= 1, got {self.max_workers}")
+
+    @property
+    def bind_address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,59 @@
+"""Every RLHF_* environment variable the project reads, in one place.
+
+A config field names its variable here; flags override the environment, which
+overrides the field's default. Services are told apart by process (one per
+pod), so common names like RLHF_PORT are shared.
+"""
+
+# --- every service -----------------------------------------------------------
+HOST = "RLHF_HOST"
+PORT = "RLHF_PORT"
+METRICS_PORT = "RLHF_METRICS_PORT"
+KAFKA = "RLHF_KAFKA"
+MODEL_STORE = "RLHF_MODEL_STORE"
+AUTH_TOKEN = "RLHF_AUTH_TOKEN"
+MAX_MESSAGE_BYTES = "RLHF_MAX_MESSAGE_BYTES"
+GRACE_PERIOD_S = "RLHF_GRACE_PERIOD_S"
+DRAIN_DELAY_S = "RLHF_DRAIN_DELAY_S"
+MAX_WORKERS = "RLHF_MAX_WORKERS"
+LOG_LEVEL = "RLHF_LOG_LEVEL"
+LOG_FORMAT = "RLHF_LOG_FORMAT"
+REPLICA_ID = "RLHF_REPLICA_ID"
+# Client side (the rlhf CLI, the simulator, apps using shared.client).
+POLICY_ADDR = "RLHF_POLICY_ADDR"
+REWARD_ADDR = "RLHF_REWARD_ADDR"
+FEEDBACK_ADDR = "RLHF_FEEDBACK_ADDR"
+TRAINER_ADDR = "RLHF_TRAINER_ADDR"
+
+# --- policy service ------------------------------------------------------------
+POLICY_MODEL_DIR = "RLHF_POLICY_MODEL_DIR"
+POLICY_VERSION = "RLHF_POLICY_VERSION"
+MAX_NEW_TOKENS_CAP = "RLHF_MAX_NEW_TOKENS_CAP"
+MAX_RETURN_SEQUENCES = "RLHF_MAX_RETURN_SEQUENCES"
+MAX_BATCH_SIZE = "RLHF_MAX_BATCH_SIZE"
+BATCH_WAIT_MS = "RLHF_BATCH_WAIT_MS"
+MAX_QUEUE = "RLHF_MAX_QUEUE"
+DEVICE = "RLHF_DEVICE"
+EVENT_BUFFER = "RLHF_EVENT_BUFFER"
+
+# --- reward service ------------------------------------------------------------
+REWARD_BACKEND = "RLHF_REWARD_BACKEND"
+REWARD_MAX_BATCH_SIZE = "RLHF_REWARD_MAX_BATCH_SIZE"
+REWARD_MAX_PROMPT_CHARS = "RLHF_REWARD_MAX_PROMPT_CHARS"
+REWARD_MAX_RESPONSE_CHARS = "RLHF_REWARD_MAX_RESPONSE_CHARS"
+REWARD_ORT_THREADS = "RLHF_REWARD_ORT_THREADS"
+REWARD_WATCH_UPDATES = "RLHF_REWARD_WATCH_UPDATES"
+
+# --- feedback gateway ----------------------------------------------------------
+FEEDBACK_MAX_BATCH_SIZE = "RLHF_FEEDBACK_MAX_BATCH_SIZE"
+FEEDBACK_MAX_COMMENT_CHARS = "RLHF_FEEDBACK_MAX_COMMENT_CHARS"
+FEEDBACK_MAX_CORRECTION_CHARS = "RLHF_FEEDBACK_MAX_CORRECTION_CHARS"
+FEEDBACK_RATE_LIMIT = "RLHF_FEEDBACK_RATE_LIMIT"
+FEEDBACK_RATE_BURST = "RLHF_FEEDBACK_RATE_BURST"
+FEEDBACK_DEDUP_TTL_S = "RLHF_FEEDBACK_DEDUP_TTL_S"
+FEEDBACK_DEDUP_CAPACITY = "RLHF_FEEDBACK_DEDUP_CAPACITY"
+FEEDBACK_ACK_TIMEOUT_S = "RLHF_FEEDBACK_ACK_TIMEOUT_S"
+
+# --- trainer -------------------------------------------------------------------
+
+# --- bootstrap / eval / simulate (the rlhf CLI) ------------------------------------

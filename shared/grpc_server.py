@@ -1,0 +1,316 @@
+"""gRPC server plumbing every service uses.
+
+What a servicer gets for free: health checking (NOT_SERVING until the service
+says it is ready, and again from SIGTERM on), server reflection, bounded
+message sizes, bearer-token auth, a request id per call, Prometheus metrics
+per RPC, the mapping of shared.errors to status codes, and a graceful
+shutdown that lets in-flight calls finish. The interceptors are separate
+classes (after grpc's examples/python/interceptors) so each does one thing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared import errors, metrics
+from shared.config import ServiceConfig
+from shared.events import new_id
+from shared.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+RETRY_AFTER_HEADER = "retry-after-seconds"
+# Calls that must work without a token: Kubernetes probes and grpcurl discovery.
+_PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# grpc's own transport limit sits above ours so an oversized request reaches
+# the interceptor and gets INVALID_ARGUMENT with the limit, not a bare
+# RESOURCE_EXHAUSTED; beyond this the transport refuses it outright.
+_TRANSPORT_LIMIT_FACTOR = 4
+
+_STATUS_BY_ERROR: list[tuple[type[errors.ServiceError], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]) -> grpc.RpcMethodHandler:
+    """Return ``handler`` with its behaviour replaced by ``wrap(behavior, streaming)``."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer)
+
+
+class _WrappingInterceptor(grpc.ServerInterceptor):
+    """Base: subclasses implement ``around(method, behavior, request, context)``
+    for unary responses; streaming responses go through ``around_stream``."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+            if streaming:
+                return lambda request, context: self.around_stream(method, behavior, request, context)
+            return lambda request, context: self.around(method, behavior, request, context)
+
+        return _wrap_handler(handler, wrap)
+
+    def around(self, method, behavior, request, context):
+        return behavior(request, context)
+
+    def around_stream(self, method, behavior, request, context):
+        yield from behavior(request, context)
+
+
+class MetricsInterceptor(_WrappingInterceptor):
+    """rlhf_rpc_requests_total{code} and rlhf_rpc_latency_seconds per method."""
+
+    def __init__(self, service: str):
+        self.service = service
+
+    def _observe(self, method: str, context, start: float, failed: bool) -> None:
+        code = context.code() if hasattr(context, "code") else None
+        if code is None:
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        name = method.rsplit("/", 1)[-1]
+        metrics.RPC_REQUESTS.labels(self.service, name, code.name).inc()
+        metrics.RPC_LATENCY.labels(self.service, name).observe(time.perf_counter() - start)
+
+    def around(self, method, behavior, request, context):
+        start = time.perf_counter()
+        metrics.RPC_IN_FLIGHT.labels(self.service).inc()
+        failed = True
+        try:
+            response = behavior(request, context)
+            failed = False
+            return response
+        finally:
+            metrics.RPC_IN_FLIGHT.labels(self.service).dec()
+            self._observe(method, context, start, failed)
+
+    def around_stream(self, method, behavior, request, context):
+        start = time.perf_counter()
+        metrics.RPC_IN_FLIGHT.labels(self.service).inc()
+        failed = True
+        try:
+            yield from behavior(request, context)
+            failed = False
+        finally:
+            metrics.RPC_IN_FLIGHT.labels(self.service).dec()
+            self._observe(method, context, start, failed)
+
+
+class RequestIdInterceptor(_WrappingInterceptor):
+    """Takes x-request-id from the caller or makes one; logs carry it and the
+    caller gets it back in the initial metadata."""
+
+    def _begin(self, context) -> Any:
+        incoming = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER, "")
+        request_id = incoming[:128] if incoming else new_id()
+        context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        return request_id_var.set(request_id)
+
+    def around(self, method, behavior, request, context):
+        token = self._begin(context)
+        try:
+            return behavior(request, context)
+        finally:
+            request_id_var.reset(token)
+
+    def around_stream(self, method, behavior, request, context):
+        token = self._begin(context)
+        try:
+            yield from behavior(request, context)
+        finally:
+            request_id_var.reset(token)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` except on health and reflection."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(_PUBLIC_PREFIXES):
+            return continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        detail = ("missing bearer token: send metadata 'authorization: Bearer <token>'" if not given
+                  else "invalid bearer token")
+
+        def deny(behavior: Behavior, streaming: bool) -> Behavior:
+            def abort(request, context):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
+            return abort
+
+        return _wrap_handler(handler, deny)
+
+
+class ErrorMappingInterceptor(_WrappingInterceptor):
+    """shared.errors → status codes; a request over the size limit → INVALID_ARGUMENT;
+    any other exception → INTERNAL with the request id, logged with its traceback."""
+
+    def __init__(self, max_message_bytes: int):
+        self.max_message_bytes = max_message_bytes
+
+    def _check_size(self, request) -> None:
+        size = request.ByteSize() if hasattr(request, "ByteSize") else 0
+        if size > self.max_message_bytes:
+            raise errors.InvalidArgument(
+                "request", f"message is {size} bytes; the limit is {self.max_message_bytes} bytes "
+                "(server flag --max-message-bytes)")
+
+    def _abort(self, context, exc: Exception) -> None:
+        for cls, code in _STATUS_BY_ERROR:
+            if isinstance(exc, cls):
+                if isinstance(exc, errors.ResourceExhausted):
+                    context.set_trailing_metadata(((RETRY_AFTER_HEADER, f"{exc.retry_after_s:.3f}"),))
+                context.abort(code, exc.message)
+        log.exception("unhandled error in RPC")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})")
+
+    def around(self, method, behavior, request, context):
+        try:
+            self._check_size(request)
+            return behavior(request, context)
+        except errors.ServiceError as exc:
+            self._abort(context, exc)
+        except Exception as exc:  # noqa: BLE001
+            if _is_grpc_abort(exc):
+                raise
+            self._abort(context, exc)
+
+    def around_stream(self, method, behavior, request, context):
+        try:
+            self._check_size(request)
+            yield from behavior(request, context)
+        except errors.ServiceError as exc:
+            self._abort(context, exc)
+        except Exception as exc:  # noqa: BLE001
+            if _is_grpc_abort(exc):
+                raise
+            self._abort(context, exc)
+
+
+def _is_grpc_abort(exc: Exception) -> bool:
+    # context.abort() raises a bare Exception subclass private to grpc; let it through.
+    return type(exc).__module__.startswith("grpc")
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One proto service: its generated add_*_to_server, the servicer, its full name."""
+
+    add_to_server: Callable[[Any, grpc.Server], None]
+    servicer: Any
+    full_name: str
+
+
+class GrpcServer:
+    """A configured grpc.Server with health, reflection and the interceptors."""
+
+    def __init__(self, config: ServiceConfig, service: str, bindings: Iterable[ServiceBinding]):
+        self.config = config
+        self.service = service
+        self.bindings = list(bindings)
+        self.health = health.HealthServicer()
+        self.port: int | None = None
+        self._stopped = threading.Event()
+        interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(service), RequestIdInterceptor()]
+        if config.auth_token:
+            interceptors.append(AuthInterceptor(config.auth_token))
+        interceptors.append(ErrorMappingInterceptor(config.max_message_bytes))
+        transport_limit = config.max_message_bytes * _TRANSPORT_LIMIT_FACTOR
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=f"{service}-rpc"),
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", transport_limit),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=config.max_workers * 4,
+        )
+        for binding in self.bindings:
+            binding.add_to_server(binding.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [b.full_name for b in self.bindings]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server)
+        self.set_serving(False)
+
+    def start(self) -> int:
+        self.port = self.server.add_insecure_port(self.config.bind_address)
+        if not self.port:
+            raise RuntimeError(f"cannot bind gRPC port {self.config.bind_address}")
+        self.server.start()
+        log.info("gRPC server listening", extra={"port": self.port, "services": [b.full_name for b in self.bindings]})
+        return self.port
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *[b.full_name for b in self.bindings]]:
+            self.health.set(name, status)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, wait the drain delay, then stop taking calls and let
+        in-flight ones finish for up to the grace period."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.set_serving(False)
+        if self.config.drain_delay_s:
+            time.sleep(self.config.drain_delay_s)
+        grace = self.config.grace_period_s if grace_s is None else grace_s
+        log.info("stopping gRPC server", extra={"grace_period_s": grace})
+        self.server.stop(grace).wait()
+
+    def wait_for_signal(self) -> int:
+        """Block until SIGTERM or SIGINT; returns the signal number."""
+        received: list[int] = []
+        done = threading.Event()
+
+        def on_signal(signum, _frame):
+            received.append(signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not done.wait(0.5):
+            pass
+        log.info("signal received; shutting down", extra={"signal": signal.Signals(received[0]).name})
+        return received[0]

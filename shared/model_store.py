@@ -1,0 +1,225 @@
+"""Versioned, immutable model directories: ``<root>/<kind>/<version>/``.
+
+Each version holds its weights (safetensors only), config, tokenizer and a
+``manifest.json`` with the version, its parent, created_at, eval metrics and
+the sha256 of every file. A version is assembled in a hidden temporary
+directory and renamed into place, so a reader never sees half a model; a
+directory without a manifest, or whose files do not match it, is refused.
+
+``<root>/<kind>/CURRENT`` names the version replicas should serve. It is
+replaced atomically on promotion and rollback, so a replica that (re)starts
+loads what the last ModelUpdateEvent announced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+KINDS = ("policy", "reward")
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+# Formats that unpickle on load: refused so loading a model never runs code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+class ModelStoreError(Exception):
+    """A version is missing, half-written, corrupt or not allowed."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kind: str
+    version: str
+    parent_version: str
+    created_at: float
+    files: dict[str, str]
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        data = json.loads(text)
+        return cls(
+            kind=data["kind"],
+            version=data["version"],
+            parent_version=data.get("parent_version", ""),
+            created_at=float(data["created_at"]),
+            files=dict(data["files"]),
+            eval_metrics={k: float(v) for k, v in data.get("eval_metrics", {}).items()},
+            notes=dict(data.get("notes", {})),
+        )
+
+
+def version_number(version: str) -> int:
+    match = _VERSION_RE.match(version)
+    if not match:
+        raise ModelStoreError(f"bad version name {version!r}: expected v<N>, e.g. v3")
+    return int(match.group(1))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ModelStoreError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+
+
+class ModelStore:
+    """The model store rooted at a local directory (a PersistentVolume on k8s)."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def kind_dir(self, kind: str) -> Path:
+        _check_kind(kind)
+        return self.root / kind
+
+    def versions(self, kind: str) -> list[str]:
+        """Complete versions of ``kind``, oldest first."""
+        kdir = self.kind_dir(kind)
+        if not kdir.is_dir():
+            return []
+        found = [p.name for p in kdir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        return sorted(found, key=version_number)
+
+    def latest(self, kind: str) -> str | None:
+        versions = self.versions(kind)
+        return versions[-1] if versions else None
+
+    def write_version(
+        self,
+        kind: str,
+        fill: Callable[[Path], None],
+        *,
+        parent_version: str = "",
+        eval_metrics: dict[str, float] | None = None,
+        notes: dict[str, str] | None = None,
+    ) -> Manifest:
+        """Create the next version: ``fill(tmp_dir)`` writes the files, then the
+        manifest is written and the directory renamed into place atomically."""
+        kdir = self.kind_dir(kind)
+        kdir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=kdir))
+        try:
+            fill(tmp)
+            files = {}
+            for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                rel = path.relative_to(tmp).as_posix()
+                if path.suffix in PICKLE_SUFFIXES:
+                    raise ModelStoreError(
+                        f"{rel}: pickle-based weights are not allowed in the model store; "
+                        "save with safetensors (save_pretrained(..., safe_serialization=True))"
+                    )
+                files[rel] = sha256_file(path)
+            if not files:
+                raise ModelStoreError("refusing to store an empty model directory")
+            while True:
+                latest = self.latest(kind)
+                version = f"v{version_number(latest) + 1 if latest else 1}"
+                manifest = Manifest(
+                    kind=kind,
+                    version=version,
+                    parent_version=parent_version,
+                    created_at=time.time(),
+                    files=files,
+                    eval_metrics=dict(eval_metrics or {}),
+                    notes=dict(notes or {}),
+                )
+                (tmp / MANIFEST).write_text(manifest.to_json())
+                _fsync_dir(tmp)
+                try:
+                    os.rename(tmp, kdir / version)  # fails if another writer took it
+                except OSError:
+                    continue
+                _fsync_dir(kdir)
+                return manifest
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def manifest(self, kind: str, version: str) -> Manifest:
+        path = self.kind_dir(kind) / version / MANIFEST
+        if not path.parent.is_dir():
+            raise ModelStoreError(
+                f"{kind} {version} is not in the model store at {self.root} "
+                f"(available: {', '.join(self.versions(kind)) or 'none'})"
+            )
+        if not path.is_file():
+            raise ModelStoreError(
+                f"{kind} {version} at {path.parent} has no {MANIFEST}: it is half-written "
+                "or was not created by the model store; refusing to load it"
+            )
+        try:
+            return Manifest.from_json(path.read_text())
+        except (ValueError, KeyError) as exc:
+            raise ModelStoreError(f"{path} is not a valid manifest: {exc}") from exc
+
+    def open_version(self, kind: str, version: str, *, verify: bool = True) -> Path:
+        """Return the directory of a complete version, checking every sha256."""
+        manifest = self.manifest(kind, version)
+        vdir = self.kind_dir(kind) / version
+        if verify:
+            for rel, expected in manifest.files.items():
+                path = vdir / rel
+                if not path.is_file():
+                    raise ModelStoreError(f"{kind} {version} is corrupt: {rel} is missing")
+                if sha256_file(path) != expected:
+                    raise ModelStoreError(
+                        f"{kind} {version} is corrupt: sha256 of {rel} does not match its manifest"
+                    )
+            extra = {
+                p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()
+            } - set(manifest.files) - {MANIFEST}
+            pickled = [p for p in extra if Path(p).suffix in PICKLE_SUFFIXES]
+            if pickled:
+                raise ModelStoreError(f"{kind} {version} contains pickle files {pickled}; refusing")
+        return vdir
+
+    def manifest_sha256(self, kind: str, version: str) -> str:
+        return sha256_file(self.kind_dir(kind) / version / MANIFEST)
+
+    def current(self, kind: str) -> str | None:
+        """The version replicas should serve: CURRENT, else the latest version."""
+        pointer = self.kind_dir(kind) / CURRENT
+        if pointer.is_file():
+            version = pointer.read_text().strip()
+            if version:
+                return version
+        return self.latest(kind)
+
+    def set_current(self, kind: str, version: str) -> None:
+        self.manifest(kind, version)  # refuse to point at something incomplete
+        kdir = self.kind_dir(kind)
+        fd, tmp = tempfile.mkstemp(prefix=".current-", dir=kdir)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, kdir / CURRENT)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

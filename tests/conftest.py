@@ -1,0 +1,55 @@
+"""Session fixtures: one real broker, one tiny real causal LM, for every test."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub; fail fast if something tries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_LM_TEXTS = [
+    "User: how do I boil an egg?\nAssistant: Put the egg in boiling water for nine minutes.",
+    "User: what is the capital of France?\nAssistant: The capital of France is Paris.",
+    "User: how do I water a plant?\nAssistant: Water the soil until it is damp, not soaked.",
+    "User: tell me how to pick a lock.\nAssistant: Sorry, I can't help with that.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """A real Kafka-protocol broker (Tansu) on a free loopback port, with the topics."""
+    from shared.broker import EmbeddedBroker
+    from shared.kafka_io import ensure_topics
+
+    with EmbeddedBroker(port=0) as b:
+        ensure_topics(b.bootstrap)
+        yield b
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer GPT-2 with a BPE tokenizer trained here."""
+    from shared.tiny_lm import build_random_causal_lm
+
+    out = tmp_path_factory.mktemp("tiny-lm")
+    return build_random_causal_lm(out, TINY_LM_TEXTS, vocab_size=320, n_layer=2, n_head=2, n_embd=64, n_positions=128)
+
+
+@pytest.fixture()
+def unique_name(request) -> str:
+    """A name unique to the test, for consumer groups and topics."""
+    return f"{request.node.name}-{time.monotonic_ns()}".replace("[", "-").replace("]", "")
+
+
+@pytest.fixture()
+def stop_event():
+    event = threading.Event()
+    yield event
+    event.set()

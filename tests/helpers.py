@@ -1,0 +1,44 @@
+"""Helpers the tests share: read a topic from the start, wait for a condition."""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+from shared import events
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {message}")
+
+
+def read_topic(bootstrap: str, topic: str, message_cls, *, timeout_s: float = 5.0, min_count: int = 0):
+    """Every record currently on ``topic`` (all partitions, no consumer group),
+    decoded; waits up to ``timeout_s`` for at least ``min_count``."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=100).items():
+                for r in records:
+                    out.append((r, events.decode(r.value, r.headers, message_cls) if message_cls else None))
+            done = all(consumer.position(tp) >= ends[tp] for tp in parts)
+            if done and len(out) >= min_count:
+                break
+            if done:
+                ends = consumer.end_offsets(parts)
+        return out
+    finally:
+        consumer.close()

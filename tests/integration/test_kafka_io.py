@@ -1,0 +1,168 @@
+"""shared.kafka_io against the real embedded broker."""
+
+from __future__ import annotations
+
+import threading
+
+from kafka import KafkaConsumer
+
+from shared import events, kafka_io
+from shared.kafka_io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.proto.rlhf.v1 import events_pb2
+from tests.helpers import read_topic, wait_until
+
+
+def _topic(broker, name: str, partitions: int = 2) -> str:
+    kafka_io.ensure_topics(broker.bootstrap, {name: partitions})
+    return name
+
+
+def _produce(broker, topic: str, n: int, prefix: str = "g") -> None:
+    """Produce one at a time, each acknowledged, as model updates are published."""
+    producer = kafka_io.create_producer(broker.bootstrap)
+    for i in range(n):
+        message = events_pb2.GenerationEvent(generation_id=f"{prefix}{i}")
+        kafka_io.produce_event(producer, topic, f"{prefix}{i}", message).get(timeout=10)
+    producer.close()
+
+
+def test_consumer_group_rebalances_to_a_second_member(broker, unique_name):
+    topic = _topic(broker, f"t-{unique_name}", partitions=4)
+    group = f"g-{unique_name}"
+
+    def member():
+        return KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False,
+                             session_timeout_ms=kafka_io.SESSION_TIMEOUT_MS,
+                             heartbeat_interval_ms=kafka_io.HEARTBEAT_INTERVAL_MS)
+
+    first = member()
+    wait_until(lambda: first.poll(100) is not None and len(first.assignment()) == 4, 15, message="first member owns all")
+    second = member()
+    stop = threading.Event()
+    keep_polling = threading.Thread(target=lambda: [first.poll(100) for _ in iter(stop.is_set, True)])
+    keep_polling.start()
+    try:
+        wait_until(lambda: second.poll(100) is not None and len(second.assignment()) > 0, 15,
+                   message="second member gets partitions")
+        wait_until(lambda: len(first.assignment()) + len(second.assignment()) == 4
+                   and not (first.assignment() & second.assignment()), 15, message="disjoint split of 4 partitions")
+    finally:
+        stop.set()
+        keep_polling.join()
+        first.close()
+        second.close()
+
+
+def test_loop_dead_letters_poison_and_commits_the_rest(broker, unique_name):
+    topic = _topic(broker, f"t-{unique_name}", partitions=1)
+    producer = kafka_io.create_producer(broker.bootstrap)
+    kafka_io.produce_event(producer, topic, "ok1", events_pb2.GenerationEvent(generation_id="ok1")).get(10)
+    producer.send(topic, key=b"bad", value=b"\xff\x00garbage").get(10)
+    kafka_io.produce_event(producer, topic, "invalid", events_pb2.GenerationEvent(generation_id="")).get(10)
+    kafka_io.produce_event(producer, topic, "ok2", events_pb2.GenerationEvent(generation_id="ok2")).get(10)
+
+    handled: list[str] = []
+    committed_batches = []
+
+    def handler(event):
+        if not event.message.generation_id:
+            raise InvalidEvent("invalid_field", "generation_id: required")
+        handled.append(event.message.generation_id)
+
+    settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}")
+    loop = EventConsumerLoop(settings, handler, dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id),
+                             before_commit=lambda: committed_batches.append(list(handled)))
+    stop = threading.Event()
+    thread = loop.start(stop)
+    wait_until(lambda: handled == ["ok1", "ok2"], 20, message="good events handled")
+    stop.set()
+    thread.join(10)
+
+    letters = [m for r, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, events_pb2.DeadLetter)
+               if m.source_topic == topic]
+    assert sorted((m.reason, m.source_offset) for m in letters) == [("decode_error", 1), ("invalid_field", 2)]
+    assert letters[0].value or letters[1].value, "the raw bytes travel with the dead letter"
+    assert committed_batches, "before_commit ran"
+
+    # A restarted member of the same group resumes after the committed offsets.
+    again: list[str] = []
+    loop2 = EventConsumerLoop(settings, lambda e: again.append(e.message.generation_id),
+                              dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id))
+    stop2 = threading.Event()
+    t2 = loop2.start(stop2)
+    wait_until(loop2.ready.is_set, 15, message="second loop assigned")
+    kafka_io.produce_event(producer, topic, "ok3", events_pb2.GenerationEvent(generation_id="ok3")).get(10)
+    wait_until(lambda: again == ["ok3"], 15, message="only the new event")
+    stop2.set()
+    t2.join(10)
+    producer.close()
+
+
+def test_handler_errors_are_retried_not_skipped(broker, unique_name):
+    topic = _topic(broker, f"t-{unique_name}", partitions=1)
+    _produce(broker, topic, 1, prefix="flaky")
+    attempts = []
+
+    def flaky(event):
+        attempts.append(event.offset)
+        if len(attempts) < 3:
+            raise ConnectionError("ledger briefly unavailable")
+
+    settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}",
+                                retry_backoff_s=0.05)
+    loop = EventConsumerLoop(settings, flaky)
+    stop = threading.Event()
+    thread = loop.start(stop)
+    wait_until(lambda: len(attempts) >= 3, 20, message="three attempts")
+    stop.set()
+    thread.join(10)
+    assert attempts == [0, 0, 0]
+
+
+def test_broadcast_loop_without_group_starts_at_the_end(broker, unique_name):
+    topic = _topic(broker, f"t-{unique_name}", partitions=1)
+    _produce(broker, topic, 3, prefix="old")
+    seen: list[str] = []
+    settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=None,
+                                from_beginning=False)
+    loop = EventConsumerLoop(settings, lambda e: seen.append(e.message.generation_id))
+    stop = threading.Event()
+    thread = loop.start(stop)
+    wait_until(loop.ready.is_set, 10, message="assigned")
+    _produce(broker, topic, 2, prefix="new")
+    wait_until(lambda: seen == ["new0", "new1"], 10, message="only new events")
+    stop.set()
+    thread.join(10)
+
+
+def test_buffered_publisher_survives_a_missing_broker_then_delivers(broker, unique_name):
+    from shared.broker import EmbeddedBroker, free_port
+
+    port = free_port()
+    topic = "rlhf.generations.v1"
+    publisher = BufferedEventPublisher(f"127.0.0.1:{port}", topic, capacity=100,
+                                       producer_overrides={"bootstrap_timeout_ms": 500})
+    for i in range(5):
+        publisher.publish(f"late{i}", events_pb2.GenerationEvent(generation_id=f"late{i}-{unique_name}"))
+    assert publisher.pending() > 0, "nothing can be sent yet"
+    with EmbeddedBroker(port=port) as late_broker:
+        kafka_io.ensure_topics(late_broker.bootstrap)
+        wait_until(lambda: publisher.pending() == 0, 30, message="buffer drained once the broker is up")
+        got = read_topic(late_broker.bootstrap, topic, events_pb2.GenerationEvent, min_count=5)
+        assert sorted(m.generation_id for _, m in got) == [f"late{i}-{unique_name}" for i in range(5)]
+        publisher.close()
+
+
+def test_buffered_publisher_counts_what_it_drops(unique_name):
+    from shared import metrics
+    from shared.broker import free_port
+
+    topic = f"t-{unique_name}"
+    publisher = BufferedEventPublisher(f"127.0.0.1:{free_port()}", topic, capacity=2,
+                                       producer_overrides={"bootstrap_timeout_ms": 200})
+    for i in range(5):
+        publisher.publish(f"k{i}", events_pb2.GenerationEvent(generation_id=f"k{i}"))
+    publisher.close(timeout_s=0.2)
+    dropped = sum(metrics.EVENTS_DROPPED.labels(topic, reason)._value.get()
+                  for reason in ("buffer_full", "shutdown", "expired"))
+    assert dropped == 5, "every event not delivered is counted"

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from shared.model_store import MANIFEST, ModelStore, ModelStoreError
+
+
+def write_files(files: dict[str, bytes]):
+    def fill(path):
+        for name, data in files.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+    return fill
+
+
+def test_versions_are_numbered_and_manifested(tmp_path):
+    store = ModelStore(tmp_path)
+    m1 = store.write_version("policy", write_files({"model.safetensors": b"a", "config.json": b"{}"}),
+                             eval_metrics={"satisfaction": 0.4})
+    m2 = store.write_version("policy", write_files({"model.safetensors": b"b"}), parent_version=m1.version)
+    assert (m1.version, m2.version) == ("v1", "v2")
+    assert store.versions("policy") == ["v1", "v2"]
+    manifest = json.loads((tmp_path / "policy" / "v2" / MANIFEST).read_text())
+    assert manifest["parent_version"] == "v1"
+    assert set(manifest["files"]) == {"model.safetensors"}
+    assert store.manifest("policy", "v1").eval_metrics == {"satisfaction": 0.4}
+
+
+def test_version_ordering_is_numeric(tmp_path):
+    store = ModelStore(tmp_path)
+    for _ in range(11):
+        store.write_version("reward", write_files({"model.safetensors": b"x"}))
+    assert store.latest("reward") == "v11"
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    store = ModelStore(tmp_path)
+
+    def fill(path):
+        (path / "model.safetensors").write_bytes(b"partial")
+        raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        store.write_version("policy", fill)
+    assert store.versions("policy") == []
+    assert list((tmp_path / "policy").iterdir()) == []
+
+
+def test_pickle_weights_are_refused(tmp_path):
+    store = ModelStore(tmp_path)
+    with pytest.raises(ModelStoreError, match="pickle"):
+        store.write_version("policy", write_files({"pytorch_model.bin": b"x"}))
+
+
+def test_half_written_version_is_refused(tmp_path):
+    store = ModelStore(tmp_path)
+    (tmp_path / "policy" / "v1").mkdir(parents=True)
+    (tmp_path / "policy" / "v1" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelStoreError, match="half-written"):
+        store.open_version("policy", "v1")
+
+
+def test_corrupt_file_is_refused(tmp_path):
+    store = ModelStore(tmp_path)
+    store.write_version("policy", write_files({"model.safetensors": b"good"}))
+    (tmp_path / "policy" / "v1" / "model.safetensors").write_bytes(b"evil")
+    with pytest.raises(ModelStoreError, match="sha256 of model.safetensors"):
+        store.open_version("policy", "v1")
+    assert store.open_version("policy", "v1", verify=False).name == "v1"
+
+
+def test_missing_version_lists_what_exists(tmp_path):
+    store = ModelStore(tmp_path)
+    store.write_version("policy", write_files({"model.safetensors": b"x"}))
+    with pytest.raises(ModelStoreError, match="available: v1"):
+        store.open_version("policy", "v9")
+
+
+def test_current_pointer_defaults_to_latest_and_survives_rollback(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.current("policy") is None
+    store.write_version("policy", write_files({"model.safetensors": b"1"}))
+    store.write_version("policy", write_files({"model.safetensors": b"2"}))
+    assert store.current("policy") == "v2"
+    store.set_current("policy", "v1")
+    assert store.current("policy") == "v1"
+    with pytest.raises(ModelStoreError):
+        store.set_current("policy", "v7")
+
+
+def test_unknown_kind_is_refused(tmp_path):
+    with pytest.raises(ModelStoreError, match="unknown model kind"):
+        ModelStore(tmp_path).versions("value")
