@@ -19,6 +19,10 @@ COMMAND_MODULES = [
     "up_cmd",
     "bootstrap_cmd",
     "eval_cmd",
+    "simulate_cmd",
+    "demo_cmd",
+    "status_cmd",
+    "rollback_cmd",
 ]
 
 

@@ -117,6 +117,8 @@ class Stack:
                     env.LOG_FORMAT: "text", "PYTHONUNBUFFERED": "1"}
         for name, (port, mport) in SERVICE_PORTS.items():
             base_env[getattr(env, f"{name.upper()}_ADDR")] = f"127.0.0.1:{port + self.port_offset}"
+        # The trainer's ledger and checkpoints live beside the logs of this run.
+        base_env.setdefault(env.TRAINER_STATE_DIR, str(self.log_dir.parent / "trainer-state"))
         for name in self.services:
             port, mport = SERVICE_PORTS[name]
             proc = ServiceProcess(name, port + self.port_offset, mport + self.port_offset, self.log_dir / f"{name}.log")

@@ -36,10 +36,10 @@ def start_stack(args, console):
 
     store = ModelStore(args.model_store)
     if not args.no_bootstrap and (store.current("policy") is None or store.current("reward") is None):
-        from rlhf_cli import bootstrap_cmd
+        from services.trainer.bootstrap import run_bootstrap
 
         console.print("[bold]No models in the store yet: running the four-step bootstrap[/bold]")
-        bootstrap_cmd.run_bootstrap(Path(args.model_store))
+        run_bootstrap(args.model_store, log=console.print)
     services = [s for s in args.services.split(",") if s] or available_services()
     stack = Stack(model_store=Path(args.model_store).resolve(), log_dir=Path(args.log_dir), services=services,
                   kafka=args.kafka, broker_port=args.broker_port)

@@ -61,12 +61,14 @@ def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | 
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in dataclasses.fields(cls):
         meta = f.metadata
         var = meta.get("env")
         help_text = meta.get("help", "")
+        # The parser's own default stays None so "not given" can fall back to
+        # the environment; the help shows the field's real default instead.
+        help_text += f" (default: {f.default!r})"
         if var:
             help_text += f" [env {var}]"
         flag = "--" + f.name.replace("_", "-")
@@ -114,6 +116,14 @@ class ServiceConfig:
     port: int = setting(50050, "gRPC port (0 picks a free port)", env=env.PORT)
     metrics_port: int = setting(9100, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT)
     kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma separated", env=env.KAFKA)
+    kafka_security_protocol: str = setting(
+        "PLAINTEXT", "Kafka security protocol", env=env.KAFKA_SECURITY_PROTOCOL,
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    kafka_ssl_cafile: str = setting("", "CA certificate (PEM) that signed the brokers' certificates",
+                                    env=env.KAFKA_SSL_CAFILE)
+    kafka_sasl_mechanism: str = setting("", "SASL mechanism, e.g. SCRAM-SHA-512", env=env.KAFKA_SASL_MECHANISM)
+    kafka_sasl_username: str = setting("", "SASL user name", env=env.KAFKA_SASL_USERNAME)
+    kafka_sasl_password: str = setting("", "SASL password", env=env.KAFKA_SASL_PASSWORD)
     model_store: str = setting("./model-store", "model store root directory", env=env.MODEL_STORE)
     auth_token: str = setting("", "bearer token clients must send; empty disables auth", env=env.AUTH_TOKEN)
     max_message_bytes: int = setting(4 * 1024 * 1024, "largest gRPC message accepted or sent", env=env.MAX_MESSAGE_BYTES)
@@ -141,6 +151,19 @@ class ServiceConfig:
         check(self.grace_period_s >= 0, "grace_period_s", f"must be >= 0, got {self.grace_period_s}")
         check(self.drain_delay_s >= 0, "drain_delay_s", f"must be >= 0, got {self.drain_delay_s}")
         check(self.max_workers >= 1, "max_workers", f"must be >= 1, got {self.max_workers}")
+        check(not self.kafka_sasl_mechanism or "SASL" in self.kafka_security_protocol, "kafka_sasl_mechanism",
+              "needs --kafka-security-protocol SASL_SSL or SASL_PLAINTEXT")
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options for every kafka-python client this service makes."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_ssl_cafile:
+            options["ssl_cafile"] = self.kafka_ssl_cafile
+        if self.kafka_sasl_mechanism:
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                           sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password)
+        return options
 
     @property
     def bind_address(self) -> str:

@@ -35,13 +35,15 @@ SESSION_TIMEOUT_MS = 1500
 HEARTBEAT_INTERVAL_MS = 500
 
 
-def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None, timeout_s: float = 15.0) -> None:
+def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None, timeout_s: float = 15.0,
+                  **client_options) -> None:
     """Create the project's topics if missing (idempotent)."""
     wanted = partitions or events.TOPIC_PARTITIONS
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rlhf-admin", bootstrap_timeout_ms=2000)
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rlhf-admin",
+                                     bootstrap_timeout_ms=2000, **client_options)
             break
         except KafkaError:
             if time.monotonic() > deadline:
@@ -141,6 +143,11 @@ class ConsumerSettings:
     max_handler_attempts: int = 5
     retry_backoff_s: float = 0.5
     client_id: str = "rlhf-consumer"
+    # kafka-python verifies each record batch's CRC32C in pure Python unless
+    # the `crc32c` package is installed; that is about half the CPU of a fast
+    # handler. Install crc32c, or turn this off where TCP checksums and the
+    # broker's own checks on produce are enough.
+    check_crcs: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -185,6 +192,7 @@ class EventConsumerLoop:
             max_poll_interval_ms=max(60_000, int(s.max_handler_attempts * s.retry_backoff_s * 1000 * 4)),
             fetch_max_wait_ms=100,
             bootstrap_timeout_ms=5_000,
+            check_crcs=s.check_crcs,
             **s.extra,
         )
         if s.group_id is None:

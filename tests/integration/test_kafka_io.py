@@ -36,13 +36,13 @@ def test_consumer_group_rebalances_to_a_second_member(broker, unique_name):
                              heartbeat_interval_ms=kafka_io.HEARTBEAT_INTERVAL_MS)
 
     first = member()
-    wait_until(lambda: first.poll(100) is not None and len(first.assignment()) == 4, 15, message="first member owns all")
+    wait_until(lambda: first.poll(100) is not None and len(first.assignment()) == 4, 40, message="first member owns all")
     second = member()
     stop = threading.Event()
     keep_polling = threading.Thread(target=lambda: [first.poll(100) for _ in iter(stop.is_set, True)])
     keep_polling.start()
     try:
-        wait_until(lambda: second.poll(100) is not None and len(second.assignment()) > 0, 15,
+        wait_until(lambda: second.poll(100) is not None and len(second.assignment()) > 0, 40,
                    message="second member gets partitions")
         wait_until(lambda: len(first.assignment()) + len(second.assignment()) == 4
                    and not (first.assignment() & second.assignment()), 15, message="disjoint split of 4 partitions")

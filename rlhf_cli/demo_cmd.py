@@ -1,0 +1,184 @@
+"""`rlhf demo`: the whole loop on this machine. Builds the demo models if the
+store has none, starts the broker and every service, lets simulated users talk
+to the policy for --minutes, and shows (terminal + PNG + JSON) how satisfaction,
+reward and KL of the deployed policy move as the trainer promotes new versions.
+Ctrl-C stops everything cleanly and still saves what was measured."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from shared import env
+
+
+def add_parser(subparsers) -> None:
+    from rlhf_cli.simulate_cmd import add_simulation_arguments
+    from rlhf_cli.up_cmd import add_stack_arguments
+
+    parser = subparsers.add_parser("demo", help="run the whole loop with simulated users and plot it",
+                                   description=__doc__)
+    add_stack_arguments(parser)
+    add_simulation_arguments(parser)
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long the simulated users keep coming")
+    parser.add_argument("--out", default=os.environ.get(env.DEMO_OUT, "runs/demo/loop.png"),
+                        help=f"PNG of the series; the JSON goes next to it [env {env.DEMO_OUT}]")
+    parser.add_argument("--sample-every-s", type=float, default=10.0, help="seconds per point of the series")
+    parser.add_argument("--kl-budget", type=float, default=None,
+                        help="KL budget line for the plot (default: what the trainer's gate reports)")
+    parser.add_argument("--port-offset", type=int, default=0, help="add this to every service port")
+    parser.set_defaults(func=run)
+
+
+def ensure_models(model_store: str, console) -> None:
+    """Run the four-step bootstrap when the store lacks policy or reward."""
+    from shared.model_store import ModelStore
+
+    store = ModelStore(model_store)
+    if store.current("policy") is not None and store.current("reward") is not None:
+        return
+    from rlhf_cli import bootstrap_cmd
+
+    console.print("[bold]No models in the store yet: running the four-step bootstrap (cached afterwards)[/bold]")
+    code = bootstrap_cmd.run(argparse.Namespace(model_store=model_store, no_progress=False, json=False))
+    if code:
+        raise SystemExit(f"rlhf demo: the bootstrap failed (exit code {code})")
+
+
+def render(simulator_stats, monitor, elapsed_s: float, total_s: float):
+    """The live view: a status header and the per-version table."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from shared.simulation import version_sort_key
+
+    table = Table(title=f"rlhf demo  {min(elapsed_s, total_s) / 60:.1f} / {total_s / 60:.1f} min",
+                  title_justify="left")
+    for name, justify in (("policy", "left"), ("responses", "right"), ("satisfaction", "right"),
+                          ("last interval", "right"), ("mean reward", "right"), ("KL", "right")):
+        table.add_column(name, justify=justify)
+    last_points = {}
+    for point in monitor.series.points:
+        last_points[point.version] = point
+    for version, tally in sorted(simulator_stats.tallies().items(), key=lambda kv: version_sort_key(kv[0])):
+        point = last_points.get(version)
+        reward = monitor.series.mean_reward(version)
+        kl = monitor.kl_by_version.get(version)
+        table.add_row(version, str(tally.responses), f"{tally.satisfaction:.1%}",
+                      f"{point.satisfaction:.0%} (n={point.responses})" if point else "-",
+                      f"{reward:.3f}" if reward is not None else "-", f"{kl:.2f}" if kl is not None else "-")
+    from rlhf_cli.simulate_cmd import live_line
+
+    return Group(live_line(simulator_stats), monitor.trainer_line(), table)
+
+
+def print_headline(console, series) -> None:
+    head = series.headline()
+    if not head:
+        console.print("[red]no responses were served; nothing to compare[/red]")
+        return
+    if head["baseline_version"] == head["latest_version"]:
+        console.print(f"[bold]Only policy {head['baseline_version']} served during the demo "
+                      f"(satisfaction {head['baseline_satisfaction']:.1%} over {head['baseline_responses']} "
+                      f"responses): no new version was deployed.[/bold]")
+        return
+    kl = head.get("latest_kl")
+    kl_text = "KL not reported"
+    if kl is not None:
+        budget = head.get("kl_budget")
+        kl_text = f"KL {kl:.2f}" + (f" (budget {budget:g}: {'within' if kl <= budget else 'OVER'})" if budget else "")
+    console.print(f"[bold]policy {head['baseline_version']}: {head['baseline_satisfaction']:.1%} "
+                  f"(n={head['baseline_responses']})  →  policy {head['latest_version']}: "
+                  f"{head['latest_satisfaction']:.1%} (n={head['latest_responses']})  "
+                  f"gain {head['gain_points']:+.1f} points; {kl_text}[/bold]")
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from rlhf_cli.demo_monitor import LoopMonitor
+    from rlhf_cli.demo_plot import LoopSeries, save_series
+    from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
+    from rlhf_cli.simulator import Simulator
+    from rlhf_cli.stack import Stack, available_services
+    from shared.simulation import SimulationStats
+
+    console = Console()
+    if not args.no_bootstrap:
+        ensure_models(args.model_store, console)  # Ctrl-C here is a plain KeyboardInterrupt: nothing runs yet
+    services = [s for s in args.services.split(",") if s] or available_services()
+    missing = [s for s in ("policy", "feedback") if s not in services]
+    if missing:
+        console.print(f"[red]rlhf demo needs the {' and '.join(missing)} service(s); "
+                      f"this checkout has: {', '.join(services) or 'none'}[/red]")
+        return 2
+    if "trainer" not in services:
+        why = ("is not started (--services)" if "trainer" in available_services()
+               else "is not available in this checkout (services/trainer/__main__.py)")
+        console.print(f"[yellow]The trainer {why}: the demo runs without it, so no new policy version "
+                      "will be deployed.[/yellow]")
+    stack = Stack(model_store=Path(args.model_store).resolve(), log_dir=Path(args.log_dir), services=services,
+                  kafka=args.kafka, broker_port=args.broker_port, port_offset=args.port_offset)
+    series = LoopSeries(kl_budget=args.kl_budget)
+    # From here on Ctrl-C only asks to stop, so the stack is always stopped and
+    # what was measured is still saved.
+    stop = threading.Event()
+    previous_handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    simulator = monitor = None
+    try:
+        stack.start_broker()
+        with console.status("starting services") as status:
+            stack.start_services(on_progress=lambda name, st: status.update(f"{name}: {st}"))
+        for name, proc in stack.processes.items():
+            console.print(f"  {name:<9} grpc {proc.address}  log {proc.log_path}")
+        if stop.is_set():
+            return 130
+        total_s = args.minutes * 60
+        config = simulator_config(args, stack.address("policy"), stack.address("feedback"), duration_s=total_s)
+        simulator = Simulator(config, SimulationStats(recent_window=20_000)).start()
+        monitor = LoopMonitor(series, reward_addr=stack.address("reward") if "reward" in stack.processes else None,
+                              trainer_addr=stack.address("trainer") if "trainer" in stack.processes else None,
+                              auth_token=args.auth_token, started=simulator.stats.started, seed=args.seed)
+        next_sample = time.monotonic() + args.sample_every_s
+        with Live(render(simulator.stats, monitor, 0.0, total_s), console=console, refresh_per_second=2) as live:
+            while simulator.running() and not stop.wait(0.5):
+                if time.monotonic() >= next_sample:
+                    monitor.sample(simulator.stats)
+                    next_sample += args.sample_every_s
+                dead = stack.check_alive()
+                if dead:
+                    series.notes.append(f"{', '.join(dead)} exited during the demo")
+                    console.print(f"[red]{', '.join(dead)} exited; stopping (see {stack.log_dir})[/red]")
+                    break
+                live.update(render(simulator.stats, monitor, time.monotonic() - simulator.stats.started, total_s))
+            if stop.is_set():
+                series.notes.append("stopped early by the user")
+            live.update("stopping the simulated users…")
+            simulator.stop()
+            monitor.sample(simulator.stats)
+            live.update(render(simulator.stats, monitor, time.monotonic() - simulator.stats.started, total_s))
+        monitor.summarise(simulator.stats)
+        stats = simulator.stats
+        series.totals = {"requests": stats.requests, "request_errors": stats.request_errors,
+                         "feedback_accepted": dict(stats.feedback_sent), "feedback_failed": stats.feedback_errors,
+                         "minutes": (time.monotonic() - stats.started) / 60, "services": list(stack.processes)}
+        png, data = save_series(series, args.out)
+        console.print(version_table(simulator.stats, title="whole run, by policy version"))
+        console.print(feedback_summary(simulator.stats))
+        console.print(f"saved {png} and {data}")
+        print_headline(console, series)
+        return 0 if simulator.stats.requests else 1
+    finally:
+        if simulator is not None:
+            simulator.stop(flush_timeout_s=5.0)
+        if monitor is not None:
+            monitor.close()
+        codes = stack.stop()
+        console.print("stopped: " + (", ".join(f"{n} ({c})" for n, c in codes.items()) or "nothing was running"))
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,104 @@
+"""`rlhf status`: what the trainer is doing (TrainerService.GetStatus)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from shared import env
+
+DEFAULT_TRAINER = "127.0.0.1:50054"
+
+
+def add_trainer_flags(parser) -> None:
+    """--trainer, --token, --timeout, --json: shared by the commands that call the trainer."""
+    parser.add_argument("--trainer", default=os.environ.get(env.TRAINER_ADDR, DEFAULT_TRAINER),
+                        help=f"trainer gRPC address (default: {DEFAULT_TRAINER}) [env {env.TRAINER_ADDR}]")
+    parser.add_argument("--token", default=os.environ.get(env.AUTH_TOKEN, ""),
+                        help=f"bearer token, if the trainer requires one [env {env.AUTH_TOKEN}]")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("status", help="show the trainer's state, versions, ledger and last PPO step",
+                                   description="Ask the trainer (TrainerService.GetStatus) what it is doing: state, "
+                                   "current versions, feedback in the ledger, consumer lag, the last PPO step and "
+                                   "the recent candidates with the gate's reasons.")
+    add_trainer_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def call_trainer(args, method: str, request):
+    """Call one TrainerService method; returns (response, None) or (None, error text)."""
+    import grpc
+
+    from shared.proto.rlhf.v1 import trainer_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    with grpc.insecure_channel(args.trainer) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata), None
+        except grpc.RpcError as exc:
+            return None, f"{exc.code().name}: {exc.details()} (trainer at {args.trainer})"
+
+
+def to_dict(message) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def run(args) -> int:
+    from shared.proto.rlhf.v1 import trainer_pb2
+
+    status, error = call_trainer(args, "GetStatus", trainer_pb2.GetStatusRequest())
+    if error:
+        print(f"rlhf status: {error}")
+        return 2
+    if args.json:
+        print(json.dumps(to_dict(status), indent=2, sort_keys=True))
+        return 0
+    print_status(status)
+    return 0
+
+
+def print_status(status) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.proto.rlhf.v1 import common_pb2, trainer_pb2
+
+    console = Console()
+    state = trainer_pb2.TrainerState.Name(status.state).removeprefix("TRAINER_STATE_")
+    overview = Table(title="trainer", show_header=False)
+    overview.add_column("field")
+    overview.add_column("value")
+    overview.add_row("state", state + (f" ({status.pause_reason})" if status.pause_reason else ""))
+    overview.add_row("policy version", status.policy_version or "-")
+    overview.add_row("reward version", status.reward_version or "-")
+    overview.add_row("generations seen", str(status.generations_seen))
+    overview.add_row("feedback", ", ".join(f"{k} {v}" for k, v in sorted(status.feedback_counts.items())) or "-")
+    overview.add_row("feedback waiting for its generation", str(status.feedback_pending_join))
+    overview.add_row("consumer lag", ", ".join(f"{k} {v}" for k, v in sorted(status.consumer_lag.items())) or "-")
+    console.print(overview)
+    if status.HasField("last_ppo"):
+        ppo = Table(title=f"last PPO step ({status.last_ppo.step})")
+        for name in ("mean_reward", "kl", "kl_coef", "policy_loss", "value_loss", "clip_fraction", "entropy",
+                     "approx_kl", "samples_per_second"):
+            ppo.add_column(name, justify="right")
+        ppo.add_row(*(f"{getattr(status.last_ppo, n):.4g}" for n in (
+            "mean_reward", "kl", "kl_coef", "policy_loss", "value_loss", "clip_fraction", "entropy", "approx_kl",
+            "samples_per_second")))
+        console.print(ppo)
+    if status.recent_candidates:
+        candidates = Table(title="recent candidates")
+        for name in ("kind", "version", "result", "reason", "metrics"):
+            candidates.add_column(name)
+        for c in status.recent_candidates:
+            metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(c.metrics.items())
+                                if k in ("mean_reward", "kl", "satisfaction", "pairwise_accuracy"))
+            candidates.add_row(common_pb2.ModelKind.Name(c.kind).removeprefix("MODEL_KIND_").lower(),
+                               c.version or "-", "promoted" if c.promoted else "discarded", c.reason, metrics)
+        console.print(candidates)

@@ -1,0 +1,1 @@
+"""The rlhf-loop services, one package each (``python -m services.<name>``)."""

@@ -1,0 +1,1 @@
+"""Feedback gateway: gRPC in (FeedbackService), Kafka (rlhf.feedback.v1) out."""

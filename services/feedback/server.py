@@ -1,0 +1,107 @@
+"""FeedbackService over gRPC, and the gateway process's lifecycle.
+
+RPC methods only translate: the client id from metadata, the core
+(gateway.FeedbackGateway) does the rest, the receipt becomes the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+import grpc
+
+from services.feedback.config import FeedbackConfig
+from services.feedback.gateway import ClientRateLimiter, FeedbackGateway, FeedbackReceipt, FirstAnswerCache
+from shared import metrics
+from shared.config import load_config, log_config
+from shared.grpc_server import GrpcServer, ServiceBinding
+from shared.kafka_io import create_producer
+from shared.logs import setup_logging
+from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "feedback"
+CLIENT_ID_HEADER = "x-client-id"
+
+
+def client_id(context: grpc.ServicerContext) -> str:
+    """Who the rate limit charges: the x-client-id an app sends for its end
+    user (behind auth, so trusted), else the bearer token, else the peer host."""
+    metadata = dict(context.invocation_metadata() or ())
+    given = metadata.get(CLIENT_ID_HEADER, "")
+    if given:
+        return "id:" + given[:128]
+    token = metadata.get("authorization", "")
+    if token:
+        return "token:" + token[-16:]
+    peer = context.peer() or "unknown"  # "ipv4:127.0.0.1:53211": the port changes per connection
+    return "peer:" + peer.rsplit(":", 1)[0]
+
+
+def _reply(receipt: FeedbackReceipt) -> feedback_pb2.SubmitFeedbackResponse:
+    reply = feedback_pb2.SubmitFeedbackResponse(
+        feedback_id=receipt.feedback_id, duplicate=receipt.duplicate,
+        partition=receipt.partition, offset=receipt.offset)
+    reply.accepted_at.FromNanoseconds(receipt.accepted_at_ns)
+    return reply
+
+
+class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
+    def __init__(self, gateway: FeedbackGateway):
+        self.gateway = gateway
+
+    def SubmitFeedback(self, request, context):
+        return _reply(self.gateway.submit(request.feedback, client_id(context)))
+
+    def SubmitFeedbackBatch(self, request, context):
+        receipts = self.gateway.submit_batch(request.feedback, client_id(context))
+        return feedback_pb2.SubmitFeedbackBatchResponse(results=[_reply(r) for r in receipts])
+
+
+class FeedbackGatewayServer:
+    """The gateway: a Kafka producer, the core, and the gRPC server around it."""
+
+    def __init__(self, config: FeedbackConfig):
+        self.config = config
+        # linger 0: every caller waits for its own ack, so latency bounds
+        # throughput; records still batch while earlier requests are in flight.
+        self.producer = create_producer(config.kafka, client_id="rlhf-feedback-gateway", linger_ms=0,
+                                        **config.kafka_client_options())
+        self.gateway = FeedbackGateway(
+            self.producer, config.limits,
+            FirstAnswerCache(config.dedup_ttl_s, config.dedup_capacity),
+            ClientRateLimiter(config.rate_limit, config.rate_burst),
+            ack_timeout_s=config.ack_timeout_s)
+        self.grpc = GrpcServer(config, SERVICE_NAME, [ServiceBinding(
+            feedback_pb2_grpc.add_FeedbackServiceServicer_to_server, FeedbackServicer(self.gateway),
+            feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name)])
+
+    def start(self) -> int:
+        port = self.grpc.start()
+        self.grpc.set_serving(True)  # the producer reached the broker in __init__
+        return port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        self.grpc.stop(grace_s)
+        # In-flight calls have finished; anything still buffered gets its ack wait.
+        self.producer.flush(timeout=self.config.ack_timeout_s)
+        self.producer.close(timeout=self.config.ack_timeout_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(FeedbackConfig, argv, prog="python -m services.feedback")
+    setup_logging(SERVICE_NAME, config.log_level, config.log_format)
+    log_config(config, log)
+    metrics.start_metrics_server(config.metrics_port)
+    # Each call hands off between a gRPC thread and the producer's I/O thread
+    # twice; the default 5 ms GIL switch interval would dominate its latency.
+    sys.setswitchinterval(0.0005)
+    server = FeedbackGatewayServer(config)
+    server.start()
+    server.grpc.wait_for_signal()
+    server.stop()
+    log.info("feedback gateway stopped")
+    return 0

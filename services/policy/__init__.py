@@ -1,0 +1,1 @@
+"""The policy service: batched text generation over gRPC (``python -m services.policy``)."""

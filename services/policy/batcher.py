@@ -1,0 +1,229 @@
+"""One batched decode: left-padded prefill, then one token per row per step
+with a shared KV cache, per-row sampling params, stop strings, token limits
+and seeds. Rows that finish are masked out and, once enough have finished,
+dropped from the cache so the remaining rows decode faster.
+
+Continuous batching: between steps, requests that arrived after the batch
+started are prefilled on their own and joined to the running batch (their
+KV cache left-padded to the batch's length), so a newcomer waits one step,
+not for the longest request of the batch to finish.
+
+Text is decoded per step only for rows that need it (streaming, or stop
+strings to look for); other rows are decoded once when they finish, which
+keeps per-token Python work small.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from services.policy import metrics as pm
+from services.policy.engine import FinishReason, GenerationHandle, SequenceResult, StreamChunk
+from services.policy.model import ModelBundle
+from services.policy.sampling import RowSampler, find_stop, streamable_length
+from services.policy.threads import ThreadTuner
+
+# Drop finished rows from the KV cache when fewer than this share are still running.
+_COMPACT_BELOW = 0.75
+
+
+class _Row:
+    """One returned sequence being decoded."""
+
+    __slots__ = ("handle", "index", "max_new", "ids", "text", "sent", "finished", "track_text", "eos")
+
+    def __init__(self, handle: GenerationHandle, index: int, max_new: int, eos: frozenset[int]):
+        self.handle = handle
+        self.index = index
+        self.max_new = max_new
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters of text already streamed
+        self.finished = False
+        self.track_text = handle.stream or bool(handle.spec.stop)
+        self.eos = eos
+
+    def add(self, token: int, bundle: ModelBundle) -> None:
+        if self.handle.cancelled:
+            self._finish(FinishReason.CANCELLED, bundle)
+            return
+        if token in self.eos:
+            self._finish(FinishReason.EOS, bundle)
+            return
+        self.ids.append(token)
+        if self.handle.first_token_at is None:
+            self.handle.first_token_at = time.perf_counter()
+            pm.TIME_TO_FIRST_TOKEN.observe(self.handle.first_token_at - self.handle.submitted_at)
+        if self.track_text:
+            self.text = bundle.decode(self.ids)
+            stops = self.handle.spec.stop
+            if stops:
+                at = find_stop(self.text, stops)
+                if at >= 0:
+                    self.text = self.text[:at]
+                    self._finish(FinishReason.STOP_SEQUENCE, bundle)
+                    return
+        if len(self.ids) >= self.max_new:
+            self._finish(FinishReason.LENGTH, bundle)
+            return
+        if self.handle.stream:
+            upto = streamable_length(self.text, self.handle.spec.stop)
+            if upto > self.sent:
+                self._emit(self.text[self.sent:upto], None)
+                self.sent = upto
+
+    def _emit(self, delta: str, reason: FinishReason | None) -> None:
+        self.handle.emit(StreamChunk(self.index, self.handle.generation_ids[self.index], delta, reason, len(self.ids)))
+
+    def _finish(self, reason: FinishReason, bundle: ModelBundle) -> None:
+        self.finished = True
+        if not self.track_text:
+            self.text = bundle.decode(self.ids)
+        if self.handle.stream:
+            self._emit(self.text[self.sent:], reason)
+            self.sent = len(self.text)
+        pm.GENERATION_TOKENS.inc(len(self.ids))
+        pm.FINISHED_SEQUENCES.labels(reason.value).inc()
+        self.handle.finish_sequence(SequenceResult(
+            self.index, self.handle.generation_ids[self.index], self.text, reason, len(self.ids),
+            self.handle.spec.row_seed(self.index)))
+
+
+def _cache_kwarg(model) -> str:
+    # transformers 5 renames past_key_values → cache model by model.
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _mergeable(cache) -> bool:
+    """Only plain per-layer key/value tensors can be padded and joined."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
+# (bundle, free rows, padded length of the batch, most tokens any running row
+# may still generate) → requests to join the batch now.
+Admit = Callable[[ModelBundle, int, int, int], list[GenerationHandle]]
+
+
+@dataclass
+class _Running:
+    """A batch between two steps: its rows and the tensors that go with them."""
+
+    rows: list[_Row]
+    cache: object
+    mask: torch.Tensor       # [B, L] 1 = real token
+    next_pos: torch.Tensor   # [B, 1] position id of the next token
+    logits: torch.Tensor     # [B, V] for the next token
+    sampler: RowSampler
+
+    def remaining(self) -> int:
+        return max((r.max_new - len(r.ids) for r in self.rows if not r.finished), default=0)
+
+
+class BatchDecoder:
+    """Runs one batch to completion on one model bundle, admitting latecomers."""
+
+    def __init__(self, thread_choices: tuple[int, ...] = (), max_rows: int = 32):
+        self.tuner = ThreadTuner(thread_choices)
+        self.max_rows = max_rows
+
+    def run(self, bundle: ModelBundle, handles: list[GenerationHandle], admit: Admit | None = None) -> None:
+        with torch.inference_mode():
+            batch = self._prefill(bundle, handles)
+            pm.BATCH_SIZE.observe(len(batch.rows))
+            if not _mergeable(batch.cache):
+                admit = None
+            self._decode(bundle, batch, admit)
+
+    def _prefill(self, bundle: ModelBundle, handles: list[GenerationHandle]) -> _Running:
+        rows: list[_Row] = []
+        for handle in handles:
+            handle.model_version = bundle.version
+            room = bundle.context_window - len(handle.prompt_ids)
+            for i in range(handle.spec.num_return_sequences):
+                rows.append(_Row(handle, i, min(handle.spec.max_new_tokens, room), bundle.eos_token_ids))
+            pm.PROMPT_TOKENS.inc(len(handle.prompt_ids) * handle.spec.num_return_sequences)
+        width = max(len(r.handle.prompt_ids) for r in rows)
+        input_ids = torch.full((len(rows), width), bundle.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids = row.handle.prompt_ids
+            input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[b, width - len(ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        device = bundle.device
+        out = bundle.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                           position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
+        sampler = RowSampler([r.handle.spec for r in rows], [r.handle.spec.row_seed(r.index) for r in rows])
+        return _Running(rows, getattr(out, _cache_kwarg(bundle.model)), mask, positions[:, -1:] + 1,
+                        out.logits[:, -1, :], sampler)
+
+    def _decode(self, bundle: ModelBundle, batch: _Running, admit: Admit | None) -> None:
+        model, device = bundle.model, bundle.device
+        cache_kw = _cache_kwarg(model)
+        self.tuner.abandon_probe()
+        while True:
+            tokens = batch.sampler.next_tokens(batch.logits.cpu())
+            for row, token in zip(batch.rows, tokens.tolist()):
+                if not row.finished:
+                    row.add(token, bundle)
+            running = [b for b, row in enumerate(batch.rows) if not row.finished]
+            if not running:
+                return
+            if len(running) < _COMPACT_BELOW * len(batch.rows):
+                tokens = self._compact(batch, running, tokens)
+            batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+            threads = self.tuner.threads_for_next_step()
+            started = time.perf_counter()
+            out = model(input_ids=tokens[:, None].to(device), attention_mask=batch.mask.to(device),
+                        position_ids=batch.next_pos.to(device), use_cache=True, **{cache_kw: batch.cache})
+            self.tuner.record(threads, time.perf_counter() - started)
+            batch.cache = getattr(out, cache_kw)
+            batch.logits = out.logits[:, -1, :]
+            batch.next_pos = batch.next_pos + 1
+            free = self.max_rows - len(batch.rows)
+            if admit is not None and free > 0:
+                joining = admit(bundle, free, batch.mask.shape[1], batch.remaining())
+                if joining:
+                    self._join(batch, self._prefill(bundle, joining))
+
+    def _compact(self, batch: _Running, running: list[int], tokens: torch.Tensor) -> torch.Tensor:
+        keep = torch.tensor(running, dtype=torch.long)
+        batch.cache.batch_select_indices(keep.to(batch.logits.device))
+        batch.rows = [batch.rows[b] for b in running]
+        batch.sampler = batch.sampler.select(running)
+        batch.mask, batch.next_pos, batch.logits = batch.mask[keep], batch.next_pos[keep], batch.logits[keep]
+        # Columns no remaining row attends to (padding of rows that left): drop them.
+        first = int(batch.mask.any(dim=0).nonzero()[0])
+        if first > 0 and _mergeable(batch.cache):
+            batch.mask = batch.mask[:, first:]
+            for layer in batch.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        self.tuner.abandon_probe()
+        return tokens[keep]
+
+    def _join(self, batch: _Running, new: _Running) -> None:
+        """Left-pad the shorter KV cache and mask, then stack the rows."""
+        width = max(batch.mask.shape[1], new.mask.shape[1])
+
+        def pad_kv(t: torch.Tensor) -> torch.Tensor:
+            return F.pad(t, (0, 0, width - t.shape[2], 0))
+
+        for old_layer, new_layer in zip(batch.cache.layers, new.cache.layers):
+            old_layer.keys = torch.cat([pad_kv(old_layer.keys), pad_kv(new_layer.keys)])
+            old_layer.values = torch.cat([pad_kv(old_layer.values), pad_kv(new_layer.values)])
+        batch.mask = torch.cat([F.pad(batch.mask, (width - batch.mask.shape[1], 0)),
+                                F.pad(new.mask, (width - new.mask.shape[1], 0))])
+        batch.next_pos = torch.cat([batch.next_pos, new.next_pos])
+        batch.logits = torch.cat([batch.logits, new.logits])
+        batch.sampler = RowSampler.concat(batch.sampler, new.sampler)
+        batch.rows = batch.rows + new.rows
+        pm.BATCH_SIZE.observe(len(batch.rows))
+        self.tuner.abandon_probe()

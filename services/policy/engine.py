@@ -1,0 +1,323 @@
+"""The generation engine core: a request queue, a scheduler thread that
+gathers waiting requests into batches, and the batched decode (batcher.py).
+
+The split follows vLLM's engine client / engine core: gRPC handler threads
+call :meth:`GenerationEngine.submit` and wait on the returned handle; one
+scheduler thread owns the model and runs one batch at a time. Handler threads
+never touch torch, so the per-request cost on the serving side is a queue
+put and an event wait, independent of the number of tokens. No grpc here.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from services.policy import metrics as pm
+from services.policy.model import ModelBundle
+from services.policy.sampling import SamplingSpec
+from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
+from shared.events import new_id
+
+log = logging.getLogger(__name__)
+
+
+class FinishReason(enum.Enum):
+    EOS = "eos"
+    LENGTH = "length"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_batch_size: int = 32
+    # Longest wait for more requests before starting a batch smaller than the
+    # last one: a few ms buys a much larger batch under load; a lone caller
+    # (last batch of one) never waits.
+    batch_wait_s: float = 0.02
+    max_queue: int = 256
+    # torch intra-op thread counts the decoder may pick between (the fastest
+    # one, measured as it runs); empty leaves torch's setting alone.
+    thread_choices: tuple[int, ...] = ()
+    # Let requests join a running batch between steps (see batcher.py).
+    continuous_batching: bool = True
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    index: int
+    generation_id: str
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    index: int
+    generation_id: str
+    text_delta: str
+    finish_reason: FinishReason | None
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request_id: str
+    model_version: str
+    prompt_tokens: int
+    sequences: list[SequenceResult]
+
+
+@dataclass
+class GenerationHandle:
+    """One submitted request: the caller waits on it; the scheduler fills it."""
+
+    prompt: str
+    spec: SamplingSpec
+    stream: bool
+    request_id: str
+    prompt_ids: list[int]
+    tokenized_by: str  # model version whose tokenizer produced prompt_ids
+    generation_ids: list[str]
+    submitted_at: float = field(default_factory=time.perf_counter)
+    model_version: str = ""
+    first_token_at: float | None = None
+    results: dict[int, SequenceResult] = field(default_factory=dict)
+    error: BaseException | None = None
+    cancelled: bool = False
+    _done: threading.Event = field(default_factory=threading.Event)
+    _chunks: "queue.SimpleQueue[StreamChunk | None]" = field(default_factory=queue.SimpleQueue)
+
+    def cancel(self) -> None:
+        """The caller went away: stop spending tokens on it."""
+        self.cancelled = True
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if self.error is not None:
+            raise self.error
+        return GenerationResult(self.request_id, self.model_version, len(self.prompt_ids),
+                                [self.results[i] for i in sorted(self.results)])
+
+    def chunks(self) -> Iterator[StreamChunk]:
+        """Text deltas as they are decoded (streaming handles only)."""
+        while True:
+            chunk = self._chunks.get()
+            if chunk is None:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield chunk
+
+    # --- called by the scheduler thread ----------------------------------
+    def emit(self, chunk: StreamChunk) -> None:
+        if self.stream:
+            self._chunks.put(chunk)
+
+    def finish_sequence(self, result: SequenceResult) -> None:
+        self.results[result.index] = result
+        if len(self.results) == self.spec.num_return_sequences:
+            self._complete()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self.error = error
+            self._complete()
+
+    def _complete(self) -> None:
+        self._done.set()
+        self._chunks.put(None)
+        if self.error is None:
+            pm.E2E_REQUEST_LATENCY.observe(time.perf_counter() - self.submitted_at)
+
+
+class GenerationEngine:
+    """Owns the serving model; batches concurrent requests; swaps versions
+    between batches (in-flight batches finish on the weights they started on)."""
+
+    def __init__(self, bundle: ModelBundle, settings: EngineSettings = EngineSettings()):
+        from services.policy.batcher import BatchDecoder  # torch-heavy; keep it out of import-time
+
+        self.settings = settings
+        self._bundle = bundle
+        self._decoder = BatchDecoder(settings.thread_choices, settings.max_batch_size)
+        self._running: list[GenerationHandle] = []
+        self._queue: collections.deque[GenerationHandle] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._last_batch_rows = 1
+        self._thread = threading.Thread(target=self._run, name="policy-scheduler", daemon=True)
+        self._started = False
+
+    # --- client side --------------------------------------------------------
+    @property
+    def bundle(self) -> ModelBundle:
+        return self._bundle
+
+    def start(self) -> "GenerationEngine":
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def swap(self, bundle: ModelBundle) -> str:
+        """Serve ``bundle`` from the next batch on; returns the previous version."""
+        with self._cond:
+            previous, self._bundle = self._bundle.version, bundle
+        log.info("model swapped", extra={"from_version": previous, "to_version": bundle.version})
+        return previous
+
+    def tokenize_prompt(self, bundle: ModelBundle, prompt: str, spec: SamplingSpec) -> list[int]:
+        """Tokenize and check the prompt fits the context window; raises InvalidArgument."""
+        require(bool(prompt), "prompt", "must not be empty")
+        ids = bundle.encode(prompt)
+        require(bool(ids), "prompt", "encodes to no tokens")
+        window = bundle.context_window
+        require(len(ids) < window, "prompt",
+                f"is {len(ids)} tokens; the model's context window is {window} tokens "
+                "(prompt plus at least one generated token must fit)")
+        if spec.explicit_max_new_tokens:
+            require(len(ids) + spec.max_new_tokens <= window, "sampling.max_new_tokens",
+                    f"prompt ({len(ids)} tokens) + max_new_tokens ({spec.max_new_tokens}) exceeds the "
+                    f"context window of {window} tokens")
+        return ids
+
+    def submit(self, prompt: str, spec: SamplingSpec, *, stream: bool = False, request_id: str = "") -> GenerationHandle:
+        """Queue a request; raises InvalidArgument, ResourceExhausted or Unavailable."""
+        bundle = self._bundle
+        ids = self.tokenize_prompt(bundle, prompt, spec)
+        handle = GenerationHandle(
+            prompt=prompt, spec=spec, stream=stream, request_id=request_id or new_id(), prompt_ids=ids,
+            tokenized_by=bundle.version, generation_ids=[new_id() for _ in range(spec.num_return_sequences)])
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the policy is shutting down; retry on another replica")
+            if len(self._queue) >= self.settings.max_queue:
+                raise ResourceExhausted(
+                    f"generation queue is full ({len(self._queue)} requests waiting, --max-queue "
+                    f"{self.settings.max_queue}); retry later", retry_after_s=1.0)
+            self._queue.append(handle)
+            pm.NUM_REQUESTS_WAITING.set(len(self._queue))
+            self._cond.notify()
+        return handle
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Refuse new requests, finish the queued ones, then end the scheduler."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._started:
+            self._thread.join(timeout_s)
+        self._decoder.tuner.restore()
+
+    # --- scheduler side -----------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch, bundle = self._next_batch()
+            if not batch:
+                return
+            self._running = list(batch)
+            pm.NUM_REQUESTS_RUNNING.set(len(batch))
+            admit = self._admit if self.settings.continuous_batching else None
+            try:
+                self._decoder.run(bundle, batch, admit)
+            except Exception as exc:  # noqa: BLE001 - one bad batch must not stop serving
+                log.exception("batch decode failed", extra={"batch_requests": len(self._running)})
+                for handle in self._running:
+                    handle.fail(exc)
+            finally:
+                self._running = []
+                pm.NUM_REQUESTS_RUNNING.set(0)
+
+    def _admit(self, bundle: ModelBundle, free_rows: int, width: int, remaining: int) -> list[GenerationHandle]:
+        """Requests that may join the running batch now (called between decode steps)."""
+        if not self._queue:  # the common case, without taking the lock
+            return []
+        with self._cond:
+            if self._bundle is not bundle:
+                return []  # a swap is waiting: this batch drains on its weights, newcomers get the new ones
+            taken = self._take(bundle, free_rows, width, remaining)
+            pm.NUM_REQUESTS_WAITING.set(len(self._queue))
+        if taken:
+            self._running = [h for h in self._running if not h.done()] + taken
+            pm.NUM_REQUESTS_RUNNING.set(len(self._running))
+        return taken
+
+    def _next_batch(self) -> tuple[list[GenerationHandle], ModelBundle | None]:
+        """Wait for work, give latecomers ``batch_wait_s`` to join, take what fits."""
+        max_rows = self.settings.max_batch_size
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return [], None
+            # Wait for as many rows as the last batch had: under steady load the
+            # callers of the last batch come back together, and a batch that
+            # starts without them would leave them for a small batch after it.
+            target = min(max_rows, self._last_batch_rows)
+            deadline = time.monotonic() + self.settings.batch_wait_s
+            while self._rows_waiting() < target and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            bundle = self._bundle
+            batch = self._take(bundle, max_rows, 0, 0)
+            pm.NUM_REQUESTS_WAITING.set(len(self._queue))
+            self._last_batch_rows = max(1, sum(h.spec.num_return_sequences for h in batch))
+            return batch, bundle
+
+    def _take(self, bundle: ModelBundle, free_rows: int, width: int, remaining: int) -> list[GenerationHandle]:
+        """Pop queued requests, in order, while they fit ``free_rows`` rows and
+        the window (``width``/``remaining``: the running batch's padded length
+        and most tokens still to come; 0 for a new batch). Caller holds the lock."""
+        taken: list[GenerationHandle] = []
+        rows = 0
+        window = bundle.context_window
+        while self._queue:
+            handle = self._queue[0]
+            if handle.cancelled:
+                self._queue.popleft()
+                handle.fail(Unavailable("cancelled by the caller"))
+                continue
+            if handle.tokenized_by != bundle.version and not self._retokenize(bundle, handle):
+                self._queue.popleft()
+                continue
+            n = handle.spec.num_return_sequences
+            new_width = max(width, len(handle.prompt_ids))
+            new_remaining = max(remaining, min(handle.spec.max_new_tokens, window - len(handle.prompt_ids)))
+            # Rows get their own position ids, but some architectures size
+            # masks or positions from the padded cache length: keep that
+            # inside the context window too.
+            if rows + n > free_rows or (new_width + new_remaining > window and (taken or width)):
+                break
+            self._queue.popleft()
+            taken.append(handle)
+            rows, width, remaining = rows + n, new_width, new_remaining
+        return taken
+
+    def _rows_waiting(self) -> int:
+        return sum(h.spec.num_return_sequences for h in self._queue)
+
+    def _retokenize(self, bundle: ModelBundle, handle: GenerationHandle) -> bool:
+        """A swap happened after the request was queued: use the new tokenizer."""
+        try:
+            handle.prompt_ids = self.tokenize_prompt(bundle, handle.prompt, handle.spec)
+            handle.tokenized_by = bundle.version
+            return True
+        except InvalidArgument as exc:
+            handle.fail(exc)
+            return False

@@ -1,0 +1,126 @@
+"""Loading a Hugging Face causal LM (from a directory or the model store) into
+a ModelBundle: the weights, tokenizer and facts about one version.
+
+A bundle is immutable once built; a hot swap replaces the engine's reference
+to it, so a batch that started on one bundle finishes on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from shared.model_store import ModelStore
+
+log = logging.getLogger(__name__)
+
+POLICY_KIND = "policy"
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory cannot be served (missing, corrupt, not a causal LM)."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    model: torch.nn.Module
+    tokenizer: object
+    version: str
+    path: str
+    architecture: str
+    num_parameters: int
+    context_window: int
+    eos_token_ids: frozenset[int]
+    pad_token_id: int
+    parent_version: str = ""
+    created_at: float = 0.0
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    # Handler threads tokenize concurrently; a fast tokenizer's Rust object
+    # can refuse concurrent mutable use ("Already borrowed"), so serialise it.
+    _encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def encode(self, text: str) -> list[int]:
+        with self._encode_lock:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _context_window(model, tokenizer) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", 0)
+    if isinstance(limit, int) and 0 < limit < 10**7:
+        return limit
+    raise ModelLoadError("cannot tell the model's context window from its config")
+
+
+def load_bundle(path: str | os.PathLike[str], version: str, *, device: str = "cpu",
+                parent_version: str = "", created_at: float = 0.0,
+                eval_metrics: dict[str, float] | None = None) -> ModelBundle:
+    """Load a causal LM directory; never reaches a model hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a tqdm bar per load would break the one-JSON-object-per-line logs
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    start = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a causal LM from {path}: {exc}") from exc
+    model.to(device).eval()
+    gen = model.generation_config
+    eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = gen.pad_token_id if gen.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
+    bundle = ModelBundle(
+        model=model,
+        tokenizer=tokenizer,
+        version=version,
+        path=str(path),
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        context_window=_context_window(model, tokenizer),
+        eos_token_ids=eos_ids,
+        pad_token_id=int(pad),
+        parent_version=parent_version,
+        created_at=created_at,
+        eval_metrics=dict(eval_metrics or {}),
+        device=device,
+    )
+    log.info("model loaded", extra={"version": version, "path": str(path), "parameters": bundle.num_parameters,
+                                    "load_s": round(time.perf_counter() - start, 3)})
+    return bundle
+
+
+def load_from_store(store_root: str | os.PathLike[str], version: str | None = None, *, device: str = "cpu",
+                    expected_manifest_sha256: str = "") -> ModelBundle:
+    """Load policy ``version`` (default: the store's current) after checking every file's sha256."""
+    store = ModelStore(store_root)
+    version = version or store.current(POLICY_KIND)
+    if not version:
+        raise ModelLoadError(f"the model store at {store_root} has no policy version yet "
+                             "(run `rlhf bootstrap`, or pass --model-dir)")
+    if expected_manifest_sha256 and store.manifest_sha256(POLICY_KIND, version) != expected_manifest_sha256:
+        raise ModelLoadError(f"policy {version}: manifest sha256 differs from the one announced")
+    vdir = store.open_version(POLICY_KIND, version)
+    manifest = store.manifest(POLICY_KIND, version)
+    return load_bundle(vdir, version, device=device, parent_version=manifest.parent_version,
+                       created_at=manifest.created_at, eval_metrics=manifest.eval_metrics)

@@ -1,0 +1,191 @@
+"""The PolicyService gRPC servicer and the service lifecycle.
+
+Servicer methods stay short (after grpc's route_guide example): turn the
+request into a validated SamplingSpec, hand it to the engine, build the reply
+and publish one GenerationEvent per returned sequence. Batching, sampling and
+model swaps live in the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from services.policy.config import PolicyConfig
+from services.policy.engine import FinishReason, GenerationEngine, GenerationHandle, SequenceResult
+from services.policy.model import ModelBundle, ModelLoadError, load_bundle, load_from_store
+from services.policy.sampling import SamplingDefaults, SamplingSpec, resolve_sampling
+from shared import events, metrics
+from shared.errors import Unavailable
+from shared.grpc_server import GrpcServer, ServiceBinding
+from shared.kafka_io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.logs import request_id_var
+from shared.model_store import ModelStoreError
+from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+_FINISH = {
+    FinishReason.EOS: events_pb2.FINISH_REASON_EOS,
+    FinishReason.LENGTH: events_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP_SEQUENCE: events_pb2.FINISH_REASON_STOP_SEQUENCE,
+    FinishReason.CANCELLED: events_pb2.FINISH_REASON_UNSPECIFIED,
+}
+
+
+def spec_from_proto(sampling: common_pb2.SamplingParams, defaults: SamplingDefaults) -> SamplingSpec:
+    """Proto → validated spec; unset optional fields take the server defaults."""
+    def opt(name):
+        return getattr(sampling, name) if sampling.HasField(name) else None
+
+    return resolve_sampling(
+        defaults, max_new_tokens=opt("max_new_tokens"), temperature=opt("temperature"), top_p=opt("top_p"),
+        top_k=opt("top_k"), stop=tuple(sampling.stop), seed=opt("seed"),
+        num_return_sequences=opt("num_return_sequences"))
+
+
+def spec_to_proto(spec: SamplingSpec, seed: int | None = None) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(
+        max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
+        stop=list(spec.stop), seed=spec.seed if seed is None else seed,
+        num_return_sequences=spec.num_return_sequences)
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, config: PolicyConfig, publisher: BufferedEventPublisher):
+        self.config = config
+        self.defaults = config.sampling_defaults
+        self.publisher = publisher
+        self.engine: GenerationEngine | None = None  # set once the model is loaded
+
+    def _engine(self) -> GenerationEngine:
+        if self.engine is None:
+            raise Unavailable("the policy model is still loading; retry shortly")
+        return self.engine
+
+    def _submit(self, request, context, *, stream: bool) -> GenerationHandle:
+        spec = spec_from_proto(request.sampling, self.defaults)
+        handle = self._engine().submit(request.prompt, spec, stream=stream, request_id=request_id_var.get())
+        context.add_callback(handle.cancel)  # client gone → stop decoding its rows
+        return handle
+
+    def Generate(self, request, context):
+        handle = self._submit(request, context, stream=False)
+        result = handle.result()
+        self._publish(request, handle, result.sequences)
+        return policy_pb2.GenerateResponse(
+            request_id=result.request_id, model_version=result.model_version, prompt_tokens=result.prompt_tokens,
+            completions=[policy_pb2.Completion(
+                generation_id=s.generation_id, text=s.text, finish_reason=_FINISH[s.finish_reason],
+                completion_tokens=s.completion_tokens, index=s.index) for s in result.sequences])
+
+    def GenerateStream(self, request, context):
+        handle = self._submit(request, context, stream=True)
+        for chunk in handle.chunks():
+            yield policy_pb2.GenerateStreamResponse(
+                request_id=handle.request_id, model_version=handle.model_version, generation_id=chunk.generation_id,
+                index=chunk.index, text_delta=chunk.text_delta,
+                finish_reason=_FINISH[chunk.finish_reason] if chunk.finish_reason else 0,
+                completion_tokens=chunk.completion_tokens)
+        self._publish(request, handle, handle.result().sequences)
+
+    def GetModelInfo(self, request, context):
+        bundle = self._engine().bundle
+        info = common_pb2.ModelInfo(
+            kind=common_pb2.MODEL_KIND_POLICY, version=bundle.version, parent_version=bundle.parent_version,
+            architecture=bundle.architecture, num_parameters=bundle.num_parameters,
+            context_window=bundle.context_window, eval_metrics=bundle.eval_metrics, device=bundle.device,
+            backend="torch", default_sampling=common_pb2.SamplingParams(
+                max_new_tokens=self.defaults.max_new_tokens, temperature=self.defaults.temperature,
+                top_p=self.defaults.top_p, top_k=self.defaults.top_k, num_return_sequences=1),
+            limits={"max_new_tokens": self.defaults.max_new_tokens_cap,
+                    "num_return_sequences": self.defaults.max_return_sequences,
+                    "context_window": bundle.context_window, "max_batch_size": self.config.max_batch_size,
+                    "max_queue": self.config.max_queue, "max_message_bytes": self.config.max_message_bytes})
+        if bundle.created_at:
+            info.created_at.FromNanoseconds(int(bundle.created_at * 1e9))
+        return info
+
+    def _publish(self, request, handle: GenerationHandle, sequences: list[SequenceResult]) -> None:
+        for seq in sequences:
+            if seq.finish_reason is FinishReason.CANCELLED:
+                continue
+            event = events_pb2.GenerationEvent(
+                event_id=events.new_id(), generation_id=seq.generation_id, request_id=handle.request_id,
+                prompt=request.prompt, response=seq.text, model_version=handle.model_version,
+                sampling=spec_to_proto(handle.spec, seed=seq.seed), created_at=events.now_timestamp(),
+                prompt_tokens=len(handle.prompt_ids), completion_tokens=seq.completion_tokens,
+                finish_reason=_FINISH[seq.finish_reason], sequence_index=seq.index, user_id=request.user_id,
+                metadata=dict(request.metadata))
+            self.publisher.publish(seq.generation_id, event)
+
+
+class PolicyService:
+    """gRPC server + engine + event publisher + model-update watcher."""
+
+    def __init__(self, config: PolicyConfig):
+        self.config = config
+        self.publisher = BufferedEventPublisher(config.kafka, events.GENERATIONS_TOPIC, capacity=config.event_buffer,
+                                                producer_overrides=config.kafka_client_options())
+        self.servicer = PolicyServicer(config, self.publisher)
+        self.grpc = GrpcServer(config, "policy", [ServiceBinding(
+            policy_pb2_grpc.add_PolicyServiceServicer_to_server, self.servicer, SERVICE_NAME)])
+        self.engine: GenerationEngine | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.updates: EventConsumerLoop | None = None
+        self._stop_updates = threading.Event()
+
+    def load_initial(self) -> ModelBundle:
+        c = self.config
+        if c.model_dir:
+            return load_bundle(c.model_dir, c.policy_version or "local", device=c.device)
+        return load_from_store(c.model_store, c.policy_version or None, device=c.device)
+
+    def start(self) -> int:
+        """Listen (NOT_SERVING), load the model, then report SERVING; returns the gRPC port."""
+        self.port = self.grpc.start()
+        self.metrics_port = metrics.start_metrics_server(self.config.metrics_port)
+        bundle = self.load_initial()
+        self.engine = GenerationEngine(bundle, self.config.engine_settings).start()
+        self.servicer.engine = self.engine
+        self._label_version(bundle)
+        if self.config.watch_updates and not self.config.model_dir:
+            self.updates = EventConsumerLoop(
+                ConsumerSettings(self.config.kafka, {events.MODEL_UPDATES_TOPIC: events_pb2.ModelUpdateEvent},
+                                 group_id=None, from_beginning=False, client_id="policy-updates",
+                                 extra=self.config.kafka_client_options()),
+                self._on_model_update)
+            self.updates.start(self._stop_updates, name="policy-model-updates")
+        self.grpc.set_serving(True)
+        log.info("policy serving", extra={"version": bundle.version, "port": self.port})
+        return self.port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, let in-flight calls finish, then stop the engine and flush events."""
+        self.grpc.stop(grace_s)
+        self._stop_updates.set()
+        if self.engine is not None:
+            self.engine.stop()
+        self.publisher.close()
+
+    def _label_version(self, bundle: ModelBundle) -> None:
+        metrics.MODEL_VERSION.info({"kind": "policy", "version": bundle.version,
+                                    "architecture": bundle.architecture})
+
+    def _on_model_update(self, event: events.ConsumedEvent) -> None:
+        update: events_pb2.ModelUpdateEvent = event.message
+        if update.kind != common_pb2.MODEL_KIND_POLICY or self.engine is None:
+            return
+        if update.version == self.engine.bundle.version:
+            return  # redelivery, or we started on it: idempotent
+        try:
+            bundle = load_from_store(self.config.model_store, update.version, device=self.config.device,
+                                     expected_manifest_sha256=update.manifest_sha256)
+        except (ModelLoadError, ModelStoreError) as exc:
+            metrics.MODEL_SWAPS.labels("policy", "failed").inc()
+            raise InvalidEvent("model_load_failed", f"policy {update.version}: {exc}") from exc
+        self.engine.swap(bundle)
+        self._label_version(bundle)
+        metrics.MODEL_SWAPS.labels("policy", "ok").inc()

@@ -1,0 +1,243 @@
+"""The reward service's core: load a reward version, score (prompt, response)
+pairs with it, and swap to a new version without dropping a request.
+
+No grpc here. A :class:`LoadedReward` is immutable; :class:`RewardScorer`
+holds one reference to the one serving now. A request reads that reference
+once and scores with it to the end, so replacing the reference (a single
+assignment, atomic in Python) lets in-flight requests finish on the old
+version while new ones get the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from prometheus_client import Histogram
+
+from shared import metrics
+from shared.errors import Unavailable, require
+from shared.model_store import Manifest, ModelStore
+from shared.reward_model import ONNX_FILE, WEIGHTS_FILE, encode_pairs, export_onnx, load_reward_model
+
+log = logging.getLogger(__name__)
+
+KIND = "reward"
+BACKENDS = ("onnx", "torch")
+
+REWARD_LATENCY = Histogram("rlhf_reward_latency_seconds", "time to score one batch (tokenize + model)",
+                           buckets=metrics.LATENCY_BUCKETS)
+REWARD_BATCH_SIZE = Histogram("rlhf_reward_batch_size", "pairs per scoring call",
+                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+REWARD_SCORE = Histogram("rlhf_reward_score", "reward scores returned",
+                         buckets=(-10, -5, -3, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 3, 5, 10))
+
+
+@dataclass(frozen=True)
+class RewardLimits:
+    max_batch_size: int = 64
+    max_prompt_chars: int = 4_000
+    max_response_chars: int = 8_000
+
+    def as_dict(self) -> dict[str, int]:
+        return {"max_batch_size": self.max_batch_size, "max_prompt_chars": self.max_prompt_chars,
+                "max_response_chars": self.max_response_chars}
+
+
+class ScoringBackend(Protocol):
+    name: str
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[float]: ...
+
+
+class OnnxBackend:
+    """ONNX Runtime with every graph optimisation (fused attention, GELU and
+    layer norm) and intra-op threads sized to the machine."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def run(self, input_ids, attention_mask) -> list[float]:
+        (scores,) = self.session.run(["scores"], {"input_ids": input_ids.numpy(),
+                                                 "attention_mask": attention_mask.numpy()})
+        return np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+
+
+class TorchBackend:
+    """The safetensors weights in PyTorch eager mode (the fallback)."""
+
+    name = "torch"
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def run(self, input_ids, attention_mask) -> list[float]:
+        return self.model(input_ids, attention_mask).double().reshape(-1).tolist()
+
+
+@dataclass(frozen=True)
+class LoadedReward:
+    """One reward version, ready to score. Never mutated after loading."""
+
+    version: str
+    manifest: Manifest
+    backend: ScoringBackend
+    tokenizer: object
+    max_length: int
+    num_parameters: int
+    # The tokenizer is not safe to call from several threads at once, and on a
+    # CPU one batch at a time with all intra-op threads is the fastest anyway.
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        with self.lock:
+            batch = encode_pairs(self.tokenizer, prompts, responses, self.max_length)
+            return self.backend.run(batch["input_ids"], batch["attention_mask"])
+
+
+def _count_parameters(weights: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(weights), framework="pt") as fh:
+        for name in fh.keys():
+            total += math.prod(fh.get_slice(name).get_shape())
+    return total
+
+
+def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", threads: int = 2) -> LoadedReward:
+    """Open ``version`` from the store (checksums verified) and build a backend.
+
+    ONNX uses the version's model.onnx; a version without one is exported to
+    a private temporary directory (the version directory is immutable), and
+    if that fails the torch backend serves instead."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    vdir = store.open_version(KIND, version)
+    manifest = store.manifest(KIND, version)
+    model, tokenizer = load_reward_model(vdir)
+    max_length = model.head_config.max_length
+    chosen: ScoringBackend
+    if backend == "torch":
+        torch.set_num_threads(threads)
+        chosen = TorchBackend(model)
+    else:
+        onnx_path = vdir / ONNX_FILE
+        try:
+            if onnx_path.is_file():
+                chosen = OnnxBackend(onnx_path, threads)
+            else:
+                log.info("reward version has no model.onnx; exporting it", extra={"version": version})
+                # The session keeps the graph in memory, so the export can go once it is built.
+                with tempfile.TemporaryDirectory(prefix=f"rlhf-reward-{version}-") as tmp:
+                    chosen = OnnxBackend(export_onnx(model, tokenizer, tmp), threads)
+        except Exception as exc:  # noqa: BLE001 - serving with torch beats not serving
+            log.warning("ONNX backend unavailable; falling back to torch",
+                        extra={"version": version, "error": f"{type(exc).__name__}: {exc}"})
+            torch.set_num_threads(threads)
+            chosen = TorchBackend(model)
+    return LoadedReward(version, manifest, chosen, tokenizer, max_length, _count_parameters(vdir / WEIGHTS_FILE))
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    scores: list[float]
+    version: str
+
+
+class RewardScorer:
+    """Validates scoring requests and scores them with the version serving now."""
+
+    def __init__(self, store: ModelStore, limits: RewardLimits, backend: str = "onnx", threads: int = 2):
+        self.store = store
+        self.limits = limits
+        self.backend = backend
+        self.threads = threads
+        self._current: LoadedReward | None = None
+        self._swap_lock = threading.Lock()  # one load-and-swap at a time
+
+    @property
+    def current(self) -> LoadedReward | None:
+        return self._current
+
+    def load(self, version: str, expected_manifest_sha256: str = "") -> LoadedReward:
+        """Load ``version`` (slow, off the request path), then swap it in."""
+        with self._swap_lock:
+            return self._load_locked(version, expected_manifest_sha256)
+
+    def load_current(self) -> LoadedReward:
+        """Load the store's CURRENT version (read under the swap lock, so an
+        update being applied meanwhile is not undone by a stale read)."""
+        with self._swap_lock:
+            version = self.store.current(KIND)
+            if version is None:
+                raise Unavailable(f"the model store at {self.store.root} has no reward version yet")
+            return self._load_locked(version, "")
+
+    def _load_locked(self, version: str, expected_manifest_sha256: str) -> LoadedReward:
+        serving = self._current
+        if serving is not None and serving.version == version:
+            return serving
+        start = time.perf_counter()
+        try:
+            if expected_manifest_sha256:
+                actual = self.store.manifest_sha256(KIND, version)
+                if actual != expected_manifest_sha256:
+                    raise ValueError(f"manifest sha256 of {version} is {actual[:12]}…, the update announced "
+                                     f"{expected_manifest_sha256[:12]}…; refusing to serve it")
+            loaded = load_reward_version(self.store, version, self.backend, self.threads)
+        except Exception:
+            metrics.MODEL_SWAPS.labels(KIND, "failed").inc()
+            raise
+        self._current = loaded  # the swap: one reference assignment
+        metrics.MODEL_SWAPS.labels(KIND, "ok").inc()
+        metrics.MODEL_VERSION.info({"kind": KIND, "version": loaded.version, "backend": loaded.backend.name})
+        log.info("serving reward version", extra={
+            "version": version, "previous": serving.version if serving else "",
+            "backend": loaded.backend.name, "load_s": round(time.perf_counter() - start, 3)})
+        return loaded
+
+    def check_pair(self, prompt: str, response: str, prefix: str = "") -> None:
+        require(len(prompt) <= self.limits.max_prompt_chars, prefix + "prompt",
+                f"is {len(prompt)} characters; the limit is {self.limits.max_prompt_chars}")
+        require(bool(response.strip()), prefix + "response", "must not be empty")
+        require(len(response) <= self.limits.max_response_chars, prefix + "response",
+                f"is {len(response)} characters; the limit is {self.limits.max_response_chars}")
+
+    def check_batch(self, prompts: Sequence[str], responses: Sequence[str], field_name: str = "items") -> None:
+        require(len(prompts) > 0, field_name, "is empty; send at least one (prompt, response) pair")
+        require(len(prompts) <= self.limits.max_batch_size, field_name,
+                f"has {len(prompts)} items; the limit is {self.limits.max_batch_size} (GetModelInfo limits)")
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            self.check_pair(prompt, response, f"{field_name}[{i}].")
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> ScoredBatch:
+        """Scores of validated pairs, all from one version (read once, here)."""
+        loaded = self._current
+        if loaded is None:
+            raise Unavailable("no reward version loaded yet; retry shortly")
+        start = time.perf_counter()
+        scores = loaded.score(prompts, responses)
+        REWARD_LATENCY.observe(time.perf_counter() - start)
+        REWARD_BATCH_SIZE.observe(len(scores))
+        for s in scores:
+            REWARD_SCORE.observe(s)
+        return ScoredBatch(scores, loaded.version)

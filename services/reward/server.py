@@ -1,0 +1,96 @@
+"""RewardService over gRPC, and the reward process's lifecycle.
+
+The gRPC server starts first and answers health checks with NOT_SERVING
+until the current reward version is loaded; then the update follower keeps
+the version current.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from services.reward.config import RewardConfig
+from services.reward.model_updates import RewardUpdateFollower
+from services.reward.scorer import RewardScorer
+from shared import metrics
+from shared.config import load_config, log_config
+from shared.errors import Unavailable
+from shared.grpc_server import GrpcServer, ServiceBinding
+from shared.logs import setup_logging
+from shared.model_store import ModelStore
+from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "reward"
+
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    def __init__(self, scorer: RewardScorer):
+        self.scorer = scorer
+
+    def Score(self, request, context):
+        self.scorer.check_pair(request.prompt, request.response)
+        scored = self.scorer.score([request.prompt], [request.response])
+        return reward_pb2.ScoreResponse(score=scored.scores[0], model_version=scored.version)
+
+    def ScoreBatch(self, request, context):
+        prompts = [item.prompt for item in request.items]
+        responses = [item.response for item in request.items]
+        self.scorer.check_batch(prompts, responses)
+        scored = self.scorer.score(prompts, responses)
+        return reward_pb2.ScoreBatchResponse(scores=scored.scores, model_version=scored.version)
+
+    def GetModelInfo(self, request, context):
+        loaded = self.scorer.current
+        if loaded is None:
+            raise Unavailable("no reward version loaded yet; retry shortly")
+        info = common_pb2.ModelInfo(
+            kind=common_pb2.MODEL_KIND_REWARD, version=loaded.version,
+            parent_version=loaded.manifest.parent_version, architecture="RewardModel(BertModel+mean-pool+linear)",
+            num_parameters=loaded.num_parameters, context_window=loaded.max_length,
+            eval_metrics=loaded.manifest.eval_metrics, device="cpu", backend=loaded.backend.name,
+            limits=self.scorer.limits.as_dict())
+        info.created_at.FromNanoseconds(int(loaded.manifest.created_at * 1e9))
+        return info
+
+
+class RewardServer:
+    """The scorer, the update follower and the gRPC server around them."""
+
+    def __init__(self, config: RewardConfig):
+        self.config = config
+        self.scorer = RewardScorer(ModelStore(config.model_store), config.limits, config.backend, config.threads)
+        self.follower = (RewardUpdateFollower(self.scorer, config.kafka, kafka_options=config.kafka_client_options())
+                         if config.watch_updates else None)
+        self.grpc = GrpcServer(config, SERVICE_NAME, [ServiceBinding(
+            reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(self.scorer),
+            reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name)])
+
+    def start(self) -> int:
+        port = self.grpc.start()
+        # Follow updates before loading, so one published during the load is not missed.
+        if self.follower is not None:
+            self.follower.start()
+        self.scorer.load_current()
+        self.grpc.set_serving(True)
+        return port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        self.grpc.stop(grace_s)
+        if self.follower is not None:
+            self.follower.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(RewardConfig, argv, prog="python -m services.reward")
+    setup_logging(SERVICE_NAME, config.log_level, config.log_format)
+    log_config(config, log)
+    metrics.start_metrics_server(config.metrics_port)
+    server = RewardServer(config)
+    server.start()
+    server.grpc.wait_for_signal()
+    server.stop()
+    log.info("reward service stopped")
+    return 0

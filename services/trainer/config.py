@@ -1,0 +1,114 @@
+"""Settings of the online trainer (flags > RLHF_* env > defaults).
+
+Only the knobs an operator turns are flags; every other PPO hyperparameter
+keeps its default in :class:`services.trainer.ppo_config.PPOConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.trainer.ppo_config import PPOConfig
+from shared import env
+from shared.config import ServiceConfig, check, setting
+
+
+@dataclass(frozen=True)
+class TrainerConfig(ServiceConfig):
+    """Online trainer: joins feedback to generations, trains reward and policy, promotes through a gate."""
+
+    port: int = setting(50054, "gRPC port (0 picks a free port)", env=env.PORT)
+    metrics_port: int = setting(9104, "Prometheus /metrics port (0 picks a free port, -1 disables)",
+                                env=env.METRICS_PORT)
+    state_dir: str = setting("./trainer-state", "where the feedback ledger (SQLite) and the PPO checkpoint live; "
+                             "keep it on a persistent volume", env=env.TRAINER_STATE_DIR)
+    consumer_group: str = setting("rlhf-trainer", "Kafka consumer group of the trainer (one group per ledger)",
+                                  env=env.TRAINER_CONSUMER_GROUP)
+    reward_addr: str = setting("127.0.0.1:50052", "RewardService address used to score rollouts and candidates",
+                               env=env.REWARD_ADDR)
+    reward_token: str = setting("", "bearer token for the reward service (empty: reuse --auth-token)",
+                                env=env.TRAINER_REWARD_TOKEN)
+    reward_timeout_s: float = setting(30.0, "deadline of one ScoreBatch call; failed calls are retried",
+                                      env=env.TRAINER_REWARD_TIMEOUT_S)
+    reward_batch_size: int = setting(64, "pairs per ScoreBatch call (at most the reward service's max_batch_size)",
+                                     env=env.TRAINER_REWARD_BATCH_SIZE)
+    feedback_hold_s: float = setting(300.0, "how long feedback waits for its generation before it is "
+                                     "dead-lettered as unknown_generation", env=env.TRAINER_FEEDBACK_HOLD_S)
+    reward_min_new_comparisons: int = setting(
+        200, "new comparisons (preferences, rating pairs) that trigger a reward-model update",
+        env=env.TRAINER_REWARD_MIN_NEW_COMPARISONS)
+    reward_steps: int = setting(60, "optimizer steps of one reward-model update", env=env.TRAINER_REWARD_STEPS)
+    reward_accuracy_tolerance: float = setting(
+        0.02, "a new reward version may lose at most this much held-out pairwise accuracy",
+        env=env.TRAINER_REWARD_ACCURACY_TOLERANCE)
+    ppo_min_prompts: int = setting(32, "distinct recent prompts needed before a PPO round starts",
+                                   env=env.TRAINER_PPO_MIN_PROMPTS)
+    ppo_min_new_feedback: int = setting(50, "feedback events accepted since the last round that start a new one",
+                                        env=env.TRAINER_PPO_MIN_NEW_FEEDBACK)
+    ppo_steps_per_round: int = setting(8, "PPO steps in one round; a candidate is evaluated after each round",
+                                       env=env.TRAINER_PPO_STEPS_PER_ROUND)
+    ppo_batch_size: int = setting(16, "prompts rolled out per PPO step", env=env.TRAINER_PPO_BATCH_SIZE)
+    ppo_mini_batch_size: int = setting(8, "rollouts per optimizer step; must divide --ppo-batch-size",
+                                       env=env.TRAINER_PPO_MINI_BATCH_SIZE)
+    ppo_learning_rate: float = setting(1e-5, "PPO learning rate", env=env.TRAINER_PPO_LEARNING_RATE)
+    ppo_max_new_tokens: int = setting(24, "longest response sampled per rollout", env=env.TRAINER_PPO_MAX_NEW_TOKENS)
+    ppo_init_kl_coef: float = setting(0.05, "initial KL coefficient (adapted toward PPOConfig.target_kl)",
+                                      env=env.TRAINER_PPO_INIT_KL_COEF)
+    gate_min_reward_gain: float = setting(0.0, "a candidate policy must raise the mean held-out reward by at "
+                                          "least this much over the current version", env=env.TRAINER_GATE_MIN_REWARD_GAIN)
+    gate_kl_budget: float = setting(20.0, "largest KL (nats per response) a candidate may drift from policy v1",
+                                    env=env.TRAINER_GATE_KL_BUDGET)
+    gate_prompts: int = setting(32, "held-out world prompts used to evaluate a candidate (0 = all)",
+                                env=env.TRAINER_GATE_PROMPTS)
+    gate_samples_per_prompt: int = setting(2, "responses sampled per held-out prompt at the gate",
+                                           env=env.TRAINER_GATE_SAMPLES_PER_PROMPT)
+    round_check_s: float = setting(5.0, "how often the training thread checks whether a round is due",
+                                   env=env.TRAINER_ROUND_CHECK_S)
+    torch_threads: int = setting(2, "torch CPU threads for training (about the cores given to the pod)",
+                                 env=env.TRAINER_TORCH_THREADS)
+    start_paused: bool = setting(False, "start with training rounds paused (consumption still runs)",
+                                 env=env.TRAINER_START_PAUSED)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.state_dir.strip()), "state_dir", "must name a directory")
+        check(bool(self.consumer_group.strip()), "consumer_group", "must not be empty")
+        check(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
+        check(self.reward_batch_size >= 1, "reward_batch_size", f"must be >= 1, got {self.reward_batch_size}")
+        check(self.feedback_hold_s >= 0, "feedback_hold_s", f"must be >= 0, got {self.feedback_hold_s}")
+        check(self.reward_min_new_comparisons >= 1, "reward_min_new_comparisons",
+              f"must be >= 1, got {self.reward_min_new_comparisons}")
+        check(self.reward_steps >= 1, "reward_steps", f"must be >= 1, got {self.reward_steps}")
+        check(0 <= self.reward_accuracy_tolerance <= 1, "reward_accuracy_tolerance",
+              f"must be in [0, 1], got {self.reward_accuracy_tolerance}")
+        check(self.ppo_min_prompts >= 1, "ppo_min_prompts", f"must be >= 1, got {self.ppo_min_prompts}")
+        check(self.ppo_min_new_feedback >= 0, "ppo_min_new_feedback", f"must be >= 0, got {self.ppo_min_new_feedback}")
+        check(self.ppo_steps_per_round >= 1, "ppo_steps_per_round", f"must be >= 1, got {self.ppo_steps_per_round}")
+        check(self.gate_kl_budget > 0, "gate_kl_budget", f"must be > 0, got {self.gate_kl_budget}")
+        check(self.gate_prompts >= 0, "gate_prompts", f"must be >= 0, got {self.gate_prompts}")
+        check(self.gate_samples_per_prompt >= 1, "gate_samples_per_prompt",
+              f"must be >= 1, got {self.gate_samples_per_prompt}")
+        check(self.round_check_s > 0, "round_check_s", f"must be > 0, got {self.round_check_s}")
+        check(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
+        self.ppo_config()  # PPOConfig checks batch shapes and rates, naming the field
+
+    def ppo_config(self, max_positions: int | None = None) -> PPOConfig:
+        """The PPO hyperparameters: these flags over PPOConfig's defaults. A prompt
+        plus its response must fit the policy's context window."""
+        prompt_limit = PPOConfig().max_prompt_length
+        if max_positions:
+            prompt_limit = max(1, min(prompt_limit, max_positions - self.ppo_max_new_tokens))
+        return PPOConfig(
+            batch_size=self.ppo_batch_size, mini_batch_size=self.ppo_mini_batch_size,
+            learning_rate=self.ppo_learning_rate, max_new_tokens=self.ppo_max_new_tokens,
+            init_kl_coef=self.ppo_init_kl_coef, max_prompt_length=prompt_limit, num_threads=self.torch_threads,
+        )
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(self.state_dir) / "ledger.sqlite"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.state_dir) / "ppo-checkpoint"

@@ -1,0 +1,156 @@
+"""The consumer side of the trainer: generations and feedback into the ledger.
+
+One EventConsumerLoop (group rlhf-trainer) reads both topics. Feedback is
+validated with shared.feedback_rules (invalid → dead letter), then joined to
+its generation(s) by the ledger; feedback that arrives first is held and,
+after ``hold_s`` without its generation, dead-lettered as
+``unknown_generation`` with its source offset.
+
+Durability: the ledger transaction is committed in ``before_commit``, i.e.
+before the loop commits the batch's Kafka offsets. Expired holds are
+dead-lettered (and acknowledged) before the transaction that deletes them
+commits, so a crash can repeat a dead letter but never lose one. Counters are
+bumped only after the ledger commit, so a replayed batch is not counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass
+
+from services.trainer import trainer_metrics as tm
+from services.trainer.ledger import FeedbackLedger
+from shared import events, metrics
+from shared.events import ConsumedEvent
+from shared.feedback_rules import FeedbackLimits, validating_feedback_handler
+from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop
+from shared.proto.rlhf.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "rlhf-trainer"
+UNKNOWN_GENERATION = "unknown_generation"
+TOPICS = {events.GENERATIONS_TOPIC: events_pb2.GenerationEvent, events.FEEDBACK_TOPIC: events_pb2.FeedbackEvent}
+
+
+@dataclass(frozen=True)
+class HeldRecord:
+    """Enough of a Kafka record for DeadLetterProducer.send: the held feedback
+    as it was consumed (the value re-encoded from the ledger)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: list
+
+
+class FeedbackIngest:
+    """Handler + before_commit of the trainer's consumer loop, and the hold expiry."""
+
+    def __init__(self, ledger: FeedbackLedger, dead_letters: DeadLetterProducer, *, hold_s: float,
+                 limits: FeedbackLimits = FeedbackLimits()):
+        self.ledger = ledger
+        self.dead_letters = dead_letters
+        self.hold_s = hold_s
+        # The consumer thread and the expiry timer share one SQLite connection.
+        self._lock = threading.RLock()
+        self._accepted = Tally()
+        self._duplicates = 0
+        self._gauges_at = 0.0
+        self._handle_feedback = validating_feedback_handler(self._record_feedback, limits)
+
+    def consumer_loop(self, bootstrap: str, client_options: dict | None = None,
+                      group: str = CONSUMER_GROUP) -> EventConsumerLoop:
+        settings = ConsumerSettings(bootstrap=bootstrap, topics=dict(TOPICS), group_id=group,
+                                    client_id="rlhf-trainer", extra=dict(client_options or {}))
+        return EventConsumerLoop(settings, self.handle, dead_letters=self.dead_letters,
+                                 before_commit=self.before_commit)
+
+    # --- the loop's callbacks -------------------------------------------------------
+    def handle(self, event: ConsumedEvent) -> None:
+        with self._lock:
+            if event.topic == events.GENERATIONS_TOPIC:
+                for joined in self.ledger.record_generation(event.message):
+                    self._accepted[joined.WhichOneof("kind")] += 1
+            else:
+                self._handle_feedback(event)
+
+    def _record_feedback(self, event: ConsumedEvent) -> None:
+        outcome = self.ledger.record_feedback(event.message, source_topic=event.topic,
+                                              source_partition=event.partition, source_offset=event.offset)
+        if outcome == "recorded":
+            self._accepted[event.message.WhichOneof("kind")] += 1
+        elif outcome == "duplicate":
+            self._duplicates += 1
+
+    def before_commit(self) -> None:
+        """Dead-letter expired holds, then make the batch durable (before offsets commit)."""
+        with self._lock:
+            self._dead_letter_expired()
+            self.ledger.commit()
+            self._publish_counts()
+        self.refresh_gauges(min_interval_s=1.0)
+
+    # --- hold expiry (also run by a timer: no batch may come for a long time) -------
+    def expire_held(self) -> int:
+        with self._lock:
+            count = self._dead_letter_expired()
+            if count:
+                self.ledger.commit()
+            self._publish_counts()
+        self.refresh_gauges()
+        return count
+
+    def _dead_letter_expired(self) -> int:
+        expired = self.ledger.expire_pending(self.hold_s)
+        for held in expired:
+            feedback = events_pb2.FeedbackEvent.FromString(held.payload)
+            _, headers = events.encode(feedback)
+            record = HeldRecord(held.source_topic, held.source_partition, held.source_offset,
+                                feedback.generation_id.encode(), held.payload, headers)
+            missing = feedback.generation_id
+            if feedback.WhichOneof("kind") == "preference":
+                missing = f"{feedback.preference.chosen_generation_id} / {feedback.preference.rejected_generation_id}"
+            self.dead_letters.send(record, UNKNOWN_GENERATION,
+                                   f"feedback {feedback.feedback_id} waited {held.held_s:.0f} s for generation "
+                                   f"{missing}, which never arrived on {events.GENERATIONS_TOPIC}")
+        return len(expired)
+
+    def _publish_counts(self) -> None:
+        for kind, n in self._accepted.items():
+            tm.FEEDBACK_ACCEPTED.labels(kind).inc(n)
+        if self._duplicates:
+            tm.FEEDBACK_DUPLICATES.inc(self._duplicates)
+        self._accepted.clear()
+        self._duplicates = 0
+
+    def refresh_gauges(self, min_interval_s: float = 0.0) -> None:
+        """Ledger size gauges; COUNT(*) is not free, so at most once per interval."""
+        now = time.monotonic()
+        if now - self._gauges_at < min_interval_s:
+            return
+        self._gauges_at = now
+        with self._lock:
+            counts = self.ledger.counts()
+            generations = self.ledger.generations_seen()
+            pending = self.ledger.pending_count()
+        for kind, n in counts.items():
+            tm.LEDGER_FEEDBACK.labels(kind).set(n)
+        tm.LEDGER_GENERATIONS.set(generations)
+        tm.PENDING_JOIN.set(pending)
+
+
+def consumer_lag(group: str = CONSUMER_GROUP) -> dict[str, int]:
+    """Records behind the end, per topic, as the consumer loop last measured it."""
+    lag: dict[str, int] = {}
+    for family in metrics.CONSUMER_LAG.collect():
+        for sample in family.samples:
+            if sample.labels.get("group") == group:
+                topic = sample.labels["topic"]
+                lag[topic] = lag.get(topic, 0) + int(sample.value)
+    return lag

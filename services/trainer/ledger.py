@@ -1,0 +1,287 @@
+"""The trainer's durable feedback ledger (SQLite).
+
+Every generation and every accepted feedback event is written here before the
+consumer commits its Kafka offsets, inside one transaction per polled batch,
+so after a crash the ledger and the committed offsets agree: an event is
+either in the ledger and committed, or neither (and is consumed again, then
+ignored by its id). That makes at-least-once delivery exactly-once in effect.
+
+Feedback may arrive before its generation (two topics, no order between
+them): it is held in ``pending_feedback`` and joined when the generation
+arrives, or handed back for dead-lettering after ``hold_s``.
+
+A user's repeated votes on one generation count once: a later rating by the
+same user on the same generation replaces the earlier one; a repeated
+preference for the same pair is ignored.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.proto.rlhf.v1 import events_pb2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (
+    generation_id TEXT PRIMARY KEY,
+    request_id    TEXT NOT NULL,
+    prompt        TEXT NOT NULL,
+    response      TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    user_id       TEXT NOT NULL,
+    created_at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS generations_by_prompt ON generations(prompt);
+CREATE INDEX IF NOT EXISTS generations_by_time ON generations(created_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    feedback_id   TEXT PRIMARY KEY,
+    generation_id TEXT NOT NULL,
+    user_id       TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    -- the vote identity: one row per (user, generation(s), kind)
+    vote_key      TEXT NOT NULL UNIQUE,
+    score         REAL,
+    other_generation_id TEXT,
+    text          TEXT,
+    flag          TEXT,
+    source        TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    seq           INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_by_seq ON feedback(seq);
+CREATE TABLE IF NOT EXISTS pending_feedback (
+    feedback_id   TEXT PRIMARY KEY,
+    generation_id TEXT NOT NULL,
+    payload       BLOB NOT NULL,
+    source_topic  TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset INTEGER NOT NULL,
+    received_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_by_generation ON pending_feedback(generation_id);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+FEEDBACK_KINDS = ("rating", "preference", "correction", "flag")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A preference pair for reward-model training."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A correction: the better response a user wrote, for SFT / PPO-ptx."""
+
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class ExpiredFeedback:
+    """Held feedback whose generation never arrived: to be dead-lettered."""
+
+    payload: bytes
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    held_s: float
+
+
+class FeedbackLedger:
+    """SQLite ledger used from one thread (the consumer loop's)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def commit(self) -> None:
+        """Make everything recorded since the last commit durable."""
+        self._db.commit()
+
+    # --- writes (inside the consumer's open transaction) -------------------------
+
+    def record_generation(self, event: events_pb2.GenerationEvent) -> list[events_pb2.FeedbackEvent]:
+        """Store a generation (idempotent); returns held feedback it releases, now joined."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event.generation_id, event.request_id, event.prompt, event.response, event.model_version,
+             event.user_id, event.created_at.ToNanoseconds() / 1e9 or time.time()),
+        )
+        released = []
+        rows = self._db.execute(
+            "SELECT feedback_id, payload FROM pending_feedback WHERE generation_id = ?", (event.generation_id,)
+        ).fetchall()
+        for feedback_id, payload in rows:
+            feedback = events_pb2.FeedbackEvent.FromString(payload)
+            if self._all_generations_known(feedback):
+                self._insert_feedback(feedback)
+                self._db.execute("DELETE FROM pending_feedback WHERE feedback_id = ?", (feedback_id,))
+                released.append(feedback)
+        return released
+
+    def record_feedback(self, event: events_pb2.FeedbackEvent, *, source_topic: str = "", source_partition: int = 0,
+                        source_offset: int = 0) -> str:
+        """Store feedback whose generation(s) are known, else hold it.
+
+        Returns "recorded", "duplicate" (feedback_id or vote seen before) or "held".
+        """
+        if self._db.execute("SELECT 1 FROM feedback WHERE feedback_id = ?", (event.feedback_id,)).fetchone():
+            return "duplicate"
+        if not self._all_generations_known(event):
+            self._db.execute(
+                "INSERT OR IGNORE INTO pending_feedback VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event.feedback_id, self._missing_generation(event), event.SerializeToString(), source_topic,
+                 source_partition, source_offset, time.time()),
+            )
+            return "held"
+        return "recorded" if self._insert_feedback(event) else "duplicate"
+
+    def expire_pending(self, hold_s: float, now: float | None = None) -> list[ExpiredFeedback]:
+        """Remove and return feedback held longer than ``hold_s``."""
+        cutoff = (now or time.time()) - hold_s
+        rows = self._db.execute(
+            "SELECT feedback_id, payload, source_topic, source_partition, source_offset, received_at "
+            "FROM pending_feedback WHERE received_at < ?", (cutoff,)).fetchall()
+        self._db.executemany("DELETE FROM pending_feedback WHERE feedback_id = ?", [(r[0],) for r in rows])
+        now = now or time.time()
+        return [ExpiredFeedback(r[1], r[2], r[3], r[4], now - r[5]) for r in rows]
+
+    def _all_generations_known(self, event: events_pb2.FeedbackEvent) -> bool:
+        return self._missing_generation(event) == ""
+
+    def _missing_generation(self, event: events_pb2.FeedbackEvent) -> str:
+        """The first generation id the event refers to that the ledger lacks ('' if none)."""
+        ids = [event.generation_id]
+        if event.WhichOneof("kind") == "preference":
+            ids = [event.preference.chosen_generation_id, event.preference.rejected_generation_id]
+        return next((gid for gid in ids if not self._generation_exists(gid)), "")
+
+    def _generation_exists(self, generation_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM generations WHERE generation_id = ?", (generation_id,)).fetchone() is not None
+
+    def _insert_feedback(self, event: events_pb2.FeedbackEvent) -> bool:
+        kind = event.WhichOneof("kind")
+        score = other = text = flag = None
+        vote_key = f"{event.user_id}|{event.generation_id}|{kind}"
+        if kind == "rating":
+            rating = event.rating
+            score = rating.score if rating.WhichOneof("value") == "score" else (
+                1.0 if rating.thumb == events_pb2.THUMB_UP else -1.0)
+        elif kind == "preference":
+            pref = event.preference
+            other = pref.rejected_generation_id
+            pair = "|".join(sorted((pref.chosen_generation_id, pref.rejected_generation_id)))
+            vote_key = f"{event.user_id}|{pair}|preference"
+        elif kind == "correction":
+            text = event.correction.response
+            vote_key = f"{event.feedback_id}|correction"  # each correction is its own demonstration
+        elif kind == "flag":
+            flag = events_pb2.FlagCategory.Name(event.flag.category)
+            vote_key = f"{event.user_id}|{event.generation_id}|flag|{flag}"
+        seq = self._next_seq()
+        values = (event.feedback_id, event.generation_id, event.user_id, kind, vote_key, score, other, text, flag,
+                  events_pb2.FeedbackSource.Name(event.source), event.created_at.ToNanoseconds() / 1e9, seq)
+        if kind == "rating":
+            # The user's latest rating of this generation replaces the earlier one.
+            cur = self._db.execute(
+                "INSERT INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(vote_key) DO UPDATE SET "
+                "feedback_id=excluded.feedback_id, score=excluded.score, created_at=excluded.created_at, "
+                "seq=excluded.seq", values)
+            return cur.rowcount > 0
+        cur = self._db.execute("INSERT OR IGNORE INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+        return cur.rowcount > 0
+
+    def _next_seq(self) -> int:
+        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM feedback").fetchone()
+        return int(row[0])
+
+    # --- state the trainer keeps beside the data ---------------------------------
+
+    def get_state(self, key: str, default: str = "") -> str:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_state(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (key, value))
+
+    # --- reads ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        out = {kind: 0 for kind in FEEDBACK_KINDS}
+        for kind, n in self._db.execute("SELECT kind, COUNT(*) FROM feedback GROUP BY kind"):
+            out[kind] = n
+        return out
+
+    def generations_seen(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+
+    def pending_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM pending_feedback").fetchone()[0]
+
+    def feedback_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT feedback_id FROM feedback ORDER BY seq")]
+
+    def max_seq(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM feedback").fetchone()[0])
+
+    def comparisons(self, after_seq: int = 0) -> list[Comparison]:
+        """Preference pairs, plus pairs made from ratings: two responses to the
+        same prompt whose mean ratings differ give a (better, worse) pair."""
+        rows = self._db.execute(
+            "SELECT c.prompt, c.response, r.response FROM feedback f "
+            "JOIN generations c ON c.generation_id = f.generation_id "
+            "JOIN generations r ON r.generation_id = f.other_generation_id "
+            "WHERE f.kind = 'preference' AND f.seq > ? ORDER BY f.seq", (after_seq,))
+        pairs = [Comparison(prompt, chosen, rejected) for prompt, chosen, rejected in rows]
+        pairs.extend(self._rating_pairs(after_seq))
+        return pairs
+
+    def _rating_pairs(self, after_seq: int) -> list[Comparison]:
+        rows = self._db.execute(
+            "SELECT g.prompt, g.response, AVG(f.score), MAX(f.seq) FROM feedback f "
+            "JOIN generations g ON g.generation_id = f.generation_id "
+            "WHERE f.kind = 'rating' GROUP BY g.generation_id ORDER BY g.prompt").fetchall()
+        by_prompt: dict[str, list[tuple[str, float, int]]] = {}
+        for prompt, response, score, seq in rows:
+            by_prompt.setdefault(prompt, []).append((response, score, seq))
+        pairs = []
+        for prompt, rated in by_prompt.items():
+            for i, (resp_a, score_a, seq_a) in enumerate(rated):
+                for resp_b, score_b, seq_b in rated[i + 1:]:
+                    if max(seq_a, seq_b) <= after_seq or score_a == score_b or resp_a == resp_b:
+                        continue
+                    better, worse = (resp_a, resp_b) if score_a > score_b else (resp_b, resp_a)
+                    pairs.append(Comparison(prompt, better, worse))
+        return pairs
+
+    def demonstrations(self, limit: int = 1000) -> list[Demonstration]:
+        rows = self._db.execute(
+            "SELECT g.prompt, f.text FROM feedback f JOIN generations g ON g.generation_id = f.generation_id "
+            "WHERE f.kind = 'correction' ORDER BY f.seq DESC LIMIT ?", (limit,))
+        return [Demonstration(p, t) for p, t in rows]
+
+    def recent_prompts(self, limit: int = 512) -> list[str]:
+        """Distinct prompts of the most recent generations: what users ask now."""
+        rows = self._db.execute(
+            "SELECT prompt FROM (SELECT prompt, MAX(created_at) AS t FROM generations GROUP BY prompt) "
+            "ORDER BY t DESC LIMIT ?", (limit,))
+        return [r[0] for r in rows]
+

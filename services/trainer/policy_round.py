@@ -1,0 +1,210 @@
+"""PPO rounds against the reward callable, checkpointed after every step.
+
+A round is ``steps`` PPO steps on prompts sampled from the ledger's recent
+prompts, with the ledger's corrections mixed in (PPO-ptx). The PPOTrainer's
+checkpoint (services.trainer.ppo_checkpoint: atomic, no pickle) is written
+after every step, and ``round.json`` beside it says which policy version the
+weights descend from and at which step the round began; so after a kill -9 a
+restart continues the same round from the last finished step.
+
+The reference policy is always the store's first policy version (v1), frozen:
+the KL penalty and the gate's KL budget both measure drift from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from services.trainer.gate import PolicyEvaluation
+from services.trainer.ppo_config import PPOConfig
+from services.trainer.ppo_trainer import STATE_FILE, PPOStats, PPOTrainer
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+ROUND_FILE = "round.json"
+
+
+@dataclass
+class RoundState:
+    """Where the current round stands; persisted beside the checkpoint."""
+
+    policy_version: str  # the store version the trainer's weights descend from
+    round_number: int = 0
+    start_step: int = 0  # trainer.step_count when the round began
+    active: bool = False
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class PolicyRounds:
+    """Owns the PPOTrainer between rounds; not thread-safe (the training thread's)."""
+
+    def __init__(self, store, checkpoint_dir: Path, reward_fn: RewardFn, ppo_config: Callable[[int], PPOConfig],
+                 seed: int = 0):
+        self.store = store
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.reward_fn = reward_fn
+        self.ppo_config = ppo_config  # context window -> PPOConfig
+        self.trainer: PPOTrainer | None = None
+        self.state: RoundState | None = None
+        self.rng = random.Random(seed)
+        self.resumed_from_step: int | None = None
+        self._recover_interrupted_checkpoint()
+
+    def _recover_interrupted_checkpoint(self) -> None:
+        """ppo_checkpoint.atomic_dir moves the old checkpoint aside before moving the
+        new one in; a kill between the two renames leaves only ``.<name>.old-<pid>``.
+        Put it back, and drop half-written temporary directories."""
+        parent, name = self.checkpoint_dir.parent, self.checkpoint_dir.name
+        if not parent.is_dir():
+            return
+        for old in sorted(parent.glob(f".{name}.old-*")):
+            if not self.checkpoint_dir.exists() and (old / STATE_FILE).is_file():
+                old.rename(self.checkpoint_dir)
+                log.warning("recovered the PPO checkpoint from an interrupted write", extra={"from": str(old)})
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+        for tmp in parent.glob(f".{name}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @property
+    def round_file(self) -> Path:
+        return self.checkpoint_dir.parent / ROUND_FILE
+
+    # --- building / resuming the trainer ---------------------------------------------
+    def ensure_trainer(self) -> PPOTrainer:
+        """Resume from the checkpoint if it descends from the current policy, else start
+        from the current policy version."""
+        current = self.store.current("policy")
+        if self.trainer is not None and self.state and self.state.policy_version == current:
+            return self.trainer
+        self.trainer, self.state = None, None
+        saved = self.saved_state()
+        if saved and saved.policy_version == current and (self.checkpoint_dir / STATE_FILE).is_file():
+            self.trainer = PPOTrainer.from_checkpoint(self.checkpoint_dir, self.reward_fn, self._config(current))
+            self.state = saved
+            self.resumed_from_step = self.trainer.step_count
+            log.info("resumed PPO from checkpoint", extra={
+                "step": self.trainer.step_count, "policy_version": current, "round": saved.round_number,
+                "round_active": saved.active})
+            return self.trainer
+        if saved:
+            log.info("discarding PPO checkpoint of another policy version",
+                     extra={"checkpoint_version": saved.policy_version, "current": current})
+        self.discard()
+        self.trainer = self._fresh_trainer(current)
+        self.state = RoundState(policy_version=current,
+                                round_number=saved.round_number if saved else 0)
+        return self.trainer
+
+    def _config(self, version: str) -> PPOConfig:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.store.open_version("policy", version, verify=False))
+        return self.ppo_config(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0))
+
+    def _fresh_trainer(self, version: str) -> PPOTrainer:
+        from shared.policy_eval import load_policy
+
+        lm, tokenizer = load_policy(self.store.open_version("policy", version))
+        trainer = PPOTrainer(lm, tokenizer, self.reward_fn, self._config(version))
+        reference = self.store.versions("policy")[0]
+        if reference != version:
+            ref_lm, _ = load_policy(self.store.open_version("policy", reference))
+            trainer.reference.load_state_dict(ref_lm.state_dict())
+        log.info("PPO trainer built", extra={"policy_version": version, "reference_version": reference})
+        return trainer
+
+    def saved_state(self) -> RoundState | None:
+        try:
+            return RoundState(**json.loads(self.round_file.read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+    def _save_state(self) -> None:
+        self.checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.round_file, self.state.__dict__)
+
+    def discard(self) -> None:
+        """Forget the trainer and its checkpoint: the next round starts from the current version."""
+        self.trainer = None
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        if self.state:
+            self.state = RoundState(self.state.policy_version, self.state.round_number)
+        self.round_file.unlink(missing_ok=True)
+
+    # --- rounds ----------------------------------------------------------------------
+    @property
+    def round_active(self) -> bool:
+        return bool(self.state and self.state.active)
+
+    def begin_round(self) -> None:
+        trainer = self.ensure_trainer()
+        self.state.round_number += 1
+        self.state.start_step = trainer.step_count
+        self.state.active = True
+        self._save_state()
+
+    def steps_done(self) -> int:
+        return self.trainer.step_count - self.state.start_step if self.trainer and self.state else 0
+
+    def run_step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]]) -> PPOStats:
+        """One PPO step on ``batch_size`` prompts drawn from ``prompts``; checkpointed."""
+        trainer = self.ensure_trainer()
+        batch = [self.rng.choice(list(prompts)) for _ in range(trainer.config.batch_size)]
+        stats = trainer.step(batch, list(demonstrations) or None)
+        trainer.checkpoint(self.checkpoint_dir)
+        return stats
+
+    def end_round(self, promoted_version: str | None) -> None:
+        """After the gate: keep training from the promoted weights, or start over."""
+        if promoted_version is None:
+            self.discard()
+            return
+        self.state.policy_version = promoted_version
+        self.state.active = False
+        self._save_state()
+
+    # --- evaluation ------------------------------------------------------------------
+    def evaluate(self, prompts, samples_per_prompt: int, max_new_tokens: int,
+                 version: str | None = None) -> PolicyEvaluation:
+        """Mean reward (reward callable), KL to the reference and judge rates on
+        ``prompts`` (world Prompt objects) for the trainer's policy, or a stored version."""
+        import torch
+
+        from shared.policy_eval import SamplingSettings, judge_rates, kl_to_reference, load_policy, sample_responses
+
+        trainer = self.ensure_trainer()
+        policy, tokenizer = trainer.policy, trainer.tokenizer
+        if version is not None:
+            policy, tokenizer = load_policy(self.store.open_version("policy", version))
+        settings = SamplingSettings(samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, seed=0)
+        rng_state = torch.get_rng_state()  # sample_responses reseeds; PPO's own sampling stream must not change
+        try:
+            samples = sample_responses(policy, tokenizer, prompts, settings)
+            scores = list(self.reward_fn([s.prompt.text for s in samples], [s.text for s in samples]))
+            kl = kl_to_reference(policy, trainer.reference, samples, tokenizer.pad_token_id)
+        finally:
+            torch.set_rng_state(rng_state)
+        rates = judge_rates(samples)
+        return PolicyEvaluation(mean_reward=sum(scores) / max(1, len(scores)), kl=kl,
+                                extra={"satisfaction": rates["satisfaction"], "samples": float(len(samples))})
+
+    def save_policy(self, out_dir: Path) -> None:
+        self.trainer.save_policy(out_dir)

@@ -1,0 +1,334 @@
+"""PPO for a causal LM against a reward function, with a KL penalty to a frozen
+reference and corrections mixed in as an SFT loss (PPO-ptx).
+
+One :meth:`PPOTrainer.step` is:
+
+1. ``rollout``: sample a response per prompt; record old log-probs, values
+   (one pass of the policy) and reference log-probs (one pass of the frozen copy).
+2. ``score``: call the reward function on the decoded text.
+3. ``compute_advantages``: per-token rewards -beta*KL with the score on the
+   last token, GAE, whitening.
+4. ``update``: ``ppo_epochs`` passes over shuffled minibatches of clipped policy
+   loss + vf_coef * clipped value loss (+ ptx_coef * SFT loss on demonstrations).
+5. The adaptive controller moves beta toward ``target_kl``.
+
+The reward function is any ``(prompts, responses) -> scores`` callable: in
+production an adapter over RewardService.ScoreBatch, in tests a Python rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from services.trainer import ppo_math as pm
+from services.trainer.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
+from services.trainer.ppo_config import PPOConfig
+from services.trainer.ppo_model import PolicyWithValue, disable_dropout, response_logits
+from services.trainer.ppo_rollout import (
+    Rollout,
+    decode_responses,
+    demonstration_batch,
+    demonstration_loss,
+    mask_after_eos,
+    sample_responses,
+    tokenize_prompts,
+)
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class PPOStats:
+    """What one PPO step did; ``kl`` is nats per response (k1, summed over tokens)."""
+
+    step: int
+    mean_score: float  # reward function's score, before KL penalty
+    mean_reward: float  # score + per-token KL penalty, summed over the response
+    kl: float
+    kl_coef: float
+    policy_loss: float
+    value_loss: float
+    clipfrac: float
+    value_clipfrac: float
+    entropy: float
+    approx_kl: float
+    ptx_loss: float  # NaN when no demonstrations were given
+    response_length: float
+    samples_per_s: float
+    rollout_s: float
+    update_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class Advantages:
+    advantages: Tensor
+    returns: Tensor
+    rewards: Tensor  # per-token, after the KL penalty
+    kl: Tensor  # per-token k1 KL, for the statistics and the controller
+
+
+class PPOTrainer:
+    """Owns the policy (with value head), the frozen reference, the optimizer
+    and the KL controller. Not thread-safe: one step at a time."""
+
+    def __init__(
+        self,
+        lm: torch.nn.Module,
+        tokenizer,
+        reward_fn: RewardFn,
+        config: PPOConfig | None = None,
+        reference: torch.nn.Module | None = None,
+    ) -> None:
+        """``lm`` is trained in place. ``reference`` is the frozen model the KL
+        penalty pulls toward (the SFT model); by default a copy of ``lm``."""
+        self.config = config = config or PPOConfig()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer needs both a pad and an eos token for batched rollouts")
+        # generate() samples from torch's global generator (it takes no
+        # generator argument), so the seed is global; checkpoints save its state.
+        torch.manual_seed(config.seed)
+        self.tokenizer = tokenizer
+        self.reward_fn = reward_fn
+        disable_dropout(lm)
+        lm.eval()  # eval() only switches off dropout-like layers; gradients still flow
+        self.reference = (reference if reference is not None else copy.deepcopy(lm)).requires_grad_(False).eval()
+        disable_dropout(self.reference)
+        self.model = PolicyWithValue(lm)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+        self.kl_controller: pm.AdaptiveKLController | pm.FixedKLController = (
+            pm.AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+            if config.adaptive_kl
+            else pm.FixedKLController(config.init_kl_coef)
+        )
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed)
+        self.step_count = 0
+        self._ptx_cursor = 0
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.model.lm
+
+    # --- 1. rollout ---------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[str]) -> Rollout:
+        cfg, tok = self.config, self.tokenizer
+        query_ids, query_mask = tokenize_prompts(tok, prompts, cfg.max_prompt_length)
+        response_ids = sample_responses(
+            self.policy, query_ids, query_mask,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+            top_p=cfg.top_p, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        response_mask, ended = mask_after_eos(response_ids, tok.eos_token_id)
+        logits, values = self.model.forward_response(query_ids, query_mask, response_ids, response_mask)
+        logprobs = pm.logprobs_from_logits(logits / cfg.temperature, response_ids)
+        ref_logits = response_logits(self.reference, query_ids, query_mask, response_ids, response_mask)
+        ref_logprobs = pm.logprobs_from_logits(ref_logits / cfg.temperature, response_ids)
+        maskf = response_mask.float()
+        return Rollout(
+            prompts=list(prompts),
+            responses=decode_responses(tok, response_ids, response_mask, tok.eos_token_id),
+            query_ids=query_ids, query_mask=query_mask,
+            response_ids=response_ids, response_mask=response_mask, ended_with_eos=ended,
+            logprobs=logprobs * maskf, ref_logprobs=ref_logprobs * maskf, values=values * maskf,
+        )  # fmt: skip
+
+    # --- 2. score -------------------------------------------------------------
+    def score(self, rollout: Rollout) -> Tensor:
+        """Scores (B,) from the reward function, with the configured clip and EOS penalty."""
+        scores = torch.as_tensor(list(self.reward_fn(rollout.prompts, rollout.responses)), dtype=torch.float32)
+        if scores.shape != (len(rollout),):
+            raise ValueError(f"reward function returned {tuple(scores.shape)} scores for {len(rollout)} responses")
+        if not torch.isfinite(scores).all():
+            raise ValueError("reward function returned a non-finite score")
+        if self.config.score_clip:
+            scores = scores.clamp(-self.config.score_clip, self.config.score_clip)
+        if self.config.missing_eos_penalty:
+            scores = scores - self.config.missing_eos_penalty * (~rollout.ended_with_eos).float()
+        return scores
+
+    # --- 3. advantages --------------------------------------------------------
+    def compute_advantages(self, rollout: Rollout, scores: Tensor) -> Advantages:
+        cfg, mask = self.config, rollout.response_mask
+        # The penalty uses the configured estimator; the reported KL (and the
+        # controller's input) is always k1 summed over tokens, the unbiased one.
+        kl_k1 = pm.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1") * mask
+        kl = kl_k1
+        if cfg.kl_estimator != "k1":
+            kl = pm.kl_penalty(rollout.logprobs, rollout.ref_logprobs, cfg.kl_estimator) * mask
+        rewards = pm.per_token_rewards(scores, kl, mask, self.kl_controller.value)
+        if cfg.whiten_rewards:
+            rewards = pm.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = pm.compute_gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = pm.masked_whiten(advantages, mask)
+        return Advantages(advantages=advantages, returns=returns, rewards=rewards, kl=kl_k1)
+
+    # --- 4. update ------------------------------------------------------------
+    def update(
+        self, rollout: Rollout, adv: Advantages, demonstrations: Sequence[tuple[str, str]] | None = None
+    ) -> dict[str, float]:
+        """``ppo_epochs`` x ``num_mini_batches`` optimizer steps; returns mean losses."""
+        cfg = self.config
+        sums: dict[str, float] = {}
+        n_updates = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(rollout), generator=self.shuffle_generator)
+            for index in order.split(cfg.mini_batch_size):
+                mb = rollout.select(index)
+                width = mb.response_ids.shape[1]
+                mb_adv, mb_ret = adv.advantages[index][:, :width], adv.returns[index][:, :width]
+                mask = mb.response_mask
+                logits, values = self.model.forward_response(mb.query_ids, mb.query_mask, mb.response_ids, mask)
+                logits = logits.float() / cfg.temperature
+                logprobs = pm.logprobs_from_logits(logits, mb.response_ids)
+                pol = pm.clipped_policy_loss(logprobs, mb.logprobs, mb_adv, mask, cfg.cliprange)
+                val = pm.clipped_value_loss(values, mb.values, mb_ret, mask, cfg.cliprange_value)
+                loss = pol.loss + cfg.vf_coef * val.loss
+                ptx = self._ptx_loss(demonstrations)
+                if ptx is not None:
+                    loss = loss + cfg.ptx_coef * ptx
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask)
+                for name, value in (
+                    ("policy_loss", pol.loss), ("value_loss", val.loss), ("clipfrac", pol.clipfrac),
+                    ("value_clipfrac", val.clipfrac), ("approx_kl", pol.approx_kl), ("entropy", entropy),
+                    ("ptx_loss", ptx if ptx is not None else torch.tensor(math.nan)),
+                ):  # fmt: skip
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                n_updates += 1
+        return {k: v / n_updates for k, v in sums.items()}
+
+    def _ptx_loss(self, demonstrations: Sequence[tuple[str, str]] | None) -> Tensor | None:
+        """SFT loss on the next ``ptx_batch_size`` demonstrations, cycling through them."""
+        if not demonstrations or self.config.ptx_coef == 0:
+            return None
+        n = min(self.config.ptx_batch_size, len(demonstrations))
+        picked = [demonstrations[(self._ptx_cursor + i) % len(demonstrations)] for i in range(n)]
+        self._ptx_cursor = (self._ptx_cursor + n) % len(demonstrations)
+        batch = demonstration_batch(self.tokenizer, picked, self.config.max_prompt_length, self.config.max_new_tokens)
+        return demonstration_loss(self.policy, batch)
+
+    # --- the whole step -------------------------------------------------------
+    def step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]] | None = None) -> PPOStats:
+        """One PPO iteration on ``prompts`` (len == batch_size); ``demonstrations``
+        are (prompt, better response) pairs trained with the ptx SFT loss."""
+        if len(prompts) != self.config.batch_size:
+            raise ValueError(f"step needs batch_size={self.config.batch_size} prompts, got {len(prompts)}")
+        start = time.perf_counter()
+        rollout = self.rollout(prompts)
+        scores = self.score(rollout)
+        adv = self.compute_advantages(rollout, scores)
+        rollout_done = time.perf_counter()
+        losses = self.update(rollout, adv, demonstrations)
+        end = time.perf_counter()
+        mask = rollout.response_mask.float()
+        kl_per_response = float(adv.kl.sum(1).mean())
+        stats = PPOStats(
+            step=self.step_count,
+            mean_score=float(scores.mean()),
+            mean_reward=float(adv.rewards.sum(1).mean()),
+            kl=kl_per_response,
+            kl_coef=self.kl_controller.value,
+            response_length=float(mask.sum(1).mean()),
+            samples_per_s=len(prompts) / (end - start),
+            rollout_s=rollout_done - start,
+            update_s=end - rollout_done,
+            **losses,
+        )
+        self.kl_controller.update(kl_per_response, len(prompts))
+        self.step_count += 1
+        return stats
+
+    # --- saving ---------------------------------------------------------------
+    def save_policy(self, out_dir: str | Path) -> Path:
+        """The causal LM alone (safetensors + config + tokenizer): what the policy service serves."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+    def save_value_head(self, path: str | Path) -> None:
+        save_file({k: v.contiguous() for k, v in self.model.value_head.state_dict().items()}, str(path))
+
+    def checkpoint(self, out_dir: str | Path) -> Path:
+        """Everything needed to resume bit-for-bit: policy, value head, reference,
+        optimizer moments, KL coefficient, step count and RNG states. Atomic."""
+        with atomic_dir(out_dir) as tmp:
+            self.save_policy(tmp / "policy")
+            self.reference.save_pretrained(tmp / "reference", safe_serialization=True)
+            self.save_value_head(tmp / VALUE_HEAD_FILE)
+            save_optimizer(self.optimizer, tmp)
+            save_file(
+                {"torch": torch.get_rng_state(), "shuffle": self.shuffle_generator.get_state()}, str(tmp / RNG_FILE)
+            )
+            state = {
+                "step_count": self.step_count,
+                "kl_coef": self.kl_controller.value,
+                "ptx_cursor": self._ptx_cursor,
+                "config": asdict(self.config),
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        return Path(out_dir)
+
+    def restore(self, ckpt_dir: str | Path) -> None:
+        """Load a :meth:`checkpoint` into this trainer (same architecture)."""
+        from transformers import AutoModelForCausalLM
+
+        ckpt = Path(ckpt_dir)
+        for module, sub in ((self.policy, "policy"), (self.reference, "reference")):
+            saved = AutoModelForCausalLM.from_pretrained(ckpt / sub)  # resolves tied weights for us
+            module.load_state_dict(saved.state_dict())
+        self.model.value_head.load_state_dict(load_file(str(ckpt / VALUE_HEAD_FILE)))
+        load_optimizer(self.optimizer, ckpt)
+        rng = load_file(str(ckpt / RNG_FILE))
+        torch.set_rng_state(rng["torch"])
+        self.shuffle_generator.set_state(rng["shuffle"])
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        self.step_count = state["step_count"]
+        self.kl_controller.value = state["kl_coef"]
+        self._ptx_cursor = state["ptx_cursor"]
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt_dir: str | Path, reward_fn: RewardFn, config: PPOConfig | None = None
+    ) -> "PPOTrainer":
+        """A trainer rebuilt from a checkpoint directory alone (config from it unless given)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        ckpt = Path(ckpt_dir)
+        if config is None:
+            config = PPOConfig(**json.loads((ckpt / STATE_FILE).read_text())["config"])
+        lm = AutoModelForCausalLM.from_pretrained(ckpt / "policy")
+        trainer = cls(lm, AutoTokenizer.from_pretrained(ckpt / "policy"), reward_fn, config)
+        trainer.restore(ckpt)
+        return trainer

@@ -1,0 +1,79 @@
+"""RewardService.ScoreBatch as a plain ``(prompts, responses) -> scores`` callable.
+
+The training core takes any such callable, so it never imports grpc; this
+adapter adds what a network call needs: chunks no larger than the server's
+batch limit, a deadline per call, a bearer token, and retries with backoff on
+the transient codes (the reward service is briefly UNAVAILABLE while it
+restarts, and answers RESOURCE_EXHAUSTED when overloaded).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import grpc
+
+from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+
+
+class RewardScoringError(RuntimeError):
+    """The reward service did not answer after every retry, or refused the request."""
+
+
+class RewardClient:
+    """Callable[[list[str], list[str]], list[float]] over gRPC."""
+
+    def __init__(self, address: str, *, token: str = "", timeout_s: float = 30.0, batch_size: int = 64,
+                 attempts: int = 5, backoff_s: float = 0.5, max_message_bytes: int = 16 * 1024 * 1024):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.batch_size = batch_size
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)])
+        self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
+        self.last_version = ""  # reward version that scored the last chunk
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        scores: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            items = [reward_pb2.ScoreRequest(prompt=p, response=r)
+                     for p, r in zip(prompts[start:start + self.batch_size], responses[start:start + self.batch_size])]
+            scores.extend(self._score_chunk(items))
+        return scores
+
+    def _score_chunk(self, items: list[reward_pb2.ScoreRequest]) -> list[float]:
+        request = reward_pb2.ScoreBatchRequest(items=items)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                reply = self.stub.ScoreBatch(request, timeout=self.timeout_s, metadata=self.metadata,
+                                             wait_for_ready=True)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code not in RETRYABLE or attempt == self.attempts:
+                    raise RewardScoringError(
+                        f"reward service at {self.address}: {code.name}: {exc.details()}") from exc
+                log.warning("reward scoring failed; retrying",
+                            extra={"code": code.name, "attempt": attempt, "address": self.address})
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                continue
+            if len(reply.scores) != len(items):
+                raise RewardScoringError(f"reward service returned {len(reply.scores)} scores for {len(items)} pairs")
+            self.last_version = reply.model_version
+            return list(reply.scores)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,148 @@
+"""Reward-model training with the Bradley-Terry loss on pairwise comparisons.
+
+loss = -log sigmoid(r(prompt, chosen) - r(prompt, rejected)), as in TRL's
+reward trainer. Used by the bootstrap (step 3) and by the online trainer on
+preferences from the feedback ledger: both call :func:`train_reward_model`
+with a RewardModel and a list of (prompt, chosen, rejected).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from services.trainer.pretrain import lr_at
+from shared.reward_model import RewardModel, encode_pairs, pairwise_accuracy
+
+Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
+
+
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    return -torch.nn.functional.logsigmoid(chosen_scores - rejected_scores).mean()
+
+
+def _pair_scores(model: RewardModel, tokenizer, pairs: Sequence[Pair], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected scores from one forward pass over both halves."""
+    prompts = [p for p, _, _ in pairs] * 2
+    responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
+    scores = model(**encode_pairs(tokenizer, prompts, responses, max_length))
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+@torch.no_grad()
+def cache_frozen_hidden(
+    model: RewardModel, tokenizer, texts: Sequence[tuple[str, str]], n_frozen: int, max_length: int,
+    batch_size: int = 64, progress: bool = True,
+) -> dict[tuple[str, str], torch.Tensor]:
+    """Hidden states after the frozen layers for each unique (prompt, response),
+    unpadded. Computed once, in eval mode (no dropout in frozen layers), so each
+    step only runs the trainable top layers. Sorting by length keeps padding,
+    and so wasted compute, small."""
+    unique = sorted(set(texts), key=lambda t: len(t[0]) + len(t[1]))
+    was_training = model.training
+    model.eval()
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+    starts = range(0, len(unique), batch_size)
+    for start in tqdm(starts, desc="reward cache", disable=not progress, leave=False):
+        chunk = unique[start : start + batch_size]
+        enc = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], max_length)
+        hidden = model.lower_hidden(enc["input_ids"], enc["attention_mask"], n_frozen)
+        for row, key in enumerate(chunk):
+            cache[key] = hidden[row, : int(enc["attention_mask"][row].sum())].clone()
+    model.train(was_training)
+    return cache
+
+
+def _cached_scores(model: RewardModel, cache, keys: Sequence[tuple[str, str]], n_frozen: int) -> torch.Tensor:
+    states = [cache[k] for k in keys]
+    width = max(s.shape[0] for s in states)
+    hidden = states[0].new_zeros((len(states), width, states[0].shape[1]))
+    mask = torch.zeros((len(states), width), dtype=torch.long)
+    for row, state in enumerate(states):
+        hidden[row, : state.shape[0]] = state
+        mask[row, : state.shape[0]] = 1
+    return model.upper_scores(hidden, mask, n_frozen)
+
+
+def train_reward_model(
+    model: RewardModel,
+    tokenizer,
+    pairs: Sequence[Pair],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    head_lr: float | None = None,
+    trainable_layers: int | None = None,
+    warmup_steps: int = 10,
+    max_length: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train ``model`` in place; returns loss and accuracy on the training pairs
+    (first and last tenth of steps).
+
+    ``trainable_layers`` < all: embeddings and lower layers are frozen and
+    their output is cached per text (:func:`cache_frozen_hidden`), which is
+    what makes MiniLM fine-tuning affordable on a CPU."""
+    if not pairs:
+        raise ValueError("train_reward_model needs at least one (prompt, chosen, rejected) pair")
+    max_length = max_length or model.head_config.max_length
+    n_frozen = 0
+    if trainable_layers is not None and trainable_layers < model.n_layers:
+        model.freeze_lower_layers(trainable_layers)
+        n_frozen = model.n_layers - trainable_layers
+    cache = None
+    if n_frozen:
+        texts = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+        cache = cache_frozen_hidden(model, tokenizer, texts, n_frozen, max_length, progress=progress)
+    head_params = list(model.head.parameters())
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder_params, "lr": lr, "peak": lr},
+         {"params": head_params, "lr": head_lr or lr, "peak": head_lr or lr}],
+        weight_decay=0.01,
+    )
+    rng = random.Random(seed)
+    order: list[int] = []
+    losses: list[float] = []
+    accuracies: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc="reward model", disable=not progress, leave=False)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, group["peak"], warmup_steps)
+        if len(order) < batch_size:
+            fresh = list(range(len(pairs)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        batch = [pairs[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        if cache is not None:
+            keys = [(p, c) for p, c, _ in batch] + [(p, r) for p, _, r in batch]
+            scores = _cached_scores(model, cache, keys, n_frozen)
+            chosen, rejected = scores[: len(batch)], scores[len(batch) :]
+        else:
+            chosen, rejected = _pair_scores(model, tokenizer, batch, max_length)
+        loss = bradley_terry_loss(chosen, rejected)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        accuracies.append((chosen > rejected).float().mean().item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    tenth = max(1, steps // 10)
+    return {
+        "reward_loss_first": sum(losses[:tenth]) / tenth,
+        "reward_loss_final": sum(losses[-tenth:]) / tenth,
+        "reward_train_accuracy_final": sum(accuracies[-tenth:]) / tenth,
+        "reward_train_pairs": float(len(pairs)),
+    }
+
+
+__all__ = ["Pair", "bradley_terry_loss", "pairwise_accuracy", "train_reward_model"]

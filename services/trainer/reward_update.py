@@ -1,0 +1,97 @@
+"""Online reward-model updates from the ledger's comparisons.
+
+When enough new comparisons have arrived, the current reward version is
+fine-tuned on them (Bradley-Terry, services.trainer.reward_training), and the
+result is kept only if its pairwise accuracy on held-out pairs does not fall
+more than ``tolerance`` below the current version's on the same pairs. The
+held-out pairs are a stable slice of the ledger's comparisons (chosen by a
+hash, so a pair is never trained on later) plus the world's held-out pairs,
+which guard against forgetting what the bootstrap taught.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from services.trainer.ledger import Comparison
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class RewardUpdateSettings:
+    min_new_comparisons: int
+    steps: int
+    tolerance: float
+    batch_size: int = 16
+    lr: float = 2e-5  # gentler than the bootstrap's 1e-4: this is fine-tuning a trained model
+    head_lr: float = 2e-4
+    trainable_layers: int = 2
+    heldout_one_in: int = 5  # one comparison in five is held out for evaluation
+    max_world_pairs: int = 64
+
+
+@dataclass(frozen=True)
+class RewardCandidate:
+    version: str  # the new version if promoted, else ""
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+
+
+def is_heldout(pair: Comparison | Pair, one_in: int) -> bool:
+    """Stable split by content, so a held-out pair is never trained on later."""
+    prompt, chosen, rejected = (pair.prompt, pair.chosen, pair.rejected) if isinstance(pair, Comparison) else pair
+    return zlib.crc32(f"{prompt}\x00{chosen}\x00{rejected}".encode()) % one_in == 0
+
+
+def as_pairs(comparisons: Sequence[Comparison]) -> list[Pair]:
+    return [(c.prompt, c.chosen, c.rejected) for c in comparisons]
+
+
+def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_comparisons: Sequence[Comparison],
+                        all_comparisons: Sequence[Comparison], world_pairs: Sequence[Pair],
+                        threads: int = 2) -> RewardCandidate:
+    """Fine-tune the current reward version; promote it through ``promoter`` if it holds up."""
+    import torch
+
+    from services.trainer.reward_training import train_reward_model
+    from shared.reward_model import export_onnx, load_reward_model, pairwise_accuracy, save_reward_model
+
+    torch.set_num_threads(threads)
+    train = [p for p in as_pairs(new_comparisons) if not is_heldout(p, settings.heldout_one_in)]
+    heldout = [p for p in as_pairs(all_comparisons) if is_heldout(p, settings.heldout_one_in)]
+    heldout += list(world_pairs[: settings.max_world_pairs])
+    current = store.current("reward")
+    if not train or current is None:
+        return RewardCandidate("", False, "no_training_pairs" if current else "no_current_version", {})
+    model, tokenizer = load_reward_model(store.open_version("reward", current))
+    current_accuracy = pairwise_accuracy(model, tokenizer, heldout) if heldout else float("nan")
+    trainable = min(settings.trainable_layers, model.n_layers)
+    train_metrics = train_reward_model(
+        model, tokenizer, train, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+        head_lr=settings.head_lr, trainable_layers=trainable, warmup_steps=max(1, settings.steps // 10),
+        progress=False)
+    model.requires_grad_(False)
+    accuracy = pairwise_accuracy(model, tokenizer, heldout) if heldout else float("nan")
+    metrics = {**train_metrics, "pairwise_accuracy": accuracy, "previous_pairwise_accuracy": current_accuracy,
+               "heldout_pairs": float(len(heldout)), "new_comparisons": float(len(new_comparisons))}
+    if heldout and accuracy < current_accuracy - settings.tolerance:
+        log.warning("reward candidate discarded: held-out accuracy dropped",
+                    extra={"accuracy": accuracy, "current_accuracy": current_accuracy, "current": current})
+        return RewardCandidate("", False, "accuracy_dropped", metrics)
+
+    def fill(out: Path) -> None:
+        save_reward_model(model, tokenizer, out)
+        export_onnx(model, tokenizer, out)  # the reward service's default backend loads model.onnx
+
+    update = promoter.promote_new("reward", fill, parent_version=current, eval_metrics=metrics,
+                                  reason=f"reward fine-tuned on {len(train)} new comparisons",
+                                  notes={"source": "rlhf trainer"}, expected_current=current)
+    return RewardCandidate(update.version, True, "passed", metrics)

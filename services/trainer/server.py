@@ -1,0 +1,161 @@
+"""TrainerService over gRPC, and the trainer process's lifecycle.
+
+Start order: gRPC server (NOT_SERVING), ledger, consumer loop, hold-expiry
+timer, training thread; SERVING once the consumer has its partitions. Stop:
+NOT_SERVING, stop the consumer (its last batch is committed), stop the
+training thread at a step boundary (the checkpoint lets the next start finish
+the round).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Sequence
+
+from services.trainer.config import TrainerConfig
+from services.trainer.ingest import FeedbackIngest, consumer_lag
+from services.trainer.ledger import FeedbackLedger
+from services.trainer.online import OnlineTrainer
+from services.trainer.promotion import Promoter, kind_name
+from shared import metrics
+from shared.config import load_config, log_config
+from shared.grpc_server import GrpcServer, ServiceBinding
+from shared.kafka_io import DeadLetterProducer, create_producer
+from shared.logs import setup_logging
+from shared.model_store import ModelStore
+from shared.proto.rlhf.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "trainer"
+_STATES = {name: trainer_pb2.TrainerState.Value(f"TRAINER_STATE_{name}") for name in (
+    "STARTING", "IDLE", "TRAINING_REWARD", "TRAINING_POLICY", "EVALUATING", "PAUSED")}
+_KINDS = {"policy": common_pb2.MODEL_KIND_POLICY, "reward": common_pb2.MODEL_KIND_REWARD}
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    """Operator API: status, promote, rollback, pause, resume."""
+
+    def __init__(self, trainer: OnlineTrainer, promoter: Promoter, store: ModelStore, group: str):
+        self.trainer = trainer
+        self.group = group
+        self.promoter = promoter
+        self.store = store
+
+    def GetStatus(self, request, context):
+        return self._status()
+
+    def Promote(self, request, context):
+        return self.promoter.promote_existing(kind_name(request.kind), request.version, request.reason)
+
+    def Rollback(self, request, context):
+        return self.promoter.rollback(kind_name(request.kind), request.to_version, request.reason)
+
+    def Pause(self, request, context):
+        self.trainer.pause(request.reason)
+        return self._status()
+
+    def Resume(self, request, context):
+        self.trainer.resume()
+        return self._status()
+
+    def _status(self) -> trainer_pb2.TrainerStatus:
+        ledger = self.trainer.ledger_snapshot()
+        status = trainer_pb2.TrainerStatus(
+            state=_STATES[self.trainer.state], policy_version=self.store.current("policy") or "",
+            reward_version=self.store.current("reward") or "", feedback_counts=ledger["counts"],
+            generations_seen=ledger["generations"], feedback_pending_join=ledger["pending"],
+            pause_reason=self.trainer.progress.paused_reason if self.trainer.progress.paused else "",
+            consumer_lag=consumer_lag(self.group))
+        stats = self.trainer.last_ppo
+        if stats is not None:
+            status.last_ppo.CopyFrom(trainer_pb2.PPOStats(
+                mean_reward=stats.mean_score, kl=stats.kl, kl_coef=stats.kl_coef, policy_loss=stats.policy_loss,
+                value_loss=stats.value_loss, clip_fraction=stats.clipfrac, entropy=stats.entropy,
+                approx_kl=stats.approx_kl, samples_per_second=stats.samples_per_s, step=stats.step))
+        for record in list(self.trainer.recent_candidates):
+            report = status.recent_candidates.add(kind=_KINDS[record.kind], version=record.version,
+                                                  promoted=record.promoted, reason=record.reason,
+                                                  metrics=record.metrics)
+            report.decided_at.FromNanoseconds(int(record.decided_at * 1e9))
+        return status
+
+
+class TrainerServer:
+    """Ledger + consumer + training thread + gRPC server."""
+
+    def __init__(self, config: TrainerConfig, reward_fn: Callable | None = None):
+        self.config = config
+        self.store = ModelStore(config.model_store)
+        self.producer = create_producer(config.kafka, client_id="rlhf-trainer", **config.kafka_client_options())
+        self.promoter = Promoter(self.store, lambda: create_producer(
+            config.kafka, client_id="rlhf-trainer-promoter", **config.kafka_client_options()))
+        self._reward_client = None
+        if reward_fn is None:
+            from services.trainer.reward_client import RewardClient
+
+            reward_fn = self._reward_client = RewardClient(
+                config.reward_addr, token=config.reward_token or config.auth_token,
+                timeout_s=config.reward_timeout_s, batch_size=config.reward_batch_size)
+        self.online = OnlineTrainer(config, self.store, self.promoter, reward_fn)
+        self.ledger = FeedbackLedger(config.ledger_path)  # the consumer thread's connection
+        self.ingest = FeedbackIngest(self.ledger, DeadLetterProducer(self.producer, config.consumer_group),
+                                     hold_s=config.feedback_hold_s)
+        self.consumer = self.ingest.consumer_loop(config.kafka, config.kafka_client_options(),
+                                                  group=config.consumer_group)
+        self.servicer = TrainerServicer(self.online, self.promoter, self.store, config.consumer_group)
+        self.grpc = GrpcServer(config, SERVICE_NAME, [ServiceBinding(
+            trainer_pb2_grpc.add_TrainerServiceServicer_to_server, self.servicer,
+            trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name)])
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, *, train: bool = True, ready_timeout_s: float = 60.0) -> int:
+        port = self.grpc.start()
+        if self.store.current("policy") is None:
+            log.warning("the model store has no policy version yet; run `rlhf bootstrap` first",
+                        extra={"model_store": str(self.store.root)})
+        self._threads.append(self.consumer.start(self._stop, name="trainer-consumer"))
+        self._threads.append(threading.Thread(target=self._expire_held_loop, name="hold-expiry", daemon=True))
+        self._threads[-1].start()
+        if train:
+            self._threads.append(self.online.start(self._stop))
+        if not self.consumer.ready.wait(ready_timeout_s):
+            log.warning("consumer has no partitions yet; serving anyway", extra={"waited_s": ready_timeout_s})
+        self.online.mark_ready()
+        self.grpc.set_serving(True)
+        return port
+
+    def _expire_held_loop(self) -> None:
+        interval = min(5.0, max(0.2, self.config.feedback_hold_s / 4))
+        while not self._stop.wait(interval):
+            try:
+                self.ingest.expire_held()
+            except Exception:  # noqa: BLE001 - retried next tick; the held rows stay until sent
+                log.exception("expiring held feedback failed")
+
+    def stop(self, grace_s: float | None = None) -> None:
+        self.grpc.stop(grace_s)
+        self._stop.set()
+        self.online.wake()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.producer.flush(timeout=10)
+        self.producer.close(timeout=5)
+        self.promoter.close()
+        if self._reward_client is not None:
+            self._reward_client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(TrainerConfig, argv, prog="python -m services.trainer")
+    setup_logging(SERVICE_NAME, config.log_level, config.log_format)
+    log_config(config, log)
+    metrics.start_metrics_server(config.metrics_port)
+    server = TrainerServer(config)
+    server.start()
+    server.grpc.wait_for_signal()
+    server.stop()
+    log.info("trainer stopped")
+    return 0

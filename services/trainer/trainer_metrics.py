@@ -1,0 +1,45 @@
+"""Prometheus metrics of the trainer (the shared ones live in shared.metrics:
+dead-lettered events by reason, consumer lag, events consumed)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+FEEDBACK_ACCEPTED = Counter(
+    "rlhf_trainer_feedback_accepted_total", "feedback events joined and written to the ledger, by kind", ["kind"])
+FEEDBACK_DUPLICATES = Counter(
+    "rlhf_trainer_feedback_duplicates_total", "feedback events ignored because their id or vote was seen before")
+LEDGER_FEEDBACK = Gauge("rlhf_trainer_ledger_feedback", "feedback rows in the ledger, by kind", ["kind"])
+LEDGER_GENERATIONS = Gauge("rlhf_trainer_ledger_generations", "generations in the ledger")
+PENDING_JOIN = Gauge("rlhf_trainer_feedback_pending_join", "feedback held while waiting for its generation")
+
+PPO_MEAN_REWARD = Gauge("rlhf_ppo_mean_reward", "mean reward-service score of the last PPO step's rollouts")
+PPO_KL = Gauge("rlhf_ppo_kl", "KL to the reference, nats per response, last PPO step")
+PPO_KL_COEF = Gauge("rlhf_ppo_kl_coef", "KL penalty coefficient beta after the last PPO step")
+PPO_POLICY_LOSS = Gauge("rlhf_ppo_policy_loss", "clipped policy loss, last PPO step")
+PPO_VALUE_LOSS = Gauge("rlhf_ppo_value_loss", "clipped value loss, last PPO step")
+PPO_CLIP_FRACTION = Gauge("rlhf_ppo_clip_fraction", "share of tokens whose ratio was clipped, last PPO step")
+PPO_ENTROPY = Gauge("rlhf_ppo_entropy", "mean token entropy of the policy, last PPO step")
+PPO_APPROX_KL = Gauge("rlhf_ppo_approx_kl", "approximate KL between old and new policy, last PPO step")
+PPO_SAMPLES_PER_SECOND = Gauge("rlhf_ppo_samples_per_second", "rollouts per second, last PPO step")
+PPO_STEPS = Counter("rlhf_ppo_steps_total", "PPO steps run")
+
+CANDIDATES = Counter("rlhf_candidates_total", "candidates evaluated at the gate", ["kind", "result", "reason"])
+PROMOTIONS = Counter("rlhf_promotions_total", "versions made current by promotion", ["kind", "trigger"])
+ROLLBACKS = Counter("rlhf_rollbacks_total", "rollbacks to an earlier version", ["kind"])
+REWARD_HELDOUT_ACCURACY = Gauge("rlhf_reward_heldout_accuracy", "held-out pairwise accuracy, by version role",
+                                ["role"])
+
+
+def export_ppo_stats(stats) -> None:
+    """Set the rlhf_ppo_* gauges from a ppo_trainer.PPOStats."""
+    PPO_MEAN_REWARD.set(stats.mean_score)
+    PPO_KL.set(stats.kl)
+    PPO_KL_COEF.set(stats.kl_coef)
+    PPO_POLICY_LOSS.set(stats.policy_loss)
+    PPO_VALUE_LOSS.set(stats.value_loss)
+    PPO_CLIP_FRACTION.set(stats.clipfrac)
+    PPO_ENTROPY.set(stats.entropy)
+    PPO_APPROX_KL.set(stats.approx_kl)
+    PPO_SAMPLES_PER_SECOND.set(stats.samples_per_s)
+    PPO_STEPS.inc()

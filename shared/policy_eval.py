@@ -1,0 +1,155 @@
+"""Evaluate a policy on the assistant world: what `rlhf eval`, the bootstrap
+and the trainer's promotion gate all measure, computed in one place.
+
+- satisfaction: share of sampled responses the judge calls good on all axes
+- per-axis rates (helpful, polite, correct, safe, concise)
+- reward_mean: mean score of the sampled responses under a reward model
+- kl_to_reference: mean over sampled responses of the summed per-token
+  log-prob difference log pi(y_t) - log pi_ref(y_t) (a Monte-Carlo estimate
+  of KL(pi || pi_ref), the quantity PPO's penalty controls)
+
+Prompts are sent in the world's template (Prompt.text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from shared.world import AXES, Prompt, judge
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How responses are sampled for evaluation."""
+
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 40
+    temperature: float = 1.0   # the distribution PPO optimises; greedy would hide variance
+    top_k: int = 0             # 0 = off
+    top_p: float = 1.0
+    batch_size: int = 64       # prompts x samples generated per forward batch
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: Prompt
+    prompt_ids: list[int]
+    response_ids: list[int]    # generated tokens, up to and including EOS if produced
+    text: str                  # decoded response, special tokens removed
+
+
+def load_policy(model_dir: str | Path):
+    """A causal LM and its tokenizer from a local directory (eval mode)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"  # batched generation continues the prompt's last token
+    model.eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[Sample]:
+    """``settings.samples_per_prompt`` sampled responses per prompt."""
+    torch.manual_seed(settings.seed)
+    expanded = [p for p in prompts for _ in range(settings.samples_per_prompt)]
+    eos = tokenizer.eos_token_id
+    out: list[Sample] = []
+    for start in range(0, len(expanded), settings.batch_size):
+        chunk = expanded[start : start + settings.batch_size]
+        enc = tokenizer([p.text for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        generated = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+        )
+        width = enc["input_ids"].shape[1]
+        for row, prompt in enumerate(chunk):
+            ids = generated[row, width:].tolist()
+            if eos in ids:
+                ids = ids[: ids.index(eos) + 1]
+            ids = [t for t in ids if t != tokenizer.pad_token_id]
+            prompt_ids = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
+            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            out.append(Sample(prompt, prompt_ids, ids, text))
+    return out
+
+
+def response_logprobs(model, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """Per-token log-probs of each response given its prompt (gradients flow
+    if enabled, so PPO can reuse this). Sequences are right-padded, so default
+    position ids match unpadded generation."""
+    seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    logprobs = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
+    token_lp = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    out = []
+    for row, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        out.append(token_lp[row, len(p) - 1 : len(p) - 1 + len(r)])
+    return out
+
+
+@torch.no_grad()
+def kl_to_reference(policy, reference, samples: Sequence[Sample], pad_id: int, batch_size: int = 64) -> float:
+    """Mean summed log-prob difference over the sampled responses."""
+    total, count = 0.0, 0
+    for start in range(0, len(samples), batch_size):
+        chunk = [s for s in samples[start : start + batch_size] if s.response_ids]
+        if not chunk:
+            continue
+        args = ([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], pad_id)
+        for lp, lr in zip(response_logprobs(policy, *args), response_logprobs(reference, *args)):
+            total += float((lp - lr).sum())
+            count += 1
+    return total / max(1, count)
+
+
+def judge_rates(samples: Sequence[Sample]) -> dict[str, float]:
+    """Satisfaction and per-axis rates of judged samples."""
+    verdicts = [judge(s.prompt, s.text) for s in samples]
+    n = max(1, len(verdicts))
+    rates = {"satisfaction": sum(v.good for v in verdicts) / n}
+    for axis in AXES:
+        rates[f"axis_{axis}"] = sum(getattr(v, axis) for v in verdicts) / n
+    return rates
+
+
+def evaluate_policy(
+    policy,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    settings: SamplingSettings = SamplingSettings(),
+    *,
+    reward: tuple | None = None,
+    reference=None,
+) -> dict[str, float]:
+    """Satisfaction, per-axis rates, mean reward (if ``reward`` = (model,
+    tokenizer)) and KL to ``reference`` (if given) on ``prompts``."""
+    samples = sample_responses(policy, tokenizer, prompts, settings)
+    metrics = judge_rates(samples)
+    metrics["samples"] = float(len(samples))
+    metrics["mean_response_words"] = sum(len(s.text.split()) for s in samples) / max(1, len(samples))
+    if reward is not None:
+        from shared.reward_model import score_texts
+
+        scores = score_texts(reward[0], reward[1], [s.prompt.text for s in samples], [s.text for s in samples])
+        metrics["reward_mean"] = sum(scores) / max(1, len(scores))
+    if reference is not None:
+        metrics["kl_to_reference"] = kl_to_reference(policy, reference, samples, tokenizer.pad_token_id)
+    return metrics

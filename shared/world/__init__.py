@@ -1,0 +1,26 @@
+"""The assistant world: a seeded generator of prompts and labelled responses,
+the judge that labels any text on the same axes, and the prompt template."""
+
+from shared.world.generator import (
+    AXES,
+    FLAWS,
+    KINDS,
+    Prompt,
+    Response,
+    build_prompts,
+    find_prompt,
+    make_response,
+    preference_pairs,
+    pretrain_corpus,
+    sample_flaws,
+    sft_demonstrations,
+    split_prompts,
+)
+from shared.world.judge import Verdict, judge
+from shared.world.template import PROMPT_TEMPLATE, extract_question, format_prompt
+
+__all__ = [
+    "AXES", "FLAWS", "KINDS", "PROMPT_TEMPLATE", "Prompt", "Response", "Verdict", "build_prompts",
+    "extract_question", "find_prompt", "format_prompt", "judge", "make_response", "preference_pairs",
+    "pretrain_corpus", "sample_flaws", "sft_demonstrations", "split_prompts",
+]

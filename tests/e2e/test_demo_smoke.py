@@ -1,0 +1,103 @@
+"""`rlhf demo` end to end, briefly: a tiny policy and a reward model in a fresh
+model store, the real reward, policy and feedback services as subprocesses on
+offset ports, simulated users for a few seconds, then the events on the topics
+and the PNG + JSON the demo saves."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from rlhf_cli.stack import SERVICE_PORTS, available_services
+from shared import events
+from shared.proto.rlhf.v1 import events_pb2
+from tests.helpers import read_topic
+
+NEEDED = ("reward", "policy", "feedback")
+pytestmark = pytest.mark.skipif(
+    not set(NEEDED) <= set(available_services()),
+    reason=f"needs services {NEEDED}; this checkout has {available_services()}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))  # as the services bind
+        except OSError:
+            return False
+        return True
+
+
+def free_port_offset() -> int:
+    """An offset at which every service's gRPC and metrics port is free. The
+    range puts the gRPC ports above and the metrics ports below Linux's
+    ephemeral range (32768-60999), so no client connection can take them
+    between this check and the services binding them."""
+    candidates = list(range(10950, 15480, 7))
+    random.Random().shuffle(candidates)
+    for offset in candidates:
+        if all(_port_free(p + offset) for pair in SERVICE_PORTS.values() for p in pair):
+            return offset
+    raise RuntimeError("no free port offset")
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, tiny_lm_dir) -> Path:
+    """policy v1 = the session's tiny random GPT-2; reward v1 = MiniLM with a fresh head (+ ONNX)."""
+    import shutil
+
+    from shared.model_store import ModelStore
+    from shared.reward_model import export_onnx, new_reward_model, save_reward_model
+
+    store = ModelStore(tmp_path_factory.mktemp("demo-store"))
+    store.write_version("policy", lambda path: shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True))
+    model, tokenizer = new_reward_model(seed=0, max_length=48)
+
+    def fill_reward(path):
+        save_reward_model(model, tokenizer, path)
+        export_onnx(model, tokenizer, path)
+
+    store.write_version("reward", fill_reward)
+    return store.root
+
+
+def test_demo_serves_collects_feedback_and_plots(tiny_store, broker, tmp_path):
+    from rlhf_cli.main import main
+
+    seed = random.randrange(10**6)  # the simulated user ids carry it: this run's events only
+    out = tmp_path / "demo" / "loop.png"
+    code = main(["demo", "--model-store", str(tiny_store), "--kafka", broker.bootstrap, "--no-bootstrap",
+                 "--services", ",".join(NEEDED), "--port-offset", str(free_port_offset()),
+                 "--log-dir", str(tmp_path / "logs"), "--minutes", "0.25", "--sample-every-s", "4",
+                 "--users", "8", "--concurrency", "2", "--seed", str(seed), "--max-new-tokens", "12",
+                 "--out", str(out)])
+    assert code == 0, [p.read_text()[-2000:] for p in (tmp_path / "logs").glob("*.log")]
+
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved["totals"]["requests"] > 0 and saved["totals"]["request_errors"] == 0
+    v1 = saved["versions"]["v1"]
+    assert v1["responses"] >= saved["totals"]["requests"]  # 1 or 2 completions per request
+    assert 0.0 <= v1["satisfaction"] <= 1.0 and set(v1["axes"]) == {"helpful", "polite", "correct", "safe", "concise"}
+    assert saved["points"] and all(p["version"] == "v1" for p in saved["points"])
+    assert any(p["mean_reward"] is not None and p["reward_version"] == "v1" for p in saved["points"])
+
+    prefix = f"sim-user-{seed}-"
+    generations = [m for _, m in read_topic(broker.bootstrap, events.GENERATIONS_TOPIC, events_pb2.GenerationEvent,
+                                            timeout_s=10) if m.user_id.startswith(prefix)]
+    assert len(generations) == v1["responses"]
+    assert all(g.model_version == "v1" for g in generations)
+    generation_ids = {g.generation_id for g in generations}
+
+    accepted = saved["totals"]["feedback_accepted"]
+    feedback = [m for _, m in read_topic(broker.bootstrap, events.FEEDBACK_TOPIC, events_pb2.FeedbackEvent,
+                                         timeout_s=10) if m.user_id.startswith(prefix)]
+    assert feedback and len(feedback) == sum(accepted.values())
+    assert all(f.generation_id in generation_ids for f in feedback)
+    for f in feedback:
+        if f.WhichOneof("kind") == "preference":
+            assert {f.preference.chosen_generation_id, f.preference.rejected_generation_id} <= generation_ids

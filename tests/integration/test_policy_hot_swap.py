@@ -1,0 +1,102 @@
+"""Hot swap: ModelUpdateEvents on the real broker move a serving policy
+through store versions while clients keep generating, with no errors."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import grpc
+
+from services.policy.config import PolicyConfig
+from services.policy.server import PolicyService
+from shared import events
+from shared.kafka_io import create_producer, produce_event
+from shared.model_store import ModelStore
+from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
+from tests.helpers import wait_until
+
+CLIENTS = 8
+
+
+def _store_with_versions(root, tiny_lm_dir, count: int) -> ModelStore:
+    """``count`` policy versions with different weights (re-seeded GPT-2s)."""
+    from transformers import AutoTokenizer
+
+    from shared.tiny_lm import new_gpt2, save_causal_lm
+
+    store = ModelStore(root)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir, local_files_only=True)
+    for seed in range(count):
+        def fill(out, seed=seed):
+            if seed == 0:
+                shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
+            else:
+                model = new_gpt2(tokenizer, n_layer=2, n_head=2, n_embd=64, n_positions=128, seed=seed)
+                save_causal_lm(model, tokenizer, out)
+        store.write_version("policy", fill, parent_version=store.latest("policy") or "")
+    store.set_current("policy", "v1")
+    return store
+
+
+def test_eight_clients_keep_generating_across_three_swaps(broker, tiny_lm_dir, tmp_path):
+    store = _store_with_versions(tmp_path / "store", tiny_lm_dir, 4)
+    config = PolicyConfig(host="127.0.0.1", port=0, metrics_port=-1, kafka=broker.bootstrap,
+                          model_store=str(store.root), log_format="text")
+    service = PolicyService(config)
+    service.start()
+    assert service.engine.bundle.version == "v1"
+    wait_until(service.updates.ready.is_set, timeout_s=15, message="model-update consumer assigned")
+    stop = threading.Event()
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            while not stop.is_set():
+                request = policy_pb2.GenerateRequest(
+                    prompt=f"User: question {i}\\nAssistant:",
+                    sampling=common_pb2.SamplingParams(max_new_tokens=8, seed=i))
+                try:
+                    seen.append(stub.Generate(request, timeout=30).model_version)
+                except grpc.RpcError as exc:  # counted, asserted empty below
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    producer = create_producer(broker.bootstrap)
+    failed_before = _swaps("failed")
+    try:
+        # A version that is not in the store is refused; serving goes on.
+        missing = events_pb2.ModelUpdateEvent(event_id=events.new_id(), kind=common_pb2.MODEL_KIND_POLICY,
+                                              version="v9", previous_version="v1")
+        produce_event(producer, events.MODEL_UPDATES_TOPIC, "policy", missing).get(timeout=10)
+        wait_until(lambda: _swaps("failed") > failed_before, timeout_s=20, message="the bad update refused")
+        assert service.engine.bundle.version == "v1"
+        for previous, version in [("v1", "v2"), ("v2", "v3"), ("v3", "v4")]:
+            served_before = len(seen)
+            update = events_pb2.ModelUpdateEvent(
+                event_id=events.new_id(), kind=common_pb2.MODEL_KIND_POLICY, version=version,
+                previous_version=previous, action=events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
+                created_at=events.now_timestamp(), manifest_sha256=store.manifest_sha256("policy", version))
+            produce_event(producer, events.MODEL_UPDATES_TOPIC, "policy", update).get(timeout=10)
+            wait_until(lambda: service.engine.bundle.version == version, timeout_s=20, message=f"swap to {version}")
+            wait_until(lambda: seen.count(version) >= CLIENTS, timeout_s=20, message=f"responses from {version}")
+            assert len(seen) > served_before
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        producer.close()
+        service.stop(grace_s=5)
+    assert errors == []
+    assert set(seen) <= {"v1", "v2", "v3", "v4"}
+    assert {"v1", "v4"} <= set(seen)
+
+
+def _swaps(result: str) -> float:
+    from shared.metrics import MODEL_SWAPS
+
+    return MODEL_SWAPS.labels("policy", result)._value.get()

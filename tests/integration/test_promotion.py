@@ -1,0 +1,54 @@
+"""Promoter: a change whose ModelUpdateEvent Kafka did not acknowledge is
+re-published, never redone as a second version."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.trainer.promotion import Promoter
+from shared import events, kafka_io
+from shared.broker import EmbeddedBroker, free_port
+from shared.errors import Unavailable
+from shared.model_store import ModelStore
+from shared.proto.rlhf.v1 import events_pb2
+from tests.helpers import read_topic, wait_until
+
+
+def weights(text: bytes):
+    def fill(path):
+        (path / "model.safetensors").write_bytes(text)
+    return fill
+
+
+def test_unacknowledged_update_is_republished_not_duplicated(tmp_path):
+    store = ModelStore(tmp_path)
+    store.write_version("policy", weights(b"v1"))
+    port = free_port()
+    broker = EmbeddedBroker(port=port).start()
+    kafka_io.ensure_topics(broker.bootstrap)
+    promoter = Promoter(store, lambda: kafka_io.create_producer(
+        f"127.0.0.1:{port}", delivery_timeout_ms=1500, request_timeout_ms=1000, bootstrap_timeout_ms=1000),
+        ack_timeout_s=3)
+    promoter.announce_pending()
+    promoter._producer = promoter.producer_factory()  # connected while the broker was up
+    broker.stop()  # then the broker goes away, and comes back with no memory of this producer
+
+    update = promoter.promote_new("policy", weights(b"v2"), parent_version="v1", eval_metrics={"kl": 1.0},
+                                  reason="gate passed")
+    assert update.version == "v2"
+    assert store.versions("policy") == ["v1", "v2"], "stored once"
+    assert store.current("policy") == "v2", "the change happened even though nobody was told yet"
+    assert promoter.announce_pending() is False, "still no broker"
+    with pytest.raises(Unavailable, match="Do not repeat the call"):
+        promoter.rollback("policy", "", "operator rollback")
+    assert store.current("policy") == "v1"
+
+    with EmbeddedBroker(port=port) as back:
+        kafka_io.ensure_topics(back.bootstrap)
+        wait_until(promoter.announce_pending, 30, interval_s=0.5, message="the pending update is published")
+        published = [m for _, m in read_topic(back.bootstrap, events.MODEL_UPDATES_TOPIC, events_pb2.ModelUpdateEvent,
+                                              min_count=1)]
+        assert [(m.version, m.action) for m in published] == [("v1", events_pb2.MODEL_UPDATE_ACTION_ROLLBACK)], \
+            "only the latest unannounced change is published: replicas converge on CURRENT"
+        assert store.versions("policy") == ["v1", "v2"]
+    promoter.close()

@@ -1,0 +1,224 @@
+"""The trainer service in-process: a real broker, a real gRPC server on port 0,
+a real model store with a tiny policy, and a Python reward callable injected
+into the core (no reward service needed)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import grpc
+import pytest
+
+from services.trainer.config import TrainerConfig
+from services.trainer.gate import GateBudget
+from services.trainer.server import TrainerServer
+from shared import events
+from shared.kafka_io import create_producer, produce_event
+from shared.model_store import ModelStore
+from shared.proto.rlhf.v1 import common_pb2, events_pb2, trainer_pb2, trainer_pb2_grpc
+from shared.world import format_prompt
+from tests.helpers import read_topic, wait_until
+
+QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "How do I water a plant?"]
+
+
+def short_answer_reward(prompts, responses):
+    """Prefers responses of about three words: learnable by a random tiny LM."""
+    return [-abs(len(r.split()) - 3) / 3.0 for r in responses]
+
+
+def copy_dir(src):
+    def fill(out):
+        for path in src.iterdir():
+            if path.is_file():
+                shutil.copy2(path, out / path.name)
+    return fill
+
+
+@pytest.fixture()
+def trainer(broker, tiny_lm_dir, tmp_path, unique_name):
+    store = ModelStore(tmp_path / "store")
+    store.write_version("policy", copy_dir(tiny_lm_dir))
+    store.set_current("policy", "v1")
+    config = TrainerConfig(
+        port=0, metrics_port=-1, kafka=broker.bootstrap, model_store=str(store.root),
+        state_dir=str(tmp_path / "state"), consumer_group=unique_name, feedback_hold_s=1.0, grace_period_s=1,
+        ppo_min_prompts=2, ppo_min_new_feedback=1, ppo_steps_per_round=2, ppo_batch_size=2, ppo_mini_batch_size=2,
+        ppo_max_new_tokens=6, ppo_learning_rate=1e-4, gate_prompts=2, gate_samples_per_prompt=1,
+        gate_min_reward_gain=-1e9, torch_threads=1, round_check_s=3600)
+    server = TrainerServer(config, reward_fn=short_answer_reward)
+    port = server.start(train=False)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield server, trainer_pb2_grpc.TrainerServiceStub(channel), store
+    channel.close()
+    server.stop(1)
+
+
+@pytest.fixture(scope="module")
+def producer(broker):
+    producer = create_producer(broker.bootstrap)
+    yield producer
+    producer.close()
+
+
+def generation(gid: str, question: str, response: str) -> events_pb2.GenerationEvent:
+    return events_pb2.GenerationEvent(event_id=events.new_id(), generation_id=gid, request_id=gid,
+                                      prompt=format_prompt(question), response=response, model_version="v1",
+                                      created_at=events.now_timestamp())
+
+
+def feedback(fid: str, gid: str, user: str = "u1", **kind) -> events_pb2.FeedbackEvent:
+    return events_pb2.FeedbackEvent(feedback_id=fid, generation_id=gid, user_id=user,
+                                    created_at=events.now_timestamp(), **kind)
+
+
+def send(producer, topic, key, message):
+    produce_event(producer, topic, key, message).get(timeout=10)
+
+
+def ledger_ids(server) -> list[str]:
+    db = sqlite3.connect(server.config.ledger_path)
+    try:
+        return [r[0] for r in db.execute("SELECT feedback_id FROM feedback")]
+    finally:
+        db.close()
+
+
+def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_name):
+    server, stub, _ = trainer
+    g = [f"{unique_name}-g{i}" for i in range(4)]
+    f = [f"{unique_name}-f{i}" for i in range(7)]
+    for gid, question in zip(g[:2], QUESTIONS):
+        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "Boil it."))
+    send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[0], g[0], rating=events_pb2.Rating(score=0.5)))
+    send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[0], g[0], rating=events_pb2.Rating(score=0.5)))
+    send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[1], g[0], preference=events_pb2.Preference(
+        chosen_generation_id=g[0], rejected_generation_id=g[1])))
+    send(producer, events.FEEDBACK_TOPIC, g[1], feedback(f[2], g[1], correction=events_pb2.Correction(
+        response="Paris.")))
+    send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[3], g[0], rating=events_pb2.Rating(score=5.0)))
+    send(producer, events.FEEDBACK_TOPIC, g[3], feedback(f[4], g[3], rating=events_pb2.Rating(score=-1.0)))
+    # Feedback first, its generation second: held, then joined.
+    send(producer, events.FEEDBACK_TOPIC, g[2], feedback(f[5], g[2], flag=events_pb2.Flag(
+        category=events_pb2.FLAG_CATEGORY_WRONG)))
+    send(producer, events.GENERATIONS_TOPIC, g[2], generation(g[2], QUESTIONS[2], "Water it."))
+
+    wait_until(lambda: {f[0], f[1], f[2], f[5]} <= set(ledger_ids(server)), timeout_s=30, message="ledger joins")
+
+    def dead_letters():
+        letters = read_topic(server.config.kafka, events.DEADLETTER_TOPIC, events_pb2.DeadLetter, timeout_s=2)
+        mine = {}
+        for _, letter in letters:
+            if letter.consumer_group == unique_name:
+                mine[events_pb2.FeedbackEvent.FromString(letter.value).feedback_id] = letter
+        return mine if {f[3], f[4]} <= set(mine) else None
+
+    letters = wait_until(dead_letters, timeout_s=30, message="dead letters")
+    assert letters[f[3]].reason == "invalid_field" and "rating.score" in letters[f[3]].error
+    unknown = letters[f[4]]
+    assert unknown.reason == "unknown_generation" and g[3] in unknown.error
+    assert unknown.source_topic == events.FEEDBACK_TOPIC and unknown.key == g[3].encode()
+    # The session broker also carries other tests' events; look at ours only.
+    ids = [i for i in ledger_ids(server) if i.startswith(unique_name)]
+    assert sorted(ids) == sorted({f[0], f[1], f[2], f[5]})  # the duplicate f0 counted once
+
+    status = stub.GetStatus(trainer_pb2.GetStatusRequest())
+    assert all(status.feedback_counts[kind] >= 1 for kind in ("rating", "preference", "correction", "flag"))
+    assert status.generations_seen >= 3 and status.policy_version == "v1"
+
+
+def test_pause_resume_promote_and_rollback(trainer, broker):
+    server, stub, store = trainer
+    paused = stub.Pause(trainer_pb2.PauseRequest(reason="maintenance"))
+    assert paused.state == trainer_pb2.TRAINER_STATE_PAUSED and paused.pause_reason == "maintenance"
+    resumed = stub.Resume(trainer_pb2.ResumeRequest())
+    assert resumed.state != trainer_pb2.TRAINER_STATE_PAUSED and resumed.pause_reason == ""
+
+    policy = common_pb2.MODEL_KIND_POLICY
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Rollback(trainer_pb2.RollbackRequest(kind=policy))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Promote(trainer_pb2.PromoteRequest(kind=policy, version="v9"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Promote(trainer_pb2.PromoteRequest(version="v1"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    store.write_version("policy", copy_dir(store.open_version("policy", "v1")), parent_version="v1")
+    promoted = stub.Promote(trainer_pb2.PromoteRequest(kind=policy, version="v2", reason="canary looks good"))
+    assert promoted.action == events_pb2.MODEL_UPDATE_ACTION_PROMOTE and store.current("policy") == "v2"
+    assert promoted.manifest_sha256 == store.manifest_sha256("policy", "v2")
+    rolled = stub.Rollback(trainer_pb2.RollbackRequest(kind=policy, reason="bad answers"))
+    assert rolled.action == events_pb2.MODEL_UPDATE_ACTION_ROLLBACK
+    assert (rolled.version, rolled.previous_version) == ("v1", "v2") and store.current("policy") == "v1"
+
+    published = read_topic(broker.bootstrap, events.MODEL_UPDATES_TOPIC, events_pb2.ModelUpdateEvent, min_count=2)
+    ids = {update.event_id for _, update in published}
+    assert promoted.event_id in ids and rolled.event_id in ids
+
+
+def test_training_round_promotes_through_the_gate_then_discards(trainer, producer, unique_name):
+    server, stub, store = trainer
+    gids = [f"{unique_name}-g{i}" for i in range(3)]
+    for gid, question in zip(gids, QUESTIONS):
+        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
+    send(producer, events.FEEDBACK_TOPIC, gids[0], feedback(f"{unique_name}-c", gids[0],
+                                                            correction=events_pb2.Correction(response="Nine minutes.")))
+    # The group reads the topics from the start, so earlier tests' events are ingested too.
+    wait_until(lambda: f"{unique_name}-c" in ledger_ids(server), timeout_s=30, message="feedback in the ledger")
+
+    server.online.run_once()  # a round: 2 PPO steps, then the gate (min gain -inf: passes)
+    assert store.current("policy") == "v2"
+    manifest = store.manifest("policy", "v2")
+    assert manifest.parent_version == "v1"
+    assert {"mean_reward", "kl", "satisfaction", "current_mean_reward"} <= set(manifest.eval_metrics)
+    status = stub.GetStatus(trainer_pb2.GetStatusRequest())
+    assert status.last_ppo.step == 1 and status.recent_candidates[-1].promoted
+    assert status.recent_candidates[-1].version == "v2" and status.recent_candidates[-1].reason == "passed"
+
+    # New feedback starts another round; with an unreachable reward gain it is discarded.
+    send(producer, events.FEEDBACK_TOPIC, gids[1], feedback(f"{unique_name}-r", gids[1],
+                                                            rating=events_pb2.Rating(score=1.0)))
+    wait_until(lambda: f"{unique_name}-r" in ledger_ids(server), timeout_s=30, message="second feedback")
+    server.online.budget = GateBudget(min_reward_gain=1e9, kl_budget=1e9)
+    server.online.run_once()
+    last = stub.GetStatus(trainer_pb2.GetStatusRequest()).recent_candidates[-1]
+    assert not last.promoted and last.reason == "reward_gain_too_small" and last.version == ""
+    assert store.versions("policy") == ["v1", "v2"] and store.current("policy") == "v2"
+    assert not server.config.checkpoint_dir.exists()  # the discarded candidate's weights are gone
+
+
+def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path):
+    from services.trainer.ledger import Comparison
+    from services.trainer.promotion import Promoter
+    from services.trainer.reward_update import RewardUpdateSettings, update_reward_model
+    from shared.reward_model import new_reward_model, save_reward_model
+    from shared.world import build_prompts, preference_pairs, split_prompts
+
+    store = ModelStore(tmp_path / "store")
+    model, tokenizer = new_reward_model(max_length=32)
+    store.write_version("reward", lambda out: save_reward_model(model, tokenizer, out))
+    prompts = build_prompts(0, 0.25)
+    comparisons = [Comparison(*p) for p in preference_pairs(split_prompts(prompts, "train")[:12], seed=1,
+                                                            per_prompt=1)]
+    world = preference_pairs(split_prompts(prompts, "heldout")[:6], seed=2, per_prompt=1)
+    producer = create_producer(broker.bootstrap)
+    try:
+        promoter = Promoter(store, lambda: producer)
+        strict = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=-1.0, batch_size=4)
+        refused = update_reward_model(store, promoter, strict, comparisons, comparisons, world, threads=1)
+        assert not refused.promoted and refused.reason == "accuracy_dropped" and store.versions("reward") == ["v1"]
+
+        lenient = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=1.0, batch_size=4)
+        outcome = update_reward_model(store, promoter, lenient, comparisons, comparisons, world, threads=1)
+    finally:
+        producer.close()
+    assert outcome.promoted and outcome.version == "v2" and store.current("reward") == "v2"
+    assert {"pairwise_accuracy", "previous_pairwise_accuracy"} <= set(store.manifest("reward", "v2").eval_metrics)
+    assert (store.kind_dir("reward") / "v2" / "model.onnx").is_file()
+    updates = read_topic(broker.bootstrap, events.MODEL_UPDATES_TOPIC, events_pb2.ModelUpdateEvent, min_count=1)
+    mine = [u for _, u in updates if u.kind == common_pb2.MODEL_KIND_REWARD and
+            u.manifest_sha256 == store.manifest_sha256("reward", "v2")]
+    assert mine and mine[0].action == events_pb2.MODEL_UPDATE_ACTION_PROMOTE and mine[0].previous_version == "v1"
