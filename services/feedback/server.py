@@ -14,11 +14,9 @@ import grpc
 
 from services.feedback.config import FeedbackConfig
 from services.feedback.gateway import ClientRateLimiter, FeedbackGateway, FeedbackReceipt, FirstAnswerCache
-from shared import metrics
-from shared.config import load_config, log_config
+from shared.service_main import run_service
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import create_producer
-from shared.logs import setup_logging
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -91,17 +89,12 @@ class FeedbackGatewayServer:
         self.producer.close(timeout=self.config.ack_timeout_s)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(FeedbackConfig, argv, prog="python -m services.feedback")
-    setup_logging(SERVICE_NAME, config.log_level, config.log_format)
-    log_config(config, log)
-    metrics.start_metrics_server(config.metrics_port)
+def _build(config: FeedbackConfig) -> FeedbackGatewayServer:
     # Each call hands off between a gRPC thread and the producer's I/O thread
     # twice; the default 5 ms GIL switch interval would dominate its latency.
     sys.setswitchinterval(0.0005)
-    server = FeedbackGatewayServer(config)
-    server.start()
-    server.grpc.wait_for_signal()
-    server.stop()
-    log.info("feedback gateway stopped")
-    return 0
+    return FeedbackGatewayServer(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service(FeedbackConfig, SERVICE_NAME, _build, argv)

@@ -13,11 +13,9 @@ from typing import Sequence
 from services.reward.config import RewardConfig
 from services.reward.model_updates import RewardUpdateFollower
 from services.reward.scorer import RewardScorer
-from shared import metrics
-from shared.config import load_config, log_config
+from shared.service_main import run_service
 from shared.errors import Unavailable
 from shared.grpc_server import GrpcServer, ServiceBinding
-from shared.logs import setup_logging
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
@@ -84,13 +82,4 @@ class RewardServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(RewardConfig, argv, prog="python -m services.reward")
-    setup_logging(SERVICE_NAME, config.log_level, config.log_format)
-    log_config(config, log)
-    metrics.start_metrics_server(config.metrics_port)
-    server = RewardServer(config)
-    server.start()
-    server.grpc.wait_for_signal()
-    server.stop()
-    log.info("reward service stopped")
-    return 0
+    return run_service(RewardConfig, SERVICE_NAME, RewardServer, argv)

@@ -149,8 +149,10 @@ def reward_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str,
 
     train, heldout = _world(config)
     model, tokenizer = new_reward_model(max_length=config.reward_max_length, seed=config.seed)
-    train_pairs = preference_pairs(train, seed=config.seed + 2, per_prompt=config.reward_pairs_per_prompt)
-    heldout_pairs = preference_pairs(heldout, seed=config.seed + 3, per_prompt=config.reward_eval_pairs_per_prompt)
+    train_pairs = preference_pairs(train, seed=config.seed + 2, per_prompt=config.reward_pairs_per_prompt,
+                                   degenerate_fraction=config.reward_degenerate_fraction)
+    heldout_pairs = preference_pairs(heldout, seed=config.seed + 3, per_prompt=config.reward_eval_pairs_per_prompt,
+                                     degenerate_fraction=config.reward_degenerate_fraction)
     metrics = train_reward_model(
         model, tokenizer, train_pairs, steps=config.reward_steps, batch_size=config.reward_batch_size,
         lr=config.reward_lr, head_lr=config.reward_head_lr, trainable_layers=config.reward_trainable_layers,

@@ -85,6 +85,9 @@ class BootstrapConfig:
     reward_max_length: int = 64         # tokens per (question, response) pair
     reward_trainable_layers: int = 2    # top MiniLM layers trained; the rest frozen
     reward_eval_pairs_per_prompt: int = 6    # held-out pairs per held-out prompt
+    reward_degenerate_fraction: float = 0.3  # share of pairs whose rejected side is filler with no
+                                             # answer (world.degenerate_response): without them PPO
+                                             # games the reward model with "Sure! Good luck!"
 
     # --- evaluation (base vs SFT, written to the manifests) ---
     eval_samples_per_prompt: int = 8    # sampled responses per held-out prompt (~400 in all)
@@ -131,7 +134,7 @@ def reduced_config(**overrides) -> BootstrapConfig:
     small = dict(
         vocab_size=384, n_layer=1, n_embd=64, n_head=2, n_positions=96, pretrain_seq_len=96,
         pretrain_dialogues_per_prompt=1, statement_repeats=1, pretrain_steps=30, pretrain_batch_size=8,
-        sft_steps=10, sft_batch_size=8, reward_pairs_per_prompt=1, reward_steps=6, reward_batch_size=4,
+        sft_steps=10, sft_batch_size=8, reward_pairs_per_prompt=2, reward_steps=30, reward_batch_size=8,
         reward_max_length=32, reward_trainable_layers=1, reward_eval_pairs_per_prompt=1,
         eval_samples_per_prompt=1, eval_max_new_tokens=12, warmup_steps=3,
     )

@@ -51,9 +51,11 @@ class TrainerConfig(ServiceConfig):
     ppo_batch_size: int = setting(16, "prompts rolled out per PPO step", env=env.TRAINER_PPO_BATCH_SIZE)
     ppo_mini_batch_size: int = setting(8, "rollouts per optimizer step; must divide --ppo-batch-size",
                                        env=env.TRAINER_PPO_MINI_BATCH_SIZE)
-    ppo_learning_rate: float = setting(1e-5, "PPO learning rate", env=env.TRAINER_PPO_LEARNING_RATE)
+    ppo_learning_rate: float = setting(
+        3e-5, "PPO learning rate (on the demo models 3e-5 was stable and 1e-4 drifted: docs/BENCHMARKS.md)",
+        env=env.TRAINER_PPO_LEARNING_RATE)
     ppo_max_new_tokens: int = setting(24, "longest response sampled per rollout", env=env.TRAINER_PPO_MAX_NEW_TOKENS)
-    ppo_init_kl_coef: float = setting(0.05, "initial KL coefficient (adapted toward PPOConfig.target_kl)",
+    ppo_init_kl_coef: float = setting(0.1, "initial KL coefficient (adapted toward PPOConfig.target_kl)",
                                       env=env.TRAINER_PPO_INIT_KL_COEF)
     gate_min_reward_gain: float = setting(0.0, "a candidate policy must raise the mean held-out reward by at "
                                           "least this much over the current version", env=env.TRAINER_GATE_MIN_REWARD_GAIN)

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from services.trainer.optim_step import clipped_step, first_and_final
+
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up to ``peak``, then cosine decay to a tenth of it."""
@@ -63,16 +65,7 @@ def pretrain_causal_lm(
         batch = torch.stack([stream[s : s + seq_len + 1] for s in starts.tolist()])
         logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(clipped_step(model, optimizer, loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
-    tenth = max(1, steps // 10)
-    return {
-        "pretrain_loss_first": sum(losses[:tenth]) / tenth,
-        "pretrain_loss_final": sum(losses[-tenth:]) / tenth,
-        "pretrain_tokens": float(len(stream)),
-    }
+    return {**first_and_final(losses, "pretrain_loss"), "pretrain_tokens": float(len(stream))}

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from services.trainer.optim_step import clipped_step, first_and_final
 from services.trainer.pretrain import lr_at
 from shared.reward_model import RewardModel, encode_pairs, pairwise_accuracy
 
@@ -128,19 +129,13 @@ def train_reward_model(
         else:
             chosen, rejected = _pair_scores(model, tokenizer, batch, max_length)
         loss = bradley_terry_loss(chosen, rejected)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(clipped_step(model, optimizer, loss))
         accuracies.append((chosen > rejected).float().mean().item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
-    tenth = max(1, steps // 10)
     return {
-        "reward_loss_first": sum(losses[:tenth]) / tenth,
-        "reward_loss_final": sum(losses[-tenth:]) / tenth,
-        "reward_train_accuracy_final": sum(accuracies[-tenth:]) / tenth,
+        **first_and_final(losses, "reward_loss"),
+        "reward_train_accuracy_final": first_and_final(accuracies, "acc")["acc_final"],
         "reward_train_pairs": float(len(pairs)),
     }
 

@@ -18,11 +18,9 @@ from services.trainer.ingest import FeedbackIngest, consumer_lag
 from services.trainer.ledger import FeedbackLedger
 from services.trainer.online import OnlineTrainer
 from services.trainer.promotion import Promoter, kind_name
-from shared import metrics
-from shared.config import load_config, log_config
+from shared.service_main import run_service
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import DeadLetterProducer, create_producer
-from shared.logs import setup_logging
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -149,13 +147,4 @@ class TrainerServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(TrainerConfig, argv, prog="python -m services.trainer")
-    setup_logging(SERVICE_NAME, config.log_level, config.log_format)
-    log_config(config, log)
-    metrics.start_metrics_server(config.metrics_port)
-    server = TrainerServer(config)
-    server.start()
-    server.grpc.wait_for_signal()
-    server.stop()
-    log.info("trainer stopped")
-    return 0
+    return run_service(TrainerConfig, SERVICE_NAME, TrainerServer, argv)

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from services.trainer.optim_step import clipped_step, first_and_final
 from services.trainer.pretrain import lr_at
 
 IGNORE_INDEX = -100  # cross_entropy skips these label positions
@@ -89,19 +90,13 @@ def sft_train(
         batch = collate_right_padded([examples[i] for i in order[:batch_size]], tokenizer.pad_token_id)
         del order[:batch_size]
         loss = response_nll(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(clipped_step(model, optimizer, loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
-    tenth = max(1, steps // 10)
     return {
         "sft_loss_before": loss_before,
         "sft_loss_after": evaluate_response_loss(model, tokenizer, examples),
-        "sft_train_loss_first": sum(losses[:tenth]) / tenth,
-        "sft_train_loss_final": sum(losses[-tenth:]) / tenth,
+        **first_and_final(losses, "sft_train_loss"),
         "sft_demonstrations": float(len(examples)),
     }
 

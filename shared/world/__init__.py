@@ -8,6 +8,7 @@ from shared.world.generator import (
     Prompt,
     Response,
     build_prompts,
+    degenerate_response,
     find_prompt,
     make_response,
     preference_pairs,
@@ -21,6 +22,7 @@ from shared.world.template import PROMPT_TEMPLATE, extract_question, format_prom
 
 __all__ = [
     "AXES", "FLAWS", "KINDS", "PROMPT_TEMPLATE", "Prompt", "Response", "Verdict", "build_prompts",
+    "degenerate_response",
     "extract_question", "find_prompt", "format_prompt", "judge", "make_response", "preference_pairs",
     "pretrain_corpus", "sample_flaws", "sft_demonstrations", "split_prompts",
 ]

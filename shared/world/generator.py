@@ -276,15 +276,46 @@ def sft_demonstrations(prompts: Iterable[Prompt], *, seed: int, per_prompt: int)
     return [(p.text, make_response(p, (), rng).text) for p in prompts for _ in range(per_prompt)]
 
 
-def preference_pairs(prompts: Iterable[Prompt], *, seed: int, per_prompt: int) -> list[tuple[str, str, str]]:
+def degenerate_response(prompt: Prompt, rng: random.Random) -> str:
+    """A response with no answer in it, of the kinds a policy finds when it
+    games a reward model that never saw them: pleasantries alone, an answer
+    cut off after a word or three, a closer repeated. (Measured: PPO against
+    a reward model trained without these drove judged satisfaction to zero
+    while the reward rose, with outputs like "Sure! W luck!".)"""
+    words = correct_body(prompt, rng).split()
+    opener = rng.choice([o for o in T.POLITE_OPENERS if o])
+    closer = rng.choice([c for c in T.POLITE_CLOSERS if c])
+    # A cut answer keeps at most all but two words, so a short fact
+    # ("Coal is black.") never survives whole.
+    longest_cut = max(1, len(words) - 2)
+    shape = rng.randrange(4)
+    if shape == 0:
+        return f"{opener} {closer}"
+    if shape == 1:
+        return " ".join([opener, *words[:rng.randint(1, min(3, longest_cut))]])
+    if shape == 2:
+        return " ".join([*words[:rng.randint(1, min(2, longest_cut))], closer])
+    return " ".join([opener, *[closer] * rng.randint(2, 3)])
+
+
+def preference_pairs(prompts: Iterable[Prompt], *, seed: int, per_prompt: int,
+                     degenerate_fraction: float = 0.0) -> list[tuple[str, str, str]]:
     """(templated prompt, chosen, rejected): the rejected response has every
     flaw of the chosen one plus one or two more, so the order is unambiguous.
     Most chosen responses are flawless; some carry one flaw, which teaches the
-    reward model to rank within flawed responses too (what PPO climbs)."""
+    reward model to rank within flawed responses too (what PPO climbs).
+
+    With ``degenerate_fraction`` > 0, that share of the pairs on how-to and
+    fact prompts instead rejects a degenerate_response (no answer at all)
+    against a flawless one: the hard negatives that keep PPO from gaming
+    the reward model with filler."""
     rng = random.Random(seed)
     out = []
     for p in prompts:
         for _ in range(per_prompt):
+            if p.kind != "decline" and degenerate_fraction > 0 and rng.random() < degenerate_fraction:
+                out.append((p.text, make_response(p, (), rng).text, degenerate_response(p, rng)))
+                continue
             base = frozenset() if rng.random() < 0.7 else frozenset({rng.choice(FLAWS)})
             extra = rng.sample([f for f in FLAWS if f not in base], k=rng.choice((1, 1, 2)))
             chosen = make_response(p, base, rng)

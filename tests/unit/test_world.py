@@ -107,3 +107,20 @@ def test_preference_pairs_prefer_fewer_flaws():
 def test_unknown_flaw_is_refused():
     with pytest.raises(ValueError, match="unknown flaws"):
         make_response(build_prompts()[0], {"sarcastic"}, random.Random(0))
+
+
+def test_degenerate_responses_are_judged_bad_and_become_hard_negatives():
+    import random
+
+    from shared.world import build_prompts, degenerate_response, judge, preference_pairs, split_prompts
+
+    prompts = [p for p in split_prompts(build_prompts(0, 0.25), "train") if p.kind != "decline"]
+    rng = random.Random(3)
+    assert not any(judge(p, degenerate_response(p, rng)).good for p in prompts)
+    plain = preference_pairs(prompts, seed=1, per_prompt=4)
+    by_text = {p.text: p for p in prompts}
+    hardened = preference_pairs(prompts, seed=1, per_prompt=4, degenerate_fraction=1.0)
+    assert len(hardened) == 4 * len(prompts), "every pair rejects a degenerate response"
+    for text, chosen, rejected in hardened:
+        assert judge(by_text[text], chosen).good and not judge(by_text[text], rejected).good
+    assert preference_pairs(prompts, seed=1, per_prompt=4) == plain, "seeded: the default is unchanged"
