@@ -413,6 +413,12 @@ class BufferedEventPublisher:
             else:
                 unsent.append(item)
         if unsent:
-            log.warning("events not acknowledged; kept for retry",
+            log.warning("events not acknowledged; kept for retry with a new producer",
                         extra={"topic": self.topic, "pending": len(unsent)})
+            # kafka-python's idempotent producer never recovers once the broker
+            # has forgotten its producer id (a broker that lost its state); a
+            # fresh producer gets a new id. Ordering per key is kept because the
+            # unsent events are retried first.
+            self._producer.close(timeout=0)
+            self._producer = None
         return unsent

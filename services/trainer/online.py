@@ -114,7 +114,7 @@ class OnlineTrainer:
         if self.progress.paused:
             return
         if self._reward_update_due():
-            self._update_reward()
+            self._update_reward(stop)
         if self.rounds.round_active or self._saved_round_active() or self._policy_round_due():
             self._policy_round(stop)
 
@@ -178,7 +178,7 @@ class OnlineTrainer:
         return bool(saved and saved.active)
 
     # --- reward model -----------------------------------------------------------------
-    def _update_reward(self) -> None:
+    def _update_reward(self, stop: threading.Event | None = None) -> None:
         self._set_state(TRAINING_REWARD)
         with self._ledger_lock:
             upto = self.ledger.max_seq()
@@ -186,7 +186,10 @@ class OnlineTrainer:
             everything = self.ledger.comparisons()
         _, world_pairs = self._world()
         outcome = update_reward_model(self.store, self.promoter, self.reward_settings, new, everything, world_pairs,
-                                      threads=self.config.torch_threads)
+                                      threads=self.config.torch_threads,
+                                      should_stop=stop.is_set if stop is not None else None)
+        if outcome.reason == "interrupted":
+            return  # shutting down: the same comparisons are used again after a restart
         self.progress.last_reward_seq = upto
         self._save_progress()
         self._record_candidate(CandidateRecord("reward", outcome.version, outcome.promoted, outcome.reason,

@@ -9,7 +9,7 @@ with a RewardModel and a list of (prompt, chosen, rejected).
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -33,10 +33,14 @@ def _pair_scores(model: RewardModel, tokenizer, pairs: Sequence[Pair], max_lengt
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
+class TrainingInterrupted(Exception):
+    """``should_stop`` said stop: the service is shutting down mid-training."""
+
+
 @torch.no_grad()
 def cache_frozen_hidden(
     model: RewardModel, tokenizer, texts: Sequence[tuple[str, str]], n_frozen: int, max_length: int,
-    batch_size: int = 64, progress: bool = True,
+    batch_size: int = 64, progress: bool = True, should_stop: Callable[[], bool] | None = None,
 ) -> dict[tuple[str, str], torch.Tensor]:
     """Hidden states after the frozen layers for each unique (prompt, response),
     unpadded. Computed once, in eval mode (no dropout in frozen layers), so each
@@ -48,6 +52,9 @@ def cache_frozen_hidden(
     cache: dict[tuple[str, str], torch.Tensor] = {}
     starts = range(0, len(unique), batch_size)
     for start in tqdm(starts, desc="reward cache", disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            model.train(was_training)
+            raise TrainingInterrupted("stopped while caching frozen hidden states")
         chunk = unique[start : start + batch_size]
         enc = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], max_length)
         hidden = model.lower_hidden(enc["input_ids"], enc["attention_mask"], n_frozen)
@@ -82,9 +89,12 @@ def train_reward_model(
     max_length: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place; returns loss and accuracy on the training pairs
-    (first and last tenth of steps).
+    (first and last tenth of steps). ``should_stop`` is checked every step:
+    when it returns True, TrainingInterrupted is raised (a service shutting
+    down must not wait for a whole update).
 
     ``trainable_layers`` < all: embeddings and lower layers are frozen and
     their output is cached per text (:func:`cache_frozen_hidden`), which is
@@ -99,7 +109,8 @@ def train_reward_model(
     cache = None
     if n_frozen:
         texts = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
-        cache = cache_frozen_hidden(model, tokenizer, texts, n_frozen, max_length, progress=progress)
+        cache = cache_frozen_hidden(model, tokenizer, texts, n_frozen, max_length, progress=progress,
+                                    should_stop=should_stop)
     head_params = list(model.head.parameters())
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -114,6 +125,8 @@ def train_reward_model(
     model.train()
     bar = tqdm(range(steps), desc="reward model", disable=not progress, leave=False)
     for step in bar:
+        if should_stop is not None and should_stop():
+            raise TrainingInterrupted(f"stopped at step {step} of {steps}")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, group["peak"], warmup_steps)
         if len(order) < batch_size:
@@ -140,4 +153,4 @@ def train_reward_model(
     }
 
 
-__all__ = ["Pair", "bradley_terry_loss", "pairwise_accuracy", "train_reward_model"]
+__all__ = ["Pair", "TrainingInterrupted", "bradley_terry_loss", "pairwise_accuracy", "train_reward_model"]

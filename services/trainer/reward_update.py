@@ -15,7 +15,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from services.trainer.ledger import Comparison
 
@@ -57,11 +57,12 @@ def as_pairs(comparisons: Sequence[Comparison]) -> list[Pair]:
 
 def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_comparisons: Sequence[Comparison],
                         all_comparisons: Sequence[Comparison], world_pairs: Sequence[Pair],
-                        threads: int = 2) -> RewardCandidate:
-    """Fine-tune the current reward version; promote it through ``promoter`` if it holds up."""
+                        threads: int = 2, should_stop: Callable[[], bool] | None = None) -> RewardCandidate:
+    """Fine-tune the current reward version; promote it through ``promoter`` if it holds up.
+    Returns reason "interrupted" (nothing stored) when ``should_stop`` fires."""
     import torch
 
-    from services.trainer.reward_training import train_reward_model
+    from services.trainer.reward_training import TrainingInterrupted, train_reward_model
     from shared.reward_model import export_onnx, load_reward_model, pairwise_accuracy, save_reward_model
 
     torch.set_num_threads(threads)
@@ -74,10 +75,14 @@ def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_com
     model, tokenizer = load_reward_model(store.open_version("reward", current))
     current_accuracy = pairwise_accuracy(model, tokenizer, heldout) if heldout else float("nan")
     trainable = min(settings.trainable_layers, model.n_layers)
-    train_metrics = train_reward_model(
-        model, tokenizer, train, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-        head_lr=settings.head_lr, trainable_layers=trainable, warmup_steps=max(1, settings.steps // 10),
-        progress=False)
+    try:
+        train_metrics = train_reward_model(
+            model, tokenizer, train, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+            head_lr=settings.head_lr, trainable_layers=trainable, warmup_steps=max(1, settings.steps // 10),
+            progress=False, should_stop=should_stop)
+    except TrainingInterrupted as exc:
+        log.info("reward update interrupted", extra={"why": str(exc)})
+        return RewardCandidate("", False, "interrupted", {})
     model.requires_grad_(False)
     accuracy = pairwise_accuracy(model, tokenizer, heldout) if heldout else float("nan")
     metrics = {**train_metrics, "pairwise_accuracy": accuracy, "previous_pairwise_accuracy": current_accuracy,

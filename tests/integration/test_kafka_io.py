@@ -166,3 +166,23 @@ def test_buffered_publisher_counts_what_it_drops(unique_name):
     dropped = sum(metrics.EVENTS_DROPPED.labels(topic, reason)._value.get()
                   for reason in ("buffer_full", "shutdown", "expired"))
     assert dropped == 5, "every event not delivered is counted"
+
+
+def test_buffered_publisher_recovers_when_the_broker_restarts_empty(unique_name):
+    from shared.broker import EmbeddedBroker, free_port
+
+    port = free_port()
+    topic = "rlhf.generations.v1"
+    overrides = {"bootstrap_timeout_ms": 1000, "delivery_timeout_ms": 1500, "request_timeout_ms": 1000}
+    publisher = BufferedEventPublisher(f"127.0.0.1:{port}", topic, capacity=100, producer_overrides=overrides)
+    with EmbeddedBroker(port=port) as first:
+        kafka_io.ensure_topics(first.bootstrap)
+        publisher.publish("before", events_pb2.GenerationEvent(generation_id=f"before-{unique_name}"))
+        wait_until(lambda: publisher.pending() == 0, 20, message="first event sent")
+    # Same address, new broker with no memory of the publisher's producer id.
+    with EmbeddedBroker(port=port) as second:
+        kafka_io.ensure_topics(second.bootstrap)
+        publisher.publish("after", events_pb2.GenerationEvent(generation_id=f"after-{unique_name}"))
+        got = read_topic(second.bootstrap, topic, events_pb2.GenerationEvent, min_count=1, timeout_s=30)
+        assert [m.generation_id for _, m in got] == [f"after-{unique_name}"]
+        publisher.close()

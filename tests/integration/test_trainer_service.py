@@ -104,7 +104,8 @@ def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_na
         category=events_pb2.FLAG_CATEGORY_WRONG)))
     send(producer, events.GENERATIONS_TOPIC, g[2], generation(g[2], QUESTIONS[2], "Water it."))
 
-    wait_until(lambda: {f[0], f[1], f[2], f[5]} <= set(ledger_ids(server)), timeout_s=30, message="ledger joins")
+    # The session broker holds every earlier test's events; this new group reads them all first.
+    wait_until(lambda: {f[0], f[1], f[2], f[5]} <= set(ledger_ids(server)), timeout_s=180, message="ledger joins")
 
     def dead_letters():
         letters = read_topic(server.config.kafka, events.DEADLETTER_TOPIC, events_pb2.DeadLetter, timeout_s=2)
@@ -114,7 +115,7 @@ def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_na
                 mine[events_pb2.FeedbackEvent.FromString(letter.value).feedback_id] = letter
         return mine if {f[3], f[4]} <= set(mine) else None
 
-    letters = wait_until(dead_letters, timeout_s=30, message="dead letters")
+    letters = wait_until(dead_letters, timeout_s=120, message="dead letters")
     assert letters[f[3]].reason == "invalid_field" and "rating.score" in letters[f[3]].error
     unknown = letters[f[4]]
     assert unknown.reason == "unknown_generation" and g[3] in unknown.error
@@ -167,7 +168,7 @@ def test_training_round_promotes_through_the_gate_then_discards(trainer, produce
     send(producer, events.FEEDBACK_TOPIC, gids[0], feedback(f"{unique_name}-c", gids[0],
                                                             correction=events_pb2.Correction(response="Nine minutes.")))
     # The group reads the topics from the start, so earlier tests' events are ingested too.
-    wait_until(lambda: f"{unique_name}-c" in ledger_ids(server), timeout_s=30, message="feedback in the ledger")
+    wait_until(lambda: f"{unique_name}-c" in ledger_ids(server), timeout_s=180, message="feedback in the ledger")
 
     server.online.run_once()  # a round: 2 PPO steps, then the gate (min gain -inf: passes)
     assert store.current("policy") == "v2"
@@ -181,7 +182,7 @@ def test_training_round_promotes_through_the_gate_then_discards(trainer, produce
     # New feedback starts another round; with an unreachable reward gain it is discarded.
     send(producer, events.FEEDBACK_TOPIC, gids[1], feedback(f"{unique_name}-r", gids[1],
                                                             rating=events_pb2.Rating(score=1.0)))
-    wait_until(lambda: f"{unique_name}-r" in ledger_ids(server), timeout_s=30, message="second feedback")
+    wait_until(lambda: f"{unique_name}-r" in ledger_ids(server), timeout_s=180, message="second feedback")
     server.online.budget = GateBudget(min_reward_gain=1e9, kl_budget=1e9)
     server.online.run_once()
     last = stub.GetStatus(trainer_pb2.GetStatusRequest()).recent_candidates[-1]

@@ -97,3 +97,20 @@ def test_onnx_matches_torch_within_1e_4(reward_model, tmp_path):
     got = session.run(["scores"], {k: v.numpy() for k, v in batch.items()})[0]
     assert got.shape == (len(prompts),)
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_training_stops_when_asked_and_leaves_no_half_step():
+    from services.trainer.reward_training import TrainingInterrupted, train_reward_model
+
+    model, tokenizer = new_reward_model(max_length=32, seed=0)
+    pairs = [("User: how do I boil an egg?\nAssistant:", "Boil it for nine minutes.", "Ugh. Figure it out.")] * 4
+    calls = []
+
+    def stop_on_third_check() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(TrainingInterrupted, match="stopped at step"):
+        train_reward_model(model, tokenizer, pairs, steps=50, batch_size=2, lr=1e-4, trainable_layers=1,
+                           progress=False, should_stop=stop_on_third_check)
+    assert len(calls) < 10, "stopped within a step of being asked, not after all 50"
