@@ -31,7 +31,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--kl-budget", type=float, default=None,
                         help="KL budget line for the plot (default: what the trainer's gate reports)")
     parser.add_argument("--port-offset", type=int, default=0, help="add this to every service port")
-    parser.set_defaults(func=run)
+    # Users arrive at a rate; unpaced, the simulator took most of the CPU the
+    # trainer needs on a 2-core machine (51 calls/s, 16 PPO steps in 10 min).
+    parser.set_defaults(func=run, rate=float(os.environ.get(env.SIM_RATE, "8")))
 
 
 def ensure_models(model_store: str, console) -> None:

@@ -32,6 +32,9 @@ def add_simulation_arguments(parser) -> None:
                         help=f"simulated users [env {env.SIM_USERS}]")
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get(env.SIM_CONCURRENCY, "4")),
                         help=f"requests in flight at once [env {env.SIM_CONCURRENCY}]")
+    parser.add_argument("--rate", type=float, default=float(os.environ.get(env.SIM_RATE, "0")),
+                        help=f"Generate calls per second across all users; 0 = as fast as the policy answers "
+                        f"[env {env.SIM_RATE}]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the population and their choices")
     parser.add_argument("--noise", type=float, default=0.1,
                         help="mean probability a user flips a comparison or a thumb")
@@ -52,9 +55,11 @@ def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=N
 
     if args.users < 1 or args.concurrency < 1:
         raise SystemExit("--users and --concurrency must be at least 1")
+    if args.rate < 0:
+        raise SystemExit(f"--rate must be >= 0 (0 = unpaced), got {args.rate}")
     return SimulatorConfig(
         policy_addr=policy_addr, feedback_addr=feedback_addr, auth_token=args.auth_token, users=args.users,
-        concurrency=args.concurrency, duration_s=duration_s, requests=requests, seed=args.seed,
+        concurrency=args.concurrency, rate=args.rate, duration_s=duration_s, requests=requests, seed=args.seed,
         mean_noise=args.noise, prompt_split=args.prompts, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         preference=load_preference(args.preference) if args.preference else weighted_axes_utility,

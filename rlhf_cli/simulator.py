@@ -41,6 +41,7 @@ class SimulatorConfig:
     auth_token: str = ""
     users: int = 50
     concurrency: int = 4
+    rate: float = 0.0                     # Generate calls per second across all workers; 0 = as fast as answered
     duration_s: float | None = None       # stop after this long ...
     requests: int | None = None           # ... or after this many Generate calls (whichever first)
     seed: int = 0
@@ -72,6 +73,7 @@ class Simulator:
         self._stop = threading.Event()
         self._feedback: queue.Queue = queue.Queue()
         self._budget_lock = threading.Lock()
+        self._next_slot = 0.0  # monotonic time of the next call when --rate is set
         self._requests_left = config.requests
         self._workers: list[threading.Thread] = []
         self._sender: threading.Thread | None = None
@@ -122,11 +124,23 @@ class Simulator:
             self._requests_left -= 1
             return True
 
+    def _wait_for_slot(self) -> None:
+        """With --rate, space calls 1/rate apart across all workers: real users
+        arrive at a rate; a closed loop as fast as the policy answers would take
+        the CPU the trainer needs when everything shares one machine."""
+        if self.config.rate <= 0:
+            return
+        with self._budget_lock:
+            slot = max(time.monotonic(), self._next_slot)
+            self._next_slot = slot + 1.0 / self.config.rate
+        self._stop.wait(max(0.0, slot - time.monotonic()))
+
     def _work(self, index: int, deadline: float | None) -> None:
         rng = random.Random(f"{self.config.seed}:{index}")
         backoff_s = 0.2
         while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            if not self._claim_request():
+            self._wait_for_slot()
+            if self._stop.is_set() or not self._claim_request():
                 return
             user = rng.choice(self.users)
             prompt = rng.choice(self.prompts)

@@ -119,6 +119,9 @@ class Stack:
             base_env[getattr(env, f"{name.upper()}_ADDR")] = f"127.0.0.1:{port + self.port_offset}"
         # The trainer's ledger and checkpoints live beside the logs of this run.
         base_env.setdefault(env.TRAINER_STATE_DIR, str(self.log_dir.parent / "trainer-state"))
+        # Every service shares this machine's cores: a second torch thread in
+        # the trainer measured 5-30x slower under that contention (BENCHMARKS.md).
+        base_env.setdefault(env.TRAINER_TORCH_THREADS, "1")
         for name in self.services:
             port, mport = SERVICE_PORTS[name]
             proc = ServiceProcess(name, port + self.port_offset, mport + self.port_offset, self.log_dir / f"{name}.log")

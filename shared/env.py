@@ -95,4 +95,5 @@ TRAINER_START_PAUSED = "RLHF_TRAINER_START_PAUSED"
 # --- bootstrap / eval / simulate (the rlhf CLI) ------------------------------------
 SIM_USERS = "RLHF_SIM_USERS"
 SIM_CONCURRENCY = "RLHF_SIM_CONCURRENCY"
+SIM_RATE = "RLHF_SIM_RATE"
 DEMO_OUT = "RLHF_DEMO_OUT"

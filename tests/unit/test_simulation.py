@@ -164,3 +164,30 @@ def test_series_headline_and_files(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(data.read_text())
     assert len(saved["points"]) == 2 and saved["headline"]["latest_version"] == "v2"
+
+
+def test_rate_spaces_calls_one_over_rate_apart_across_workers():
+    import threading
+    import time
+
+    from rlhf_cli.simulator import Simulator, SimulatorConfig
+
+    rate = 2000.0
+    sim = Simulator(SimulatorConfig(policy_addr="127.0.0.1:1", feedback_addr="127.0.0.1:1", rate=rate))
+    try:
+        threads = [threading.Thread(target=lambda: [sim._wait_for_slot() for _ in range(10)]) for _ in range(4)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        end = time.monotonic()
+        # 40 calls from 4 workers booked 40 distinct slots 1/rate apart, the
+        # first no earlier than start, and each worker waited for its slot.
+        assert sim._next_slot >= start + 40 / rate
+        assert sim._next_slot <= end + 1 / rate
+        unpaced = Simulator(SimulatorConfig(policy_addr="127.0.0.1:1", feedback_addr="127.0.0.1:1"))
+        unpaced._wait_for_slot()
+        assert unpaced._next_slot == 0.0, "rate 0 never waits or books slots"
+    finally:
+        sim.stop(flush_timeout_s=0)
