@@ -29,14 +29,26 @@ def _produce(broker, topic: str, n: int, prefix: str = "g") -> None:
 def test_consumer_group_rebalances_to_a_second_member(broker, unique_name):
     topic = _topic(broker, f"t-{unique_name}", partitions=4)
     group = f"g-{unique_name}"
+    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    wait_until(lambda: len(probe.partitions_for_topic(topic) or ()) == 4, 20, message="4 partitions visible")
+    probe.close()
 
     def member():
+        # A short metadata max age: a member whose first view of the new topic
+        # was incomplete sees all 4 partitions at its next refresh.
         return KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False,
                              session_timeout_ms=kafka_io.SESSION_TIMEOUT_MS,
-                             heartbeat_interval_ms=kafka_io.HEARTBEAT_INTERVAL_MS)
+                             heartbeat_interval_ms=kafka_io.HEARTBEAT_INTERVAL_MS, metadata_max_age_ms=2000)
+
+    def owns_all(consumer) -> bool:
+        consumer.poll(100)
+        return len(consumer.assignment()) == 4
 
     first = member()
-    wait_until(lambda: first.poll(100) is not None and len(first.assignment()) == 4, 40, message="first member owns all")
+    try:
+        wait_until(lambda: owns_all(first), 60, message="first member owns all 4 partitions")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it owns {sorted(tp.partition for tp in first.assignment())}") from None
     second = member()
     stop = threading.Event()
     keep_polling = threading.Thread(target=lambda: [first.poll(100) for _ in iter(stop.is_set, True)])
@@ -45,7 +57,7 @@ def test_consumer_group_rebalances_to_a_second_member(broker, unique_name):
         wait_until(lambda: second.poll(100) is not None and len(second.assignment()) > 0, 40,
                    message="second member gets partitions")
         wait_until(lambda: len(first.assignment()) + len(second.assignment()) == 4
-                   and not (first.assignment() & second.assignment()), 15, message="disjoint split of 4 partitions")
+                   and not (first.assignment() & second.assignment()), 40, message="disjoint split of 4 partitions")
     finally:
         stop.set()
         keep_polling.join()
