@@ -90,10 +90,6 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def wait(self) -> int:
-        assert self._proc is not None
-        return self._proc.wait()
-
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -46,10 +45,3 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
 def unique_name(request) -> str:
     """A name unique to the test, for consumer groups and topics."""
     return f"{request.node.name}-{time.monotonic_ns()}".replace("[", "-").replace("]", "")
-
-
-@pytest.fixture()
-def stop_event():
-    event = threading.Event()
-    yield event
-    event.set()
