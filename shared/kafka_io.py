@@ -243,6 +243,10 @@ class EventConsumerLoop:
         consumed = {topic: metrics.EVENTS_CONSUMED.labels(topic, group) for topic in self.settings.topics}
         handle = self._handle_record
         while not stop.is_set():
+            # Nothing may sleep between polls: kafka-python 3.0.12 discards a
+            # JoinGroup -> SyncGroup round that finishes while no poll() waits
+            # on it and starts another, so a member that pauses between polls
+            # during a rebalance can rejoin indefinitely.
             batch = consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
             if not self.ready.is_set() and consumer.assignment():
                 self.ready.set()
