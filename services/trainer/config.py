@@ -46,24 +46,30 @@ class TrainerConfig(ServiceConfig):
                                    env=env.TRAINER_PPO_MIN_PROMPTS)
     ppo_min_new_feedback: int = setting(50, "feedback events accepted since the last round that start a new one",
                                         env=env.TRAINER_PPO_MIN_NEW_FEEDBACK)
-    ppo_steps_per_round: int = setting(8, "PPO steps in one round; a candidate is evaluated after each round",
+    ppo_steps_per_round: int = setting(10, "PPO steps in one round; a candidate is evaluated after each round",
                                        env=env.TRAINER_PPO_STEPS_PER_ROUND)
     ppo_batch_size: int = setting(16, "prompts rolled out per PPO step", env=env.TRAINER_PPO_BATCH_SIZE)
     ppo_mini_batch_size: int = setting(8, "rollouts per optimizer step; must divide --ppo-batch-size",
                                        env=env.TRAINER_PPO_MINI_BATCH_SIZE)
     ppo_learning_rate: float = setting(
-        3e-5, "PPO learning rate (on the demo models 3e-5 was stable and 1e-4 drifted: docs/BENCHMARKS.md)",
+        1e-4, "PPO learning rate (with corrections mixed in; PPO alone drifts at 1e-4: docs/BENCHMARKS.md)",
         env=env.TRAINER_PPO_LEARNING_RATE)
+    ppo_ptx_coef: float = setting(1.0, "weight of the SFT loss on users' corrections mixed into each PPO update "
+                                  "(PPO-ptx; 0 turns it off)", env=env.TRAINER_PPO_PTX_COEF)
+    ppo_ptx_batch_size: int = setting(16, "corrections per PPO optimizer step", env=env.TRAINER_PPO_PTX_BATCH_SIZE)
     ppo_max_new_tokens: int = setting(24, "longest response sampled per rollout", env=env.TRAINER_PPO_MAX_NEW_TOKENS)
     ppo_init_kl_coef: float = setting(0.1, "initial KL coefficient (adapted toward PPOConfig.target_kl)",
                                       env=env.TRAINER_PPO_INIT_KL_COEF)
-    gate_min_reward_gain: float = setting(0.0, "a candidate policy must raise the mean held-out reward by at "
-                                          "least this much over the current version", env=env.TRAINER_GATE_MIN_REWARD_GAIN)
+    gate_min_reward_gain: float = setting(0.0, "the lower confidence bound of a candidate's paired reward gain "
+                                          "over the current version on the held-out prompts must reach this",
+                                          env=env.TRAINER_GATE_MIN_REWARD_GAIN)
+    gate_confidence_z: float = setting(1.645, "one-sided z of that bound (1.645 = 95%; 0 compares means only)",
+                                       env=env.TRAINER_GATE_CONFIDENCE_Z)
     gate_kl_budget: float = setting(20.0, "largest KL (nats per response) a candidate may drift from policy v1",
                                     env=env.TRAINER_GATE_KL_BUDGET)
-    gate_prompts: int = setting(32, "held-out world prompts used to evaluate a candidate (0 = all)",
-                                env=env.TRAINER_GATE_PROMPTS)
-    gate_samples_per_prompt: int = setting(2, "responses sampled per held-out prompt at the gate",
+    gate_prompts: int = setting(0, "held-out world prompts used to evaluate a candidate (0 = all); "
+                                "they are never trained on", env=env.TRAINER_GATE_PROMPTS)
+    gate_samples_per_prompt: int = setting(4, "responses sampled per held-out prompt at the gate",
                                            env=env.TRAINER_GATE_SAMPLES_PER_PROMPT)
     round_check_s: float = setting(5.0, "how often the training thread checks whether a round is due",
                                    env=env.TRAINER_ROUND_CHECK_S)
@@ -88,6 +94,7 @@ class TrainerConfig(ServiceConfig):
         check(self.ppo_min_new_feedback >= 0, "ppo_min_new_feedback", f"must be >= 0, got {self.ppo_min_new_feedback}")
         check(self.ppo_steps_per_round >= 1, "ppo_steps_per_round", f"must be >= 1, got {self.ppo_steps_per_round}")
         check(self.gate_kl_budget > 0, "gate_kl_budget", f"must be > 0, got {self.gate_kl_budget}")
+        check(self.gate_confidence_z >= 0, "gate_confidence_z", f"must be >= 0, got {self.gate_confidence_z}")
         check(self.gate_prompts >= 0, "gate_prompts", f"must be >= 0, got {self.gate_prompts}")
         check(self.gate_samples_per_prompt >= 1, "gate_samples_per_prompt",
               f"must be >= 1, got {self.gate_samples_per_prompt}")
@@ -105,6 +112,7 @@ class TrainerConfig(ServiceConfig):
             batch_size=self.ppo_batch_size, mini_batch_size=self.ppo_mini_batch_size,
             learning_rate=self.ppo_learning_rate, max_new_tokens=self.ppo_max_new_tokens,
             init_kl_coef=self.ppo_init_kl_coef, max_prompt_length=prompt_limit, num_threads=self.torch_threads,
+            ptx_coef=self.ppo_ptx_coef, ptx_batch_size=self.ppo_ptx_batch_size,
         )
 
     @property

@@ -31,6 +31,7 @@ from services.trainer.gate import GateBudget, GateDecision, promote_if_better
 from services.trainer.ledger import FeedbackLedger
 from services.trainer.policy_round import PolicyRounds, RewardFn, write_json_atomic
 from services.trainer.reward_update import RewardUpdateSettings, update_reward_model
+from shared.world import question_key
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class OnlineTrainer:
         self.ledger = FeedbackLedger(config.ledger_path)  # the training thread's own connection
         self._ledger_lock = threading.Lock()
         self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config)
-        self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget)
+        self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
         self.reward_settings = RewardUpdateSettings(config.reward_min_new_comparisons, config.reward_steps,
                                                     config.reward_accuracy_tolerance)
         self.progress = self._load_progress()
@@ -214,15 +215,30 @@ class OnlineTrainer:
         while rounds.steps_done() < self.config.ppo_steps_per_round:
             if stop is not None and stop.is_set():
                 return  # the checkpoint lets the next start finish this round
-            with self._ledger_lock:
-                prompts = self.ledger.recent_prompts(limit=512)
-                demos = [(d.prompt, d.response) for d in self.ledger.demonstrations(limit=256)]
+            prompts, demos = self._training_data()
+            if not prompts:
+                log.warning("every recent prompt is a gate prompt; waiting for others")
+                return
             stats = rounds.run_step(prompts, demos)
             tm.export_ppo_stats(stats)
             self.last_ppo = stats
             log.info("PPO step", extra={"step": stats.step, "mean_score": stats.mean_score, "kl": stats.kl,
                                         "kl_coef": stats.kl_coef, "samples_per_s": stats.samples_per_s})
         self._gate_candidate()
+
+    def _training_data(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Recent prompts and corrections, minus the gate's held-out questions: a
+        policy trained on the prompts it is judged on would pass the gate on memory."""
+        gate_questions = self._gate_questions()
+        with self._ledger_lock:
+            prompts = self.ledger.recent_prompts(limit=512)
+            demos = [(d.prompt, d.response) for d in self.ledger.demonstrations(limit=256)]
+        held_out = lambda prompt: question_key(prompt) in gate_questions  # noqa: E731
+        return [p for p in prompts if not held_out(p)], [d for d in demos if not held_out(d[0])]
+
+    def _gate_questions(self) -> frozenset[str]:
+        prompts, _ = self._world()
+        return frozenset(question_key(p.question) for p in prompts)
 
     def _gate_candidate(self) -> None:
         self._set_state(EVALUATING)
@@ -250,7 +266,7 @@ class OnlineTrainer:
             version = update.version
         log.info("policy candidate decided", extra={"promoted": decision.promote, "reason": decision.reason,
                                                     "detail": decision.detail, "version": version})
-        rounds.end_round(version or None)
+        rounds.end_round(version or None, keep_training=decision.keep_training)
         self._record_candidate(CandidateRecord("policy", version, decision.promote, decision.reason,
                                                candidate_metrics))
 

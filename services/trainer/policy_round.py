@@ -172,12 +172,14 @@ class PolicyRounds:
         trainer.checkpoint(self.checkpoint_dir)
         return stats
 
-    def end_round(self, promoted_version: str | None) -> None:
-        """After the gate: keep training from the promoted weights, or start over."""
-        if promoted_version is None:
+    def end_round(self, promoted_version: str | None, keep_training: bool = False) -> None:
+        """After the gate: keep training from the promoted weights, keep training the
+        unpromoted candidate (its gain was not yet significant), or start over."""
+        if promoted_version is None and not keep_training:
             self.discard()
             return
-        self.state.policy_version = promoted_version
+        if promoted_version is not None:
+            self.state.policy_version = promoted_version
         self.state.active = False
         self._save_state()
 
@@ -203,7 +205,10 @@ class PolicyRounds:
         finally:
             torch.set_rng_state(rng_state)
         rates = judge_rates(samples)
-        return PolicyEvaluation(mean_reward=sum(scores) / max(1, len(scores)), kl=kl,
+        # sample_responses keeps each prompt's samples together, in prompt order.
+        per_prompt = [sum(scores[i : i + samples_per_prompt]) / samples_per_prompt
+                      for i in range(0, len(scores), samples_per_prompt)]
+        return PolicyEvaluation(mean_reward=sum(scores) / max(1, len(scores)), kl=kl, prompt_rewards=tuple(per_prompt),
                                 extra={"satisfaction": rates["satisfaction"], "samples": float(len(samples))})
 
     def save_policy(self, out_dir: Path) -> None:

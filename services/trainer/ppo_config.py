@@ -65,7 +65,7 @@ class PPOConfig:
 
     # --- PPO-ptx: corrections as demonstrations --------------------------
     ptx_coef: float = setting(1.0, "weight of the SFT loss on demonstrations mixed into each optimizer step")
-    ptx_batch_size: int = setting(4, "demonstrations per optimizer step (cycled through the given list)")
+    ptx_batch_size: int = setting(16, "demonstrations per optimizer step (cycled through the given list)")
 
     # --- reproducibility ---------------------------------------------------
     seed: int = setting(0, "seed for sampling and minibatch shuffling")

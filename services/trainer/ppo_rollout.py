@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from services.trainer.sft import encode_demonstration
+
 
 @dataclass
 class Rollout:
@@ -128,13 +130,13 @@ class DemonstrationBatch:
 def demonstration_batch(
     tokenizer, pairs: Sequence[tuple[str, str]], max_prompt_length: int, max_response_length: int
 ) -> DemonstrationBatch:
-    """Tokenize (prompt, demonstration) pairs for the SFT (ptx) loss; each
-    response ends with EOS so the policy also learns where to stop."""
+    """Tokenize (prompt, demonstration) pairs for the SFT (ptx) loss, framed as
+    in SFT (services.trainer.sft.encode_demonstration); each response ends
+    with EOS so the policy also learns where to stop."""
     rows, label_rows = [], []
     for prompt, response in pairs:
-        p = tokenizer(prompt)["input_ids"][-max_prompt_length:]
-        r = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_length - 1]
-        r = r + [tokenizer.eos_token_id]
+        p, r = encode_demonstration(tokenizer, prompt, response, max_prompt_tokens=max_prompt_length,
+                                    max_response_tokens=max_response_length)
         rows.append(p + r)
         label_rows.append([-100] * len(p) + r)
     width = max(len(r) for r in rows)

@@ -19,12 +19,29 @@ from services.trainer.pretrain import lr_at
 IGNORE_INDEX = -100  # cross_entropy skips these label positions
 
 
+def encode_demonstration(tokenizer, prompt: str, response: str, *, max_prompt_tokens: int | None = None,
+                         max_response_tokens: int | None = None) -> tuple[list[int], list[int]]:
+    """(prompt_ids, response_ids) exactly as generation sees them: the prompt
+    alone, then the response continuing it after one space and ending in EOS.
+
+    SFT (bootstrap) and PPO-ptx (corrections) both go through here: a
+    response framed differently from what the policy samples (e.g. without
+    the leading space after "Assistant:") teaches it a shifted distribution,
+    which PPO's KL penalty then measures as drift. The prompt is cut from the
+    left, the response (EOS included) from the right."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if max_prompt_tokens is not None:
+        prompt_ids = prompt_ids[-max_prompt_tokens:]
+    response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"]
+    if max_response_tokens is not None:
+        response_ids = response_ids[: max_response_tokens - 1]
+    return prompt_ids, response_ids + [tokenizer.eos_token_id]
+
+
 def build_sft_example(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels): prompt tokens are masked out of the loss; the
     response is followed by EOS so the model learns to stop."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"]
-    response_ids.append(tokenizer.eos_token_id)
+    prompt_ids, response_ids = encode_demonstration(tokenizer, prompt, response)
     ids = (prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
     return ids, labels

@@ -18,11 +18,11 @@ from shared.world.generator import (
     split_prompts,
 )
 from shared.world.judge import Verdict, judge
-from shared.world.template import PROMPT_TEMPLATE, extract_question, format_prompt
+from shared.world.template import PROMPT_TEMPLATE, extract_question, format_prompt, question_key
 
 __all__ = [
     "AXES", "FLAWS", "KINDS", "PROMPT_TEMPLATE", "Prompt", "Response", "Verdict", "build_prompts",
     "degenerate_response",
     "extract_question", "find_prompt", "format_prompt", "judge", "make_response", "preference_pairs",
-    "pretrain_corpus", "sample_flaws", "sft_demonstrations", "split_prompts",
+    "pretrain_corpus", "question_key", "sample_flaws", "sft_demonstrations", "split_prompts",
 ]

@@ -26,3 +26,8 @@ def extract_question(prompt: str) -> str:
     if text.endswith(_ASSISTANT_SUFFIX):
         text = text[: -len(_ASSISTANT_SUFFIX)]
     return text.strip()
+
+
+def question_key(prompt: str) -> str:
+    """The bare question, case- and whitespace-folded: one key however the prompt was framed."""
+    return " ".join(extract_question(prompt).lower().split())

@@ -95,6 +95,23 @@ def test_ptx_loss_learns_a_demonstration(tiny_lm):
     assert after < 0.8 * before, (before, after)
 
 
+def test_ptx_frames_a_correction_exactly_as_sft_and_sampling_do(tiny_lm):
+    # A correction arrives as bare text; the policy samples " text<eos>" after "Assistant:".
+    from services.trainer.ppo_rollout import demonstration_batch
+    from services.trainer.sft import IGNORE_INDEX, build_sft_example
+
+    trainer = make_trainer(tiny_lm, batch_size=4, mini_batch_size=4)
+    tok, cfg = trainer.tokenizer, trainer.config
+    prompt, correction = "User: how do I boil an egg?\nAssistant:", "Boil it."  # fits max_new_tokens
+    batch = demonstration_batch(tok, [(prompt, correction)], cfg.max_prompt_length, cfg.max_new_tokens)
+    ids, labels = build_sft_example(tok, prompt, correction, 10_000)
+    assert batch.input_ids[0, : len(ids)].tolist() == ids
+    assert batch.labels[0, : len(labels)].tolist() == labels
+    response = [t for t in labels if t != IGNORE_INDEX]
+    assert response[-1] == tok.eos_token_id
+    assert tok.decode(response[:-1]) == " " + correction
+
+
 def test_checkpoint_restore_resumes_bit_for_bit(tiny_lm, tmp_path):
     trainer = make_trainer(tiny_lm, batch_size=8, mini_batch_size=4, seed=3)
     trainer.step(PROMPTS[:8])

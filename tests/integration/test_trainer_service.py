@@ -160,7 +160,7 @@ def test_pause_resume_promote_and_rollback(trainer, broker):
     assert promoted.event_id in ids and rolled.event_id in ids
 
 
-def test_training_round_promotes_through_the_gate_then_discards(trainer, producer, unique_name):
+def test_training_round_promotes_keeps_training_then_discards(trainer, producer, unique_name):
     server, stub, store = trainer
     gids = [f"{unique_name}-g{i}" for i in range(3)]
     for gid, question in zip(gids, QUESTIONS):
@@ -179,14 +179,30 @@ def test_training_round_promotes_through_the_gate_then_discards(trainer, produce
     assert status.last_ppo.step == 1 and status.recent_candidates[-1].promoted
     assert status.recent_candidates[-1].version == "v2" and status.recent_candidates[-1].reason == "passed"
 
-    # New feedback starts another round; with an unreachable reward gain it is discarded.
+    # New feedback starts another round. A gain that is not significant (here: an
+    # infinitely wide confidence bound) is not promoted, but the candidate's weights
+    # are kept and the next round trains on from them.
     send(producer, events.FEEDBACK_TOPIC, gids[1], feedback(f"{unique_name}-r", gids[1],
                                                             rating=events_pb2.Rating(score=1.0)))
     wait_until(lambda: f"{unique_name}-r" in ledger_ids(server), timeout_s=180, message="second feedback")
-    server.online.budget = GateBudget(min_reward_gain=1e9, kl_budget=1e9)
+    server.online.budget = GateBudget(min_reward_gain=1e9, kl_budget=1e9, confidence_z=1e12)
     server.online.run_once()
     last = stub.GetStatus(trainer_pb2.GetStatusRequest()).recent_candidates[-1]
     assert not last.promoted and last.reason == "reward_gain_too_small" and last.version == ""
+    assert store.versions("policy") == ["v1", "v2"] and store.current("policy") == "v2"
+    assert server.config.checkpoint_dir.exists()  # kept for the next round
+    steps_before = server.online.rounds.trainer.step_count
+
+    # A candidate over the KL budget is discarded: the next round starts again from v2.
+    send(producer, events.FEEDBACK_TOPIC, gids[2], feedback(f"{unique_name}-t", gids[2],
+                                                            rating=events_pb2.Rating(score=-1.0)))
+    wait_until(lambda: f"{unique_name}-t" in ledger_ids(server), timeout_s=180, message="third feedback")
+    server.online.budget = GateBudget(min_reward_gain=0.0, kl_budget=-1e9)
+    server.online.run_once()
+    last = stub.GetStatus(trainer_pb2.GetStatusRequest()).recent_candidates[-1]
+    assert not last.promoted and last.reason == "kl_over_budget"
+    # the third round trained on from the second round's weights, not from a fresh copy of v2
+    assert last.metrics["ppo_step"] == steps_before + server.config.ppo_steps_per_round
     assert store.versions("policy") == ["v1", "v2"] and store.current("policy") == "v2"
     assert not server.config.checkpoint_dir.exists()  # the discarded candidate's weights are gone
 
@@ -223,3 +239,21 @@ def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path)
     mine = [u for _, u in updates if u.kind == common_pb2.MODEL_KIND_REWARD and
             u.manifest_sha256 == store.manifest_sha256("reward", "v2")]
     assert mine and mine[0].action == events_pb2.MODEL_UPDATE_ACTION_PROMOTE and mine[0].previous_version == "v1"
+
+
+def test_the_gate_prompts_are_never_trained_on(trainer, producer, unique_name):
+    server, _, _ = trainer
+    gate_prompts, _ = server.online._world()
+    held_out = gate_prompts[0].question
+    pairs = [(f"{unique_name}-held", held_out), (f"{unique_name}-train", "How do I boil an egg?")]
+    for gid, question in pairs:
+        # framed differently from the world's prompt: the match is on the bare, case-folded question
+        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, f"  {question.upper()} ", "An answer."))
+        send(producer, events.FEEDBACK_TOPIC, gid, feedback(f"{gid}-c", gid,
+                                                            correction=events_pb2.Correction(response="Better.")))
+    wait_until(lambda: {f"{gid}-c" for gid, _ in pairs} <= set(ledger_ids(server)), timeout_s=180,
+               message="both corrections in the ledger")
+    prompts, demos = server.online._training_data()
+    trained = {p.strip().lower() for p in prompts} | {p.strip().lower() for p, _ in demos}
+    assert any("boil an egg" in p for p in trained)
+    assert not any(held_out.lower() in p for p in trained)

@@ -1,4 +1,4 @@
-"""The promotion gate: reward gain and KL budget, as a pure function."""
+"""The promotion gate: paired reward gain and KL budget, as a pure function."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from services.trainer.gate import GateBudget, PolicyEvaluation, promote_if_better
+from services.trainer.gate import GateBudget, PolicyEvaluation, paired_reward_gain, promote_if_better
 
 BUDGET = GateBudget(min_reward_gain=0.1, kl_budget=5.0)
 CURRENT = PolicyEvaluation(mean_reward=1.0, kl=0.5)
@@ -23,7 +23,7 @@ def test_gain_exactly_at_the_threshold_passes():
 
 @pytest.mark.parametrize("candidate,reason", [
     (PolicyEvaluation(1.05, 1.0), "reward_gain_too_small"),
-    (PolicyEvaluation(0.5, 1.0), "reward_gain_too_small"),
+    (PolicyEvaluation(0.5, 1.0), "reward_regressed"),
     (PolicyEvaluation(3.0, 5.5), "kl_over_budget"),
     (PolicyEvaluation(math.nan, 1.0), "non_finite_metrics"),
     (PolicyEvaluation(2.0, math.inf), "non_finite_metrics"),
@@ -31,6 +31,50 @@ def test_gain_exactly_at_the_threshold_passes():
 def test_candidate_is_discarded_with_the_reason(candidate, reason):
     decision = promote_if_better(candidate, CURRENT, BUDGET)
     assert not decision.promote and decision.reason == reason and decision.detail
+
+
+def test_only_a_gain_that_is_not_yet_significant_keeps_training():
+    assert promote_if_better(PolicyEvaluation(1.05, 1.0), CURRENT, BUDGET).keep_training
+    for refused in (PolicyEvaluation(0.5, 1.0), PolicyEvaluation(3.0, 5.5), PolicyEvaluation(math.nan, 1.0)):
+        assert not promote_if_better(refused, CURRENT, BUDGET).keep_training
+
+
+def _paired(rewards: list[float], kl: float = 1.0) -> PolicyEvaluation:
+    return PolicyEvaluation(sum(rewards) / len(rewards), kl, prompt_rewards=tuple(rewards))
+
+
+def test_paired_gain_is_the_mean_per_prompt_difference_with_its_standard_error():
+    gain = paired_reward_gain(_paired([2.0, 4.0, 6.0, 8.0]), _paired([1.0, 4.0, 4.0, 7.0]))
+    # differences 1, 0, 2, 1: mean 1, sample sd sqrt(2/3), standard error sqrt(2/3)/2
+    assert gain.mean == pytest.approx(1.0)
+    assert gain.standard_error == pytest.approx(math.sqrt(2 / 3) / 2)
+    assert gain.prompts == 4
+
+
+def test_unpaired_evaluations_compare_means_without_an_error_bar():
+    gain = paired_reward_gain(PolicyEvaluation(1.5, 0.0), PolicyEvaluation(1.0, 0.0))
+    assert (gain.mean, gain.standard_error, gain.prompts) == (0.5, 0.0, 0)
+
+
+def test_a_noisy_gain_is_not_promoted_but_a_consistent_one_is():
+    current = _paired([0.0, 5.0, 1.0, 6.0, 2.0, 7.0])
+    noisy = _paired([3.5, 2.5, 4.5, 3.5, 5.5, 4.5])  # +0.5 on average, but -2.5 or +3.5 per prompt
+    consistent = _paired([0.4, 5.4, 1.6, 6.5, 2.5, 7.6])  # +0.5 on average, +0.4..+0.6 per prompt
+    zero_gain = GateBudget(min_reward_gain=0.0, kl_budget=5.0)
+    assert noisy.mean_reward == pytest.approx(consistent.mean_reward)
+    decision = promote_if_better(noisy, current, zero_gain)
+    assert not decision.promote and decision.reason == "reward_gain_too_small" and decision.keep_training
+    assert promote_if_better(consistent, current, zero_gain).promote
+
+
+def test_a_consistent_loss_is_a_regression():
+    decision = promote_if_better(_paired([0.5, 1.5, 2.5]), _paired([1.0, 2.0, 3.1]), BUDGET)
+    assert decision.reason == "reward_regressed" and not decision.keep_training
+
+
+def test_z_zero_compares_means_only():
+    noisy, current = _paired([3.0, 2.0, 4.0]), _paired([1.0, 5.0, 2.0])
+    assert promote_if_better(noisy, current, GateBudget(0.0, 5.0, confidence_z=0.0)).promote
 
 
 def test_kl_is_checked_before_the_reward_gain():
