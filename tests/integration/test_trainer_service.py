@@ -174,7 +174,8 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     assert store.current("policy") == "v2"
     manifest = store.manifest("policy", "v2")
     assert manifest.parent_version == "v1"
-    assert {"mean_reward", "kl", "satisfaction", "current_mean_reward"} <= set(manifest.eval_metrics)
+    assert {"mean_reward", "kl", "satisfaction", "current_mean_reward", "reward_gain", "reward_gain_standard_error",
+            "kl_budget"} <= set(manifest.eval_metrics)
     status = stub.GetStatus(trainer_pb2.GetStatusRequest())
     assert status.last_ppo.step == 1 and status.recent_candidates[-1].promoted
     assert status.recent_candidates[-1].version == "v2" and status.recent_candidates[-1].reason == "passed"
