@@ -84,7 +84,11 @@ class LoopMonitor:
     def _mean_reward(self, served) -> tuple[float | None, str]:
         if self._reward is None:
             return None, ""
-        picked = served if len(served) <= REWARD_SAMPLE_PER_VERSION else self._rng.sample(served, REWARD_SAMPLE_PER_VERSION)
+        answered = [r for r in served if r.response.strip()]  # the reward service refuses empty responses
+        picked = (answered if len(answered) <= REWARD_SAMPLE_PER_VERSION
+                  else self._rng.sample(answered, REWARD_SAMPLE_PER_VERSION))
+        if not picked:
+            return None, ""
         request = reward_pb2.ScoreBatchRequest(
             items=[reward_pb2.ScoreRequest(prompt=r.prompt, response=r.response) for r in picked])
         try:

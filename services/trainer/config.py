@@ -33,6 +33,10 @@ class TrainerConfig(ServiceConfig):
                                       env=env.TRAINER_REWARD_TIMEOUT_S)
     reward_batch_size: int = setting(64, "pairs per ScoreBatch call (at most the reward service's max_batch_size)",
                                      env=env.TRAINER_REWARD_BATCH_SIZE)
+    reward_empty_response_score: float = setting(
+        -10.0, "score of an empty rollout or gate sample, given without asking the reward service (which refuses "
+        "empty responses); keep it below the reward model's scores of real answers",
+        env=env.TRAINER_REWARD_EMPTY_RESPONSE_SCORE)
     feedback_hold_s: float = setting(300.0, "how long feedback waits for its generation before it is "
                                      "dead-lettered as unknown_generation", env=env.TRAINER_FEEDBACK_HOLD_S)
     reward_min_new_comparisons: int = setting(
@@ -57,6 +61,9 @@ class TrainerConfig(ServiceConfig):
     ppo_ptx_coef: float = setting(1.0, "weight of the SFT loss on users' corrections mixed into each PPO update "
                                   "(PPO-ptx; 0 turns it off)", env=env.TRAINER_PPO_PTX_COEF)
     ppo_ptx_batch_size: int = setting(16, "corrections per PPO optimizer step", env=env.TRAINER_PPO_PTX_BATCH_SIZE)
+    ppo_policy_loss_coef: float = setting(
+        1.0, "weight of PPO's policy loss; 0 trains on the corrections alone (the baseline PPO is measured "
+        "against)", env=env.TRAINER_PPO_POLICY_LOSS_COEF)
     ppo_max_new_tokens: int = setting(24, "longest response sampled per rollout", env=env.TRAINER_PPO_MAX_NEW_TOKENS)
     ppo_init_kl_coef: float = setting(0.1, "initial KL coefficient (adapted toward PPOConfig.target_kl)",
                                       env=env.TRAINER_PPO_INIT_KL_COEF)
@@ -113,6 +120,7 @@ class TrainerConfig(ServiceConfig):
             learning_rate=self.ppo_learning_rate, max_new_tokens=self.ppo_max_new_tokens,
             init_kl_coef=self.ppo_init_kl_coef, max_prompt_length=prompt_limit, num_threads=self.torch_threads,
             ptx_coef=self.ppo_ptx_coef, ptx_batch_size=self.ppo_ptx_batch_size,
+            policy_loss_coef=self.ppo_policy_loss_coef,
         )
 
     @property

@@ -34,6 +34,10 @@ class PPOConfig:
     # --- PPO losses --------------------------------------------------------
     cliprange: float = setting(0.2, "policy ratio is clipped to [1-cliprange, 1+cliprange]")
     cliprange_value: float = setting(0.2, "value prediction may move this far from the rollout's value")
+    policy_loss_coef: float = setting(
+        1.0, "weight of the clipped policy loss; 0 leaves only the value and ptx terms, i.e. SFT on the "
+        "demonstrations: the baseline that shows what PPO itself adds"
+    )
     vf_coef: float = setting(0.1, "weight of the value loss against the policy loss (shared trunk)")
     gamma: float = setting(1.0, "discount per response token in GAE")
     lam: float = setting(0.95, "GAE lambda: 0 = one-step TD, 1 = Monte Carlo returns")
@@ -86,6 +90,7 @@ class PPOConfig:
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0 (0 disables), got {self.max_grad_norm}")
         check(0 < self.cliprange < 1, "cliprange", f"must be in (0, 1), got {self.cliprange}")
         check(self.cliprange_value > 0, "cliprange_value", f"must be > 0, got {self.cliprange_value}")
+        check(self.policy_loss_coef >= 0, "policy_loss_coef", f"must be >= 0, got {self.policy_loss_coef}")
         check(self.vf_coef >= 0, "vf_coef", f"must be >= 0, got {self.vf_coef}")
         check(0 <= self.gamma <= 1, "gamma", f"must be in [0, 1], got {self.gamma}")
         check(0 <= self.lam <= 1, "lam", f"must be in [0, 1], got {self.lam}")

@@ -207,7 +207,7 @@ class PPOTrainer:
                 logprobs = pm.logprobs_from_logits(logits, mb.response_ids)
                 pol = pm.clipped_policy_loss(logprobs, mb.logprobs, mb_adv, mask, cfg.cliprange)
                 val = pm.clipped_value_loss(values, mb.values, mb_ret, mask, cfg.cliprange_value)
-                loss = pol.loss + cfg.vf_coef * val.loss
+                loss = cfg.policy_loss_coef * pol.loss + cfg.vf_coef * val.loss
                 ptx = self._ptx_loss(demonstrations)
                 if ptx is not None:
                     loss = loss + cfg.ptx_coef * ptx

@@ -31,8 +31,15 @@ class RewardClient:
     """Callable[[list[str], list[str]], list[float]] over gRPC."""
 
     def __init__(self, address: str, *, token: str = "", timeout_s: float = 30.0, batch_size: int = 64,
-                 attempts: int = 5, backoff_s: float = 0.5, max_message_bytes: int = 16 * 1024 * 1024):
+                 attempts: int = 5, backoff_s: float = 0.5, max_message_bytes: int = 16 * 1024 * 1024,
+                 empty_response_score: float = -10.0):
         self.address = address
+        # The reward service refuses empty responses (INVALID_ARGUMENT: an app
+        # sending one has a bug), but a policy can sample EOS first. Such a
+        # response gets this score here, without a call: low, so PPO is never
+        # paid for saying nothing, and fixed, so no reward model is asked to
+        # score text it never saw.
+        self.empty_response_score = empty_response_score
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.attempts = attempts
@@ -47,11 +54,13 @@ class RewardClient:
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        scores: list[float] = []
-        for start in range(0, len(prompts), self.batch_size):
-            items = [reward_pb2.ScoreRequest(prompt=p, response=r)
-                     for p, r in zip(prompts[start:start + self.batch_size], responses[start:start + self.batch_size])]
-            scores.extend(self._score_chunk(items))
+        scores = [self.empty_response_score] * len(prompts)
+        scored = [i for i, r in enumerate(responses) if r.strip()]
+        for start in range(0, len(scored), self.batch_size):
+            chunk = scored[start:start + self.batch_size]
+            items = [reward_pb2.ScoreRequest(prompt=prompts[i], response=responses[i]) for i in chunk]
+            for i, score in zip(chunk, self._score_chunk(items)):
+                scores[i] = score
         return scores
 
     def _score_chunk(self, items: list[reward_pb2.ScoreRequest]) -> list[float]:

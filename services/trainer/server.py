@@ -95,7 +95,8 @@ class TrainerServer:
 
             reward_fn = self._reward_client = RewardClient(
                 config.reward_addr, token=config.reward_token or config.auth_token,
-                timeout_s=config.reward_timeout_s, batch_size=config.reward_batch_size)
+                timeout_s=config.reward_timeout_s, batch_size=config.reward_batch_size,
+                empty_response_score=config.reward_empty_response_score)
         self.online = OnlineTrainer(config, self.store, self.promoter, reward_fn)
         self.ledger = FeedbackLedger(config.ledger_path)  # the consumer thread's connection
         self.ingest = FeedbackIngest(self.ledger, DeadLetterProducer(self.producer, config.consumer_group),

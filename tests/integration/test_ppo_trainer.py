@@ -112,6 +112,20 @@ def test_ptx_frames_a_correction_exactly_as_sft_and_sampling_do(tiny_lm):
     assert tok.decode(response[:-1]) == " " + correction
 
 
+def test_policy_loss_coef_zero_leaves_only_the_ptx_term(tiny_lm):
+    # The ablation baseline: no policy gradient, no value loss, so only the
+    # demonstrations move the policy; without them nothing does.
+    def policy_weights(trainer):
+        return [p.detach().clone() for p in trainer.policy.parameters()]
+
+    trainer = make_trainer(tiny_lm, batch_size=4, mini_batch_size=4, policy_loss_coef=0.0, vf_coef=0.0)
+    before = policy_weights(trainer)
+    trainer.step(PROMPTS[:4])
+    assert all(torch.equal(a, b) for a, b in zip(before, policy_weights(trainer)))
+    trainer.step(PROMPTS[:4], demonstrations=[("User: how do I boil an egg?\nAssistant:", "Boil it.")])
+    assert not all(torch.equal(a, b) for a, b in zip(before, policy_weights(trainer)))
+
+
 def test_checkpoint_restore_resumes_bit_for_bit(tiny_lm, tmp_path):
     trainer = make_trainer(tiny_lm, batch_size=8, mini_batch_size=4, seed=3)
     trainer.step(PROMPTS[:8])

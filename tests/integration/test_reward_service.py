@@ -175,3 +175,23 @@ def test_hot_swap_under_load_drops_nothing(broker, store, reward):
     after = stub.ScoreBatch(batch_request(PAIRS))
     assert after.model_version == "v2" and list(after.scores) != pytest.approx(list(before), abs=1e-6)
     assert stub.GetModelInfo(common_pb2.GetModelInfoRequest()).parent_version == "v1"
+
+
+def test_trainer_reward_client_scores_empty_responses_itself_and_batches_the_rest(reward):
+    # A policy can sample EOS first; the service refuses empty text, so the
+    # trainer's client gives such responses its fixed score and sends the rest.
+    from services.trainer.reward_client import RewardClient
+
+    server, stub, _ = reward
+    client = RewardClient(f"127.0.0.1:{server.grpc.port}", batch_size=3, empty_response_score=-42.0)
+    try:
+        prompts = [p for p, _ in PAIRS] + ["How do I boil an egg?", "How do I boil an egg?"]
+        responses = [r for _, r in PAIRS] + ["", "  "]
+        order = [len(PAIRS), 0, len(PAIRS) + 1, *range(1, len(PAIRS))]  # empties among the real ones
+        scores = client([prompts[i] for i in order], [responses[i] for i in order])
+    finally:
+        client.close()
+    expected = list(stub.ScoreBatch(batch_request(PAIRS)).scores)
+    by_position = dict(zip(order, scores))
+    assert by_position[len(PAIRS)] == by_position[len(PAIRS) + 1] == -42.0
+    assert [by_position[i] for i in range(len(PAIRS))] == pytest.approx(expected, abs=1e-4)
