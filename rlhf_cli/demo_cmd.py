@@ -96,7 +96,8 @@ def print_headline(console, series) -> None:
     console.print(f"[bold]policy {head['baseline_version']}: {head['baseline_satisfaction']:.1%} "
                   f"(n={head['baseline_responses']})  →  policy {head['latest_version']}: "
                   f"{head['latest_satisfaction']:.1%} (n={head['latest_responses']})  "
-                  f"gain {head['gain_points']:+.1f} points; {kl_text}[/bold]")
+                  f"gain {head['gain_points']:+.1f} ± {head['gain_standard_error_points']:.1f} points "
+                  f"(standard error); {kl_text}[/bold]")
 
 
 def run(args) -> int:

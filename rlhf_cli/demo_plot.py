@@ -39,6 +39,12 @@ class VersionSummary:
     first_seen_s: float | None = None
 
 
+def satisfaction_gain_standard_error(a: VersionSummary, b: VersionSummary) -> float:
+    """Standard error of b.satisfaction - a.satisfaction, each a share of independent responses."""
+    variance = sum(v.satisfaction * (1 - v.satisfaction) / v.responses for v in (a, b) if v.responses)
+    return math.sqrt(variance)
+
+
 @dataclass
 class LoopSeries:
     points: list[SeriesPoint] = field(default_factory=list)
@@ -63,6 +69,9 @@ class LoopSeries:
         return sum(r * n for r, n in pairs) / weight if weight else None
 
     def headline(self) -> dict:
+        # The baseline is often served for a minute or less before the first
+        # promotion, so its share rests on a few hundred responses: the
+        # standard error says how far the gain could move from that alone.
         """Satisfaction of the first version vs the latest one that served."""
         ordered = sorted(self.versions, key=version_sort_key)
         if not ordered:
@@ -71,7 +80,8 @@ class LoopSeries:
         a, b = self.versions[first], self.versions[last]
         out = {"baseline_version": first, "baseline_satisfaction": a.satisfaction, "baseline_responses": a.responses,
                "latest_version": last, "latest_satisfaction": b.satisfaction, "latest_responses": b.responses,
-               "gain_points": 100.0 * (b.satisfaction - a.satisfaction), "latest_kl": b.kl,
+               "gain_points": 100.0 * (b.satisfaction - a.satisfaction),
+               "gain_standard_error_points": 100.0 * satisfaction_gain_standard_error(a, b), "latest_kl": b.kl,
                "kl_budget": self.kl_budget}
         if b.kl is not None and self.kl_budget is not None:
             out["kl_under_budget"] = b.kl <= self.kl_budget
@@ -141,7 +151,7 @@ def plot_series(series: LoopSeries, png_path: Path) -> None:
     if head:
         title += (f"\n{head['baseline_version']} {head['baseline_satisfaction']:.0%} → "
                   f"{head['latest_version']} {head['latest_satisfaction']:.0%} "
-                  f"({head['gain_points']:+.1f} points)")
+                  f"({head['gain_points']:+.1f} ± {head['gain_standard_error_points']:.1f} points, standard error)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)

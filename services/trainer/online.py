@@ -233,8 +233,10 @@ class OnlineTrainer:
         with self._ledger_lock:
             prompts = self.ledger.recent_prompts(limit=512)
             demos = [(d.prompt, d.response) for d in self.ledger.demonstrations(limit=256)]
-        held_out = lambda prompt: question_key(prompt) in gate_questions  # noqa: E731
-        return [p for p in prompts if not held_out(p)], [d for d in demos if not held_out(d[0])]
+        def trainable(prompt: str) -> bool:
+            return question_key(prompt) not in gate_questions
+
+        return [p for p in prompts if trainable(p)], [d for d in demos if trainable(d[0])]
 
     def _gate_questions(self) -> frozenset[str]:
         prompts, _ = self._world()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 
 import pytest
@@ -160,6 +161,8 @@ def test_series_headline_and_files(tmp_path):
     head = series.headline()
     assert head["baseline_version"] == "v1" and head["latest_version"] == "v2"
     assert head["gain_points"] == pytest.approx(25.0) and head["kl_under_budget"] is True
+    # sqrt(0.3 * 0.7 / 40 + 0.55 * 0.45 / 30) = 0.1147...
+    assert head["gain_standard_error_points"] == pytest.approx(100 * math.sqrt(0.3 * 0.7 / 40 + 0.55 * 0.45 / 30))
     png, data = save_series(series, tmp_path / "out" / "loop.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(data.read_text())
