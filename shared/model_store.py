@@ -206,6 +206,19 @@ class ModelStore:
                 return version
         return self.latest(kind)
 
+    def version_to_serve(self, kind: str, announced: str, announced_sha256: str) -> tuple[str, str]:
+        """(version, manifest sha256) a replica should serve after a ModelUpdateEvent
+        announcing ``announced``: CURRENT when it names another version.
+
+        CURRENT moves before the event is published, so it is never older than
+        any event. An event naming something else is stale: delivered late or
+        out of order (a producer abandoned during a broker outage can still
+        deliver when the broker returns), and must not move a replica back."""
+        current = self.current(kind)
+        if current is None or current == announced:
+            return announced, announced_sha256
+        return current, self.manifest_sha256(kind, current)
+
     def set_current(self, kind: str, version: str) -> None:
         self.manifest(kind, version)  # refuse to point at something incomplete
         kdir = self.kind_dir(kind)

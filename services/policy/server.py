@@ -13,14 +13,14 @@ import threading
 
 from services.policy.config import PolicyConfig
 from services.policy.engine import FinishReason, GenerationEngine, GenerationHandle, SequenceResult
-from services.policy.model import ModelBundle, ModelLoadError, load_bundle, load_from_store
+from services.policy.model import POLICY_KIND, ModelBundle, ModelLoadError, load_bundle, load_from_store
 from services.policy.sampling import SamplingDefaults, SamplingSpec, resolve_sampling
 from shared import events, metrics
 from shared.errors import Unavailable
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
 from shared.logs import request_id_var
-from shared.model_store import ModelStoreError
+from shared.model_store import ModelStore, ModelStoreError
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,16 @@ class PolicyService:
         update: events_pb2.ModelUpdateEvent = event.message
         if update.kind != common_pb2.MODEL_KIND_POLICY or self.engine is None:
             return
-        if update.version == self.engine.bundle.version:
-            return  # redelivery, or we started on it: idempotent
         try:
-            bundle = load_from_store(self.config.model_store, update.version, device=self.config.device,
-                                     expected_manifest_sha256=update.manifest_sha256)
+            version, sha256 = ModelStore(self.config.model_store).version_to_serve(
+                POLICY_KIND, update.version, update.manifest_sha256)
+            if version != update.version:
+                log.warning("stale model update; serving CURRENT instead",
+                            extra={"announced": update.version, "current": version})
+            if version == self.engine.bundle.version:
+                return  # redelivery, a stale event, or we started on it: idempotent
+            bundle = load_from_store(self.config.model_store, version, device=self.config.device,
+                                     expected_manifest_sha256=sha256)
         except (ModelLoadError, ModelStoreError) as exc:
             metrics.MODEL_SWAPS.labels("policy", "failed").inc()
             raise InvalidEvent("model_load_failed", f"policy {update.version}: {exc}") from exc

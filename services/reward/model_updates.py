@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.reward.scorer import RewardScorer
+from services.reward.scorer import KIND, RewardScorer
 from shared import events
 from shared.events import ConsumedEvent
 from shared.kafka_io import ConsumerSettings, EventConsumerLoop
@@ -70,6 +70,10 @@ class RewardUpdateFollower:
                 continue
             version, sha = wanted
             try:
+                version, sha = self.scorer.store.version_to_serve(KIND, version, sha)
+                if version != wanted[0]:
+                    log.warning("stale reward update; serving CURRENT instead",
+                                extra={"announced": wanted[0], "current": version})
                 self.scorer.load(version, sha)
             except Exception as exc:  # noqa: BLE001 - keep serving the old version
                 log.error("cannot swap to reward version; still serving the previous one",

@@ -41,6 +41,7 @@ def _store_with_versions(root, tiny_lm_dir, count: int) -> ModelStore:
 
 def test_eight_clients_keep_generating_across_three_swaps(broker, tiny_lm_dir, tmp_path):
     store = _store_with_versions(tmp_path / "store", tiny_lm_dir, 4)
+    store.set_current("policy", "v1")
     config = PolicyConfig(host="127.0.0.1", port=0, metrics_port=-1, kafka=broker.bootstrap,
                           model_store=str(store.root), log_format="text")
     service = PolicyService(config)
@@ -69,22 +70,26 @@ def test_eight_clients_keep_generating_across_three_swaps(broker, tiny_lm_dir, t
     producer = create_producer(broker.bootstrap)
     failed_before = _swaps("failed")
     try:
-        # A version that is not in the store is refused; serving goes on.
-        missing = events_pb2.ModelUpdateEvent(event_id=events.new_id(), kind=common_pb2.MODEL_KIND_POLICY,
-                                              version="v9", previous_version="v1")
-        produce_event(producer, events.MODEL_UPDATES_TOPIC, "policy", missing).get(timeout=10)
+        # An update whose manifest does not match the store is refused; serving goes on.
+        store.set_current("policy", "v2")
+        tampered = events_pb2.ModelUpdateEvent(event_id=events.new_id(), kind=common_pb2.MODEL_KIND_POLICY,
+                                               version="v2", previous_version="v1", manifest_sha256="0" * 64)
+        produce_event(producer, events.MODEL_UPDATES_TOPIC, "policy", tampered).get(timeout=10)
         wait_until(lambda: _swaps("failed") > failed_before, timeout_s=20, message="the bad update refused")
         assert service.engine.bundle.version == "v1"
         for previous, version in [("v1", "v2"), ("v2", "v3"), ("v3", "v4")]:
             served_before = len(seen)
-            update = events_pb2.ModelUpdateEvent(
-                event_id=events.new_id(), kind=common_pb2.MODEL_KIND_POLICY, version=version,
-                previous_version=previous, action=events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
-                created_at=events.now_timestamp(), manifest_sha256=store.manifest_sha256("policy", version))
-            produce_event(producer, events.MODEL_UPDATES_TOPIC, "policy", update).get(timeout=10)
+            store.set_current("policy", version)  # as the Promoter does: CURRENT first, then the event
+            produce_event(producer, events.MODEL_UPDATES_TOPIC, "policy", _update(store, version, previous)).get(10)
             wait_until(lambda: service.engine.bundle.version == version, timeout_s=20, message=f"swap to {version}")
             wait_until(lambda: seen.count(version) >= CLIENTS, timeout_s=20, message=f"responses from {version}")
             assert len(seen) > served_before
+        # A stale event delivered late (e.g. by a producer abandoned in a broker
+        # outage) names v2 while CURRENT is v4: the replica stays on CURRENT.
+        stale_before = len(seen)
+        produce_event(producer, events.MODEL_UPDATES_TOPIC, "policy", _update(store, "v2", "v1")).get(10)
+        wait_until(lambda: len(seen) > stale_before + 4 * CLIENTS, timeout_s=30, message="serving after the stale event")
+        assert service.engine.bundle.version == "v4" and seen[-1] == "v4"
     finally:
         stop.set()
         for t in threads:
@@ -94,6 +99,13 @@ def test_eight_clients_keep_generating_across_three_swaps(broker, tiny_lm_dir, t
     assert errors == []
     assert set(seen) <= {"v1", "v2", "v3", "v4"}
     assert {"v1", "v4"} <= set(seen)
+
+
+def _update(store: ModelStore, version: str, previous: str) -> events_pb2.ModelUpdateEvent:
+    return events_pb2.ModelUpdateEvent(
+        event_id=events.new_id(), kind=common_pb2.MODEL_KIND_POLICY, version=version, previous_version=previous,
+        action=events_pb2.MODEL_UPDATE_ACTION_PROMOTE, created_at=events.now_timestamp(),
+        manifest_sha256=store.manifest_sha256("policy", version))
 
 
 def _swaps(result: str) -> float:

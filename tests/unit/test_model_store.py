@@ -91,3 +91,14 @@ def test_current_pointer_defaults_to_latest_and_survives_rollback(tmp_path):
 def test_unknown_kind_is_refused(tmp_path):
     with pytest.raises(ModelStoreError, match="unknown model kind"):
         ModelStore(tmp_path).versions("value")
+
+
+def test_a_replica_serves_current_even_when_an_update_event_is_stale(tmp_path):
+    store = ModelStore(tmp_path)
+    for data in (b"1", b"2", b"3"):
+        store.write_version("policy", write_files({"model.safetensors": data}))
+    store.set_current("policy", "v3")
+    sha = {v: store.manifest_sha256("policy", v) for v in ("v2", "v3")}
+    assert store.version_to_serve("policy", "v3", sha["v3"]) == ("v3", sha["v3"])
+    # an event for v2 arriving after CURRENT moved on to v3 must not move the replica back
+    assert store.version_to_serve("policy", "v2", sha["v2"]) == ("v3", sha["v3"])
