@@ -69,10 +69,11 @@ class LoopSeries:
         return sum(r * n for r, n in pairs) / weight if weight else None
 
     def headline(self) -> dict:
-        # The baseline is often served for a minute or less before the first
-        # promotion, so its share rests on a few hundred responses: the
-        # standard error says how far the gain could move from that alone.
-        """Satisfaction of the first version vs the latest one that served."""
+        """Satisfaction of the first version vs the latest one that served.
+
+        The baseline is often served for a minute or less before the first
+        promotion, so its share rests on a few hundred responses: the gain's
+        standard error says how far the gain could move from that alone."""
         ordered = sorted(self.versions, key=version_sort_key)
         if not ordered:
             return {}

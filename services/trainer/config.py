@@ -6,12 +6,13 @@ keeps its default in :class:`services.trainer.ppo_config.PPOConfig`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.trainer.ppo_config import PPOConfig
 from shared import env
-from shared.config import ServiceConfig, check, setting
+from shared.config import ConfigError, ServiceConfig, check, setting
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,15 @@ class TrainerConfig(ServiceConfig):
               f"must be >= 1, got {self.gate_samples_per_prompt}")
         check(self.round_check_s > 0, "round_check_s", f"must be > 0, got {self.round_check_s}")
         check(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
-        self.ppo_config()  # PPOConfig checks batch shapes and rates, naming the field
+        try:
+            self.ppo_config()  # PPOConfig checks batch shapes and rates, naming its own field
+        except ConfigError as exc:
+            # Name the flag the operator sets (--ppo-ptx-batch-size), not PPOConfig's (--ptx-batch-size).
+            flag, _, message = str(exc).partition(": ")
+            ours = "ppo_" + flag.removeprefix("--").replace("-", "_")
+            if ours in {f.name for f in dataclasses.fields(self)}:
+                raise ConfigError(f"--{ours.replace('_', '-')}: {message}") from None
+            raise
 
     def ppo_config(self, max_positions: int | None = None) -> PPOConfig:
         """The PPO hyperparameters: these flags over PPOConfig's defaults. A prompt

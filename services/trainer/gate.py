@@ -50,14 +50,6 @@ class GateBudget:
 
 
 @dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str  # "passed", "kl_over_budget", "reward_gain_too_small", "reward_regressed", "non_finite_metrics"
-    detail: str = ""  # for people: the numbers behind the reason
-    keep_training: bool = False  # not promoted, but worth more training (the gain is not yet significant)
-
-
-@dataclass(frozen=True)
 class RewardGain:
     """Candidate minus current mean reward, with its standard error (0 when unpaired)."""
 
@@ -70,6 +62,15 @@ class RewardGain:
 
     def upper(self, z: float) -> float:
         return self.mean + z * self.standard_error
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str  # "passed", "kl_over_budget", "reward_gain_too_small", "reward_regressed", "non_finite_metrics"
+    detail: str = ""  # for people: the numbers behind the reason
+    keep_training: bool = False  # not promoted, but worth more training (the gain is not yet significant)
+    gain: RewardGain | None = None  # the paired reward gain, once the metrics are finite
 
 
 def paired_reward_gain(candidate: PolicyEvaluation, current: PolicyEvaluation) -> RewardGain:
@@ -89,17 +90,17 @@ def promote_if_better(candidate: PolicyEvaluation, current: PolicyEvaluation, bu
     if not all(math.isfinite(v) for v in values):
         return GateDecision(False, "non_finite_metrics", f"candidate {candidate.as_metrics()}, current "
                             f"mean_reward {current.mean_reward}")
+    gain, z = paired_reward_gain(candidate, current), budget.confidence_z
     if candidate.kl > budget.kl_budget:
         return GateDecision(False, "kl_over_budget",
-                            f"KL to reference {candidate.kl:.4g} exceeds the budget {budget.kl_budget:.4g}")
-    gain, z = paired_reward_gain(candidate, current), budget.confidence_z
+                            f"KL to reference {candidate.kl:.4g} exceeds the budget {budget.kl_budget:.4g}", gain=gain)
     numbers = (f"mean reward {candidate.mean_reward:.4g} vs {current.mean_reward:.4g}: gain {gain.mean:.4g} "
                f"+- {gain.standard_error:.3g} (standard error over {gain.prompts} paired prompts), "
                f"lower bound {gain.lower(z):.4g}")
     if gain.lower(z) >= budget.min_reward_gain:
         return GateDecision(True, "passed", f"{numbers} >= required {budget.min_reward_gain:.4g}; "
-                            f"KL {candidate.kl:.4g} within {budget.kl_budget:.4g}")
+                            f"KL {candidate.kl:.4g} within {budget.kl_budget:.4g}", gain=gain)
     if gain.upper(z) < 0:
-        return GateDecision(False, "reward_regressed", f"{numbers}; upper bound {gain.upper(z):.4g} < 0")
+        return GateDecision(False, "reward_regressed", f"{numbers}; upper bound {gain.upper(z):.4g} < 0", gain=gain)
     return GateDecision(False, "reward_gain_too_small", f"{numbers} < required {budget.min_reward_gain:.4g}",
-                        keep_training=True)
+                        keep_training=True, gain=gain)

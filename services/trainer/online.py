@@ -27,7 +27,7 @@ from pathlib import Path
 
 from services.trainer import trainer_metrics as tm
 from services.trainer.config import TrainerConfig
-from services.trainer.gate import GateBudget, GateDecision, paired_reward_gain, promote_if_better
+from services.trainer.gate import GateBudget, GateDecision, promote_if_better
 from services.trainer.ledger import FeedbackLedger
 from services.trainer.policy_round import PolicyRounds, RewardFn, write_json_atomic
 from services.trainer.reward_update import RewardUpdateSettings, update_reward_model
@@ -259,8 +259,9 @@ class OnlineTrainer:
                                  "current_kl": baseline.kl,
                                  "current_satisfaction": baseline.extra.get("satisfaction", float("nan")),
                                  "ppo_step": float(rounds.trainer.step_count), "kl_budget": self.budget.kl_budget}
-            gain = paired_reward_gain(candidate, baseline)
-            candidate_metrics.update(reward_gain=gain.mean, reward_gain_standard_error=gain.standard_error)
+            if decision.gain is not None:
+                candidate_metrics.update(reward_gain=decision.gain.mean,
+                                         reward_gain_standard_error=decision.gain.standard_error)
         version = ""
         if decision.promote:
             update = self.promoter.promote_new(

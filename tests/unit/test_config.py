@@ -59,3 +59,16 @@ def test_help_lists_env_vars(capsys):
         load_config(ServiceConfig, ["--help"])
     out = capsys.readouterr().out
     assert env.KAFKA in out and "--metrics-port" in out
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--ppo-ptx-batch-size", "0"], "--ppo-ptx-batch-size: must be >= 1"),
+    (["--ppo-policy-loss-coef", "-1"], "--ppo-policy-loss-coef: must be >= 0"),
+    (["--ppo-mini-batch-size", "5"], "--ppo-mini-batch-size: must divide"),
+])
+def test_trainer_names_its_own_flag_when_ppo_config_refuses_a_value(flags, named):
+    from services.trainer.config import TrainerConfig
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(TrainerConfig, flags)
+    assert str(refused.value).startswith(named)
