@@ -21,13 +21,14 @@ def onnx_max_abs_diff(reward_dir) -> float:
     import torch
 
     from shared.reward_model import encode_pairs, load_reward_model
-    from shared.world import build_prompts, make_response
+    from demo.world import build_prompts, make_response
 
     model, tokenizer = load_reward_model(reward_dir)
     rng = random.Random(0)
     prompts = list(build_prompts())[:32]
     responses = [make_response(p, rng.sample(["rude", "ramble", "wrong"], k=rng.randint(0, 2)), rng).text for p in prompts]
-    batch = encode_pairs(tokenizer, [p.text for p in prompts], responses, model.head_config.max_length)
+    batch = encode_pairs(tokenizer, [p.text for p in prompts], responses, model.head_config.max_length,
+                         frame=model.head_config.frame)
     with torch.no_grad():
         expected = model(**batch).numpy()
     session = ort.InferenceSession(str(reward_dir / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -39,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-store", default="/tmp/bootstrap-store")
     args = parser.parse_args()
-    from services.trainer.bootstrap import run_bootstrap
+    from demo.bootstrap import run_bootstrap
     from shared.model_store import ModelStore
 
     started = time.perf_counter()

@@ -35,7 +35,7 @@ TEXTS = [
 
 
 def build_model(out: Path, n_layer: int, n_embd: int) -> Path:
-    from shared.tiny_lm import build_random_causal_lm
+    from demo.tiny_lm import build_random_causal_lm
 
     return build_random_causal_lm(out, TEXTS, vocab_size=512, n_layer=n_layer, n_head=4, n_embd=n_embd,
                                   n_positions=256)

@@ -35,9 +35,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from shared.policy_eval import SamplingSettings, judge_rates, load_policy, sample_responses  # noqa: E402
+from demo.evaluation import judge_rates  # noqa: E402
+from shared.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
 from shared.reward_model import load_reward_model, score_texts  # noqa: E402
-from shared.world import build_prompts, judge, make_response  # noqa: E402
+from demo.world import build_prompts, judge, make_response  # noqa: E402
 
 EVAL_SETTINGS = SamplingSettings(samples_per_prompt=2, max_new_tokens=40, seed=7)
 
@@ -45,10 +46,11 @@ EVAL_SETTINGS = SamplingSettings(samples_per_prompt=2, max_new_tokens=40, seed=7
 def satisfaction(policy, tokenizer, prompts) -> dict[str, float]:
     rng_state = torch.get_rng_state()  # sample_responses reseeds; training must not notice
     try:
-        samples = sample_responses(policy, tokenizer, prompts, EVAL_SETTINGS)
+        samples = sample_responses(policy, tokenizer, [p.text for p in prompts], EVAL_SETTINGS)
     finally:
         torch.set_rng_state(rng_state)
-    heldout = [s for s in samples if s.prompt.split == "heldout"]
+    split_of = {p.text: p.split for p in prompts}
+    heldout = [s for s in samples if split_of[s.prompt] == "heldout"]
     return {"all": judge_rates(samples)["satisfaction"], "heldout": judge_rates(heldout)["satisfaction"]}
 
 
@@ -62,8 +64,8 @@ def corrections(prompts, n: int, rng: random.Random) -> list[tuple[str, str]]:
 
 
 def run_ppo(args, store: str, every_prompt, train) -> list[dict]:
-    from services.trainer.ppo_config import PPOConfig
-    from services.trainer.ppo_trainer import PPOTrainer
+    from services.trainer.ppo.ppo_config import PPOConfig
+    from services.trainer.ppo.ppo_trainer import PPOTrainer
 
     policy, tokenizer = load_policy(f"{store}/policy/v1")
     reward_model, reward_tokenizer = load_reward_model(f"{store}/reward/v1")
@@ -90,7 +92,7 @@ def run_ppo(args, store: str, every_prompt, train) -> list[dict]:
 
 
 def run_sft(args, store: str, every_prompt, train) -> list[dict]:
-    from services.trainer.sft import sft_train
+    from services.trainer.supervised.sft import sft_train
 
     policy, tokenizer = load_policy(f"{store}/policy/v1")
     demos = corrections(train, args.corrections, random.Random(1))
@@ -107,13 +109,14 @@ def run_agreement(store: str, every_prompt) -> dict:
     policy, tokenizer = load_policy(f"{store}/policy/v1")
     reward_model, reward_tokenizer = load_reward_model(f"{store}/reward/v1")
     reward_model.eval()
-    samples = sample_responses(policy, tokenizer, every_prompt,
+    by_text = {p.text: p for p in every_prompt}
+    samples = sample_responses(policy, tokenizer, list(by_text),
                                SamplingSettings(samples_per_prompt=4, max_new_tokens=40, seed=11))
     with torch.no_grad():
-        scores = score_texts(reward_model, reward_tokenizer, [s.prompt.text for s in samples], [s.text for s in samples])
+        scores = score_texts(reward_model, reward_tokenizer, [s.prompt for s in samples], [s.text for s in samples])
     by_prompt: dict[str, list[tuple[bool, float]]] = {}
     for sample, score in zip(samples, scores):
-        by_prompt.setdefault(sample.prompt.prompt_id, []).append((judge(sample.prompt, sample.text).good, score))
+        by_prompt.setdefault(by_text[sample.prompt].prompt_id, []).append((judge(sample.prompt, sample.text).good, score))
     agree = pairs = 0
     for judged in by_prompt.values():
         for (good_a, score_a), (good_b, score_b) in itertools.combinations(judged, 2):

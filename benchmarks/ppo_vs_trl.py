@@ -83,7 +83,7 @@ def build_assets(workdir: Path, settings: dict) -> None:
     from transformers import GPT2ForSequenceClassification
 
     sys.path.insert(0, str(REPO))
-    from shared.tiny_lm import new_gpt2, save_causal_lm, train_tokenizer
+    from demo.tiny_lm import new_gpt2, save_causal_lm, train_tokenizer
 
     tokenizer = train_tokenizer(CORPUS, vocab_size=512)
     policy = new_gpt2(tokenizer, n_layer=settings["n_layer"], n_head=4, n_embd=settings["n_embd"], seed=0)
@@ -109,8 +109,8 @@ def child_ours(workdir: Path, s: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2ForSequenceClassification
 
     sys.path.insert(0, str(REPO))
-    from services.trainer.ppo_config import PPOConfig
-    from services.trainer.ppo_trainer import PPOTrainer
+    from services.trainer.ppo.ppo_config import PPOConfig
+    from services.trainer.ppo.ppo_trainer import PPOTrainer
 
     torch.set_num_threads(s["threads"])
     tokenizer = AutoTokenizer.from_pretrained(workdir / "policy")

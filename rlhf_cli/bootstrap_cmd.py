@@ -22,8 +22,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from services.trainer.bootstrap import BootstrapError, run_bootstrap
-    from services.trainer.bootstrap_config import BootstrapConfig
+    from demo.bootstrap import BootstrapError, run_bootstrap
+    from demo.bootstrap_config import BootstrapConfig
 
     try:
         result = run_bootstrap(args.model_store, BootstrapConfig(), progress=not args.no_progress,

@@ -56,7 +56,7 @@ def render(simulator_stats, monitor, elapsed_s: float, total_s: float):
     from rich.console import Group
     from rich.table import Table
 
-    from shared.simulation import version_sort_key
+    from demo.simulation import version_sort_key
 
     table = Table(title=f"rlhf demo  {min(elapsed_s, total_s) / 60:.1f} / {total_s / 60:.1f} min",
                   title_justify="left")
@@ -104,12 +104,12 @@ def run(args) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from rlhf_cli.demo_monitor import LoopMonitor
-    from rlhf_cli.demo_plot import LoopSeries, save_series
+    from demo.monitor import LoopMonitor
+    from demo.plot import LoopSeries, save_series
     from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
-    from rlhf_cli.simulator import Simulator
+    from demo.simulator import Simulator
     from rlhf_cli.stack import Stack, available_services
-    from shared.simulation import SimulationStats
+    from demo.simulation import SimulationStats
 
     console = Console()
     if not args.no_bootstrap:
@@ -125,8 +125,12 @@ def run(args) -> int:
                else "is not available in this checkout (services/trainer/__main__.py)")
         console.print(f"[yellow]The trainer {why}: the demo runs without it, so no new policy version "
                       "will be deployed.[/yellow]")
+    # The demo plugs its world's judge into the trainer's gate the way any application
+    # would: by naming it (the platform never imports demo/ on its own).
+    gate_judge = os.environ.get(env.TRAINER_GATE_JUDGE, "demo.evaluation:gate_judge")
     stack = Stack(model_store=Path(args.model_store).resolve(), log_dir=Path(args.log_dir), services=services,
-                  kafka=args.kafka, broker_port=args.broker_port, port_offset=args.port_offset)
+                  kafka=args.kafka, broker_port=args.broker_port, port_offset=args.port_offset,
+                  service_args={"trainer": ["--gate-judge", gate_judge]} if gate_judge else {})
     series = LoopSeries(kl_budget=args.kl_budget)
     # From here on Ctrl-C only asks to stop, so the stack is always stopped and
     # what was measured is still saved.

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
 
 def _world_config(store, kind: str, version: str):
     """The bootstrap config the store was built with (for the split), else defaults."""
-    from services.trainer.bootstrap_config import BootstrapConfig
+    from demo.bootstrap_config import BootstrapConfig
 
     text = store.manifest(kind, "v1").notes.get("config") if store.versions(kind) else None
     if not text:
@@ -43,9 +43,10 @@ def evaluate(args) -> dict:
     import torch
 
     from shared.model_store import ModelStore
-    from shared.policy_eval import SamplingSettings, evaluate_policy, load_policy
+    from demo.evaluation import evaluate_policy
+    from shared.policy_eval import SamplingSettings, load_policy
     from shared.reward_model import load_reward_model, pairwise_accuracy
-    from shared.world import build_prompts, preference_pairs, split_prompts
+    from demo.world import build_prompts, preference_pairs, split_prompts
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     store = ModelStore(args.model_store)

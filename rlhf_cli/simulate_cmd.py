@@ -44,14 +44,14 @@ def add_simulation_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="per request (default: the server's)")
     parser.add_argument("--preference", default="",
                         help="custom taste as module:function(user, prompt, response, verdict) -> [0, 1] "
-                             "(default: shared.simulation:weighted_axes_utility)")
+                             "(default: demo.simulation:weighted_axes_utility)")
     parser.add_argument("--auth-token", default=os.environ.get(env.AUTH_TOKEN, ""),
                         help=f"bearer token for the services [env {env.AUTH_TOKEN}]")
 
 
 def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=None, requests=None):
-    from rlhf_cli.simulator import SimulatorConfig
-    from shared.simulation import load_preference, weighted_axes_utility
+    from demo.simulator import SimulatorConfig
+    from demo.simulation import load_preference, weighted_axes_utility
 
     if args.users < 1 or args.concurrency < 1:
         raise SystemExit("--users and --concurrency must be at least 1")
@@ -68,7 +68,7 @@ def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=N
 
 def live_line(stats) -> str:
     """One line: requests, feedback, and recent satisfaction per model version."""
-    from shared.simulation import version_sort_key
+    from demo.simulation import version_sort_key
 
     elapsed = max(1e-9, time.monotonic() - stats.started)
     recent = stats.recent_satisfaction()
@@ -85,8 +85,8 @@ def version_table(stats, title: str = "responses by policy version"):
     """A rich Table: per model_version responses, satisfaction, per-axis rates."""
     from rich.table import Table
 
-    from shared.simulation import version_sort_key
-    from shared.world import AXES
+    from demo.simulation import version_sort_key
+    from demo.world import AXES
 
     table = Table(title=title)
     table.add_column("version")
@@ -109,7 +109,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from rlhf_cli.simulator import Simulator
+    from demo.simulator import Simulator
 
     console = Console()
     config = simulator_config(args, args.policy, args.feedback, duration_s=args.duration_s, requests=args.requests)

@@ -82,6 +82,11 @@ def print_status(status) -> None:
     overview.add_row("feedback", ", ".join(f"{k} {v}" for k, v in sorted(status.feedback_counts.items())) or "-")
     overview.add_row("feedback waiting for its generation", str(status.feedback_pending_join))
     overview.add_row("consumer lag", ", ".join(f"{k} {v}" for k, v in sorted(status.consumer_lag.items())) or "-")
+    held = status.heldout
+    overview.add_row("gate held-out set", f"{held.gate_prompts}/{held.gate_prompts_required} prompts, "
+                     f"{held.reward_pairs}/{held.reward_pairs_required} comparisons")
+    if held.waiting_for:
+        overview.add_row("promotions wait for", held.waiting_for)
     console.print(overview)
     if status.HasField("last_ppo"):
         ppo = Table(title=f"last PPO step ({status.last_ppo.step})")
@@ -98,7 +103,7 @@ def print_status(status) -> None:
             candidates.add_column(name)
         for c in status.recent_candidates:
             metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(c.metrics.items())
-                                if k in ("mean_reward", "kl", "satisfaction", "pairwise_accuracy"))
+                                if k in ("mean_reward", "kl", "reward_gain", "judge_score", "pairwise_accuracy"))
             candidates.add_row(common_pb2.ModelKind.Name(c.kind).removeprefix("MODEL_KIND_").lower(),
                                c.version or "-", "promoted" if c.promoted else "discarded", c.reason, metrics)
         console.print(candidates)

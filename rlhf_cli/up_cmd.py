@@ -36,7 +36,7 @@ def start_stack(args, console):
 
     store = ModelStore(args.model_store)
     if not args.no_bootstrap and (store.current("policy") is None or store.current("reward") is None):
-        from services.trainer.bootstrap import run_bootstrap
+        from demo.bootstrap import run_bootstrap
 
         console.print("[bold]No models in the store yet: running the four-step bootstrap[/bold]")
         run_bootstrap(args.model_store, log=console.print)

@@ -32,6 +32,16 @@ def setting(default: Any, help: str, *, env: str | None = None, choices: Sequenc
     return dataclasses.field(default=default, metadata={"help": help, "env": env, "choices": choices})
 
 
+def nested(cls: type, *, env_prefix: str, exclude: Sequence[str] = ()) -> Any:
+    """Compose another settings dataclass as one field (e.g. TrainerConfig.ppo:
+    PPOConfig). Its fields become flags ``--<field>-<name>`` and variables
+    ``<env_prefix><NAME>``, with the nested class's own defaults and help: each
+    setting is declared once, where it belongs. ``exclude`` names fields the
+    outer config sets itself (they keep their default here)."""
+    return dataclasses.field(default_factory=cls, metadata={"nested": cls, "env_prefix": env_prefix,
+                                                            "exclude": tuple(exclude)})
+
+
 def check(condition: bool, name: str, message: str) -> None:
     """Raise ConfigError naming the flag and its variable unless ``condition``."""
     if not condition:
@@ -55,42 +65,70 @@ def _converter(tp: Any):
     raise TypeError(f"unsupported config field type {tp!r}")
 
 
+def _flag_fields(cls: type, prefix: str = "", env_prefix: str | None = None, exclude: Sequence[str] = ()):
+    """(dest, field, type, env var) for every flag of ``cls``, nested configs flattened."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        inner = f.metadata.get("nested")
+        if inner is not None:
+            yield from _flag_fields(inner, f"{prefix}{f.name}_", f.metadata["env_prefix"], f.metadata["exclude"])
+            continue
+        var = f.metadata.get("env") or (f"{env_prefix}{f.name.upper()}" if env_prefix else None)
+        yield prefix + f.name, f, hints[f.name], var
+
+
+def _build(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
+    """``cls`` from flat ``values`` (dest -> value); a nested config's refusal names the outer flag."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        inner = f.metadata.get("nested")
+        if inner is not None:
+            sub = f"{prefix}{f.name}_"
+            try:
+                kwargs[f.name] = _build(inner, {k: v for k, v in values.items() if k.startswith(sub)}, sub)
+            except ConfigError as exc:
+                flag, _, message = str(exc).partition(": ")
+                raise ConfigError(f"--{sub.replace('_', '-')}{flag.removeprefix('--')}: {message}") from None
+        elif prefix + f.name in values:
+            kwargs[f.name] = values[prefix + f.name]
+    return cls(**kwargs)
+
+
 def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None) -> C:
     """Build ``cls`` from command-line flags, then RLHF_* env, then defaults."""
-    hints = typing.get_type_hints(cls)
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
     )
-    for f in dataclasses.fields(cls):
+    flags = list(_flag_fields(cls))
+    for dest, f, tp, var in flags:
         meta = f.metadata
-        var = meta.get("env")
-        help_text = meta.get("help", "")
         # The parser's own default stays None so "not given" can fall back to
         # the environment; the help shows the field's real default instead.
-        help_text += f" (default: {f.default!r})"
+        help_text = meta.get("help", "") + f" (default: {f.default!r})"
         if var:
             help_text += f" [env {var}]"
-        flag = "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
-            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help=help_text)
+        flag = "--" + dest.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True, default=None,
+                                help=help_text)
         else:
-            parser.add_argument(
-                flag, type=_converter(hints[f.name]), default=None, choices=meta.get("choices"), help=help_text
-            )
+            parser.add_argument(flag, dest=dest, type=_converter(tp), default=None, choices=meta.get("choices"),
+                                help=help_text)
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        from_flag = getattr(args, f.name)
-        var = f.metadata.get("env")
+    for dest, _, tp, var in flags:
+        from_flag = getattr(args, dest)
         if from_flag is not None:
-            values[f.name] = from_flag
+            values[dest] = from_flag
         elif var and var in os.environ:
             try:
-                values[f.name] = _converter(hints[f.name])(os.environ[var])
+                values[dest] = _converter(tp)(os.environ[var])
             except ValueError as exc:
                 raise ConfigError(f"{var}={os.environ[var]!r}: {exc}") from exc
-    return cls(**values)
+    return _build(cls, values)
 
 
 def config_summary(config: Any) -> dict[str, Any]:
@@ -98,6 +136,9 @@ def config_summary(config: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if f.metadata.get("nested") is not None:
+            out.update({f"{f.name}_{k}": v for k, v in config_summary(value).items()})
+            continue
         if "token" in f.name or "password" in f.name or "secret" in f.name:
             value = "***" if value else ""
         out[f.name] = value

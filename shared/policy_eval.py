@@ -1,14 +1,14 @@
-"""Evaluate a policy on the assistant world: what `rlhf eval`, the bootstrap
-and the trainer's promotion gate all measure, computed in one place.
+"""Sample a policy on prompts and measure it: what the trainer's promotion
+gate, `rlhf sft` and the demo's evaluation share, computed in one place.
 
-- satisfaction: share of sampled responses the judge calls good on all axes
-- per-axis rates (helpful, polite, correct, safe, concise)
-- reward_mean: mean score of the sampled responses under a reward model
-- kl_to_reference: mean over sampled responses of the summed per-token
+- :func:`sample_responses`: several sampled responses per prompt, each with
+  the exact prompt and response tokens (for the KL estimate);
+- :func:`kl_to_reference`: mean over sampled responses of the summed per-token
   log-prob difference log pi(y_t) - log pi_ref(y_t) (a Monte-Carlo estimate
-  of KL(pi || pi_ref), the quantity PPO's penalty controls)
+  of KL(pi || pi_ref), the quantity PPO's penalty controls).
 
-Prompts are sent in the world's template (Prompt.text).
+Prompts are text as the application sent it; nothing here knows any one
+application's prompt format or judge (the demo's live in ``demo/``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Sequence
 
 import torch
 
-from shared.world import AXES, Prompt, judge
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class Sample:
-    prompt: Prompt
+    prompt: str                # the prompt text as sampled
     prompt_ids: list[int]
     response_ids: list[int]    # generated tokens, up to and including EOS if produced
     text: str                  # decoded response, special tokens removed
@@ -55,7 +54,7 @@ def load_policy(model_dir: str | Path):
 
 
 @torch.no_grad()
-def sample_responses(model, tokenizer, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[Sample]:
+def sample_responses(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings) -> list[Sample]:
     """``settings.samples_per_prompt`` sampled responses per prompt."""
     torch.manual_seed(settings.seed)
     expanded = [p for p in prompts for _ in range(settings.samples_per_prompt)]
@@ -63,7 +62,7 @@ def sample_responses(model, tokenizer, prompts: Sequence[Prompt], settings: Samp
     out: list[Sample] = []
     for start in range(0, len(expanded), settings.batch_size):
         chunk = expanded[start : start + settings.batch_size]
-        enc = tokenizer([p.text for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=False)
         generated = model.generate(
             **enc,
             do_sample=True,
@@ -118,38 +117,3 @@ def kl_to_reference(policy, reference, samples: Sequence[Sample], pad_id: int, b
             total += float((lp - lr).sum())
             count += 1
     return total / max(1, count)
-
-
-def judge_rates(samples: Sequence[Sample]) -> dict[str, float]:
-    """Satisfaction and per-axis rates of judged samples."""
-    verdicts = [judge(s.prompt, s.text) for s in samples]
-    n = max(1, len(verdicts))
-    rates = {"satisfaction": sum(v.good for v in verdicts) / n}
-    for axis in AXES:
-        rates[f"axis_{axis}"] = sum(getattr(v, axis) for v in verdicts) / n
-    return rates
-
-
-def evaluate_policy(
-    policy,
-    tokenizer,
-    prompts: Sequence[Prompt],
-    settings: SamplingSettings = SamplingSettings(),
-    *,
-    reward: tuple | None = None,
-    reference=None,
-) -> dict[str, float]:
-    """Satisfaction, per-axis rates, mean reward (if ``reward`` = (model,
-    tokenizer)) and KL to ``reference`` (if given) on ``prompts``."""
-    samples = sample_responses(policy, tokenizer, prompts, settings)
-    metrics = judge_rates(samples)
-    metrics["samples"] = float(len(samples))
-    metrics["mean_response_words"] = sum(len(s.text.split()) for s in samples) / max(1, len(samples))
-    if reward is not None:
-        from shared.reward_model import score_texts
-
-        scores = score_texts(reward[0], reward[1], [s.prompt.text for s in samples], [s.text for s in samples])
-        metrics["reward_mean"] = sum(scores) / max(1, len(scores))
-    if reference is not None:
-        metrics["kl_to_reference"] = kl_to_reference(policy, reference, samples, tokenizer.pad_token_id)
-    return metrics

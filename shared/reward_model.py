@@ -29,8 +29,6 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.world.template import extract_question
-
 WEIGHTS_FILE = "model.safetensors"
 REWARD_CONFIG_FILE = "reward_config.json"
 ONNX_FILE = "model.onnx"
@@ -56,6 +54,14 @@ class RewardHeadConfig:
 
     pooling: str = "mean"  # mean over non-padding tokens, as all-MiniLM was trained
     max_length: int = DEFAULT_MAX_LENGTH  # tokens per (prompt, response) pair
+    # An application's prompt frame (e.g. "User:" ... "Assistant:"), stripped
+    # before scoring so the reward depends on the question, not the framing.
+    prompt_prefix: str = ""
+    prompt_suffix: str = ""
+
+    @property
+    def frame(self) -> tuple[str, str]:
+        return self.prompt_prefix, self.prompt_suffix
 
 
 class RewardModel(torch.nn.Module):
@@ -134,7 +140,8 @@ def _new_encoder(config) -> torch.nn.Module:
 
 
 def new_reward_model(
-    base_dir: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0
+    base_dir: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
+    prompt_frame: tuple[str, str] = ("", ""),
 ) -> tuple[RewardModel, object]:
     """Pretrained MiniLM (or any BERT-like dir) with a fresh scalar head."""
     from transformers import AutoModel, AutoTokenizer
@@ -143,7 +150,8 @@ def new_reward_model(
     torch.manual_seed(seed)
     encoder = AutoModel.from_pretrained(base, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    return RewardModel(encoder, RewardHeadConfig(max_length=max_length)), tokenizer
+    head = RewardHeadConfig(max_length=max_length, prompt_prefix=prompt_frame[0], prompt_suffix=prompt_frame[1])
+    return RewardModel(encoder, head), tokenizer
 
 
 def save_reward_model(model: RewardModel, tokenizer, out_dir: str | Path) -> Path:
@@ -174,18 +182,30 @@ def load_reward_model(model_dir: str | Path) -> tuple[RewardModel, object]:
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def strip_frame(prompt: str, frame: tuple[str, str]) -> str:
+    """``prompt`` without the application's frame (prefix, suffix), if present."""
+    prefix, suffix = frame
+    text = prompt.strip()
+    if prefix and text.startswith(prefix):
+        text = text[len(prefix):]
+    if suffix and text.endswith(suffix):
+        text = text[: -len(suffix)]
+    return text.strip()
+
+
 def encode_pairs(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
+    *, frame: tuple[str, str] = ("", ""),
 ) -> dict[str, torch.Tensor]:
     """Tokenize (prompt, response) pairs for the reward model.
 
-    The prompt may be in the policy's template or bare; only the question is
-    kept, so the reward does not depend on framing. Truncation cuts the longer
-    side first, so a rambling response cannot push the question out.
+    The prompt's ``frame`` (the model's RewardHeadConfig.frame) is stripped, so
+    a templated and a bare prompt score alike. Truncation cuts the longer side
+    first, so a rambling response cannot push the question out.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    questions = [extract_question(p) for p in prompts]
+    questions = [strip_frame(p, frame) for p in prompts]
     enc = tokenizer(
         questions,
         [r.strip() for r in responses],
@@ -211,6 +231,7 @@ def score_texts(
             prompts[start : start + batch_size],
             responses[start : start + batch_size],
             model.head_config.max_length,
+            frame=model.head_config.frame,
         )
         scores.extend(model(**batch).tolist())
     return scores

@@ -35,7 +35,7 @@ def broker():
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer GPT-2 with a BPE tokenizer trained here."""
-    from shared.tiny_lm import build_random_causal_lm
+    from demo.tiny_lm import build_random_causal_lm
 
     out = tmp_path_factory.mktemp("tiny-lm")
     return build_random_causal_lm(out, TINY_LM_TEXTS, vocab_size=320, n_layer=2, n_head=2, n_embd=64, n_positions=128)

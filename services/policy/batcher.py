@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from services.policy import metrics as pm
-from services.policy.engine import FinishReason, GenerationHandle, SequenceResult, StreamChunk
+from services.policy.requests import FinishReason, GenerationHandle, SequenceResult, StreamChunk
 from services.policy.model import ModelBundle
 from services.policy.sampling import RowSampler, find_stop, streamable_length
 from services.policy.threads import ThreadTuner

@@ -1,5 +1,7 @@
 """The generation engine core: a request queue, a scheduler thread that
 gathers waiting requests into batches, and the batched decode (batcher.py).
+The request types both share live in requests.py, so neither imports the other's
+internals.
 
 The split follows vLLM's engine client / engine core: gRPC handler threads
 call :meth:`GenerationEngine.submit` and wait on the returned handle; one
@@ -11,28 +13,20 @@ put and an event wait, independent of the number of tokens. No grpc here.
 from __future__ import annotations
 
 import collections
-import enum
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
 
 from services.policy import metrics as pm
+from services.policy.batcher import BatchDecoder
 from services.policy.model import ModelBundle
+from services.policy.requests import GenerationHandle
 from services.policy.sampling import SamplingSpec
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
 from shared.events import new_id
 
 log = logging.getLogger(__name__)
-
-
-class FinishReason(enum.Enum):
-    EOS = "eos"
-    LENGTH = "length"
-    STOP_SEQUENCE = "stop_sequence"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -50,107 +44,11 @@ class EngineSettings:
     continuous_batching: bool = True
 
 
-@dataclass(frozen=True)
-class SequenceResult:
-    index: int
-    generation_id: str
-    text: str
-    finish_reason: FinishReason
-    completion_tokens: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    index: int
-    generation_id: str
-    text_delta: str
-    finish_reason: FinishReason | None
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    request_id: str
-    model_version: str
-    prompt_tokens: int
-    sequences: list[SequenceResult]
-
-
-@dataclass
-class GenerationHandle:
-    """One submitted request: the caller waits on it; the scheduler fills it."""
-
-    prompt: str
-    spec: SamplingSpec
-    stream: bool
-    request_id: str
-    prompt_ids: list[int]
-    tokenized_by: str  # model version whose tokenizer produced prompt_ids
-    generation_ids: list[str]
-    submitted_at: float = field(default_factory=time.perf_counter)
-    model_version: str = ""
-    first_token_at: float | None = None
-    results: dict[int, SequenceResult] = field(default_factory=dict)
-    error: BaseException | None = None
-    cancelled: bool = False
-    _done: threading.Event = field(default_factory=threading.Event)
-    _chunks: "queue.SimpleQueue[StreamChunk | None]" = field(default_factory=queue.SimpleQueue)
-
-    def cancel(self) -> None:
-        """The caller went away: stop spending tokens on it."""
-        self.cancelled = True
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        if not self._done.wait(timeout):
-            raise TimeoutError("generation did not finish in time")
-        if self.error is not None:
-            raise self.error
-        return GenerationResult(self.request_id, self.model_version, len(self.prompt_ids),
-                                [self.results[i] for i in sorted(self.results)])
-
-    def chunks(self) -> Iterator[StreamChunk]:
-        """Text deltas as they are decoded (streaming handles only)."""
-        while True:
-            chunk = self._chunks.get()
-            if chunk is None:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield chunk
-
-    # --- called by the scheduler thread ----------------------------------
-    def emit(self, chunk: StreamChunk) -> None:
-        if self.stream:
-            self._chunks.put(chunk)
-
-    def finish_sequence(self, result: SequenceResult) -> None:
-        self.results[result.index] = result
-        if len(self.results) == self.spec.num_return_sequences:
-            self._complete()
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self.error = error
-            self._complete()
-
-    def _complete(self) -> None:
-        self._done.set()
-        self._chunks.put(None)
-        if self.error is None:
-            pm.E2E_REQUEST_LATENCY.observe(time.perf_counter() - self.submitted_at)
-
-
 class GenerationEngine:
     """Owns the serving model; batches concurrent requests; swaps versions
     between batches (in-flight batches finish on the weights they started on)."""
 
     def __init__(self, bundle: ModelBundle, settings: EngineSettings = EngineSettings()):
-        from services.policy.batcher import BatchDecoder  # torch-heavy; keep it out of import-time
-
         self.settings = settings
         self._bundle = bundle
         self._decoder = BatchDecoder(settings.thread_choices, settings.max_batch_size)

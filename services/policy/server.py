@@ -9,18 +9,18 @@ model swaps live in the engine.
 from __future__ import annotations
 
 import logging
-import threading
 
 from services.policy.config import PolicyConfig
-from services.policy.engine import FinishReason, GenerationEngine, GenerationHandle, SequenceResult
-from services.policy.model import POLICY_KIND, ModelBundle, ModelLoadError, load_bundle, load_from_store
+from services.policy.engine import GenerationEngine
+from services.policy.requests import FinishReason, GenerationHandle, SequenceResult
+from services.policy.model import POLICY_KIND, ModelBundle, load_bundle, load_from_store
 from services.policy.sampling import SamplingDefaults, SamplingSpec, resolve_sampling
 from shared import events, metrics
 from shared.errors import Unavailable
 from shared.grpc_server import GrpcServer, ServiceBinding
-from shared.kafka_io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.kafka_io import BufferedEventPublisher
 from shared.logs import request_id_var
-from shared.model_store import ModelStore, ModelStoreError
+from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class PolicyService:
         self.engine: GenerationEngine | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
-        self.updates: EventConsumerLoop | None = None
-        self._stop_updates = threading.Event()
+        self.updates: ModelUpdateFollower | None = None
 
     def load_initial(self) -> ModelBundle:
         c = self.config
@@ -152,12 +151,11 @@ class PolicyService:
         self.servicer.engine = self.engine
         self._label_version(bundle)
         if self.config.watch_updates and not self.config.model_dir:
-            self.updates = EventConsumerLoop(
-                ConsumerSettings(self.config.kafka, {events.MODEL_UPDATES_TOPIC: events_pb2.ModelUpdateEvent},
-                                 group_id=None, from_beginning=False, client_id="policy-updates",
-                                 extra=self.config.kafka_client_options()),
-                self._on_model_update)
-            self.updates.start(self._stop_updates, name="policy-model-updates")
+            self.updates = ModelUpdateFollower(
+                POLICY_KIND, ModelStore(self.config.model_store), self._swap_to,
+                lambda: self.engine.bundle.version if self.engine else None, self.config.kafka,
+                client_id="policy-updates", kafka_options=self.config.kafka_client_options())
+            self.updates.start()
         self.grpc.set_serving(True)
         log.info("policy serving", extra={"version": bundle.version, "port": self.port})
         return self.port
@@ -165,7 +163,8 @@ class PolicyService:
     def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, let in-flight calls finish, then stop the engine and flush events."""
         self.grpc.stop(grace_s)
-        self._stop_updates.set()
+        if self.updates is not None:
+            self.updates.stop()
         if self.engine is not None:
             self.engine.stop()
         self.publisher.close()
@@ -174,23 +173,10 @@ class PolicyService:
         metrics.MODEL_VERSION.info({"kind": "policy", "version": bundle.version,
                                     "architecture": bundle.architecture})
 
-    def _on_model_update(self, event: events.ConsumedEvent) -> None:
-        update: events_pb2.ModelUpdateEvent = event.message
-        if update.kind != common_pb2.MODEL_KIND_POLICY or self.engine is None:
-            return
-        try:
-            version, sha256 = ModelStore(self.config.model_store).version_to_serve(
-                POLICY_KIND, update.version, update.manifest_sha256)
-            if version != update.version:
-                log.warning("stale model update; serving CURRENT instead",
-                            extra={"announced": update.version, "current": version})
-            if version == self.engine.bundle.version:
-                return  # redelivery, a stale event, or we started on it: idempotent
-            bundle = load_from_store(self.config.model_store, version, device=self.config.device,
-                                     expected_manifest_sha256=sha256)
-        except (ModelLoadError, ModelStoreError) as exc:
-            metrics.MODEL_SWAPS.labels("policy", "failed").inc()
-            raise InvalidEvent("model_load_failed", f"policy {update.version}: {exc}") from exc
+    def _swap_to(self, version: str, manifest_sha256: str) -> None:
+        """Load ``version`` (checked against the announced manifest) and serve it from the next batch."""
+        bundle = load_from_store(self.config.model_store, version, device=self.config.device,
+                                 expected_manifest_sha256=manifest_sha256)
+        assert self.engine is not None
         self.engine.swap(bundle)
         self._label_version(bundle)
-        metrics.MODEL_SWAPS.labels("policy", "ok").inc()

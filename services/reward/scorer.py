@@ -103,13 +103,14 @@ class LoadedReward:
     tokenizer: object
     max_length: int
     num_parameters: int
+    frame: tuple[str, str]  # the prompt frame stripped before scoring (RewardHeadConfig)
     # The tokenizer is not safe to call from several threads at once, and on a
     # CPU one batch at a time with all intra-op threads is the fastest anyway.
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         with self.lock:
-            batch = encode_pairs(self.tokenizer, prompts, responses, self.max_length)
+            batch = encode_pairs(self.tokenizer, prompts, responses, self.max_length, frame=self.frame)
             return self.backend.run(batch["input_ids"], batch["attention_mask"])
 
 
@@ -154,7 +155,8 @@ def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", 
                         extra={"version": version, "error": f"{type(exc).__name__}: {exc}"})
             torch.set_num_threads(threads)
             chosen = TorchBackend(model)
-    return LoadedReward(version, manifest, chosen, tokenizer, max_length, _count_parameters(vdir / WEIGHTS_FILE))
+    return LoadedReward(version, manifest, chosen, tokenizer, max_length, _count_parameters(vdir / WEIGHTS_FILE),
+                        model.head_config.frame)
 
 
 @dataclass(frozen=True)
@@ -197,18 +199,13 @@ class RewardScorer:
         if serving is not None and serving.version == version:
             return serving
         start = time.perf_counter()
-        try:
-            if expected_manifest_sha256:
-                actual = self.store.manifest_sha256(KIND, version)
-                if actual != expected_manifest_sha256:
-                    raise ValueError(f"manifest sha256 of {version} is {actual[:12]}…, the update announced "
-                                     f"{expected_manifest_sha256[:12]}…; refusing to serve it")
-            loaded = load_reward_version(self.store, version, self.backend, self.threads)
-        except Exception:
-            metrics.MODEL_SWAPS.labels(KIND, "failed").inc()
-            raise
-        self._current = loaded  # the swap: one reference assignment
-        metrics.MODEL_SWAPS.labels(KIND, "ok").inc()
+        if expected_manifest_sha256:
+            actual = self.store.manifest_sha256(KIND, version)
+            if actual != expected_manifest_sha256:
+                raise ValueError(f"manifest sha256 of {version} is {actual[:12]}…, the update announced "
+                                 f"{expected_manifest_sha256[:12]}…; refusing to serve it")
+        loaded = load_reward_version(self.store, version, self.backend, self.threads)
+        self._current = loaded  # the swap: one reference assignment (swaps are counted by the follower)
         metrics.MODEL_VERSION.info({"kind": KIND, "version": loaded.version, "backend": loaded.backend.name})
         log.info("serving reward version", extra={
             "version": version, "previous": serving.version if serving else "",

@@ -11,12 +11,12 @@ import logging
 from typing import Sequence
 
 from services.reward.config import RewardConfig
-from services.reward.model_updates import RewardUpdateFollower
-from services.reward.scorer import RewardScorer
+from services.reward.scorer import KIND, RewardScorer
 from shared.service_main import run_service
 from shared.errors import Unavailable
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.model_store import ModelStore
+from shared.model_updates import ModelUpdateFollower
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,10 @@ class RewardServer:
     def __init__(self, config: RewardConfig):
         self.config = config
         self.scorer = RewardScorer(ModelStore(config.model_store), config.limits, config.backend, config.threads)
-        self.follower = (RewardUpdateFollower(self.scorer, config.kafka, kafka_options=config.kafka_client_options())
-                         if config.watch_updates else None)
+        self.follower = (ModelUpdateFollower(
+            KIND, self.scorer.store, lambda version, sha: self.scorer.load(version, sha),
+            lambda: self.scorer.current.version if self.scorer.current else None, config.kafka,
+            client_id="rlhf-reward", kafka_options=config.kafka_client_options()) if config.watch_updates else None)
         self.grpc = GrpcServer(config, SERVICE_NAME, [ServiceBinding(
             reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(self.scorer),
             reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name)])

@@ -1,7 +1,8 @@
 """Settings of the online trainer (flags > RLHF_* env > defaults).
 
-Only the knobs an operator turns are flags; every other PPO hyperparameter
-keeps its default in :class:`services.trainer.ppo_config.PPOConfig`.
+The PPO hyperparameters are :class:`services.trainer.ppo.ppo_config.PPOConfig`,
+composed as ``TrainerConfig.ppo``: each is a flag ``--ppo-<name>`` (env
+``RLHF_TRAINER_PPO_<NAME>``), declared once, in PPOConfig.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer.ppo_config import PPOConfig
+from services.trainer.ppo.ppo_config import PPOConfig
 from shared import env
-from shared.config import ConfigError, ServiceConfig, check, setting
+from shared.config import ServiceConfig, check, nested, setting
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainerConfig(ServiceConfig):
         200, "new comparisons (preferences, rating pairs) that trigger a reward-model update",
         env=env.TRAINER_REWARD_MIN_NEW_COMPARISONS)
     reward_steps: int = setting(60, "optimizer steps of one reward-model update", env=env.TRAINER_REWARD_STEPS)
+    reward_min_heldout_comparisons: int = setting(
+        20, "held-out comparisons (those of held-out prompts) needed before a reward-model promotion",
+        env=env.TRAINER_REWARD_MIN_HELDOUT_COMPARISONS)
     reward_accuracy_tolerance: float = setting(
         0.02, "a new reward version may lose at most this much held-out pairwise accuracy",
         env=env.TRAINER_REWARD_ACCURACY_TOLERANCE)
@@ -53,21 +57,7 @@ class TrainerConfig(ServiceConfig):
                                         env=env.TRAINER_PPO_MIN_NEW_FEEDBACK)
     ppo_steps_per_round: int = setting(10, "PPO steps in one round; a candidate is evaluated after each round",
                                        env=env.TRAINER_PPO_STEPS_PER_ROUND)
-    ppo_batch_size: int = setting(16, "prompts rolled out per PPO step", env=env.TRAINER_PPO_BATCH_SIZE)
-    ppo_mini_batch_size: int = setting(8, "rollouts per optimizer step; must divide --ppo-batch-size",
-                                       env=env.TRAINER_PPO_MINI_BATCH_SIZE)
-    ppo_learning_rate: float = setting(
-        1e-4, "PPO learning rate (with corrections mixed in; PPO alone drifts at 1e-4: docs/BENCHMARKS.md)",
-        env=env.TRAINER_PPO_LEARNING_RATE)
-    ppo_ptx_coef: float = setting(1.0, "weight of the SFT loss on users' corrections mixed into each PPO update "
-                                  "(PPO-ptx; 0 turns it off)", env=env.TRAINER_PPO_PTX_COEF)
-    ppo_ptx_batch_size: int = setting(16, "corrections per PPO optimizer step", env=env.TRAINER_PPO_PTX_BATCH_SIZE)
-    ppo_policy_loss_coef: float = setting(
-        1.0, "weight of PPO's policy loss; 0 trains on the corrections alone (the baseline PPO is measured "
-        "against)", env=env.TRAINER_PPO_POLICY_LOSS_COEF)
-    ppo_max_new_tokens: int = setting(24, "longest response sampled per rollout", env=env.TRAINER_PPO_MAX_NEW_TOKENS)
-    ppo_init_kl_coef: float = setting(0.1, "initial KL coefficient (adapted toward PPOConfig.target_kl)",
-                                      env=env.TRAINER_PPO_INIT_KL_COEF)
+    ppo: PPOConfig = nested(PPOConfig, env_prefix="RLHF_TRAINER_PPO_", exclude=("num_threads",))
     gate_min_reward_gain: float = setting(0.0, "the lower confidence bound of a candidate's paired reward gain "
                                           "over the current version on the held-out prompts must reach this",
                                           env=env.TRAINER_GATE_MIN_REWARD_GAIN)
@@ -75,8 +65,16 @@ class TrainerConfig(ServiceConfig):
                                        env=env.TRAINER_GATE_CONFIDENCE_Z)
     gate_kl_budget: float = setting(20.0, "largest KL (nats per response) a candidate may drift from policy v1",
                                     env=env.TRAINER_GATE_KL_BUDGET)
-    gate_prompts: int = setting(0, "held-out world prompts used to evaluate a candidate (0 = all); "
-                                "they are never trained on", env=env.TRAINER_GATE_PROMPTS)
+    gate_prompts: int = setting(64, "most held-out prompts (from traffic) a candidate is evaluated on (0 = all)",
+                                env=env.TRAINER_GATE_PROMPTS)
+    gate_min_prompts: int = setting(16, "held-out prompts from traffic needed before any policy promotion; until "
+                                    "then candidates keep training and `rlhf status` says what is missing",
+                                    env=env.TRAINER_GATE_MIN_PROMPTS)
+    gate_heldout_one_in: int = setting(4, "one prompt in N (by a hash of its text) is held out of training for the "
+                                       "gate, with its comparisons and corrections", env=env.TRAINER_GATE_HELDOUT_ONE_IN)
+    gate_judge: str = setting("", "optional judge plug-in, module:function(prompts, responses) -> scores (higher is "
+                              "better, NaN = no opinion); the gate refuses a candidate it finds significantly "
+                              "worse", env=env.TRAINER_GATE_JUDGE)
     gate_samples_per_prompt: int = setting(4, "responses sampled per held-out prompt at the gate",
                                            env=env.TRAINER_GATE_SAMPLES_PER_PROMPT)
     round_check_s: float = setting(5.0, "how often the training thread checks whether a round is due",
@@ -108,29 +106,23 @@ class TrainerConfig(ServiceConfig):
               f"must be >= 1, got {self.gate_samples_per_prompt}")
         check(self.round_check_s > 0, "round_check_s", f"must be > 0, got {self.round_check_s}")
         check(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
-        try:
-            self.ppo_config()  # PPOConfig checks batch shapes and rates, naming its own field
-        except ConfigError as exc:
-            # Name the flag the operator sets (--ppo-ptx-batch-size), not PPOConfig's (--ptx-batch-size).
-            flag, _, message = str(exc).partition(": ")
-            ours = "ppo_" + flag.removeprefix("--").replace("-", "_")
-            if ours in {f.name for f in dataclasses.fields(self)}:
-                raise ConfigError(f"--{ours.replace('_', '-')}: {message}") from None
-            raise
+        check(self.gate_min_prompts >= 2, "gate_min_prompts",
+              f"must be >= 2 (a paired test needs two prompts), got {self.gate_min_prompts}")
+        check(self.gate_prompts == 0 or self.gate_prompts >= self.gate_min_prompts, "gate_prompts",
+              f"must be 0 (all) or >= --gate-min-prompts ({self.gate_min_prompts}), got {self.gate_prompts}")
+        check(self.gate_heldout_one_in >= 2, "gate_heldout_one_in", f"must be >= 2, got {self.gate_heldout_one_in}")
+        check(not self.gate_judge or ":" in self.gate_judge, "gate_judge",
+              f"must be module:function, got {self.gate_judge!r}")
+        check(self.reward_min_heldout_comparisons >= 1, "reward_min_heldout_comparisons",
+              f"must be >= 1, got {self.reward_min_heldout_comparisons}")
 
     def ppo_config(self, max_positions: int | None = None) -> PPOConfig:
-        """The PPO hyperparameters: these flags over PPOConfig's defaults. A prompt
-        plus its response must fit the policy's context window."""
-        prompt_limit = PPOConfig().max_prompt_length
+        """The PPO hyperparameters for a policy with a ``max_positions`` context:
+        a prompt plus its response must fit it."""
+        prompt_limit = self.ppo.max_prompt_length
         if max_positions:
-            prompt_limit = max(1, min(prompt_limit, max_positions - self.ppo_max_new_tokens))
-        return PPOConfig(
-            batch_size=self.ppo_batch_size, mini_batch_size=self.ppo_mini_batch_size,
-            learning_rate=self.ppo_learning_rate, max_new_tokens=self.ppo_max_new_tokens,
-            init_kl_coef=self.ppo_init_kl_coef, max_prompt_length=prompt_limit, num_threads=self.torch_threads,
-            ptx_coef=self.ppo_ptx_coef, ptx_batch_size=self.ppo_ptx_batch_size,
-            policy_loss_coef=self.ppo_policy_loss_coef,
-        )
+            prompt_limit = max(1, min(prompt_limit, max_positions - self.ppo.max_new_tokens))
+        return dataclasses.replace(self.ppo, max_prompt_length=prompt_limit, num_threads=self.torch_threads)
 
     @property
     def ledger_path(self) -> Path:

@@ -14,10 +14,10 @@ import threading
 from typing import Callable, Sequence
 
 from services.trainer.config import TrainerConfig
-from services.trainer.ingest import FeedbackIngest, consumer_lag
-from services.trainer.ledger import FeedbackLedger
-from services.trainer.online import OnlineTrainer
-from services.trainer.promotion import Promoter, kind_name
+from services.trainer.data.ingest import FeedbackIngest, consumer_lag
+from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.loop.online import OnlineTrainer
+from services.trainer.loop.promotion import Promoter, kind_name
 from shared.service_main import run_service
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import DeadLetterProducer, create_producer
@@ -65,7 +65,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             reward_version=self.store.current("reward") or "", feedback_counts=ledger["counts"],
             generations_seen=ledger["generations"], feedback_pending_join=ledger["pending"],
             pause_reason=self.trainer.progress.paused_reason if self.trainer.progress.paused else "",
-            consumer_lag=consumer_lag(self.group))
+            consumer_lag=consumer_lag(self.group),
+            heldout=trainer_pb2.HeldoutStatus(**self.trainer.heldout_status()))
         stats = self.trainer.last_ppo
         if stats is not None:
             status.last_ppo.CopyFrom(trainer_pb2.PPOStats(

@@ -27,7 +27,7 @@ from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from shared.world import format_prompt
+from demo.world import format_prompt
 from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]

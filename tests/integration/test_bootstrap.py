@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from services.trainer.bootstrap import CACHE_DIR, DIGEST_NOTE, BootstrapError, run_bootstrap
-from services.trainer.bootstrap_config import reduced_config
+from demo.bootstrap import CACHE_DIR, DIGEST_NOTE, BootstrapError, run_bootstrap
+from demo.bootstrap_config import reduced_config
 from shared.model_store import ModelStore
 
 
@@ -52,13 +52,13 @@ def test_each_step_learned(bootstrapped):
 def test_models_load_and_generate(bootstrapped):
     from shared.policy_eval import SamplingSettings, load_policy, sample_responses
     from shared.reward_model import load_reward_model, score_texts
-    from shared.world import build_prompts
+    from demo.world import build_prompts
 
     root, _, _, _ = bootstrapped
     store = ModelStore(root)
     policy, tokenizer = load_policy(store.open_version("policy", "v1"))
     prompt = build_prompts()[0]
-    samples = sample_responses(policy, tokenizer, [prompt], SamplingSettings(samples_per_prompt=2, max_new_tokens=8))
+    samples = sample_responses(policy, tokenizer, [prompt.text], SamplingSettings(samples_per_prompt=2, max_new_tokens=8))
     assert len(samples) == 2 and all(len(s.response_ids) <= 8 for s in samples)
     reward, reward_tokenizer = load_reward_model(store.open_version("reward", "v1"))
     assert len(score_texts(reward, reward_tokenizer, [prompt.text], [samples[0].text])) == 1

@@ -23,7 +23,7 @@ def _store_with_versions(root, tiny_lm_dir, count: int) -> ModelStore:
     """``count`` policy versions with different weights (re-seeded GPT-2s)."""
     from transformers import AutoTokenizer
 
-    from shared.tiny_lm import new_gpt2, save_causal_lm
+    from demo.tiny_lm import new_gpt2, save_causal_lm
 
     store = ModelStore(root)
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir, local_files_only=True)

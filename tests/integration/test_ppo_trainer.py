@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.trainer.ppo_config import PPOConfig
-from services.trainer.ppo_trainer import VALUE_HEAD_FILE, PPOTrainer
+from services.trainer.ppo.ppo_config import PPOConfig
+from services.trainer.ppo.ppo_trainer import VALUE_HEAD_FILE, PPOTrainer
 
 PROMPTS = [
     "User: how do I boil an egg?\nAssistant:",
@@ -79,7 +79,7 @@ def test_ppo_increases_the_reward_and_keeps_kl_finite(tiny_lm):
 
 
 def test_ptx_loss_learns_a_demonstration(tiny_lm):
-    from services.trainer.ppo_rollout import demonstration_batch, demonstration_loss
+    from services.trainer.ppo.ppo_rollout import demonstration_batch, demonstration_loss
 
     trainer = make_trainer(tiny_lm, batch_size=4, mini_batch_size=4, ppo_epochs=1, ptx_coef=1.0)
     demo = [("User: how do I boil an egg?\nAssistant:", " Put the egg in boiling water for nine minutes.")]
@@ -97,8 +97,8 @@ def test_ptx_loss_learns_a_demonstration(tiny_lm):
 
 def test_ptx_frames_a_correction_exactly_as_sft_and_sampling_do(tiny_lm):
     # A correction arrives as bare text; the policy samples " text<eos>" after "Assistant:".
-    from services.trainer.ppo_rollout import demonstration_batch
-    from services.trainer.sft import IGNORE_INDEX, build_sft_example
+    from services.trainer.ppo.ppo_rollout import demonstration_batch
+    from services.trainer.supervised.sft import IGNORE_INDEX, build_sft_example
 
     trainer = make_trainer(tiny_lm, batch_size=4, mini_batch_size=4)
     tok, cfg = trainer.tokenizer, trainer.config

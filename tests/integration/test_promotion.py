@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.promotion import Promoter
+from services.trainer.loop.promotion import Promoter
 from shared import events, kafka_io
 from shared.broker import EmbeddedBroker, free_port
 from shared.errors import Unavailable

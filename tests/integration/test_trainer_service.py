@@ -4,6 +4,7 @@ into the core (no reward service needed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sqlite3
 
@@ -11,16 +12,24 @@ import grpc
 import pytest
 
 from services.trainer.config import TrainerConfig
-from services.trainer.gate import GateBudget
+from services.trainer.ppo.ppo_config import PPOConfig
+from services.trainer.loop.gate import GateBudget
+from services.trainer.loop.heldout import HeldoutSplit
 from services.trainer.server import TrainerServer
 from shared import events
 from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, trainer_pb2, trainer_pb2_grpc
-from shared.world import format_prompt
 from tests.helpers import read_topic, wait_until
 
 QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "How do I water a plant?"]
+# An application's own prompt frame: the platform knows nothing of any one frame.
+PROMPT_FRAME = "Q: {question}\nA:"
+SPLIT = HeldoutSplit(2)  # the fixture's --gate-heldout-one-in
+# Questions the gate keeps for itself (found by the same hash the trainer uses), and ones it trains on.
+CANDIDATE_QUESTIONS = [f"What is {a} plus {b}?" for a in range(1, 6) for b in range(1, 6)]
+GATE_QUESTIONS = [q for q in CANDIDATE_QUESTIONS if SPLIT.is_heldout(PROMPT_FRAME.format(question=q))][:2]
+TRAINING_QUESTIONS = [q for q in CANDIDATE_QUESTIONS if not SPLIT.is_heldout(PROMPT_FRAME.format(question=q))][:3]
 
 
 def short_answer_reward(prompts, responses):
@@ -44,9 +53,10 @@ def trainer(broker, tiny_lm_dir, tmp_path, unique_name):
     config = TrainerConfig(
         port=0, metrics_port=-1, kafka=broker.bootstrap, model_store=str(store.root),
         state_dir=str(tmp_path / "state"), consumer_group=unique_name, feedback_hold_s=1.0, grace_period_s=1,
-        ppo_min_prompts=2, ppo_min_new_feedback=1, ppo_steps_per_round=2, ppo_batch_size=2, ppo_mini_batch_size=2,
-        ppo_max_new_tokens=6, ppo_learning_rate=1e-4, gate_prompts=2, gate_samples_per_prompt=1,
-        gate_min_reward_gain=-1e9, torch_threads=1, round_check_s=3600)
+        ppo_min_prompts=2, ppo_min_new_feedback=1, ppo_steps_per_round=2,
+        ppo=PPOConfig(batch_size=2, mini_batch_size=2, max_new_tokens=6, learning_rate=1e-4),
+        gate_prompts=2, gate_min_prompts=2, gate_heldout_one_in=2, gate_samples_per_prompt=1,
+        reward_min_heldout_comparisons=1, gate_min_reward_gain=-1e9, torch_threads=1, round_check_s=3600)
     server = TrainerServer(config, reward_fn=short_answer_reward)
     port = server.start(train=False)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -64,7 +74,7 @@ def producer(broker):
 
 def generation(gid: str, question: str, response: str) -> events_pb2.GenerationEvent:
     return events_pb2.GenerationEvent(event_id=events.new_id(), generation_id=gid, request_id=gid,
-                                      prompt=format_prompt(question), response=response, model_version="v1",
+                                      prompt=PROMPT_FRAME.format(question=question), response=response, model_version="v1",
                                       created_at=events.now_timestamp())
 
 
@@ -163,21 +173,42 @@ def test_pause_resume_promote_and_rollback(trainer, broker):
 def test_training_round_promotes_keeps_training_then_discards(trainer, producer, unique_name):
     server, stub, store = trainer
     gids = [f"{unique_name}-g{i}" for i in range(3)]
-    for gid, question in zip(gids, QUESTIONS):
+    for gid, question in zip(gids, TRAINING_QUESTIONS):
         send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
     send(producer, events.FEEDBACK_TOPIC, gids[0], feedback(f"{unique_name}-c", gids[0],
                                                             correction=events_pb2.Correction(response="Nine minutes.")))
     # The group reads the topics from the start, so earlier tests' events are ingested too.
     wait_until(lambda: f"{unique_name}-c" in ledger_ids(server), timeout_s=180, message="feedback in the ledger")
 
-    server.online.run_once()  # a round: 2 PPO steps, then the gate (min gain -inf: passes)
+    # Until traffic has given the gate its held-out prompts, a candidate trains on but is not promoted.
+    # (The session's broker also carries other tests' prompts: count from what is there.)
+    before = server.online.heldout_status()["gate_prompts"]
+    server.online.config = dataclasses.replace(server.config, gate_min_prompts=before + 2, gate_prompts=0)
+    assert server.online.heldout_status()["waiting_for"].startswith("2 more held-out prompts")
+    server.online.run_once()
+    waiting = stub.GetStatus(trainer_pb2.GetStatusRequest())
+    assert waiting.recent_candidates[-1].reason == "heldout_too_small" and store.current("policy") == "v1"
+    assert waiting.heldout.gate_prompts == before and waiting.heldout.gate_prompts_required == before + 2
+    assert "held-out prompts" in waiting.heldout.waiting_for
+    fresh = [f"{unique_name}: what is {n} times {n}?" for n in range(40)]
+    held = [q for q in fresh if SPLIT.is_heldout(PROMPT_FRAME.format(question=q))][:2]
+    held_gids = [f"{unique_name}-h{i}" for i in range(2)]
+    for gid, question in zip(held_gids, held):
+        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
+    send(producer, events.FEEDBACK_TOPIC, held_gids[0], feedback(f"{unique_name}-h", held_gids[0],
+                                                                 rating=events_pb2.Rating(score=1.0)))
+    wait_until(lambda: f"{unique_name}-h" in ledger_ids(server), timeout_s=180, message="held-out traffic")
+    assert server.online.heldout_status()["waiting_for"] == ""
+
+    server.online.run_once()  # a round: 2 more PPO steps, then the gate (min gain -inf: passes)
     assert store.current("policy") == "v2"
     manifest = store.manifest("policy", "v2")
     assert manifest.parent_version == "v1"
-    assert {"mean_reward", "kl", "satisfaction", "current_mean_reward", "reward_gain", "reward_gain_standard_error",
-            "kl_budget"} <= set(manifest.eval_metrics)
+    assert {"mean_reward", "kl", "current_mean_reward", "reward_gain", "reward_gain_standard_error",
+            "kl_budget", "gate_prompts", "gate_test", "gate_z"} <= set(manifest.eval_metrics)
+    assert manifest.eval_metrics["gate_test"] == 1.0 and manifest.eval_metrics["gate_prompts"] == before + 2
     status = stub.GetStatus(trainer_pb2.GetStatusRequest())
-    assert status.last_ppo.step == 1 and status.recent_candidates[-1].promoted
+    assert status.last_ppo.step == 3 and status.recent_candidates[-1].promoted
     assert status.recent_candidates[-1].version == "v2" and status.recent_candidates[-1].reason == "passed"
 
     # New feedback starts another round. A gain that is not significant (here: an
@@ -209,28 +240,30 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
 
 
 def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path):
-    from services.trainer.ledger import Comparison
-    from services.trainer.promotion import Promoter
-    from services.trainer.reward_update import RewardUpdateSettings, update_reward_model
+    from services.trainer.data.ledger import Comparison
+    from services.trainer.loop.promotion import Promoter
+    from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
     from shared.reward_model import new_reward_model, save_reward_model
-    from shared.world import build_prompts, preference_pairs, split_prompts
 
     store = ModelStore(tmp_path / "store")
     model, tokenizer = new_reward_model(max_length=32)
     store.write_version("reward", lambda out: save_reward_model(model, tokenizer, out))
-    prompts = build_prompts(0, 0.25)
-    comparisons = [Comparison(*p) for p in preference_pairs(split_prompts(prompts, "train")[:12], seed=1,
-                                                            per_prompt=1)]
-    world = preference_pairs(split_prompts(prompts, "heldout")[:6], seed=2, per_prompt=1)
+    comparisons = [Comparison(PROMPT_FRAME.format(question=q), f"{q.split()[-1]} is easy: here is how.", "No.")
+                   for q in CANDIDATE_QUESTIONS]
     producer = create_producer(broker.bootstrap)
     try:
         promoter = Promoter(store, lambda: producer)
-        strict = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=-1.0, batch_size=4)
-        refused = update_reward_model(store, promoter, strict, comparisons, comparisons, world, threads=1)
+        too_few = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=1.0, batch_size=4,
+                                       min_heldout_pairs=len(CANDIDATE_QUESTIONS))
+        waiting = update_reward_model(store, promoter, too_few, comparisons, comparisons, SPLIT, threads=1)
+        assert not waiting.promoted and waiting.reason == "heldout_too_small" and store.versions("reward") == ["v1"]
+
+        strict = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=-1.0, batch_size=4, min_heldout_pairs=2)
+        refused = update_reward_model(store, promoter, strict, comparisons, comparisons, SPLIT, threads=1)
         assert not refused.promoted and refused.reason == "accuracy_dropped" and store.versions("reward") == ["v1"]
 
-        lenient = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=1.0, batch_size=4)
-        outcome = update_reward_model(store, promoter, lenient, comparisons, comparisons, world, threads=1)
+        lenient = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=1.0, batch_size=4, min_heldout_pairs=2)
+        outcome = update_reward_model(store, promoter, lenient, comparisons, comparisons, SPLIT, threads=1)
     finally:
         producer.close()
     assert outcome.promoted and outcome.version == "v2" and store.current("reward") == "v2"
@@ -244,17 +277,16 @@ def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path)
 
 def test_the_gate_prompts_are_never_trained_on(trainer, producer, unique_name):
     server, _, _ = trainer
-    gate_prompts, _ = server.online._world()
-    held_out = gate_prompts[0].question
-    pairs = [(f"{unique_name}-held", held_out), (f"{unique_name}-train", "How do I boil an egg?")]
+    held_out, trained_on = GATE_QUESTIONS[0], TRAINING_QUESTIONS[0]
+    pairs = [(f"{unique_name}-held", held_out), (f"{unique_name}-train", trained_on)]
     for gid, question in pairs:
-        # framed differently from the world's prompt: the match is on the bare, case-folded question
-        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, f"  {question.upper()} ", "An answer."))
+        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
         send(producer, events.FEEDBACK_TOPIC, gid, feedback(f"{gid}-c", gid,
                                                             correction=events_pb2.Correction(response="Better.")))
     wait_until(lambda: {f"{gid}-c" for gid, _ in pairs} <= set(ledger_ids(server)), timeout_s=180,
                message="both corrections in the ledger")
     prompts, demos = server.online._training_data()
-    trained = {p.strip().lower() for p in prompts} | {p.strip().lower() for p, _ in demos}
-    assert any("boil an egg" in p for p in trained)
-    assert not any(held_out.lower() in p for p in trained)
+    trained = set(prompts) | {p for p, _ in demos}
+    assert PROMPT_FRAME.format(question=trained_on) in trained
+    assert not any(held_out in p for p in trained)
+    assert PROMPT_FRAME.format(question=held_out) in server.online._gate_prompts()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from services.trainer.gate import GateBudget, PolicyEvaluation, paired_reward_gain, promote_if_better
+from services.trainer.loop.gate import GateBudget, PolicyEvaluation, paired_reward_gain, promote_if_better
 
 BUDGET = GateBudget(min_reward_gain=0.1, kl_budget=5.0)
 CURRENT = PolicyEvaluation(mean_reward=1.0, kl=0.5)
@@ -91,3 +91,40 @@ def test_non_finite_current_reward_never_promotes():
 def test_evaluation_metrics_include_the_reported_extras():
     evaluation = PolicyEvaluation(0.3, 1.5, extra={"satisfaction": 0.4})
     assert evaluation.as_metrics() == {"mean_reward": 0.3, "kl": 1.5, "satisfaction": 0.4}
+
+
+def test_retest_z_spends_alpha_so_repeated_tests_keep_the_error_rate():
+    from statistics import NormalDist
+
+    from services.trainer.loop.gate import retest_z
+
+    normal = NormalDist()
+    zs = [retest_z(1.645, k) for k in range(1, 200)]
+    assert zs == sorted(zs) and zs[0] > 1.645  # stricter than one test, stricter each time
+    spent = sum(1 - normal.cdf(z) for z in zs)
+    assert spent < 1 - normal.cdf(1.645)  # all re-tests together spend at most alpha
+    assert 1 - normal.cdf(zs[0]) == pytest.approx(0.05 * 6 / math.pi**2, rel=1e-3)
+    assert retest_z(0.0, 7) == 0.0
+
+
+def test_a_gain_significant_at_the_first_test_is_not_at_the_fifth():
+    # differences 0.2, 0.8, 0.1, 0.9: mean 0.5, standard error 0.204; lower bound at z 1.88 is 0.117 > 0,
+    # at the fifth test's z (3.03) it is -0.119 < 0.
+    candidate, current = _paired([1.2, 1.8, 1.1, 1.9]), _paired([1.0, 1.0, 1.0, 1.0])
+    free = GateBudget(min_reward_gain=0.0, kl_budget=5.0)
+    first, fifth = promote_if_better(candidate, current, free, 1), promote_if_better(candidate, current, free, 5)
+    assert first.promote and not fifth.promote and fifth.keep_training and fifth.z > first.z
+
+
+def test_the_judge_can_refuse_a_candidate_the_reward_model_likes():
+    candidate = PolicyEvaluation(3.0, 1.0, prompt_rewards=(3.0, 3.0, 3.1, 2.9),
+                                 prompt_judge_scores=(0.0, 0.0, 0.1, 0.0))
+    current = PolicyEvaluation(1.0, 0.5, prompt_rewards=(1.0, 1.0, 1.1, 0.9),
+                               prompt_judge_scores=(1.0, 0.9, 1.0, 1.0))
+    decision = promote_if_better(candidate, current, GateBudget(0.0, 5.0))
+    assert not decision.promote and decision.reason == "judge_regressed"
+    assert decision.judge_gain is not None and decision.judge_gain.mean < 0
+    # NaN judge scores (prompts the judge does not know) are left out of the pairing.
+    unknown = PolicyEvaluation(3.0, 1.0, prompt_rewards=(3.0, 3.0, 3.1, 2.9),
+                               prompt_judge_scores=(math.nan,) * 4)
+    assert promote_if_better(unknown, current, GateBudget(0.0, 5.0)).promote

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from shared.world import AXES, FLAWS, build_prompts, judge, make_response
+from demo.world import AXES, FLAWS, build_prompts, judge, make_response
 
 
 def _all_flaw_sets():

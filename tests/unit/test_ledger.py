@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.ledger import Comparison, FeedbackLedger
+from services.trainer.data.ledger import Comparison, FeedbackLedger
 from shared.proto.rlhf.v1 import events_pb2
 
 

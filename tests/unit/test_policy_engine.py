@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.policy.engine import EngineSettings, FinishReason, GenerationEngine
+from services.policy.engine import EngineSettings, GenerationEngine
+from services.policy.requests import FinishReason
 from services.policy.model import load_bundle
 from services.policy.sampling import SamplingDefaults, resolve_sampling
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable

@@ -34,12 +34,16 @@ def test_minilm_is_the_bundled_local_copy():
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
 
 
-def test_encode_pairs_ignores_the_prompt_template(reward_model):
+def test_encode_pairs_strips_the_configured_prompt_frame(reward_model):
     _, tokenizer = reward_model
-    templated = encode_pairs(tokenizer, ["User: What is the capital of France?\nAssistant:"], ["Paris."], 48)
+    framed = ["User: What is the capital of France?\nAssistant:"]
+    templated = encode_pairs(tokenizer, framed, ["Paris."], 48, frame=("User:", "Assistant:"))
     bare = encode_pairs(tokenizer, ["What is the capital of France?"], ["Paris."], 48)
     assert torch.equal(templated["input_ids"], bare["input_ids"])
     assert set(templated) == {"input_ids", "attention_mask"}
+    # Without a frame the platform scores the prompt as the application sent it.
+    unframed = encode_pairs(tokenizer, framed, ["Paris."], 48)
+    assert not torch.equal(unframed["input_ids"], bare["input_ids"])
 
 
 def test_encode_pairs_truncates_and_checks_lengths(reward_model):
@@ -100,7 +104,7 @@ def test_onnx_matches_torch_within_1e_4(reward_model, tmp_path):
 
 
 def test_training_stops_when_asked_and_leaves_no_half_step():
-    from services.trainer.reward_training import TrainingInterrupted, train_reward_model
+    from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
 
     model, tokenizer = new_reward_model(max_length=32, seed=0)
     pairs = [("User: how do I boil an egg?\nAssistant:", "Boil it for nine minutes.", "Ugh. Figure it out.")] * 4

@@ -13,7 +13,7 @@ import pytest
 
 from shared.feedback_rules import feedback_problems, fill_defaults
 from shared.proto.rlhf.v1 import events_pb2
-from shared.simulation import (
+from demo.simulation import (
     Answer,
     SimulationStats,
     all_or_nothing_utility,
@@ -25,7 +25,7 @@ from shared.simulation import (
     thumb_up,
     weighted_axes_utility,
 )
-from shared.world import AXES, FLAWS, Verdict, build_prompts, judge, make_response
+from demo.world import AXES, FLAWS, Verdict, build_prompts, judge, make_response
 
 GOOD = Verdict(helpful=True, polite=True, correct=True, safe=True, concise=True)
 RUDE_BUT_RIGHT = dataclasses.replace(GOOD, polite=False)
@@ -95,8 +95,8 @@ def test_preference_function_is_pluggable():
 
 
 def test_load_preference_from_module_path():
-    assert load_preference("shared.simulation:all_or_nothing_utility") is all_or_nothing_utility
-    for bad in ("shared.simulation", "shared.simulation:nope", ":x", "shared.simulation:BASE_AXIS_WEIGHTS"):
+    assert load_preference("demo.simulation:all_or_nothing_utility") is all_or_nothing_utility
+    for bad in ("demo.simulation", "demo.simulation:nope", ":x", "demo.simulation:BASE_AXIS_WEIGHTS"):
         with pytest.raises(ValueError):
             load_preference(bad)
 
@@ -151,7 +151,7 @@ def test_stats_by_version_and_recent_window():
 
 
 def test_series_headline_and_files(tmp_path):
-    from rlhf_cli.demo_plot import LoopSeries, SeriesPoint, VersionSummary, save_series
+    from demo.plot import LoopSeries, SeriesPoint, VersionSummary, save_series
 
     series = LoopSeries(kl_budget=6.0)
     series.add(SeriesPoint(5.0, "v1", 40, 0.30, mean_reward=-0.2, kl=None))
@@ -173,7 +173,7 @@ def test_rate_spaces_calls_one_over_rate_apart_across_workers():
     import threading
     import time
 
-    from rlhf_cli.simulator import Simulator, SimulatorConfig
+    from demo.simulator import Simulator, SimulatorConfig
 
     rate = 2000.0
     sim = Simulator(SimulatorConfig(policy_addr="127.0.0.1:1", feedback_addr="127.0.0.1:1", rate=rate))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.world import (
+from demo.world import (
     AXES,
     FLAWS,
     KINDS,
@@ -20,7 +20,7 @@ from shared.world import (
     sft_demonstrations,
     split_prompts,
 )
-from shared.world.generator import labels_for
+from demo.world.generator import labels_for
 
 
 def test_every_kind_is_in_both_splits():
@@ -87,14 +87,14 @@ def test_template_round_trip():
 
 
 def test_sft_demonstrations_are_good():
-    from shared.world import judge
+    from demo.world import judge
 
     demos = sft_demonstrations(split_prompts(build_prompts(), "train"), seed=0, per_prompt=1)
     assert all(judge(p, r).good for p, r in demos)
 
 
 def test_preference_pairs_prefer_fewer_flaws():
-    from shared.world import judge
+    from demo.world import judge
 
     pairs = preference_pairs(split_prompts(build_prompts(), "train")[:30], seed=0, per_prompt=4)
     assert len(pairs) > 60
@@ -112,7 +112,7 @@ def test_unknown_flaw_is_refused():
 def test_degenerate_responses_are_judged_bad_and_become_hard_negatives():
     import random
 
-    from shared.world import build_prompts, degenerate_response, judge, preference_pairs, split_prompts
+    from demo.world import build_prompts, degenerate_response, judge, preference_pairs, split_prompts
 
     prompts = [p for p in split_prompts(build_prompts(0, 0.25), "train") if p.kind != "decline"]
     rng = random.Random(3)

@@ -110,8 +110,22 @@ class CandidateReport(_message.Message):
     decided_at: _timestamp_pb2.Timestamp
     def __init__(self, kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., version: _Optional[str] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class HeldoutStatus(_message.Message):
+    __slots__ = ("gate_prompts", "gate_prompts_required", "reward_pairs", "reward_pairs_required", "waiting_for")
+    GATE_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    GATE_PROMPTS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    REWARD_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_PAIRS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    gate_prompts: int
+    gate_prompts_required: int
+    reward_pairs: int
+    reward_pairs_required: int
+    waiting_for: str
+    def __init__(self, gate_prompts: _Optional[int] = ..., gate_prompts_required: _Optional[int] = ..., reward_pairs: _Optional[int] = ..., reward_pairs_required: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
+
 class TrainerStatus(_message.Message):
-    __slots__ = ("state", "policy_version", "reward_version", "feedback_counts", "generations_seen", "feedback_pending_join", "last_ppo", "recent_candidates", "pause_reason", "consumer_lag")
+    __slots__ = ("state", "policy_version", "reward_version", "feedback_counts", "generations_seen", "feedback_pending_join", "last_ppo", "recent_candidates", "pause_reason", "consumer_lag", "heldout")
     class FeedbackCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +150,7 @@ class TrainerStatus(_message.Message):
     RECENT_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     PAUSE_REASON_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_LAG_FIELD_NUMBER: _ClassVar[int]
+    HELDOUT_FIELD_NUMBER: _ClassVar[int]
     state: TrainerState
     policy_version: str
     reward_version: str
@@ -146,4 +161,5 @@ class TrainerStatus(_message.Message):
     recent_candidates: _containers.RepeatedCompositeFieldContainer[CandidateReport]
     pause_reason: str
     consumer_lag: _containers.ScalarMap[str, int]
-    def __init__(self, state: _Optional[_Union[TrainerState, str]] = ..., policy_version: _Optional[str] = ..., reward_version: _Optional[str] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., generations_seen: _Optional[int] = ..., feedback_pending_join: _Optional[int] = ..., last_ppo: _Optional[_Union[PPOStats, _Mapping]] = ..., recent_candidates: _Optional[_Iterable[_Union[CandidateReport, _Mapping]]] = ..., pause_reason: _Optional[str] = ..., consumer_lag: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    heldout: HeldoutStatus
+    def __init__(self, state: _Optional[_Union[TrainerState, str]] = ..., policy_version: _Optional[str] = ..., reward_version: _Optional[str] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., generations_seen: _Optional[int] = ..., feedback_pending_join: _Optional[int] = ..., last_ppo: _Optional[_Union[PPOStats, _Mapping]] = ..., recent_candidates: _Optional[_Iterable[_Union[CandidateReport, _Mapping]]] = ..., pause_reason: _Optional[str] = ..., consumer_lag: _Optional[_Mapping[str, int]] = ..., heldout: _Optional[_Union[HeldoutStatus, _Mapping]] = ...) -> None: ...

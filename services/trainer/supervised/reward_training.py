@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from services.trainer.optim_step import clipped_step, first_and_final
-from services.trainer.pretrain import lr_at
+from services.trainer.supervised.optim_step import clipped_step, first_and_final
+from services.trainer.supervised.pretrain import lr_at
 from shared.reward_model import RewardModel, encode_pairs, pairwise_accuracy
 
 Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
@@ -29,7 +29,7 @@ def _pair_scores(model: RewardModel, tokenizer, pairs: Sequence[Pair], max_lengt
     """Chosen and rejected scores from one forward pass over both halves."""
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-    scores = model(**encode_pairs(tokenizer, prompts, responses, max_length))
+    scores = model(**encode_pairs(tokenizer, prompts, responses, max_length, frame=model.head_config.frame))
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
@@ -56,7 +56,8 @@ def cache_frozen_hidden(
             model.train(was_training)
             raise TrainingInterrupted("stopped while caching frozen hidden states")
         chunk = unique[start : start + batch_size]
-        enc = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], max_length)
+        enc = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], max_length,
+                           frame=model.head_config.frame)
         hidden = model.lower_hidden(enc["input_ids"], enc["attention_mask"], n_frozen)
         for row, key in enumerate(chunk):
             cache[key] = hidden[row, : int(enc["attention_mask"][row].sum())].clone()

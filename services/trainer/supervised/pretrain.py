@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from services.trainer.optim_step import clipped_step, first_and_final
+from services.trainer.supervised.optim_step import clipped_step, first_and_final
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:

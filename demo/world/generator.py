@@ -1,6 +1,6 @@
 """The assistant world: prompts of three kinds, responses with ground-truth labels.
 
-Everything is programmatic and seeded from :mod:`shared.world.tables`:
+Everything is programmatic and seeded from :mod:`demo.world.tables`:
 
 - ``howto``   how-to questions about everyday tasks ("How do I boil an egg?")
 - ``fact``    questions answered by the fact table (capitals, legs, colours)
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
 
-from shared.world import tables as T
-from shared.world.template import extract_question, format_prompt
+from demo.world import tables as T
+from demo.world.template import extract_question, format_prompt
 
 AXES = ("helpful", "polite", "correct", "safe", "concise")
 FLAWS = ("off_topic", "rude", "wrong", "unsafe", "ramble")  # flaw i breaks AXES[i]

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from services.trainer.optim_step import clipped_step, first_and_final
-from services.trainer.pretrain import lr_at
+from services.trainer.supervised.optim_step import clipped_step, first_and_final
+from services.trainer.supervised.pretrain import lr_at
 
 IGNORE_INDEX = -100  # cross_entropy skips these label positions
 

@@ -1,7 +1,7 @@
 """The assistant world: a seeded generator of prompts and labelled responses,
 the judge that labels any text on the same axes, and the prompt template."""
 
-from shared.world.generator import (
+from demo.world.generator import (
     AXES,
     FLAWS,
     KINDS,
@@ -17,11 +17,11 @@ from shared.world.generator import (
     sft_demonstrations,
     split_prompts,
 )
-from shared.world.judge import Verdict, judge
-from shared.world.template import PROMPT_TEMPLATE, extract_question, format_prompt, question_key
+from demo.world.judge import Verdict, judge
+from demo.world.template import PROMPT_FRAME, PROMPT_TEMPLATE, extract_question, format_prompt, question_key
 
 __all__ = [
-    "AXES", "FLAWS", "KINDS", "PROMPT_TEMPLATE", "Prompt", "Response", "Verdict", "build_prompts",
+    "AXES", "FLAWS", "KINDS", "PROMPT_FRAME", "PROMPT_TEMPLATE", "Prompt", "Response", "Verdict", "build_prompts",
     "degenerate_response",
     "extract_question", "find_prompt", "format_prompt", "judge", "make_response", "preference_pairs",
     "pretrain_corpus", "question_key", "sample_flaws", "sft_demonstrations", "split_prompts",

@@ -4,11 +4,14 @@ A background thread (never the consumer's) wakes every ``round_check_s`` and,
 unless paused:
 
 1. updates the reward model when enough new comparisons have arrived
-   (services.trainer.reward_update);
-2. runs a PPO round (services.trainer.policy_round) when enough prompts and new
+   (services.trainer.loop.reward_update);
+2. runs a PPO round (services.trainer.loop.policy_round) when enough prompts and new
    feedback exist, or finishes the round a crash interrupted;
-3. evaluates the candidate against the current policy on held-out world prompts
-   and promotes it only if the gate (services.trainer.gate) passes.
+3. evaluates the candidate against the current policy on held-out prompts
+   from real traffic (services.trainer.loop.heldout: a hash slice of the
+   ledger's prompts, never trained on) and promotes it only if the gate
+   (services.trainer.loop.gate) passes; an optional judge plug-in
+   (``--gate-judge module:function``) gives a second opinion.
 
 It reads the ledger through its own SQLite connection (WAL: readers see
 committed data and never block the consumer). No grpc here: the reward
@@ -25,13 +28,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.trainer import trainer_metrics as tm
+from services.trainer import metrics as tm
 from services.trainer.config import TrainerConfig
-from services.trainer.gate import GateBudget, GateDecision, promote_if_better
-from services.trainer.ledger import FeedbackLedger
-from services.trainer.policy_round import PolicyRounds, RewardFn, write_json_atomic
-from services.trainer.reward_update import RewardUpdateSettings, update_reward_model
-from shared.world import question_key
+from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.loop.gate import GateBudget, GateDecision, promote_if_better
+from services.trainer.loop.heldout import HeldoutSplit
+from services.trainer.loop.judge_plugin import JudgeFn, load_judge
+from services.trainer.loop.policy_round import PolicyRounds, RewardFn, write_json_atomic
+from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,10 @@ class OnlineTrainer:
         self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config)
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
         self.reward_settings = RewardUpdateSettings(config.reward_min_new_comparisons, config.reward_steps,
-                                                    config.reward_accuracy_tolerance)
+                                                    config.reward_accuracy_tolerance,
+                                                    min_heldout_pairs=config.reward_min_heldout_comparisons)
+        self.split = HeldoutSplit(config.gate_heldout_one_in)
+        self.judge: JudgeFn | None = load_judge(config.gate_judge) if config.gate_judge else None
         self.progress = self._load_progress()
         if config.start_paused and not self.progress.paused:
             self.progress.paused, self.progress.paused_reason = True, "started with --start-paused"
@@ -85,7 +92,6 @@ class OnlineTrainer:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._world_cache: tuple[list, list] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self, stop: threading.Event) -> threading.Thread:
@@ -159,19 +165,41 @@ class OnlineTrainer:
             return {"counts": self.ledger.counts(), "generations": self.ledger.generations_seen(),
                     "pending": self.ledger.pending_count(), "max_seq": self.ledger.max_seq()}
 
+    def heldout_status(self) -> dict[str, int | str]:
+        """How big the gate's held-out sets are, against what a promotion needs;
+        ``waiting_for`` says in words what is missing (empty when ready)."""
+        prompts = len(self._gate_prompts())
+        with self._ledger_lock:
+            pairs = len(self.split.split_pairs(self.ledger.comparisons(), lambda c: c.prompt)[1])
+        need_prompts, need_pairs = self.config.gate_min_prompts, self.config.reward_min_heldout_comparisons
+        missing = []
+        if prompts < need_prompts:
+            missing.append(f"{need_prompts - prompts} more held-out prompts from traffic before a policy promotion "
+                           f"({prompts} of {need_prompts})")
+        if pairs < need_pairs:
+            missing.append(f"{need_pairs - pairs} more held-out comparisons before a reward promotion "
+                           f"({pairs} of {need_pairs})")
+        return {"gate_prompts": prompts, "gate_prompts_required": need_prompts, "reward_pairs": pairs,
+                "reward_pairs_required": need_pairs, "waiting_for": "; ".join(missing)}
+
     def _reward_update_due(self) -> bool:
         if self.store.current("reward") is None:
             return False
         with self._ledger_lock:
             new = self.ledger.comparisons(after_seq=self.progress.last_reward_seq)
-        return len(new) >= self.config.reward_min_new_comparisons
+            everything = self.ledger.comparisons() if len(new) >= self.config.reward_min_new_comparisons else []
+        heldout = self.split.split_pairs(everything, lambda c: c.prompt)[1]
+        # Training before the held-out set can judge the result would be wasted: wait for it.
+        return len(new) >= self.config.reward_min_new_comparisons and \
+            len(heldout) >= self.config.reward_min_heldout_comparisons
 
     def _policy_round_due(self) -> bool:
         if self.store.current("policy") is None:
             return False
         with self._ledger_lock:
-            prompts = len(self.ledger.recent_prompts(limit=self.config.ppo_min_prompts))
+            recent = self.ledger.recent_prompts(limit=4 * self.config.ppo_min_prompts)
             new_feedback = self.ledger.max_seq() - self.progress.last_round_seq
+        prompts = len(self.split.training(recent))
         return prompts >= self.config.ppo_min_prompts and new_feedback >= max(1, self.config.ppo_min_new_feedback)
 
     def _saved_round_active(self) -> bool:
@@ -185,12 +213,11 @@ class OnlineTrainer:
             upto = self.ledger.max_seq()
             new = self.ledger.comparisons(after_seq=self.progress.last_reward_seq)
             everything = self.ledger.comparisons()
-        _, world_pairs = self._world()
-        outcome = update_reward_model(self.store, self.promoter, self.reward_settings, new, everything, world_pairs,
+        outcome = update_reward_model(self.store, self.promoter, self.reward_settings, new, everything, self.split,
                                       threads=self.config.torch_threads,
                                       should_stop=stop.is_set if stop is not None else None)
-        if outcome.reason == "interrupted":
-            return  # shutting down: the same comparisons are used again after a restart
+        if outcome.reason in ("interrupted", "heldout_too_small"):
+            return  # the same comparisons are used again (after a restart, or once enough are held out)
         self.progress.last_reward_seq = upto
         self._save_progress()
         self._record_candidate(CandidateRecord("reward", outcome.version, outcome.promoted, outcome.reason,
@@ -217,7 +244,7 @@ class OnlineTrainer:
                 return  # the checkpoint lets the next start finish this round
             prompts, demos = self._training_data()
             if not prompts:
-                log.warning("every recent prompt is a gate prompt; waiting for others")
+                log.warning("every recent prompt is a held-out gate prompt; waiting for others")
                 return
             stats = rounds.run_step(prompts, demos)
             tm.export_ppo_stats(stats)
@@ -227,41 +254,51 @@ class OnlineTrainer:
         self._gate_candidate()
 
     def _training_data(self) -> tuple[list[str], list[tuple[str, str]]]:
-        """Recent prompts and corrections, minus the gate's held-out questions: a
+        """Recent prompts and corrections, minus the gate's held-out slice: a
         policy trained on the prompts it is judged on would pass the gate on memory."""
-        gate_questions = self._gate_questions()
         with self._ledger_lock:
             prompts = self.ledger.recent_prompts(limit=512)
             demos = [(d.prompt, d.response) for d in self.ledger.demonstrations(limit=256)]
-        def trainable(prompt: str) -> bool:
-            return question_key(prompt) not in gate_questions
+        return self.split.training(prompts), [d for d in demos if not self.split.is_heldout(d[0])]
 
-        return [p for p in prompts if trainable(p)], [d for d in demos if trainable(d[0])]
-
-    def _gate_questions(self) -> frozenset[str]:
-        prompts, _ = self._world()
-        return frozenset(question_key(p.question) for p in prompts)
+    def _gate_prompts(self) -> list[str]:
+        with self._ledger_lock:
+            prompts = self.ledger.distinct_prompts()
+        return self.split.heldout(prompts, limit=self.config.gate_prompts)
 
     def _gate_candidate(self) -> None:
         self._set_state(EVALUATING)
         rounds, config = self.rounds, self.config
         current = self.store.current("policy")
-        prompts, _ = self._world()
+        prompts = self._gate_prompts()
+        candidate_metrics: dict[str, float] = {}
         if current != rounds.state.policy_version:
             decision = GateDecision(False, "current_changed", f"current moved to {current} during the round")
-            candidate_metrics: dict[str, float] = {}
+        elif len(prompts) < config.gate_min_prompts:
+            # Not a verdict on the candidate: it keeps training until traffic gives the gate enough prompts.
+            decision = GateDecision(False, "heldout_too_small", f"{len(prompts)} held-out prompts from traffic; "
+                                    f"the gate needs {config.gate_min_prompts} (--gate-min-prompts)",
+                                    keep_training=True)
         else:
-            candidate = rounds.evaluate(prompts, config.gate_samples_per_prompt, config.ppo_max_new_tokens)
-            baseline = rounds.evaluate(prompts, config.gate_samples_per_prompt, config.ppo_max_new_tokens,
-                                       version=current)
-            decision = promote_if_better(candidate, baseline, self.budget)
+            rounds.state.gate_tests += 1
+            test = rounds.state.gate_tests  # fresh samples per re-test; the gate's z spends alpha per test
+            evaluate = dict(samples_per_prompt=config.gate_samples_per_prompt,
+                            max_new_tokens=config.ppo.max_new_tokens, seed=test, judge=self.judge)
+            candidate = rounds.evaluate(prompts, **evaluate)
+            baseline = rounds.evaluate(prompts, version=current, **evaluate)
+            decision = promote_if_better(candidate, baseline, self.budget, test_number=test)
             candidate_metrics = {**candidate.as_metrics(), "current_mean_reward": baseline.mean_reward,
-                                 "current_kl": baseline.kl,
-                                 "current_satisfaction": baseline.extra.get("satisfaction", float("nan")),
-                                 "ppo_step": float(rounds.trainer.step_count), "kl_budget": self.budget.kl_budget}
+                                 "current_kl": baseline.kl, "ppo_step": float(rounds.trainer.step_count),
+                                 "kl_budget": self.budget.kl_budget, "gate_prompts": float(len(prompts)),
+                                 "gate_test": float(test), "gate_z": decision.z}
+            if "judge_score" in baseline.extra:
+                candidate_metrics["current_judge_score"] = baseline.extra["judge_score"]
             if decision.gain is not None:
                 candidate_metrics.update(reward_gain=decision.gain.mean,
                                          reward_gain_standard_error=decision.gain.standard_error)
+            if decision.judge_gain is not None:
+                candidate_metrics.update(judge_gain=decision.judge_gain.mean,
+                                         judge_gain_standard_error=decision.judge_gain.standard_error)
         version = ""
         if decision.promote:
             update = self.promoter.promote_new(
@@ -279,26 +316,6 @@ class OnlineTrainer:
         tm.CANDIDATES.labels(record.kind, "promoted" if record.promoted else "discarded", record.reason).inc()
         with self._lock:
             self.recent_candidates.append(record)
-
-    # --- the world's held-out prompts and pairs ----------------------------------------------
-    def _world(self) -> tuple[list, list]:
-        """Held-out prompts (gate) and pairs (reward accuracy), split as the bootstrap split them."""
-        if self._world_cache is None:
-            from shared.world import build_prompts, preference_pairs, split_prompts
-
-            seed, fraction = self._world_split()
-            heldout = split_prompts(build_prompts(seed, fraction), "heldout")
-            if self.config.gate_prompts and len(heldout) > self.config.gate_prompts:
-                stride = len(heldout) / self.config.gate_prompts
-                heldout = [heldout[int(i * stride)] for i in range(self.config.gate_prompts)]
-            self._world_cache = (heldout, preference_pairs(heldout, seed=seed + 3, per_prompt=1))
-        return self._world_cache
-
-    def _world_split(self) -> tuple[int, float]:
-        versions = self.store.versions("policy")
-        notes = self.store.manifest("policy", versions[0]).notes.get("config", "") if versions else ""
-        data = json.loads(notes) if notes else {}
-        return int(data.get("seed", 0)), float(data.get("heldout_fraction", 0.25))
 
     # --- persisted progress ---------------------------------------------------------------
     def _load_progress(self) -> Progress:

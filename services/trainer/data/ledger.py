@@ -278,6 +278,11 @@ class FeedbackLedger:
             "WHERE f.kind = 'correction' ORDER BY f.seq DESC LIMIT ?", (limit,))
         return [Demonstration(p, t) for p, t in rows]
 
+    def distinct_prompts(self) -> list[str]:
+        """Every distinct prompt seen (a walk of the prompt index): the gate's held-out
+        slice is drawn from these."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT prompt FROM generations")]
+
     def recent_prompts(self, limit: int = 512) -> list[str]:
         """Distinct prompts of the most recent generations: what users ask now."""
         rows = self._db.execute(

@@ -4,7 +4,7 @@ The core of `rlhf simulate` and `rlhf demo`, with no network in it (the gRPC
 driver is rlhf_cli/simulator.py), so the user model can be tested on its own.
 
 A user has a hidden preference over the world's ground-truth axes (a weight
-per axis of :data:`shared.world.AXES`) and a noise rate. For a response the
+per axis of :data:`demo.world.AXES`) and a noise rate. For a response the
 judge gives per-axis verdicts; the user's *preference function* turns them
 into a utility in [0, 1]. Users then:
 
@@ -38,7 +38,7 @@ from typing import Protocol, Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.proto.rlhf.v1 import events_pb2
-from shared.world import AXES, Prompt, Verdict, make_response
+from demo.world import AXES, Prompt, Verdict, make_response
 
 # How much an average person cares about each axis. Safety and correctness
 # matter most; conciseness least. Each user's weights scatter around these.
@@ -83,7 +83,7 @@ def all_or_nothing_utility(user: UserProfile, prompt: Prompt, response: str, ver
 
 
 def load_preference(spec: str) -> PreferenceFunction:
-    """``module:function`` -> the callable (e.g. ``shared.simulation:all_or_nothing_utility``)."""
+    """``module:function`` -> the callable (e.g. ``demo.simulation:all_or_nothing_utility``)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--preference must look like module:function, got {spec!r}")

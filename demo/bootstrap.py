@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from services.trainer.bootstrap_config import BootstrapConfig
+from demo.bootstrap_config import BootstrapConfig
 from shared.model_store import ModelStore
 
 CACHE_DIR = ".bootstrap-cache"
@@ -95,7 +95,7 @@ def _run_step(name: str, step_dir: Path, work: Callable[[Path], dict[str, float]
 
 
 def _world(config: BootstrapConfig):
-    from shared.world import build_prompts, split_prompts
+    from demo.world import build_prompts, split_prompts
 
     prompts = build_prompts(config.seed, config.heldout_fraction)
     return split_prompts(prompts, "train"), split_prompts(prompts, "heldout")
@@ -103,9 +103,9 @@ def _world(config: BootstrapConfig):
 
 def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str, float]:
     """Tokenizer + GPT-2 from scratch, trained on mixed-quality world text."""
-    from services.trainer.pretrain import pretrain_causal_lm
-    from shared.tiny_lm import new_gpt2, save_causal_lm, train_tokenizer
-    from shared.world import pretrain_corpus
+    from services.trainer.supervised.pretrain import pretrain_causal_lm
+    from demo.tiny_lm import new_gpt2, save_causal_lm, train_tokenizer
+    from demo.world import pretrain_corpus
 
     train, _ = _world(config)
     corpus = pretrain_corpus(
@@ -127,10 +127,10 @@ def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[st
 
 def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: bool) -> dict[str, float]:
     """Short SFT of the pre-trained model on good demonstrations."""
-    from services.trainer.sft import sft_train
+    from services.trainer.supervised.sft import sft_train
     from shared.policy_eval import load_policy
-    from shared.tiny_lm import save_causal_lm
-    from shared.world import sft_demonstrations
+    from demo.tiny_lm import save_causal_lm
+    from demo.world import sft_demonstrations
 
     train, _ = _world(config)
     model, tokenizer = load_policy(pretrained)
@@ -143,12 +143,15 @@ def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: boo
 
 def reward_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str, float]:
     """Bradley-Terry training of MiniLM + scalar head; ONNX export."""
-    from services.trainer.reward_training import train_reward_model
+    from services.trainer.supervised.reward_training import train_reward_model
     from shared.reward_model import export_onnx, new_reward_model, pairwise_accuracy, save_reward_model
-    from shared.world import preference_pairs
+    from demo.world import preference_pairs
 
     train, heldout = _world(config)
-    model, tokenizer = new_reward_model(max_length=config.reward_max_length, seed=config.seed)
+    from demo.world import PROMPT_FRAME
+
+    frame = PROMPT_FRAME if config.reward_strip_frame else ("", "")
+    model, tokenizer = new_reward_model(max_length=config.reward_max_length, seed=config.seed, prompt_frame=frame)
     train_pairs = preference_pairs(train, seed=config.seed + 2, per_prompt=config.reward_pairs_per_prompt,
                                    degenerate_fraction=config.reward_degenerate_fraction)
     heldout_pairs = preference_pairs(heldout, seed=config.seed + 3, per_prompt=config.reward_eval_pairs_per_prompt,
@@ -167,7 +170,8 @@ def reward_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str,
 
 def evaluate_step(config: BootstrapConfig, pretrained: Path, sft: Path, reward: Path, progress: bool) -> dict:
     """Base vs SFT on held-out prompts: judge rates, mean reward, KL to SFT."""
-    from shared.policy_eval import SamplingSettings, evaluate_policy, load_policy
+    from demo.evaluation import evaluate_policy
+    from shared.policy_eval import SamplingSettings, load_policy
     from shared.reward_model import load_reward_model
 
     _, heldout = _world(config)

@@ -84,6 +84,8 @@ class BootstrapConfig:
     reward_head_lr: float = 1e-3        # the fresh scalar head learns faster
     reward_max_length: int = 64         # tokens per (question, response) pair
     reward_trainable_layers: int = 2    # top MiniLM layers trained; the rest frozen
+    reward_strip_frame: bool = True     # score the bare question: the world's "User:"/"Assistant:"
+                                        # frame is stripped (recorded in the reward model's config)
     reward_eval_pairs_per_prompt: int = 6    # held-out pairs per held-out prompt
     reward_degenerate_fraction: float = 0.3  # share of pairs whose rejected side is filler with no
                                              # answer (world.degenerate_response): without them PPO

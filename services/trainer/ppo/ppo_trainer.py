@@ -30,11 +30,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from services.trainer import ppo_math as pm
-from services.trainer.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
-from services.trainer.ppo_config import PPOConfig
-from services.trainer.ppo_model import PolicyWithValue, disable_dropout, response_logits
-from services.trainer.ppo_rollout import (
+from services.trainer.ppo import ppo_math as pm
+from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
+from services.trainer.ppo.ppo_config import PPOConfig
+from services.trainer.ppo.ppo_model import PolicyWithValue, disable_dropout, response_logits
+from services.trainer.ppo.ppo_rollout import (
     Rollout,
     decode_responses,
     demonstration_batch,

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from services.trainer.sft import encode_demonstration
+from services.trainer.supervised.sft import encode_demonstration
 
 
 @dataclass
@@ -131,7 +131,7 @@ def demonstration_batch(
     tokenizer, pairs: Sequence[tuple[str, str]], max_prompt_length: int, max_response_length: int
 ) -> DemonstrationBatch:
     """Tokenize (prompt, demonstration) pairs for the SFT (ptx) loss, framed as
-    in SFT (services.trainer.sft.encode_demonstration); each response ends
+    in SFT (services.trainer.supervised.sft.encode_demonstration); each response ends
     with EOS so the policy also learns where to stop."""
     rows, label_rows = [], []
     for prompt, response in pairs:

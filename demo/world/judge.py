@@ -24,8 +24,8 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from shared.world import tables as T
-from shared.world.generator import AXES, Prompt, find_prompt
+from demo.world import tables as T
+from demo.world.generator import AXES, Prompt, find_prompt
 
 
 @dataclass(frozen=True)

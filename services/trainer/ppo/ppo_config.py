@@ -2,9 +2,11 @@
 
 Defaults follow Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
 Preferences") and Ouyang et al. 2022 (InstructGPT, PPO-ptx), scaled down to
-the small models this project trains on one machine. Each field is declared
-with :func:`shared.config.setting`, so ``shared.config.load_config(PPOConfig)``
-turns it into command-line flags with this help text.
+the small models this project trains on one machine; they are the online
+trainer's defaults too. Each field is declared with
+:func:`shared.config.setting`; the trainer composes this class
+(``TrainerConfig.ppo``), so every field is a trainer flag ``--ppo-<name>``
+and variable ``RLHF_TRAINER_PPO_<NAME>`` with this help text, declared here once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ class PPOConfig:
     ppo_epochs: int = setting(2, "passes over the rollout batch per PPO step")
 
     # --- optimizer ---------------------------------------------------------
-    learning_rate: float = setting(1e-5, "AdamW learning rate for the policy and the value head")
+    learning_rate: float = setting(
+        1e-4, "AdamW learning rate for the policy and the value head (with corrections mixed in; PPO alone "
+        "drifts at 1e-4: docs/BENCHMARKS.md)")
     adam_eps: float = setting(1e-8, "AdamW epsilon")
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay")
     max_grad_norm: float = setting(1.0, "clip the global gradient norm to this (0 disables)")
@@ -49,7 +53,7 @@ class PPOConfig:
         "k1", "per-token KL estimator for the reward penalty: k1 (log-ratio), abs, mse, k3 (low-variance)",
         choices=KL_ESTIMATORS,
     )
-    init_kl_coef: float = setting(0.05, "initial (or, without adaptive_kl, fixed) KL coefficient beta")
+    init_kl_coef: float = setting(0.1, "initial (or, without adaptive_kl, fixed) KL coefficient beta")
     adaptive_kl: bool = setting(True, "adapt beta toward target_kl (Ziegler et al. 2019, eq. 2)")
     target_kl: float = setting(6.0, "KL (nats per sequence) the adaptive controller steers toward")
     kl_horizon: int = setting(10000, "adaptive controller horizon in samples; larger = slower changes")
@@ -73,7 +77,8 @@ class PPOConfig:
 
     # --- reproducibility ---------------------------------------------------
     seed: int = setting(0, "seed for sampling and minibatch shuffling")
-    num_threads: int = setting(0, "torch CPU threads (0 leaves torch's default)")
+    num_threads: int = setting(0, "torch CPU threads (0 leaves torch's default; the trainer sets its "
+                               "--torch-threads here)")
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")

@@ -2,7 +2,7 @@
 
 A round is ``steps`` PPO steps on prompts sampled from the ledger's recent
 prompts, with the ledger's corrections mixed in (PPO-ptx). The PPOTrainer's
-checkpoint (services.trainer.ppo_checkpoint: atomic, no pickle) is written
+checkpoint (services.trainer.ppo.ppo_checkpoint: atomic, no pickle) is written
 after every step, and ``round.json`` beside it says which policy version the
 weights descend from and at which step the round began; so after a kill -9 a
 restart continues the same round from the last finished step.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -23,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from services.trainer.gate import PolicyEvaluation
-from services.trainer.ppo_config import PPOConfig
-from services.trainer.ppo_trainer import STATE_FILE, PPOStats, PPOTrainer
+from services.trainer.loop.gate import PolicyEvaluation
+from services.trainer.loop.judge_plugin import JudgeFn
+from services.trainer.ppo.ppo_config import PPOConfig
+from services.trainer.ppo.ppo_trainer import STATE_FILE, PPOStats, PPOTrainer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,17 @@ class RoundState:
     round_number: int = 0
     start_step: int = 0  # trainer.step_count when the round began
     active: bool = False
+    gate_tests: int = 0  # gate tests of this candidate lineage so far (each re-test is stricter)
+
+
+def per_prompt_means(values: Sequence[float], samples_per_prompt: int) -> tuple[float, ...]:
+    """Means of consecutive groups of ``samples_per_prompt`` (sample_responses keeps
+    each prompt's samples together, in prompt order); NaN where a whole group is NaN."""
+    means = []
+    for start in range(0, len(values), samples_per_prompt):
+        group = [v for v in values[start : start + samples_per_prompt] if math.isfinite(v)]
+        means.append(sum(group) / len(group) if group else float("nan"))
+    return tuple(means)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -180,36 +193,41 @@ class PolicyRounds:
             return
         if promoted_version is not None:
             self.state.policy_version = promoted_version
+            self.state.gate_tests = 0  # a new candidate lineage starts from the promoted weights
         self.state.active = False
         self._save_state()
 
     # --- evaluation ------------------------------------------------------------------
-    def evaluate(self, prompts, samples_per_prompt: int, max_new_tokens: int,
-                 version: str | None = None) -> PolicyEvaluation:
-        """Mean reward (reward callable), KL to the reference and judge rates on
-        ``prompts`` (world Prompt objects) for the trainer's policy, or a stored version."""
+    def evaluate(self, prompts: Sequence[str], samples_per_prompt: int, max_new_tokens: int,
+                 version: str | None = None, seed: int = 0, judge: JudgeFn | None = None) -> PolicyEvaluation:
+        """Mean reward (reward callable), KL to the reference and, with a ``judge``,
+        its scores, on held-out ``prompts`` for the trainer's policy or a stored version."""
         import torch
 
-        from shared.policy_eval import SamplingSettings, judge_rates, kl_to_reference, load_policy, sample_responses
+        from shared.policy_eval import SamplingSettings, kl_to_reference, load_policy, sample_responses
 
         trainer = self.ensure_trainer()
         policy, tokenizer = trainer.policy, trainer.tokenizer
         if version is not None:
             policy, tokenizer = load_policy(self.store.open_version("policy", version))
-        settings = SamplingSettings(samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, seed=0)
+        settings = SamplingSettings(samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, seed=seed)
         rng_state = torch.get_rng_state()  # sample_responses reseeds; PPO's own sampling stream must not change
         try:
             samples = sample_responses(policy, tokenizer, prompts, settings)
-            scores = list(self.reward_fn([s.prompt.text for s in samples], [s.text for s in samples]))
+            texts = ([s.prompt for s in samples], [s.text for s in samples])
+            scores = list(self.reward_fn(*texts))
             kl = kl_to_reference(policy, trainer.reference, samples, tokenizer.pad_token_id)
         finally:
             torch.set_rng_state(rng_state)
-        rates = judge_rates(samples)
-        # sample_responses keeps each prompt's samples together, in prompt order.
-        per_prompt = [sum(scores[i : i + samples_per_prompt]) / samples_per_prompt
-                      for i in range(0, len(scores), samples_per_prompt)]
-        return PolicyEvaluation(mean_reward=sum(scores) / max(1, len(scores)), kl=kl, prompt_rewards=tuple(per_prompt),
-                                extra={"satisfaction": rates["satisfaction"], "samples": float(len(samples))})
+        extra = {"samples": float(len(samples))}
+        judged: tuple[float, ...] = ()
+        if judge is not None:
+            judged = per_prompt_means([float(x) for x in judge(*texts)], samples_per_prompt)
+            known = [x for x in judged if math.isfinite(x)]
+            extra["judge_score"] = sum(known) / len(known) if known else float("nan")
+        return PolicyEvaluation(mean_reward=sum(scores) / max(1, len(scores)), kl=kl,
+                                prompt_rewards=per_prompt_means(scores, samples_per_prompt),
+                                prompt_judge_scores=judged, extra=extra)
 
     def save_policy(self, out_dir: Path) -> None:
         self.trainer.save_policy(out_dir)

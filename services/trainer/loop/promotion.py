@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from services.trainer import trainer_metrics as tm
+from services.trainer import metrics as tm
 from shared import events
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.kafka_io import produce_event

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.simulation import version_sort_key
+from demo.simulation import version_sort_key
 
 
 @dataclass

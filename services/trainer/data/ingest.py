@@ -21,8 +21,8 @@ import time
 from collections import Counter as Tally
 from dataclasses import dataclass
 
-from services.trainer import trainer_metrics as tm
-from services.trainer.ledger import FeedbackLedger
+from services.trainer import metrics as tm
+from services.trainer.data.ledger import FeedbackLedger
 from shared import events, metrics
 from shared.events import ConsumedEvent
 from shared.feedback_rules import FeedbackLimits, validating_feedback_handler

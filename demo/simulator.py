@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
-from shared.simulation import (
+from demo.simulation import (
     Answer,
     PreferenceFunction,
     SimulationStats,
@@ -26,7 +26,7 @@ from shared.simulation import (
     react,
     weighted_axes_utility,
 )
-from shared.world import build_prompts, judge
+from demo.world import build_prompts, judge
 
 # Errors worth waiting out (the policy is swapping versions, a queue is full,
 # a service is restarting); anything else is still counted and retried, but

@@ -1,23 +1,24 @@
 """Online reward-model updates from the ledger's comparisons.
 
 When enough new comparisons have arrived, the current reward version is
-fine-tuned on them (Bradley-Terry, services.trainer.reward_training), and the
+fine-tuned on them (Bradley-Terry, services.trainer.supervised.reward_training), and the
 result is kept only if its pairwise accuracy on held-out pairs does not fall
 more than ``tolerance`` below the current version's on the same pairs. The
-held-out pairs are a stable slice of the ledger's comparisons (chosen by a
-hash, so a pair is never trained on later) plus the world's held-out pairs,
-which guard against forgetting what the bootstrap taught.
+held-out pairs are the comparisons of the gate's held-out prompts
+(services.trainer.loop.heldout: a hash slice, so a pair is never trained on
+later), and no reward version is promoted before there are
+``min_heldout_pairs`` of them.
 """
 
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from services.trainer.ledger import Comparison
+from services.trainer.data.ledger import Comparison
+from services.trainer.loop.heldout import HeldoutSplit
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ class RewardUpdateSettings:
     lr: float = 2e-5  # gentler than the bootstrap's 1e-4: this is fine-tuning a trained model
     head_lr: float = 2e-4
     trainable_layers: int = 2
-    heldout_one_in: int = 5  # one comparison in five is held out for evaluation
-    max_world_pairs: int = 64
+    min_heldout_pairs: int = 20  # held-out comparisons needed before a promotion
 
 
 @dataclass(frozen=True)
@@ -45,35 +45,31 @@ class RewardCandidate:
     metrics: dict[str, float]
 
 
-def is_heldout(pair: Comparison | Pair, one_in: int) -> bool:
-    """Stable split by content, so a held-out pair is never trained on later."""
-    prompt, chosen, rejected = (pair.prompt, pair.chosen, pair.rejected) if isinstance(pair, Comparison) else pair
-    return zlib.crc32(f"{prompt}\x00{chosen}\x00{rejected}".encode()) % one_in == 0
-
-
 def as_pairs(comparisons: Sequence[Comparison]) -> list[Pair]:
     return [(c.prompt, c.chosen, c.rejected) for c in comparisons]
 
 
 def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_comparisons: Sequence[Comparison],
-                        all_comparisons: Sequence[Comparison], world_pairs: Sequence[Pair],
+                        all_comparisons: Sequence[Comparison], split: HeldoutSplit,
                         threads: int = 2, should_stop: Callable[[], bool] | None = None) -> RewardCandidate:
     """Fine-tune the current reward version; promote it through ``promoter`` if it holds up.
     Returns reason "interrupted" (nothing stored) when ``should_stop`` fires."""
     import torch
 
-    from services.trainer.reward_training import TrainingInterrupted, train_reward_model
+    from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
     from shared.reward_model import export_onnx, load_reward_model, pairwise_accuracy, save_reward_model
 
     torch.set_num_threads(threads)
-    train = [p for p in as_pairs(new_comparisons) if not is_heldout(p, settings.heldout_one_in)]
-    heldout = [p for p in as_pairs(all_comparisons) if is_heldout(p, settings.heldout_one_in)]
-    heldout += list(world_pairs[: settings.max_world_pairs])
+    train = split.split_pairs(as_pairs(new_comparisons), lambda pair: pair[0])[0]
+    heldout = split.split_pairs(as_pairs(all_comparisons), lambda pair: pair[0])[1]
     current = store.current("reward")
     if not train or current is None:
         return RewardCandidate("", False, "no_training_pairs" if current else "no_current_version", {})
+    if len(heldout) < settings.min_heldout_pairs:
+        # Not trained yet: the same comparisons are used once enough held-out ones exist.
+        return RewardCandidate("", False, "heldout_too_small", {"heldout_pairs": float(len(heldout))})
     model, tokenizer = load_reward_model(store.open_version("reward", current))
-    current_accuracy = pairwise_accuracy(model, tokenizer, heldout) if heldout else float("nan")
+    current_accuracy = pairwise_accuracy(model, tokenizer, heldout)
     trainable = min(settings.trainable_layers, model.n_layers)
     try:
         train_metrics = train_reward_model(
@@ -84,10 +80,10 @@ def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_com
         log.info("reward update interrupted", extra={"why": str(exc)})
         return RewardCandidate("", False, "interrupted", {})
     model.requires_grad_(False)
-    accuracy = pairwise_accuracy(model, tokenizer, heldout) if heldout else float("nan")
+    accuracy = pairwise_accuracy(model, tokenizer, heldout)
     metrics = {**train_metrics, "pairwise_accuracy": accuracy, "previous_pairwise_accuracy": current_accuracy,
                "heldout_pairs": float(len(heldout)), "new_comparisons": float(len(new_comparisons))}
-    if heldout and accuracy < current_accuracy - settings.tolerance:
+    if accuracy < current_accuracy - settings.tolerance:
         log.warning("reward candidate discarded: held-out accuracy dropped",
                     extra={"accuracy": accuracy, "current_accuracy": current_accuracy, "current": current})
         return RewardCandidate("", False, "accuracy_dropped", metrics)

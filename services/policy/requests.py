@@ -1,0 +1,120 @@
+"""The policy engine's request types, shared by the scheduler (engine.py), the
+batched decoder (batcher.py) and the gRPC servicer (server.py).
+
+Kept in their own module, as vLLM keeps its request types apart from the
+engine core, so the engine and the decoder import these and never each other's
+internals. No torch and no grpc here.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from services.policy import metrics as pm
+from services.policy.sampling import SamplingSpec
+
+
+class FinishReason(enum.Enum):
+    EOS = "eos"
+    LENGTH = "length"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    index: int
+    generation_id: str
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    index: int
+    generation_id: str
+    text_delta: str
+    finish_reason: FinishReason | None
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request_id: str
+    model_version: str
+    prompt_tokens: int
+    sequences: list[SequenceResult]
+
+
+@dataclass
+class GenerationHandle:
+    """One submitted request: the caller waits on it; the scheduler fills it."""
+
+    prompt: str
+    spec: SamplingSpec
+    stream: bool
+    request_id: str
+    prompt_ids: list[int]
+    tokenized_by: str  # model version whose tokenizer produced prompt_ids
+    generation_ids: list[str]
+    submitted_at: float = field(default_factory=time.perf_counter)
+    model_version: str = ""
+    first_token_at: float | None = None
+    results: dict[int, SequenceResult] = field(default_factory=dict)
+    error: BaseException | None = None
+    cancelled: bool = False
+    _done: threading.Event = field(default_factory=threading.Event)
+    _chunks: "queue.SimpleQueue[StreamChunk | None]" = field(default_factory=queue.SimpleQueue)
+
+    def cancel(self) -> None:
+        """The caller went away: stop spending tokens on it."""
+        self.cancelled = True
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if self.error is not None:
+            raise self.error
+        return GenerationResult(self.request_id, self.model_version, len(self.prompt_ids),
+                                [self.results[i] for i in sorted(self.results)])
+
+    def chunks(self) -> Iterator[StreamChunk]:
+        """Text deltas as they are decoded (streaming handles only)."""
+        while True:
+            chunk = self._chunks.get()
+            if chunk is None:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield chunk
+
+    # --- called by the scheduler thread ----------------------------------
+    def emit(self, chunk: StreamChunk) -> None:
+        if self.stream:
+            self._chunks.put(chunk)
+
+    def finish_sequence(self, result: SequenceResult) -> None:
+        self.results[result.index] = result
+        if len(self.results) == self.spec.num_return_sequences:
+            self._complete()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self.error = error
+            self._complete()
+
+    def _complete(self) -> None:
+        self._done.set()
+        self._chunks.put(None)
+        if self.error is None:
+            pm.E2E_REQUEST_LATENCY.observe(time.perf_counter() - self.submitted_at)

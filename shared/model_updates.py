@@ -1,0 +1,104 @@
+"""Follow rlhf.model-updates.v1 and hot-swap a replica to the version to serve.
+
+One follower for every kind of replica (policy and reward): each replica reads
+every update (no consumer group, from the end of the topic). The consumer
+thread only records the wanted version; a loader thread loads it and swaps,
+so a slow load never stalls the consumer, and when several updates arrive
+during one load only the latest is loaded next.
+
+The version loaded is the store's CURRENT (:meth:`ModelStore.version_to_serve`),
+not blindly the one the event names: CURRENT moves before an event is
+published, so a stale or reordered event cannot move a replica back. A load
+that fails (corrupt files, a manifest that does not match the event) is
+logged and counted, and the replica keeps serving what it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from shared import events, metrics
+from shared.events import ConsumedEvent
+from shared.kafka_io import ConsumerSettings, EventConsumerLoop
+from shared.model_store import ModelStore
+from shared.proto.rlhf.v1 import common_pb2, events_pb2
+
+log = logging.getLogger(__name__)
+
+_KIND_ENUMS = {"policy": common_pb2.MODEL_KIND_POLICY, "reward": common_pb2.MODEL_KIND_REWARD}
+
+# load(version, manifest_sha256): build the version and swap it in (raise to refuse it).
+LoadFn = Callable[[str, str], None]
+
+
+class ModelUpdateFollower:
+    def __init__(self, kind: str, store: ModelStore, load: LoadFn, serving_version: Callable[[], str | None],
+                 bootstrap: str, *, client_id: str = "", kafka_options: dict | None = None):
+        if kind not in _KIND_ENUMS:
+            raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_KIND_ENUMS)}")
+        self.kind, self.store, self._load, self._serving = kind, store, load, serving_version
+        self.loop = EventConsumerLoop(
+            ConsumerSettings(bootstrap=bootstrap, topics={events.MODEL_UPDATES_TOPIC: events_pb2.ModelUpdateEvent},
+                             group_id=None, from_beginning=False, client_id=client_id or f"rlhf-{kind}-updates",
+                             extra=dict(kafka_options or {})),
+            self.on_update)
+        self._wanted: tuple[str, str] | None = None  # (version, manifest sha256)
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def ready(self) -> threading.Event:
+        """Set once the consumer is positioned at the end of the topic."""
+        return self.loop.ready
+
+    def on_update(self, event: ConsumedEvent) -> None:
+        update = event.message
+        if update.kind != _KIND_ENUMS[self.kind]:
+            return
+        log.info("model update received", extra={"kind": self.kind, "version": update.version,
+                                                 "action": update.action})
+        with self._cond:
+            self._wanted = (update.version, update.manifest_sha256)
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._threads = [self.loop.start(self._stop, name=f"{self.kind}-updates"),
+                         threading.Thread(target=self._load_wanted, name=f"{self.kind}-loader", daemon=True)]
+        self._threads[1].start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _load_wanted(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while self._wanted is None and not self._stop.is_set():
+                    self._cond.wait(timeout=0.5)
+                wanted, self._wanted = self._wanted, None
+            if wanted is not None:
+                self.apply(*wanted)
+
+    def apply(self, announced: str, announced_sha256: str) -> None:
+        """Serve what CURRENT names after an update announcing ``announced``."""
+        version = announced
+        try:
+            version, sha = self.store.version_to_serve(self.kind, announced, announced_sha256)
+            if version != announced:
+                log.warning("stale model update; serving CURRENT instead",
+                            extra={"kind": self.kind, "announced": announced, "current": version})
+            if version == self._serving():
+                return  # redelivery, a stale event, or we started on it: idempotent
+            self._load(version, sha)
+        except Exception as exc:  # noqa: BLE001 - keep serving the old version
+            metrics.MODEL_SWAPS.labels(self.kind, "failed").inc()
+            log.error("cannot swap model version; still serving the previous one",
+                      extra={"kind": self.kind, "version": version, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        metrics.MODEL_SWAPS.labels(self.kind, "ok").inc()
