@@ -21,6 +21,7 @@ from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import BufferedEventPublisher
 from shared.logs import request_id_var
 from shared.model_store import ModelStore
+from shared.model_updates import ModelUpdateFollower
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
