@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test protos bench clean
+.PHONY: install demo test test-fast lint protos bench clean
 
 install: $(STAMP)
 
@@ -18,8 +18,18 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/rlhf demo
 
-test: install
+# Lint, format check and types first (seconds), then every test.
+test: install lint
 	$(PY) -m pytest -q
+
+# The quick loop while editing: lint, types, unit tests and the tests not marked slow.
+test-fast: install lint
+	$(PY) -m pytest -q -m "not slow" tests/unit tests/integration
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 protos: install
 	$(PY) -m shared.protogen

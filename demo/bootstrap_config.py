@@ -39,64 +39,67 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from shared.config import check, setting
+
 
 @dataclass(frozen=True)
 class BootstrapConfig:
     """Hyperparameters of pre-training, SFT, reward-model training and eval."""
 
     # --- world and machine ---
-    seed: int = 0                       # seeds the world split, data and every training run
-    heldout_fraction: float = 0.25      # share of prompt phrasings kept for eval only
-    torch_threads: int = 2              # intra-op threads for MiniLM; the demo machine has 2 cores
-    lm_torch_threads: int = 1           # for the tiny GPT-2: its matmuls gain little from a second
-                                        # thread, and one thread does not thrash (OpenMP spin-waits)
-                                        # when another process holds a core: 5.5 vs 0.4 steps/s seen
+    seed: int = setting(0, "seeds the world split, data and every training run")
+    heldout_fraction: float = setting(0.25, "share of prompt phrasings kept for eval only")
+    torch_threads: int = setting(2, "intra-op threads for MiniLM; the demo machine has 2 cores")
+    lm_torch_threads: int = setting(
+        1, "for the tiny GPT-2: its matmuls gain little from a second thread, and one thread does not thrash "
+        "(OpenMP spin-waits) when another process holds a core: 5.5 vs 0.4 steps/s seen")
 
     # --- step 1: tokenizer + pre-training ---
-    vocab_size: int = 1024              # BPE vocabulary (the world's text needs few merges)
-    n_layer: int = 3
-    n_head: int = 4
-    n_embd: int = 128
-    n_positions: int = 128              # context: prompt (~20 tokens) + response (<= 40)
-    pretrain_dialogues_per_prompt: int = 8   # mixed-quality dialogues per training prompt
-    style_flaw_probability: float = 0.35     # chance of rude / unsafe / rambling in a pre-training dialogue
-    content_flaw_probability: float = 0.1    # chance of off-topic / wrong: kept low so the base
-                                             # model learns to answer the question it was asked
-    statement_repeats: int = 10         # passes of plain world statements in the corpus
-    statement_wrong_fraction: float = 0.1    # share of those statements that are wrong
-    pretrain_steps: int = 700
-    pretrain_batch_size: int = 16
-    pretrain_seq_len: int = 128         # tokens per packed training window
-    pretrain_lr: float = 2e-3
-    warmup_steps: int = 30              # linear warm-up, then cosine decay (all LM steps)
+    vocab_size: int = setting(1024, "BPE vocabulary (the world's text needs few merges)")
+    n_layer: int = setting(3, "transformer blocks of the tiny GPT-2")
+    n_head: int = setting(4, "attention heads per block")
+    n_embd: int = setting(128, "hidden size (~0.7M parameters in all)")
+    n_positions: int = setting(128, "context: prompt (~20 tokens) + response (<= 40)")
+    pretrain_dialogues_per_prompt: int = setting(8, "mixed-quality dialogues per training prompt")
+    style_flaw_probability: float = setting(0.35, "chance of rude / unsafe / rambling in a pre-training dialogue")
+    content_flaw_probability: float = setting(
+        0.1, "chance of off-topic / wrong: kept low so the base model learns to answer the question it was asked")
+    statement_repeats: int = setting(10, "passes of plain world statements in the corpus")
+    statement_wrong_fraction: float = setting(0.1, "share of those statements that are wrong")
+    pretrain_steps: int = setting(700, "optimizer steps of pre-training")
+    pretrain_batch_size: int = setting(16, "packed windows per pre-training step")
+    pretrain_seq_len: int = setting(128, "tokens per packed training window")
+    pretrain_lr: float = setting(2e-3, "peak AdamW learning rate of pre-training")
+    warmup_steps: int = setting(30, "linear warm-up, then cosine decay (all LM steps)")
 
     # --- step 2: SFT ---
-    sft_demos_per_prompt: int = 1       # good demonstrations per training prompt
-    sft_steps: int = 8                  # short on purpose: leaves headroom for PPO (see above)
-    sft_batch_size: int = 16
-    sft_lr: float = 1e-3
+    sft_demos_per_prompt: int = setting(1, "good demonstrations per training prompt")
+    sft_steps: int = setting(8, "short on purpose: leaves headroom for PPO (see above)")
+    sft_batch_size: int = setting(16, "demonstrations per SFT step")
+    sft_lr: float = setting(1e-3, "AdamW learning rate of SFT")
 
     # --- step 3: reward model ---
-    reward_pairs_per_prompt: int = 8    # (chosen, rejected) pairs per training prompt
-    reward_steps: int = 120             # held-out accuracy is ~97% by 200 steps, >90% well before
-    reward_batch_size: int = 16         # pairs per step
-    reward_lr: float = 1e-4             # encoder layers
-    reward_head_lr: float = 1e-3        # the fresh scalar head learns faster
-    reward_max_length: int = 64         # tokens per (question, response) pair
-    reward_trainable_layers: int = 2    # top MiniLM layers trained; the rest frozen
-    reward_strip_frame: bool = True     # score the bare question: the world's "User:"/"Assistant:"
-                                        # frame is stripped (recorded in the reward model's config)
-    reward_eval_pairs_per_prompt: int = 6    # held-out pairs per held-out prompt
-    reward_degenerate_fraction: float = 0.3  # share of pairs whose rejected side is filler with no
-                                             # answer (world.degenerate_response): without them PPO
-                                             # games the reward model with "Sure! Good luck!"
+    reward_pairs_per_prompt: int = setting(8, "(chosen, rejected) pairs per training prompt")
+    reward_steps: int = setting(120, "held-out accuracy is ~97% by 200 steps, >90% well before")
+    reward_batch_size: int = setting(16, "pairs per step")
+    reward_lr: float = setting(1e-4, "encoder layers")
+    reward_head_lr: float = setting(1e-3, "the fresh scalar head learns faster")
+    reward_max_length: int = setting(64, "tokens per (question, response) pair")
+    reward_trainable_layers: int = setting(2, "top MiniLM layers trained; the rest frozen")
+    reward_strip_frame: bool = setting(
+        True, "score the bare question: the world's \"User:\"/\"Assistant:\" frame is stripped (recorded in the "
+        "reward model's config)")
+    reward_eval_pairs_per_prompt: int = setting(6, "held-out pairs per held-out prompt")
+    reward_degenerate_fraction: float = setting(
+        0.3, "share of pairs whose rejected side is filler with no answer (world.degenerate_response): without "
+        "them PPO games the reward model with \"Sure! Good luck!\"")
 
     # --- evaluation (base vs SFT, written to the manifests) ---
-    eval_samples_per_prompt: int = 8    # sampled responses per held-out prompt (~400 in all)
-    eval_max_new_tokens: int = 40
-    eval_temperature: float = 1.0       # the distribution PPO will optimise
-    eval_top_k: int = 0                 # 0 = no top-k truncation
-    eval_top_p: float = 1.0
+    eval_samples_per_prompt: int = setting(8, "sampled responses per held-out prompt (~400 in all)")
+    eval_max_new_tokens: int = setting(40, "longest sampled response at evaluation")
+    eval_temperature: float = setting(1.0, "the distribution PPO will optimise")
+    eval_top_k: int = setting(0, "0 = no top-k truncation")
+    eval_top_p: float = setting(1.0, "nucleus mass at evaluation (1.0 = off)")
 
     def pretrain_flaw_probabilities(self) -> dict[str, float]:
         style, content = self.style_flaw_probability, self.content_flaw_probability
@@ -120,15 +123,12 @@ class BootstrapConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def __post_init__(self) -> None:
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.pretrain_seq_len > self.n_positions:
-            raise ValueError("pretrain_seq_len must not exceed n_positions")
+        check(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
+        check(self.n_embd % self.n_head == 0, "n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        check(self.pretrain_seq_len <= self.n_positions, "pretrain_seq_len",
+              f"({self.pretrain_seq_len}) must not exceed n_positions ({self.n_positions})")
         for name in ("pretrain_steps", "sft_steps", "reward_steps", "eval_samples_per_prompt"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 
 def reduced_config(**overrides) -> BootstrapConfig:
