@@ -1,7 +1,9 @@
-"""Helpers the tests share: read a topic from the start, wait for a condition."""
+"""Helpers the tests share: read a topic from the start, wait for a condition, find free service ports."""
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 
 from kafka import KafkaConsumer, TopicPartition
@@ -42,3 +44,27 @@ def read_topic(bootstrap: str, topic: str, message_cls, *, timeout_s: float = 5.
         return out
     finally:
         consumer.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))  # as the services bind
+        except OSError:
+            return False
+        return True
+
+
+def free_port_offset() -> int:
+    """An offset at which every service's gRPC and metrics port (rlhf_cli.stack) is
+    free. The range puts the gRPC ports above and the metrics ports below Linux's
+    ephemeral range (32768-60999), so no client connection can take them
+    between this check and the services binding them."""
+    from rlhf_cli.stack import SERVICE_PORTS
+
+    candidates = list(range(10950, 15480, 7))
+    random.Random().shuffle(candidates)
+    for offset in candidates:
+        if all(_port_free(p + offset) for pair in SERVICE_PORTS.values() for p in pair):
+            return offset
+    raise RuntimeError("no free port offset")

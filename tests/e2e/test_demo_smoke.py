@@ -7,42 +7,19 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 from pathlib import Path
 
 import pytest
 
-from rlhf_cli.stack import SERVICE_PORTS, available_services
+from rlhf_cli.stack import available_services
 from shared import events
 from shared.proto.rlhf.v1 import events_pb2
-from tests.helpers import read_topic
+from tests.helpers import free_port_offset, read_topic
 
 NEEDED = ("reward", "policy", "feedback")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not set(NEEDED) <= set(available_services()),
-    reason=f"needs services {NEEDED}; this checkout has {available_services()}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", port))  # as the services bind
-        except OSError:
-            return False
-        return True
-
-
-def free_port_offset() -> int:
-    """An offset at which every service's gRPC and metrics port is free. The
-    range puts the gRPC ports above and the metrics ports below Linux's
-    ephemeral range (32768-60999), so no client connection can take them
-    between this check and the services binding them."""
-    candidates = list(range(10950, 15480, 7))
-    random.Random().shuffle(candidates)
-    for offset in candidates:
-        if all(_port_free(p + offset) for pair in SERVICE_PORTS.values() for p in pair):
-            return offset
-    raise RuntimeError("no free port offset")
+    reason=f"needs services {NEEDED}; this checkout has {available_services()}")]
 
 
 @pytest.fixture(scope="module")

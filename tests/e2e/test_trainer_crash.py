@@ -33,6 +33,9 @@ from tests.helpers import wait_until
 REPO = Path(__file__).resolve().parents[2]
 QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "How do I water a plant?"]
 
+# Real trainer processes, killed and restarted: tens of seconds.
+pytestmark = pytest.mark.slow
+
 
 class ThreeWordReward(reward_pb2_grpc.RewardServiceServicer):
     def ScoreBatch(self, request, context):

@@ -10,6 +10,9 @@ from demo.bootstrap import CACHE_DIR, DIGEST_NOTE, BootstrapError, run_bootstrap
 from demo.bootstrap_config import reduced_config
 from shared.model_store import ModelStore
 
+# The bootstrap builds real (small) models: ~20 s before the first test.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory):

@@ -20,6 +20,7 @@ def weights(text: bytes):
     return fill
 
 
+@pytest.mark.slow  # a second broker stopped and restarted: ~15 s
 def test_unacknowledged_update_is_republished_not_duplicated(tmp_path):
     store = ModelStore(tmp_path)
     store.write_version("policy", weights(b"v1"))

@@ -182,6 +182,7 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
 
     # Until traffic has given the gate its held-out prompts, a candidate trains on but is not promoted.
     # (The session's broker also carries other tests' prompts: count from what is there.)
+    server.online.config = dataclasses.replace(server.config, gate_prompts=0)  # count them all
     before = server.online.heldout_status()["gate_prompts"]
     server.online.config = dataclasses.replace(server.config, gate_min_prompts=before + 2, gate_prompts=0)
     assert server.online.heldout_status()["waiting_for"].startswith("2 more held-out prompts")
@@ -289,4 +290,6 @@ def test_the_gate_prompts_are_never_trained_on(trainer, producer, unique_name):
     trained = set(prompts) | {p for p, _ in demos}
     assert PROMPT_FRAME.format(question=trained_on) in trained
     assert not any(held_out in p for p in trained)
-    assert PROMPT_FRAME.format(question=held_out) in server.online._gate_prompts()
+    with server.online._ledger_lock:
+        seen = server.online.ledger.distinct_prompts()
+    assert PROMPT_FRAME.format(question=held_out) in server.online.split.heldout(seen)
