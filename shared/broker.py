@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import subprocess
+from typing import IO
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.log_path = Path(log_path) if log_path else None
         self._proc: subprocess.Popen | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -66,7 +67,7 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
-        out = subprocess.DEVNULL
+        out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_path:
             self._log_file = open(self.log_path, "ab")
             out = self._log_file

@@ -79,7 +79,7 @@ def _flag_fields(cls: type, prefix: str = "", env_prefix: str | None = None, exc
         yield prefix + f.name, f, hints[f.name], var
 
 
-def _build(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
+def _build(cls: Any, values: dict[str, Any], prefix: str = "") -> Any:
     """``cls`` from flat ``values`` (dest -> value); a nested config's refusal names the outer flag."""
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -128,7 +128,8 @@ def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | 
                 values[dest] = _converter(tp)(os.environ[var])
             except ValueError as exc:
                 raise ConfigError(f"{var}={os.environ[var]!r}: {exc}") from exc
-    return _build(cls, values)
+    config: C = _build(cls, values)
+    return config
 
 
 def config_summary(config: Any) -> dict[str, Any]:

@@ -237,6 +237,7 @@ class EventConsumerLoop:
 
     def _poll_until(self, stop: threading.Event) -> None:
         consumer = self._consumer
+        assert consumer is not None, "run() connects before polling"
         group = self.settings.group_id or ""
         # Label lookups cost microseconds each; at tens of thousands of events
         # a second they are resolved once per topic and counted per batch.

@@ -23,7 +23,7 @@ def run_service(config_cls: type, name: str, build: Callable[[Any], Any], argv: 
                 *, serve_metrics: bool = True) -> int:
     """Run a service until signalled; returns the process exit code (2: bad config, 1: failed start)."""
     try:
-        config = load_config(config_cls, argv, prog=f"python -m services.{name}")
+        config: Any = load_config(config_cls, argv, prog=f"python -m services.{name}")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

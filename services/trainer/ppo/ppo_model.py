@@ -38,7 +38,7 @@ class PolicyWithValue(nn.Module):
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         self.lm = lm
-        hidden_size = lm.config.hidden_size
+        hidden_size = int(getattr(lm, "config").hidden_size)  # a PreTrainedModel's config (nn.Module is untyped here)
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
