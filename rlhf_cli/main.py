@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "broker_cmd",
     "up_cmd",
     "bootstrap_cmd",
+    "sft_cmd",
+    "train_reward_cmd",
     "eval_cmd",
     "simulate_cmd",
     "demo_cmd",
