@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "simulate_cmd",
     "demo_cmd",
     "status_cmd",
+    "promote_cmd",
     "rollback_cmd",
 ]
 

@@ -26,15 +26,20 @@ def run(args) -> int:
     kind = common_pb2.MODEL_KIND_POLICY if args.kind == "policy" else common_pb2.MODEL_KIND_REWARD
     request = trainer_pb2.RollbackRequest(kind=kind, to_version=args.to_version,
                                           reason=args.reason or "rlhf rollback")
-    update, error = call_trainer(args, "Rollback", request)
+    return send_model_update(args, "Rollback", request, "rolled back")
+
+
+def send_model_update(args, method: str, request, done: str) -> int:
+    """Call TrainerService.``method`` (Promote or Rollback) and report the ModelUpdateEvent it published."""
+    update, error = call_trainer(args, method, request)
     if error:
-        print(f"rlhf rollback: {error}")
+        print(f"rlhf {method.lower()}: {error}")
         return 2
     if args.json:
         print(json.dumps(to_dict(update), indent=2, sort_keys=True))
         return 0
     from rich.console import Console
 
-    Console().print(f"[bold]{args.kind}[/bold] rolled back: {update.previous_version} -> "
+    Console().print(f"[bold]{args.kind}[/bold] {done}: {update.previous_version or '-'} -> "
                     f"[bold]{update.version}[/bold] (event {update.event_id}); replicas are swapping")
     return 0

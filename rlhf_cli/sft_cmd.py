@@ -69,11 +69,11 @@ def print_result(command: str, result, rows: list[tuple[str, str, str]]) -> None
             print(f"  {label}: {before:{fmt}} -> {after:{fmt}}")
     if result.is_current:
         print(f"{result.kind} {result.version} is now CURRENT in the store: replicas load it when they (re)start; "
-              f"with the trainer running, `rlhf rollback {result.kind} --to {result.version}` also tells running "
+              f"with the trainer running, `rlhf promote {result.kind} {result.version}` also tells running "
               "replicas to swap now")
     else:
         print(f"{result.kind} {result.version} is stored but not served. To serve it, with the trainer running: "
-              f"`rlhf rollback {result.kind} --to {result.version}` (replicas swap live). Next time, "
+              f"`rlhf promote {result.kind} {result.version}` (replicas swap live). Next time, "
               f"`{command} --set-current` makes the new version CURRENT as it is written")
 
 

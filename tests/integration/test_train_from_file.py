@@ -109,7 +109,7 @@ def test_sft_writes_policy_v2_with_heldout_metrics_and_provenance(policy_store, 
         "steps": 12, "batch_size": 4, "lr": 3e-3, "max_length": 128, "seed": 0, "heldout_fraction": 0.2}
     assert "model.safetensors" in manifest.files and "tokenizer.json" in manifest.files
     assert "policy v2 written (from v1" in out and "held-out response loss" in out and "->" in out
-    assert "rlhf rollback policy --to v2" in out
+    assert "rlhf promote policy v2" in out
 
     from shared.policy_eval import load_policy
 
