@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from shared.prompting import encode_prompt
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class SamplingSettings:
 @dataclass(frozen=True)
 class Sample:
     prompt: str                # the prompt text as sampled
-    prompt_ids: list[int]
+    prompt_ids: list[int]      # encode_prompt(prompt): the ids serving would feed the model
     response_ids: list[int]    # generated tokens, up to and including EOS if produced
     text: str                  # decoded response, special tokens removed
 
@@ -53,35 +54,51 @@ def load_policy(model_dir: str | Path):
     return model, tokenizer
 
 
+def left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask), (B, longest row), rows aligned to the right:
+    batched generation continues every row from its last real token."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings) -> list[Sample]:
-    """``settings.samples_per_prompt`` sampled responses per prompt."""
+    """``settings.samples_per_prompt`` sampled responses per prompt, each prompt
+    encoded exactly as serving encodes it (shared.prompting.encode_prompt)."""
     torch.manual_seed(settings.seed)
+    encoded = {p: encode_prompt(tokenizer, p) for p in prompts}
     expanded = [p for p in prompts for _ in range(settings.samples_per_prompt)]
     eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     out: list[Sample] = []
     for start in range(0, len(expanded), settings.batch_size):
         chunk = expanded[start : start + settings.batch_size]
-        enc = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=False)
+        input_ids, attention_mask = left_padded([encoded[p] for p in chunk], pad)
         generated = model.generate(
-            **enc,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             do_sample=True,
             temperature=settings.temperature,
             top_k=settings.top_k,
             top_p=settings.top_p,
             max_new_tokens=settings.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad,
             eos_token_id=eos,
         )
-        width = enc["input_ids"].shape[1]
+        width = input_ids.shape[1]
         for row, prompt in enumerate(chunk):
             ids = generated[row, width:].tolist()
             if eos in ids:
                 ids = ids[: ids.index(eos) + 1]
-            ids = [t for t in ids if t != tokenizer.pad_token_id]
-            prompt_ids = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
+            if pad != eos:  # a pad sampled before EOS is not part of the answer
+                ids = [t for t in ids if t != pad]
             text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            out.append(Sample(prompt, prompt_ids, ids, text))
+            out.append(Sample(prompt, list(encoded[prompt]), ids, text))
     return out
 
 

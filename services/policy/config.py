@@ -41,6 +41,8 @@ class PolicyConfig(ServiceConfig):
                                       env=env.MAX_NEW_TOKENS_CAP)
     max_return_sequences: int = setting(4, "largest num_return_sequences a request may ask for",
                                         env=env.MAX_RETURN_SEQUENCES)
+    max_chat_messages: int = setting(256, "most chat messages a request may send (its rendered prompt must also "
+                                          "fit the context window)", env=env.POLICY_MAX_CHAT_MESSAGES)
     default_max_new_tokens: int = setting(64, "max_new_tokens when a request leaves it unset",
                                           env=env.POLICY_DEFAULT_MAX_NEW_TOKENS)
     default_temperature: float = setting(1.0, "temperature when a request leaves it unset (0 = greedy)",
@@ -66,6 +68,7 @@ class PolicyConfig(ServiceConfig):
         check(self.default_temperature >= 0, "default_temperature", f"must be >= 0, got {self.default_temperature}")
         check(0 < self.default_top_p <= 1, "default_top_p", f"must be in (0, 1], got {self.default_top_p}")
         check(self.default_top_k >= 0, "default_top_k", f"must be >= 0, got {self.default_top_k}")
+        check(self.max_chat_messages >= 1, "max_chat_messages", f"must be >= 1, got {self.max_chat_messages}")
         check(self.event_buffer >= 1, "event_buffer", f"must be >= 1, got {self.event_buffer}")
         check(bool(self.model_dir or self.model_store), "model_dir",
               "set --model-dir or --model-store so there is a model to serve")
@@ -91,4 +94,5 @@ class PolicyConfig(ServiceConfig):
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(max_batch_size=self.max_batch_size, batch_wait_s=self.batch_wait_ms / 1000.0,
                               max_queue=self.max_queue, thread_choices=self.thread_choices,
-                              continuous_batching=self.continuous_batching)
+                              continuous_batching=self.continuous_batching,
+                              max_chat_messages=self.max_chat_messages)

@@ -16,6 +16,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.policy import metrics as pm
@@ -25,6 +26,7 @@ from services.policy.requests import GenerationHandle
 from services.policy.sampling import SamplingSpec
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
 from shared.events import new_id
+from shared.prompting import ChatMessage, PromptError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class EngineSettings:
     thread_choices: tuple[int, ...] = ()
     # Let requests join a running batch between steps (see batcher.py).
     continuous_batching: bool = True
+    # Most messages a chat request may send.
+    max_chat_messages: int = 256
 
 
 class GenerationEngine:
@@ -78,28 +82,44 @@ class GenerationEngine:
         log.info("model swapped", extra={"from_version": previous, "to_version": bundle.version})
         return previous
 
-    def tokenize_prompt(self, bundle: ModelBundle, prompt: str, spec: SamplingSpec) -> list[int]:
-        """Tokenize and check the prompt fits the context window; raises InvalidArgument."""
-        require(bool(prompt), "prompt", "must not be empty")
-        ids = bundle.encode(prompt)
-        require(bool(ids), "prompt", "encodes to no tokens")
+    def prompt_text(self, bundle: ModelBundle, prompt: str, messages: Sequence[ChatMessage]) -> tuple[str, str]:
+        """(text to encode, request field it came from): ``prompt`` as is, or
+        ``messages`` rendered with ``bundle``'s chat template. Exactly one must be set."""
+        if messages:
+            require(not prompt, "messages", "set either `prompt` (raw text) or `messages` (a chat), not both")
+            try:
+                return bundle.render(messages, self.settings.max_chat_messages), "messages"
+            except PromptError as exc:
+                raise InvalidArgument(exc.field, exc.message) from exc
+        require(bool(prompt), "prompt", "must not be empty (send a raw `prompt` or chat `messages`)")
+        return prompt, "prompt"
+
+    def tokenize_prompt(self, bundle: ModelBundle, prompt: str, spec: SamplingSpec,
+                        messages: Sequence[ChatMessage] = ()) -> tuple[str, list[int]]:
+        """(prompt text, its ids), checked to fit the context window; raises InvalidArgument."""
+        text, field = self.prompt_text(bundle, prompt, messages)
+        ids = bundle.encode(text)
+        require(bool(ids), field, "encodes to no tokens")
         window = bundle.context_window
-        require(len(ids) < window, "prompt",
+        require(len(ids) < window, field,
                 f"is {len(ids)} tokens; the model's context window is {window} tokens "
                 "(prompt plus at least one generated token must fit)")
         if spec.explicit_max_new_tokens:
             require(len(ids) + spec.max_new_tokens <= window, "sampling.max_new_tokens",
                     f"prompt ({len(ids)} tokens) + max_new_tokens ({spec.max_new_tokens}) exceeds the "
                     f"context window of {window} tokens")
-        return ids
+        return text, ids
 
-    def submit(self, prompt: str, spec: SamplingSpec, *, stream: bool = False, request_id: str = "") -> GenerationHandle:
-        """Queue a request; raises InvalidArgument, ResourceExhausted or Unavailable."""
+    def submit(self, prompt: str, spec: SamplingSpec, *, messages: Sequence[ChatMessage] = (), stream: bool = False,
+               request_id: str = "") -> GenerationHandle:
+        """Queue a request for a raw ``prompt`` or chat ``messages`` (exactly one);
+        raises InvalidArgument, ResourceExhausted or Unavailable."""
         bundle = self._bundle
-        ids = self.tokenize_prompt(bundle, prompt, spec)
+        text, ids = self.tokenize_prompt(bundle, prompt, spec, messages)
         handle = GenerationHandle(
-            prompt=prompt, spec=spec, stream=stream, request_id=request_id or new_id(), prompt_ids=ids,
-            tokenized_by=bundle.version, generation_ids=[new_id() for _ in range(spec.num_return_sequences)])
+            prompt=text, spec=spec, stream=stream, request_id=request_id or new_id(), prompt_ids=ids,
+            tokenized_by=bundle.version, generation_ids=[new_id() for _ in range(spec.num_return_sequences)],
+            messages=tuple(messages))
         with self._cond:
             if self._stopping:
                 raise Unavailable("the policy is shutting down; retry on another replica")
@@ -213,7 +233,9 @@ class GenerationEngine:
     def _retokenize(self, bundle: ModelBundle, handle: GenerationHandle) -> bool:
         """A swap happened after the request was queued: use the new tokenizer."""
         try:
-            handle.prompt_ids = self.tokenize_prompt(bundle, handle.prompt, handle.spec)
+            # A chat is rendered again: the new version's template may differ.
+            raw_prompt = "" if handle.messages else handle.prompt
+            handle.prompt, handle.prompt_ids = self.tokenize_prompt(bundle, raw_prompt, handle.spec, handle.messages)
             handle.tokenized_by = bundle.version
             return True
         except InvalidArgument as exc:

@@ -11,12 +11,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from shared.model_store import ModelStore
+from shared.prompting import ChatMessage, encode_prompt, has_chat_template, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,17 @@ class ModelBundle:
     _encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def encode(self, text: str) -> list[int]:
+        """The prompt's ids, as the trainer encodes it too (shared.prompting.encode_prompt)."""
         with self._encode_lock:
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return encode_prompt(self.tokenizer, text)
+
+    def render(self, messages: Sequence[ChatMessage], max_messages: int | None = None) -> str:
+        """A chat rendered with this version's chat template; raises PromptError."""
+        return render_chat(self.tokenizer, messages, max_messages=max_messages)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return has_chat_template(self.tokenizer)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -17,6 +17,7 @@ from typing import Iterator
 
 from services.policy import metrics as pm
 from services.policy.sampling import SamplingSpec
+from shared.prompting import ChatMessage
 
 
 class FinishReason(enum.Enum):
@@ -57,13 +58,14 @@ class GenerationResult:
 class GenerationHandle:
     """One submitted request: the caller waits on it; the scheduler fills it."""
 
-    prompt: str
+    prompt: str  # the text prompt_ids encode: the raw prompt, or ``messages`` rendered by tokenized_by's template
     spec: SamplingSpec
     stream: bool
     request_id: str
     prompt_ids: list[int]
     tokenized_by: str  # model version whose tokenizer produced prompt_ids
     generation_ids: list[str]
+    messages: tuple[ChatMessage, ...] = ()  # the request's chat; empty for a raw prompt
     submitted_at: float = field(default_factory=time.perf_counter)
     model_version: str = ""
     first_token_at: float | None = None

@@ -22,6 +22,7 @@ from shared.kafka_io import BufferedEventPublisher
 from shared.logs import request_id_var
 from shared.model_store import ModelStore
 from shared.model_updates import ModelUpdateFollower
+from shared.prompting import ChatMessage
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     def _submit(self, request, context, *, stream: bool) -> GenerationHandle:
         spec = spec_from_proto(request.sampling, self.defaults)
-        handle = self._engine().submit(request.prompt, spec, stream=stream, request_id=request_id_var.get())
+        messages = [ChatMessage(m.role, m.content) for m in request.messages]
+        handle = self._engine().submit(request.prompt, spec, messages=messages, stream=stream,
+                                       request_id=request_id_var.get())
         context.add_callback(handle.cancel)  # client gone → stop decoding its rows
         return handle
 
@@ -103,22 +106,28 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             limits={"max_new_tokens": self.defaults.max_new_tokens_cap,
                     "num_return_sequences": self.defaults.max_return_sequences,
                     "context_window": bundle.context_window, "max_batch_size": self.config.max_batch_size,
-                    "max_queue": self.config.max_queue, "max_message_bytes": self.config.max_message_bytes})
+                    "max_queue": self.config.max_queue, "max_message_bytes": self.config.max_message_bytes,
+                    "max_chat_messages": self.config.max_chat_messages},
+            has_chat_template=bundle.has_chat_template)
         if bundle.created_at:
             info.created_at.FromNanoseconds(int(bundle.created_at * 1e9))
         return info
 
     def _publish(self, request, handle: GenerationHandle, sequences: list[SequenceResult]) -> None:
+        """One event per finished sequence. Its prompt is the text that was encoded
+        (a chat rendered by the template of the version that answered), so the
+        trainer rebuilds the exact prompt ids; the messages ride along for apps."""
+        messages = [common_pb2.ChatMessage(role=m.role, content=m.content) for m in handle.messages]
         for seq in sequences:
             if seq.finish_reason is FinishReason.CANCELLED:
                 continue
             event = events_pb2.GenerationEvent(
                 event_id=events.new_id(), generation_id=seq.generation_id, request_id=handle.request_id,
-                prompt=request.prompt, response=seq.text, model_version=handle.model_version,
+                prompt=handle.prompt, response=seq.text, model_version=handle.model_version,
                 sampling=spec_to_proto(handle.spec, seed=seq.seed), created_at=events.now_timestamp(),
                 prompt_tokens=len(handle.prompt_ids), completion_tokens=seq.completion_tokens,
                 finish_reason=_FINISH[seq.finish_reason], sequence_index=seq.index, user_id=request.user_id,
-                metadata=dict(request.metadata))
+                metadata=dict(request.metadata), messages=messages)
             self.publisher.publish(seq.generation_id, event)
 
 

@@ -77,6 +77,7 @@ def test_generate_answers_and_publishes_a_generation_event(stub, broker):
     assert event.request_id == request_id and event.user_id == "u-42" and event.metadata == {"app": "test"}
     assert event.sampling.seed == 5 and event.sampling.max_new_tokens == 12
     assert event.prompt_tokens == response.prompt_tokens
+    assert event.prompt == request.prompt and not event.messages  # a raw prompt is encoded as sent
 
 
 def test_num_return_sequences_gives_one_id_per_sequence(stub):
@@ -132,6 +133,7 @@ def test_model_info(stub, tiny_lm_dir):
     assert info.context_window == 128
     assert info.limits["max_new_tokens"] == 64 and info.limits["num_return_sequences"] == 3
     assert info.default_sampling.max_new_tokens == 64
+    assert not info.has_chat_template  # the tiny GPT-2 has none: `messages` is refused
 
 
 def test_a_reflection_client_can_discover_and_call_generate(channel):
@@ -197,3 +199,16 @@ def test_bad_input_on_stream_is_invalid_argument(stub):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.GenerateStream(request, timeout=10))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_messages_need_a_model_with_a_chat_template(stub):
+    request = policy_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")],
+                                         sampling=common_pb2.SamplingParams(max_new_tokens=4))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Generate(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("messages:") and "no chat template" in info.value.details()
+    request.prompt = "User: hi\nAssistant:"
+    with pytest.raises(grpc.RpcError) as both:
+        stub.Generate(request, timeout=30)
+    assert both.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in both.value.details()

@@ -1,10 +1,10 @@
 """Rollouts: sample responses from the policy and record what PPO needs.
 
 Also builds the PPO-ptx demonstration batches, since both turn text into
-(prompt tokens, response tokens) the same way: the prompt tokenized on its
-own, the response tokenized without special tokens and appended. That is
-exactly what the policy sees when it generates, so a demonstration is
-trained on the token boundaries a rollout would produce.
+(prompt tokens, response tokens) the same way: the prompt encoded as serving
+encodes it (shared.prompting.encode_prompt), the response continuing it with
+the tokens the policy would sample for it. So a demonstration is trained on the
+token boundaries a rollout would produce, and a rollout on the tokens served.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from services.trainer.supervised.sft import encode_demonstration
+from shared.policy_eval import left_padded
+from shared.prompting import encode_prompt, keep_last_tokens
 
 
 @dataclass
@@ -59,17 +61,13 @@ class Rollout:
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
-    """Left-padded prompt ids and mask; long prompts keep their last ``max_length`` tokens."""
-    rows = [tokenizer(p)["input_ids"][-max_length:] for p in prompts]
+    """Left-padded prompt ids and mask, each row encoded exactly as serving
+    encodes the prompt (shared.prompting.encode_prompt); long prompts keep
+    their last ``max_length`` tokens (and a leading BOS)."""
+    rows = [keep_last_tokens(tokenizer, encode_prompt(tokenizer, p), max_length) for p in prompts]
     if any(len(r) == 0 for r in rows):
         raise ValueError("every prompt must tokenize to at least one token")
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
+    return left_padded(rows, tokenizer.pad_token_id)
 
 
 def mask_after_eos(response_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:

@@ -1,8 +1,8 @@
 """Supervised fine-tuning on demonstrations, loss on the response tokens only.
 
 Used by the bootstrap (step 2) and by the online trainer for corrections users
-send. Prompt and response are tokenized separately and concatenated, exactly
-as generation sees them (the prompt alone, then the response continues it).
+send. The prompt is encoded exactly as serving encodes it, and the response
+continues it with the tokens the policy would sample for it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
 from services.trainer.supervised.pretrain import lr_at
+from shared.prompting import encode_demonstration_ids, keep_last_tokens
 
 IGNORE_INDEX = -100  # cross_entropy skips these label positions
 
@@ -22,17 +23,20 @@ IGNORE_INDEX = -100  # cross_entropy skips these label positions
 def encode_demonstration(tokenizer, prompt: str, response: str, *, max_prompt_tokens: int | None = None,
                          max_response_tokens: int | None = None) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids) exactly as generation sees them: the prompt
-    alone, then the response continuing it after one space and ending in EOS.
+    encoded as serving encodes it (shared.prompting.encode_prompt, BOS and all),
+    then the response continuing it and ending in EOS.
 
-    SFT (bootstrap) and PPO-ptx (corrections) both go through here: a
-    response framed differently from what the policy samples (e.g. without
+    SFT (bootstrap, `rlhf sft`) and PPO-ptx (corrections) both go through here:
+    a response framed differently from what the policy samples (e.g. without
     the leading space after "Assistant:") teaches it a shifted distribution,
-    which PPO's KL penalty then measures as drift. The prompt is cut from the
-    left, the response (EOS included) from the right."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    which PPO's KL penalty then measures as drift. The join rule (a space only
+    when the prompt does not end in whitespace; the response's tokens as they
+    come in context) is shared.prompting.encode_demonstration_ids's. The prompt
+    is cut from the left (keeping a leading BOS), the response (EOS included)
+    from the right."""
+    prompt_ids, response_ids = encode_demonstration_ids(tokenizer, prompt, response)
     if max_prompt_tokens is not None:
-        prompt_ids = prompt_ids[-max_prompt_tokens:]
-    response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"]
+        prompt_ids = keep_last_tokens(tokenizer, prompt_ids, max_prompt_tokens)
     if max_response_tokens is not None:
         response_ids = response_ids[: max_response_tokens - 1]
     return prompt_ids, response_ids + [tokenizer.eos_token_id]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/common.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12!\n\x14num_return_sequences\x18\x07 \x01(\x05H\x05\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x17\n\x15_num_return_sequences\"\xee\x03\n\tModelInfo\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0eparent_version\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0enum_parameters\x18\x05 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x05\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0c\x65val_metrics\x18\x08 \x03(\x0b\x32#.rlhf.v1.ModelInfo.EvalMetricsEntry\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x31\n\x10\x64\x65\x66\x61ult_sampling\x18\x0b \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12.\n\x06limits\x18\x0c \x03(\x0b\x32\x1e.rlhf.v1.ModelInfo.LimitsEntry\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x15\n\x13GetModelInfoRequest*U\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_KIND_POLICY\x10\x01\x12\x15\n\x11MODEL_KIND_REWARD\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/common.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12!\n\x14num_return_sequences\x18\x07 \x01(\x05H\x05\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x17\n\x15_num_return_sequences\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x89\x04\n\tModelInfo\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0eparent_version\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0enum_parameters\x18\x05 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x05\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0c\x65val_metrics\x18\x08 \x03(\x0b\x32#.rlhf.v1.ModelInfo.EvalMetricsEntry\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x31\n\x10\x64\x65\x66\x61ult_sampling\x18\x0b \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12.\n\x06limits\x18\x0c \x03(\x0b\x32\x1e.rlhf.v1.ModelInfo.LimitsEntry\x12\x19\n\x11has_chat_template\x18\r \x01(\x08\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x15\n\x13GetModelInfoRequest*U\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_KIND_POLICY\x10\x01\x12\x15\n\x11MODEL_KIND_REWARD\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_EVALMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFO_LIMITSENTRY']._loaded_options = None
   _globals['_MODELINFO_LIMITSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELKIND']._serialized_start=857
-  _globals['_MODELKIND']._serialized_end=942
+  _globals['_MODELKIND']._serialized_start=930
+  _globals['_MODELKIND']._serialized_end=1015
   _globals['_SAMPLINGPARAMS']._serialized_start=67
   _globals['_SAMPLINGPARAMS']._serialized_end=335
-  _globals['_MODELINFO']._serialized_start=338
-  _globals['_MODELINFO']._serialized_end=832
-  _globals['_MODELINFO_EVALMETRICSENTRY']._serialized_start=735
-  _globals['_MODELINFO_EVALMETRICSENTRY']._serialized_end=785
-  _globals['_MODELINFO_LIMITSENTRY']._serialized_start=787
-  _globals['_MODELINFO_LIMITSENTRY']._serialized_end=832
-  _globals['_GETMODELINFOREQUEST']._serialized_start=834
-  _globals['_GETMODELINFOREQUEST']._serialized_end=855
+  _globals['_CHATMESSAGE']._serialized_start=337
+  _globals['_CHATMESSAGE']._serialized_end=381
+  _globals['_MODELINFO']._serialized_start=384
+  _globals['_MODELINFO']._serialized_end=905
+  _globals['_MODELINFO_EVALMETRICSENTRY']._serialized_start=808
+  _globals['_MODELINFO_EVALMETRICSENTRY']._serialized_end=858
+  _globals['_MODELINFO_LIMITSENTRY']._serialized_start=860
+  _globals['_MODELINFO_LIMITSENTRY']._serialized_end=905
+  _globals['_GETMODELINFOREQUEST']._serialized_start=907
+  _globals['_GETMODELINFOREQUEST']._serialized_end=928
 # @@protoc_insertion_point(module_scope)

@@ -37,8 +37,16 @@ class SamplingParams(_message.Message):
     num_return_sequences: int
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., num_return_sequences: _Optional[int] = ...) -> None: ...
 
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("kind", "version", "parent_version", "architecture", "num_parameters", "context_window", "created_at", "eval_metrics", "device", "backend", "default_sampling", "limits")
+    __slots__ = ("kind", "version", "parent_version", "architecture", "num_parameters", "context_window", "created_at", "eval_metrics", "device", "backend", "default_sampling", "limits", "has_chat_template")
     class EvalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +73,7 @@ class ModelInfo(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     kind: ModelKind
     version: str
     parent_version: str
@@ -77,7 +86,8 @@ class ModelInfo(_message.Message):
     backend: str
     default_sampling: SamplingParams
     limits: _containers.ScalarMap[str, int]
-    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., parent_version: _Optional[str] = ..., architecture: _Optional[str] = ..., num_parameters: _Optional[int] = ..., context_window: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    has_chat_template: bool
+    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., parent_version: _Optional[str] = ..., architecture: _Optional[str] = ..., num_parameters: _Optional[int] = ..., context_window: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Mapping[str, int]] = ..., has_chat_template: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

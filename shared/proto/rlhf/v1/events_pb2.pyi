@@ -6,7 +6,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -65,7 +65,7 @@ MODEL_UPDATE_ACTION_PROMOTE: ModelUpdateAction
 MODEL_UPDATE_ACTION_ROLLBACK: ModelUpdateAction
 
 class GenerationEvent(_message.Message):
-    __slots__ = ("event_id", "generation_id", "request_id", "prompt", "response", "model_version", "sampling", "created_at", "prompt_tokens", "completion_tokens", "finish_reason", "sequence_index", "user_id", "metadata")
+    __slots__ = ("event_id", "generation_id", "request_id", "prompt", "response", "model_version", "sampling", "created_at", "prompt_tokens", "completion_tokens", "finish_reason", "sequence_index", "user_id", "metadata", "messages")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class GenerationEvent(_message.Message):
     SEQUENCE_INDEX_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     generation_id: str
     request_id: str
@@ -101,7 +102,8 @@ class GenerationEvent(_message.Message):
     sequence_index: int
     user_id: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, event_id: _Optional[str] = ..., generation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ..., model_version: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., sequence_index: _Optional[int] = ..., user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    def __init__(self, event_id: _Optional[str] = ..., generation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ..., model_version: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., sequence_index: _Optional[int] = ..., user_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class Rating(_message.Message):
     __slots__ = ("score", "thumb")

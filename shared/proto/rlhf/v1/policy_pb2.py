@@ -26,7 +26,7 @@ from shared.proto.rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 from shared.proto.rlhf.v1 import events_pb2 as rlhf_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/policy.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\x1a\x14rlhf/v1/events.proto\"\xc8\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x38\n\x08metadata\x18\x04 \x03(\x0b\x32&.rlhf.v1.GenerateRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\nCompletion\x12\x15\n\rgeneration_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\r\n\x05index\x18\x05 \x01(\x05\"~\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12(\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x13.rlhf.v1.Completion\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\"\xc6\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rgeneration_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x12\n\ntext_delta\x18\x05 \x01(\t\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x32\xe1\x01\n\rPolicyService\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x18.rlhf.v1.GenerateRequest\x1a\x1f.rlhf.v1.GenerateStreamResponse0\x01\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/policy.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\x1a\x14rlhf/v1/events.proto\"\xf0\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x38\n\x08metadata\x18\x04 \x03(\x0b\x32&.rlhf.v1.GenerateRequest.MetadataEntry\x12&\n\x08messages\x18\x05 \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\nCompletion\x12\x15\n\rgeneration_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12,\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\r\n\x05index\x18\x05 \x01(\x05\"~\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12(\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x13.rlhf.v1.Completion\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\"\xc6\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rgeneration_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x12\n\ntext_delta\x18\x05 \x01(\t\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x32\xe1\x01\n\rPolicyService\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x18.rlhf.v1.GenerateRequest\x1a\x1f.rlhf.v1.GenerateStreamResponse0\x01\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST']._serialized_start=78
-  _globals['_GENERATEREQUEST']._serialized_end=278
-  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_start=231
-  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_end=278
-  _globals['_COMPLETION']._serialized_start=281
-  _globals['_COMPLETION']._serialized_end=418
-  _globals['_GENERATERESPONSE']._serialized_start=420
-  _globals['_GENERATERESPONSE']._serialized_end=546
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=549
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=747
-  _globals['_POLICYSERVICE']._serialized_start=750
-  _globals['_POLICYSERVICE']._serialized_end=975
+  _globals['_GENERATEREQUEST']._serialized_end=318
+  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_start=271
+  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_end=318
+  _globals['_COMPLETION']._serialized_start=321
+  _globals['_COMPLETION']._serialized_end=458
+  _globals['_GENERATERESPONSE']._serialized_start=460
+  _globals['_GENERATERESPONSE']._serialized_end=586
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=589
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=787
+  _globals['_POLICYSERVICE']._serialized_start=790
+  _globals['_POLICYSERVICE']._serialized_end=1015
 # @@protoc_insertion_point(module_scope)
