@@ -11,8 +11,15 @@ dominated by a random critic.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+
+# A Hugging Face causal LM (a PreTrainedModel with generate() and save_pretrained()).
+# Typed as Any: transformers' classes are not visible to mypy here, and torch's
+# nn.Module declares neither method.
+CausalLM = Any
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:

@@ -10,11 +10,12 @@ token boundaries a rollout would produce, and a rollout on the tokens served.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from services.trainer.ppo.ppo_model import CausalLM
 from services.trainer.supervised.sft import encode_demonstration
 from shared.policy_eval import left_padded
 from shared.prompting import encode_prompt, keep_last_tokens
@@ -46,7 +47,7 @@ class Rollout:
         response_mask = self.response_mask[index]
         first = int(query_mask.any(0).float().argmax())  # first column with a real prompt token
         last = int(response_mask.sum(1).max())
-        picked = {}
+        picked: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, list):
@@ -80,7 +81,7 @@ def mask_after_eos(response_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Ten
 
 @torch.no_grad()
 def sample_responses(
-    lm: nn.Module,
+    lm: CausalLM,
     query_ids: Tensor,
     query_mask: Tensor,
     *,

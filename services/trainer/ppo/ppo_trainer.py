@@ -33,7 +33,7 @@ from torch import Tensor
 from services.trainer.ppo import ppo_math as pm
 from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
 from services.trainer.ppo.ppo_config import PPOConfig
-from services.trainer.ppo.ppo_model import PolicyWithValue, disable_dropout, response_logits
+from services.trainer.ppo.ppo_model import CausalLM, PolicyWithValue, disable_dropout, response_logits
 from services.trainer.ppo.ppo_rollout import (
     Rollout,
     decode_responses,
@@ -110,7 +110,8 @@ class PPOTrainer:
         self.reward_fn = reward_fn
         disable_dropout(lm)
         lm.eval()  # eval() only switches off dropout-like layers; gradients still flow
-        self.reference = (reference if reference is not None else copy.deepcopy(lm)).requires_grad_(False).eval()
+        self.reference: CausalLM = (reference if reference is not None else copy.deepcopy(lm))
+        self.reference.requires_grad_(False).eval()
         disable_dropout(self.reference)
         self.model = PolicyWithValue(lm)
         self.optimizer = torch.optim.AdamW(
@@ -129,7 +130,7 @@ class PPOTrainer:
         self._ptx_cursor = 0
 
     @property
-    def policy(self) -> torch.nn.Module:
+    def policy(self) -> CausalLM:
         return self.model.lm
 
     # --- 1. rollout ---------------------------------------------------------
