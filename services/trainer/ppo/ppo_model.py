@@ -45,7 +45,8 @@ class PolicyWithValue(nn.Module):
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         self.lm = lm
-        hidden_size = int(getattr(lm, "config").hidden_size)  # a PreTrainedModel's config (nn.Module is untyped here)
+        config: Any = lm.config  # a PreTrainedModel's config; nn.Module types attributes as Tensor | Module
+        hidden_size = int(config.hidden_size)
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
