@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "broker_cmd",
     "up_cmd",
     "bootstrap_cmd",
+    "import_cmd",
     "eval_cmd",
     "simulate_cmd",
     "demo_cmd",
