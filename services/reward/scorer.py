@@ -11,7 +11,6 @@ version while new ones get the new one.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import threading
 import time
@@ -26,7 +25,8 @@ from prometheus_client import Histogram
 from shared import metrics
 from shared.errors import Unavailable, require
 from shared.model_store import Manifest, ModelStore
-from shared.reward_model import ONNX_FILE, WEIGHTS_FILE, encode_pairs, export_onnx, load_reward_model
+from shared.reward_model import ONNX_FILE, encode_pairs, load_reward_model
+from shared.reward_onnx import export_verified_onnx
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class LoadedReward:
     tokenizer: object
     max_length: int
     num_parameters: int
+    architecture: str  # e.g. "RewardModel(BertModel+mean-pool+linear)", "LlamaForSequenceClassification"
     frame: tuple[str, str]  # the prompt frame stripped before scoring (RewardHeadConfig)
     # The tokenizer is not safe to call from several threads at once, and on a
     # CPU one batch at a time with all intra-op threads is the fastest anyway.
@@ -114,22 +115,14 @@ class LoadedReward:
             return self.backend.run(batch["input_ids"], batch["attention_mask"])
 
 
-def _count_parameters(weights: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(weights), framework="pt") as fh:
-        for name in fh.keys():
-            total += math.prod(fh.get_slice(name).get_shape())
-    return total
-
-
 def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", threads: int = 2) -> LoadedReward:
     """Open ``version`` from the store (checksums verified) and build a backend.
 
-    ONNX uses the version's model.onnx; a version without one is exported to
-    a private temporary directory (the version directory is immutable), and
-    if that fails the torch backend serves instead."""
+    Either reward format loads (shared.reward_model.load_reward_model). ONNX
+    uses the version's model.onnx; a version without one is exported to a
+    private temporary directory (the version directory is immutable) and
+    checked against torch (shared.reward_onnx); if that fails, or the manifest
+    notes say ``scoring_backend: torch``, the torch backend serves instead."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     vdir = store.open_version(KIND, version)
@@ -145,17 +138,24 @@ def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", 
         try:
             if onnx_path.is_file():
                 chosen = OnnxBackend(onnx_path, threads)
+            elif manifest.notes.get("scoring_backend") == "torch":
+                # Whoever wrote the version found that ONNX does not work for it.
+                raise RuntimeError(manifest.notes.get("scoring_backend_reason") or "the manifest says torch")
             else:
                 log.info("reward version has no model.onnx; exporting it", extra={"version": version})
                 # The session keeps the graph in memory, so the export can go once it is built.
                 with tempfile.TemporaryDirectory(prefix=f"rlhf-reward-{version}-") as tmp:
-                    chosen = OnnxBackend(export_onnx(model, tokenizer, tmp), threads)
+                    check = export_verified_onnx(model, tokenizer, tmp)
+                    if check.backend != "onnx":
+                        raise RuntimeError(check.reason)
+                    chosen = OnnxBackend(Path(tmp) / ONNX_FILE, threads)
         except Exception as exc:  # noqa: BLE001 - serving with torch beats not serving
             log.warning("ONNX backend unavailable; falling back to torch",
                         extra={"version": version, "error": f"{type(exc).__name__}: {exc}"})
             torch.set_num_threads(threads)
             chosen = TorchBackend(model)
-    return LoadedReward(version, manifest, chosen, tokenizer, max_length, _count_parameters(vdir / WEIGHTS_FILE),
+    num_parameters = sum(p.numel() for p in model.parameters())
+    return LoadedReward(version, manifest, chosen, tokenizer, max_length, num_parameters, model.architecture,
                         model.head_config.frame)
 
 

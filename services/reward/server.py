@@ -46,7 +46,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             raise Unavailable("no reward version loaded yet; retry shortly")
         info = common_pb2.ModelInfo(
             kind=common_pb2.MODEL_KIND_REWARD, version=loaded.version,
-            parent_version=loaded.manifest.parent_version, architecture="RewardModel(BertModel+mean-pool+linear)",
+            parent_version=loaded.manifest.parent_version, architecture=loaded.architecture,
             num_parameters=loaded.num_parameters, context_window=loaded.max_length,
             eval_metrics=loaded.manifest.eval_metrics, device="cpu", backend=loaded.backend.name,
             limits=self.scorer.limits.as_dict())

@@ -13,6 +13,8 @@ later), and no reward version is promoted before there are
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -57,7 +59,8 @@ def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_com
     import torch
 
     from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
-    from shared.reward_model import export_onnx, load_reward_model, pairwise_accuracy, save_reward_model
+    from shared.reward_model import ONNX_FILE, load_reward_model, pairwise_accuracy, save_reward_model
+    from shared.reward_onnx import export_verified_onnx
 
     torch.set_num_threads(threads)
     train = split.split_pairs(as_pairs(new_comparisons), lambda pair: pair[0])[0]
@@ -88,11 +91,18 @@ def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_com
                     extra={"accuracy": accuracy, "current_accuracy": current_accuracy, "current": current})
         return RewardCandidate("", False, "accuracy_dropped", metrics)
 
-    def fill(out: Path) -> None:
-        save_reward_model(model, tokenizer, out)
-        export_onnx(model, tokenizer, out)  # the reward service's default backend loads model.onnx
+    with tempfile.TemporaryDirectory(prefix="rlhf-reward-onnx-") as onnx_dir:
+        # The reward service's default backend loads model.onnx; an architecture
+        # that does not export (or disagrees with torch) is served by torch.
+        onnx = export_verified_onnx(model, tokenizer, onnx_dir)
 
-    update = promoter.promote_new("reward", fill, parent_version=current, eval_metrics=metrics,
-                                  reason=f"reward fine-tuned on {len(train)} new comparisons",
-                                  notes={"source": "rlhf trainer"}, expected_current=current)
+        def fill(out: Path) -> None:
+            save_reward_model(model, tokenizer, out)
+            if onnx.backend == "onnx":
+                shutil.copyfile(Path(onnx_dir) / ONNX_FILE, out / ONNX_FILE)
+
+        update = promoter.promote_new(
+            "reward", fill, parent_version=current, eval_metrics=metrics,
+            reason=f"reward fine-tuned on {len(train)} new comparisons", expected_current=current,
+            notes={"source": "rlhf trainer", "scoring_backend": onnx.backend, "scoring_backend_reason": onnx.reason})
     return RewardCandidate(update.version, True, "passed", metrics)

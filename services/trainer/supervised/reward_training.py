@@ -3,7 +3,16 @@
 loss = -log sigmoid(r(prompt, chosen) - r(prompt, rejected)), as in TRL's
 reward trainer. Used by the bootstrap (step 3) and by the online trainer on
 preferences from the feedback ledger: both call :func:`train_reward_model`
-with a RewardModel and a list of (prompt, chosen, rejected).
+with a reward model of either format (shared.reward_model) and a list of
+(prompt, chosen, rejected).
+
+Two paths. The MiniLM RewardModel freezes its lower layers and caches their
+output per text, so each step runs only the top layers (what makes it
+affordable on a CPU). Any other reward model (an imported Hugging Face
+sequence-classification model, shared.reward_adapter) trains the top
+``trainable_layers`` blocks and everything above them (final norm, pooler,
+score head) with a full forward pass per step; all parameters when
+``trainable_layers`` is None or its blocks cannot be found.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tenso
     return -torch.nn.functional.logsigmoid(chosen_scores - rejected_scores).mean()
 
 
-def _pair_scores(model: RewardModel, tokenizer, pairs: Sequence[Pair], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_scores(model: torch.nn.Module, tokenizer, pairs: Sequence[Pair],
+                 max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected scores from one forward pass over both halves."""
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
@@ -77,7 +87,7 @@ def _cached_scores(model: RewardModel, cache, keys: Sequence[tuple[str, str]], n
 
 
 def train_reward_model(
-    model: RewardModel,
+    model: torch.nn.Module,
     tokenizer,
     pairs: Sequence[Pair],
     *,
@@ -97,25 +107,28 @@ def train_reward_model(
     when it returns True, TrainingInterrupted is raised (a service shutting
     down must not wait for a whole update).
 
-    ``trainable_layers`` < all: embeddings and lower layers are frozen and
-    their output is cached per text (:func:`cache_frozen_hidden`), which is
-    what makes MiniLM fine-tuning affordable on a CPU."""
+    ``trainable_layers`` < all: embeddings and lower layers are frozen; for the
+    MiniLM RewardModel their output is also cached per text
+    (:func:`cache_frozen_hidden`), which is what makes MiniLM fine-tuning
+    affordable on a CPU. Other models run the frozen layers every step."""
     if not pairs:
         raise ValueError("train_reward_model needs at least one (prompt, chosen, rejected) pair")
     max_length = max_length or model.head_config.max_length
-    n_frozen = 0
+    n_frozen = 0  # frozen MiniLM layers whose output is cached
     if trainable_layers is not None and trainable_layers < model.n_layers:
         model.freeze_lower_layers(trainable_layers)
-        n_frozen = model.n_layers - trainable_layers
+        if isinstance(model, RewardModel):
+            n_frozen = model.n_layers - trainable_layers
     cache = None
     if n_frozen:
         texts = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
         cache = cache_frozen_hidden(model, tokenizer, texts, n_frozen, max_length, progress=progress,
                                     should_stop=should_stop)
-    head_params = list(model.head.parameters())
-    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    head_params = model.head_parameters()
+    head_ids = {id(p) for p in head_params}
+    body_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": encoder_params, "lr": lr, "peak": lr},
+        [{"params": body_params, "lr": lr, "peak": lr},
          {"params": head_params, "lr": head_lr or lr, "peak": head_lr or lr}],
         weight_decay=0.01,
     )

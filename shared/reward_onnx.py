@@ -1,0 +1,73 @@
+"""Export a reward model to ONNX and keep the file only if ONNX Runtime agrees with torch.
+
+The reward service prefers ONNX Runtime (shared.reward_model.export_onnx gives
+the graph). Not every architecture traces cleanly, and a graph that traces
+can still compute something else, so whoever writes a reward version
+(`rlhf import reward`, the trainer's reward update) calls
+:func:`export_verified_onnx`: export, score a few pairs of varied lengths with
+both, and keep ``model.onnx`` only when the largest difference is within
+tolerance. Otherwise the version carries no ONNX file and is served by torch;
+the returned reason goes into the manifest notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.reward_model import ONNX_FILE, encode_pairs, export_onnx
+
+ONNX_TOLERANCE = 1e-4
+# Varied lengths and a batch size unlike the export example's, so the dynamic
+# axes and padding are exercised.
+CHECK_PROMPTS = ("How do I boil an egg?", "What is the capital of France?", "Name a colour.",
+                 "Explain how to water a fern that lives on a sunny windowsill in summer.")
+CHECK_RESPONSES = ("Put it in boiling water for nine minutes.", "Paris.", "Blue.",
+                   "Keep the soil damp but not soaked, and water a little more often when it is hot. " * 2)
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    backend: str  # "onnx" when model.onnx was written and verified, else "torch"
+    reason: str  # why torch, or the measured difference for onnx
+    max_abs_diff: float | None = None
+
+
+@torch.no_grad()
+def _max_abs_diff(model: torch.nn.Module, tokenizer, onnx_path: Path) -> float:
+    import onnxruntime as ort
+
+    batch = encode_pairs(tokenizer, CHECK_PROMPTS, CHECK_RESPONSES, model.head_config.max_length,
+                         frame=model.head_config.frame)
+    expected = model(**batch).double().numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["scores"], {k: v.numpy() for k, v in batch.items()})
+    got = np.asarray(got, dtype=np.float64).reshape(-1)
+    if got.shape != expected.shape:
+        raise ValueError(f"ONNX gave {got.shape[0]} scores for {expected.shape[0]} pairs")
+    return float(np.abs(got - expected).max())
+
+
+def export_verified_onnx(model: torch.nn.Module, tokenizer, out_dir: str | Path, *,
+                         tolerance: float = ONNX_TOLERANCE) -> OnnxCheck:
+    """Write ``out_dir/model.onnx`` if the export works and matches torch within
+    ``tolerance`` on the check pairs; otherwise leave no ONNX file behind."""
+    path = Path(out_dir) / ONNX_FILE
+    was_training = model.training
+    model.eval()
+    try:
+        export_onnx(model, tokenizer, out_dir)
+        diff = _max_abs_diff(model, tokenizer, path)
+    except Exception as exc:  # noqa: BLE001 - any export failure means: serve with torch
+        path.unlink(missing_ok=True)
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        return OnnxCheck("torch", f"ONNX export failed: {type(exc).__name__}: {first_line}")
+    finally:
+        model.train(was_training)
+    if not diff <= tolerance:  # also catches NaN
+        path.unlink(missing_ok=True)
+        return OnnxCheck("torch", f"ONNX scores differ from torch by {diff:.2e} (> {tolerance:g})", diff)
+    return OnnxCheck("onnx", f"ONNX Runtime matches torch within {diff:.1e} on {len(CHECK_PROMPTS)} pairs", diff)
