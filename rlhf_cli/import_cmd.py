@@ -56,8 +56,8 @@ def run(args) -> int:
     for warning in result.warnings:
         print(f"  warning: {warning}")
     if result.current:
-        print(f"  CURRENT -> {result.version}: replicas load it when they (re)start; running ones swap when "
-              "it is announced (TrainerService.Promote)")
+        print(f"  CURRENT -> {result.version}: replicas load it when they (re)start; running ones swap on "
+              f"`rlhf promote {result.kind} {result.version}`")
     else:
-        print(f"  not current: pass --set-current, or promote {result.version} through the trainer")
+        print(f"  not current: pass --set-current, or serve it with `rlhf promote {result.kind} {result.version}`")
     return 0
