@@ -47,7 +47,7 @@ TRAINER_ARGS = [
     "--reward-accuracy-tolerance", "1.0", "--ppo-min-prompts", "2", "--ppo-min-new-feedback", "1",
     "--ppo-steps-per-round", "2", "--ppo-batch-size", "2", "--ppo-mini-batch-size", "2", "--ppo-ptx-batch-size", "2",
     "--ppo-max-new-tokens", "6", "--gate-min-prompts", "2", "--gate-prompts", "4", "--gate-heldout-one-in", "3",
-    "--gate-samples-per-prompt", "1", "--gate-min-reward-gain", "-1e9", "--gate-confidence-z", "0",
+    "--gate-samples-per-prompt", "1", "--gate-min-reward-gain=-1e9", "--gate-confidence-z", "0",
     "--gate-kl-budget", "1e9", "--round-check-s", "0.5", "--feedback-hold-s", "120",
 ]
 
@@ -78,11 +78,12 @@ def test_own_llama_policy_learns_from_chat_feedback_and_is_hot_swapped(broker, t
                   service_args={"trainer": TRAINER_ARGS + ["--consumer-group", f"own-model-{time.time_ns()}"]})
     versions: list[str] = []
     try:
+        stack.start_broker()  # with --kafka given: makes the log folder and the topics, starts no broker
         stack.start_services(ready_timeout_s=180)
         policy = policy_pb2_grpc.PolicyServiceStub(grpc.insecure_channel(stack.address("policy")))
         feedback = feedback_pb2_grpc.FeedbackServiceStub(grpc.insecure_channel(stack.address("feedback")))
         trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(stack.address("trainer")))
-        assert policy.GetModelInfo(policy_pb2.GetModelInfoRequest()).architecture == "LlamaForCausalLM"
+        assert policy.GetModelInfo(common_pb2.GetModelInfoRequest()).architecture == "LlamaForCausalLM"
 
         # Users chat and choose between two answers; some give a thumb; one rewrites an answer.
         batch = []
@@ -100,7 +101,7 @@ def test_own_llama_policy_learns_from_chat_feedback_and_is_hot_swapped(broker, t
                 batch.append(events_pb2.FeedbackEvent(
                     feedback_id="fix-0", generation_id=first.generation_id, user_id="user-0",
                     correction=events_pb2.Correction(response="It is five.")))
-        accepted = feedback.SubmitFeedbackBatch(feedback_pb2.SubmitFeedbackBatchRequest(events=batch), timeout=30)
+        accepted = feedback.SubmitFeedbackBatch(feedback_pb2.SubmitFeedbackBatchRequest(feedback=batch), timeout=30)
         assert len(accepted.results) == len(batch)
 
         def promoted(kind: int):
