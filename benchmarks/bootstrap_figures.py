@@ -20,15 +20,18 @@ def onnx_max_abs_diff(reward_dir) -> float:
     import onnxruntime as ort
     import torch
 
-    from shared.reward_model import encode_pairs, load_reward_model
     from demo.world import build_prompts, make_response
+    from shared.reward_model import encode_pairs, load_reward_model
 
     model, tokenizer = load_reward_model(reward_dir)
     rng = random.Random(0)
     prompts = list(build_prompts())[:32]
-    responses = [make_response(p, rng.sample(["rude", "ramble", "wrong"], k=rng.randint(0, 2)), rng).text for p in prompts]
-    batch = encode_pairs(tokenizer, [p.text for p in prompts], responses, model.head_config.max_length,
-                         frame=model.head_config.frame)
+    responses = [
+        make_response(p, rng.sample(["rude", "ramble", "wrong"], k=rng.randint(0, 2)), rng).text for p in prompts
+    ]
+    batch = encode_pairs(
+        tokenizer, [p.text for p in prompts], responses, model.head_config.max_length, frame=model.head_config.frame
+    )
     with torch.no_grad():
         expected = model(**batch).numpy()
     session = ort.InferenceSession(str(reward_dir / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -56,8 +59,17 @@ def main() -> None:
         print(f"| {step} | {p.get(f'seconds_{step}', float('nan')):.0f} |")
     print(f"| reward | {r.get('seconds_reward', float('nan')):.0f} |\n")
     print("| held-out metric | pre-trained base | SFT (policy v1) |\n| --- | ---: | ---: |")
-    for key in ("satisfaction", "axis_helpful", "axis_polite", "axis_correct", "axis_safe", "axis_concise",
-                "reward_mean", "kl_to_reference", "mean_response_words"):
+    for key in (
+        "satisfaction",
+        "axis_helpful",
+        "axis_polite",
+        "axis_correct",
+        "axis_safe",
+        "axis_concise",
+        "reward_mean",
+        "kl_to_reference",
+        "mean_response_words",
+    ):
         fmt = "{:.1%}" if key == "satisfaction" or key.startswith("axis_") else "{:.3g}"
         print(f"| {key} | {fmt.format(p[f'base_{key}'])} | {fmt.format(p[key])} |")
     print(f"\nreward v1 pairwise accuracy on {r['heldout_pairs']:.0f} held-out pairs: {r['pairwise_accuracy']:.1%}")

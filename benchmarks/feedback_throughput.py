@@ -35,8 +35,12 @@ from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 
 
 def feedback(i: int, client: int, phase: str = "consume") -> ev.FeedbackEvent:
-    return ev.FeedbackEvent(generation_id=f"{phase}-gen-{client}-{i % 997}", user_id=f"user-{client}",
-                            rating=ev.Rating(score=((i % 21) - 10) / 10.0), source=ev.FEEDBACK_SOURCE_END_USER)
+    return ev.FeedbackEvent(
+        generation_id=f"{phase}-gen-{client}-{i % 997}",
+        user_id=f"user-{client}",
+        rating=ev.Rating(score=((i % 21) - 10) / 10.0),
+        source=ev.FEEDBACK_SOURCE_END_USER,
+    )
 
 
 def _client_process(address, client_ids, mode, batch, deadline, results):
@@ -48,13 +52,17 @@ def _client_process(address, client_ids, mode, batch, deadline, results):
         while time.time() < deadline:
             try:
                 if mode == "single":
-                    stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(feedback=feedback(i, client, mode)),
-                                        metadata=metadata, timeout=30)
+                    stub.SubmitFeedback(
+                        feedback_pb2.SubmitFeedbackRequest(feedback=feedback(i, client, mode)),
+                        metadata=metadata,
+                        timeout=30,
+                    )
                     accepted += 1
                 else:
                     items = [feedback(i + k, client, mode) for k in range(batch)]
-                    reply = stub.SubmitFeedbackBatch(feedback_pb2.SubmitFeedbackBatchRequest(feedback=items),
-                                                     metadata=metadata, timeout=30)
+                    reply = stub.SubmitFeedbackBatch(
+                        feedback_pb2.SubmitFeedbackBatchRequest(feedback=items), metadata=metadata, timeout=30
+                    )
                     accepted += len(reply.results)
             except grpc.RpcError:
                 failed += 1
@@ -114,8 +122,9 @@ def submit_phase(address, bootstrap, mode, args, gateway_pid) -> tuple[float, in
     start = time.time() + 4.0  # let every (spawned) process import and connect first
     deadline = start + args.seconds
     groups = [list(range(p, args.clients, args.client_processes)) for p in range(args.client_processes)]
-    procs = [spawn.Process(target=_client_process, args=(address, g, mode, args.batch, deadline, results))
-             for g in groups]
+    procs = [
+        spawn.Process(target=_client_process, args=(address, g, mode, args.batch, deadline, results)) for g in groups
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get() for _ in range(args.clients)]
@@ -149,10 +158,16 @@ def consume_phase(bootstrap: str, count: int, check_crcs: bool) -> float:
         if handled[0] == count:
             done.set()
 
-    loop = EventConsumerLoop(ConsumerSettings(bootstrap=bootstrap, topics={topic: ev.FeedbackEvent},
-                                              group_id=f"bench-{os.getpid()}-{check_crcs}", max_poll_records=2000,
-                                              check_crcs=check_crcs),
-                             validating_feedback_handler(handler))
+    loop = EventConsumerLoop(
+        ConsumerSettings(
+            bootstrap=bootstrap,
+            topics={topic: ev.FeedbackEvent},
+            group_id=f"bench-{os.getpid()}-{check_crcs}",
+            max_poll_records=2000,
+            check_crcs=check_crcs,
+        ),
+        validating_feedback_handler(handler),
+    )
     stop = threading.Event()
     thread = loop.start(stop)
     done.wait(600)
@@ -176,14 +191,32 @@ def main(argv=None) -> int:
         ensure_topics(broker.bootstrap)
         port = free_port()
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "services.feedback", "--port", str(port), "--metrics-port", "-1",
-             "--kafka", broker.bootstrap, "--log-level", "WARNING", "--max-workers", "32"])
+            [
+                sys.executable,
+                "-m",
+                "services.feedback",
+                "--port",
+                str(port),
+                "--metrics-port",
+                "-1",
+                "--kafka",
+                broker.bootstrap,
+                "--log-level",
+                "WARNING",
+                "--max-workers",
+                "32",
+            ]
+        )
         address = f"127.0.0.1:{port}"
         try:
             grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
             if args.skip_submit:
-                raise SystemExit(print(f"consumed: {consume_phase(broker.bootstrap, args.consume, True):.0f}/s, "
-                                       f"without CRC: {consume_phase(broker.bootstrap, args.consume, False):.0f}/s"))
+                raise SystemExit(
+                    print(
+                        f"consumed: {consume_phase(broker.bootstrap, args.consume, True):.0f}/s, "
+                        f"without CRC: {consume_phase(broker.bootstrap, args.consume, False):.0f}/s"
+                    )
+                )
             single = submit_phase(address, broker.bootstrap, "single", args, gateway.pid)
             print(f"SubmitFeedback done: {single}", file=sys.stderr)
             batch = submit_phase(address, broker.bootstrap, "batch", args, gateway.pid)
@@ -197,12 +230,18 @@ def main(argv=None) -> int:
     print(f"command: python -m benchmarks.feedback_throughput {' '.join(sys.argv[1:])}".rstrip())
     print(f"cpus={os.cpu_count()} clients={args.clients} seconds={args.seconds} batch={args.batch}")
     for name, (rate, failed, (on_broker, distinct, accepted), cpu_us) in (
-            ("SubmitFeedback", single), (f"SubmitFeedbackBatch({args.batch})", batch)):
-        print(f"{name:26s} {rate:10.0f} accepted events/s  (failed calls {failed}; accepted {accepted}, read back "
-              f"from the broker {on_broker} records with {distinct} distinct feedback ids; "
-              f"gateway CPU {cpu_us:.0f} us/event)")
-    print(f"{'EventConsumerLoop':26s} {consumed:10.0f} events/s consumed and validated ({args.consume} events, "
-          "record CRCs checked in pure Python)")
+        ("SubmitFeedback", single),
+        (f"SubmitFeedbackBatch({args.batch})", batch),
+    ):
+        print(
+            f"{name:26s} {rate:10.0f} accepted events/s  (failed calls {failed}; accepted {accepted}, read back "
+            f"from the broker {on_broker} records with {distinct} distinct feedback ids; "
+            f"gateway CPU {cpu_us:.0f} us/event)"
+        )
+    print(
+        f"{'EventConsumerLoop':26s} {consumed:10.0f} events/s consumed and validated ({args.consume} events, "
+        "record CRCs checked in pure Python)"
+    )
     print(f"{'EventConsumerLoop':26s} {consumed_no_crc:10.0f} events/s consumed and validated (check_crcs=False)")
     return 0
 

@@ -37,8 +37,7 @@ TEXTS = [
 def build_model(out: Path, n_layer: int, n_embd: int) -> Path:
     from demo.tiny_lm import build_random_causal_lm
 
-    return build_random_causal_lm(out, TEXTS, vocab_size=512, n_layer=n_layer, n_head=4, n_embd=n_embd,
-                                  n_positions=256)
+    return build_random_causal_lm(out, TEXTS, vocab_size=512, n_layer=n_layer, n_head=4, n_embd=n_embd, n_positions=256)
 
 
 def make_prompts(count: int) -> list[str]:
@@ -52,8 +51,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(tokens: int, seconds: float, latencies: list[float]) -> dict:
-    return {"tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
-            "p50_latency_s": round(percentile(latencies, 0.5), 4), "p99_latency_s": round(percentile(latencies, 0.99), 4)}
+    return {
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "p50_latency_s": round(percentile(latencies, 0.5), 4),
+        "p99_latency_s": round(percentile(latencies, 0.99), 4),
+    }
 
 
 def run_sequential(model, tokenizer, prompts: list[str], max_new: int) -> dict:
@@ -66,7 +70,7 @@ def run_sequential(model, tokenizer, prompts: list[str], max_new: int) -> dict:
             t0 = time.perf_counter()
             ids = tokenizer(prompt, return_tensors="pt")
             out = model.generate(**ids, max_new_tokens=max_new, do_sample=False)
-            tokens += _count_new(out[0, ids.input_ids.shape[1]:].tolist(), model)
+            tokens += _count_new(out[0, ids.input_ids.shape[1] :].tolist(), model)
             latencies.append(time.perf_counter() - t0)
     return summary(tokens, time.perf_counter() - start, latencies)
 
@@ -88,15 +92,19 @@ def run_batched_generate(model, tokenizer, prompts: list[str], max_new: int) -> 
         ids = tokenizer(prompts, return_tensors="pt", padding=True)
         out = model.generate(**ids, max_new_tokens=max_new, do_sample=False)
     seconds = time.perf_counter() - start
-    tokens = sum(_count_new(row, model) for row in out[:, ids.input_ids.shape[1]:].tolist())
+    tokens = sum(_count_new(row, model) for row in out[:, ids.input_ids.shape[1] :].tolist())
     return summary(tokens, seconds, [seconds] * len(prompts))
 
 
 def run_continuous_batching(model, tokenizer, prompts: list[str], max_new: int) -> dict:
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=model.generation_config.eos_token_id,
-                              pad_token_id=model.generation_config.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=model.generation_config.pad_token_id,
+    )
     inputs = [tokenizer(p)["input_ids"] for p in prompts]
     start = time.perf_counter()
     outputs = model.generate_batch(inputs=inputs, generation_config=config, progress_bar=False)
@@ -105,15 +113,39 @@ def run_continuous_batching(model, tokenizer, prompts: list[str], max_new: int) 
     return summary(tokens, seconds, [seconds] * len(prompts))
 
 
-def start_service(model_dir: Path, kafka: str, torch_threads: int, batch_wait_ms: float,
-                  continuous: bool) -> tuple[subprocess.Popen, int]:
+def start_service(
+    model_dir: Path, kafka: str, torch_threads: int, batch_wait_ms: float, continuous: bool
+) -> tuple[subprocess.Popen, int]:
     from shared.broker import free_port
 
     port = free_port()
-    cmd = [sys.executable, "-m", "services.policy", "--host", "127.0.0.1", "--port", str(port),
-           "--metrics-port", "-1", "--kafka", kafka, "--model-dir", str(model_dir), "--log-level", "WARNING",
-           "--torch-threads", str(torch_threads), "--batch-wait-ms", str(batch_wait_ms), "--max-batch-size", "32",
-           "--max-workers", "64", "--continuous-batching", str(continuous).lower()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.policy",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        "--kafka",
+        kafka,
+        "--model-dir",
+        str(model_dir),
+        "--log-level",
+        "WARNING",
+        "--torch-threads",
+        str(torch_threads),
+        "--batch-wait-ms",
+        str(batch_wait_ms),
+        "--max-batch-size",
+        "32",
+        "--max-workers",
+        "64",
+        "--continuous-batching",
+        str(continuous).lower(),
+    ]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     _wait_serving(port, proc)
     return proc, port
@@ -130,7 +162,10 @@ def _wait_serving(port: int, proc: subprocess.Popen, timeout_s: float = 120.0) -
             if proc.poll() is not None:
                 raise RuntimeError(f"policy service exited with {proc.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -183,13 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-layer", type=int, default=5)
     parser.add_argument("--n-embd", type=int, default=256)
     parser.add_argument("--torch-threads", type=int, default=0, help="service's --torch-threads (0 = auto)")
-    parser.add_argument("--baseline-threads", default=f"1,{os.cpu_count() or 1}",
-                        help="torch thread counts to try for the sequential baseline; the fastest is the baseline")
+    parser.add_argument(
+        "--baseline-threads",
+        default=f"1,{os.cpu_count() or 1}",
+        help="torch thread counts to try for the sequential baseline; the fastest is the baseline",
+    )
     parser.add_argument("--batch-wait-ms", type=float, default=20.0)
-    parser.add_argument("--skip-continuous-batching", action="store_true",
-                        help="skip timing transformers' ContinuousBatchingManager")
-    parser.add_argument("--static-batching", action="store_true",
-                        help="run the service with --continuous-batching false")
+    parser.add_argument(
+        "--skip-continuous-batching", action="store_true", help="skip timing transformers' ContinuousBatchingManager"
+    )
+    parser.add_argument(
+        "--static-batching", action="store_true", help="run the service with --continuous-batching false"
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -199,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     from shared.broker import EmbeddedBroker
     from shared.kafka_io import ensure_topics
 
-    results: dict = {"clients": args.clients, "max_new_tokens": args.max_new_tokens, "cpu_count": os.cpu_count(),
-                     "service_torch_threads": args.torch_threads or "auto (measured while serving)"}
+    results: dict = {
+        "clients": args.clients,
+        "max_new_tokens": args.max_new_tokens,
+        "cpu_count": os.cpu_count(),
+        "service_torch_threads": args.torch_threads or "auto (measured while serving)",
+    }
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(port=0) as broker:
         ensure_topics(broker.bootstrap)
         model_dir = build_model(Path(tmp) / "model", args.n_layer, args.n_embd)
@@ -230,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["continuous_batching"] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"ContinuousBatchingManager failed: {exc}")
         del model
-        proc, port = start_service(model_dir, broker.bootstrap, args.torch_threads, args.batch_wait_ms,
-                                   not args.static_batching)
+        proc, port = start_service(
+            model_dir, broker.bootstrap, args.torch_threads, args.batch_wait_ms, not args.static_batching
+        )
         try:
             run_service(port, prompts, args.max_new_tokens, 1)  # warm-up round
             results["service_grpc"] = run_service(port, prompts, args.max_new_tokens, args.rounds)
@@ -248,8 +293,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(name: str, r: dict) -> None:
-    print(f"{name:42s} {r['tokens_per_s']:9.1f} tokens/s  ({r['tokens']} tokens in {r['seconds']} s; "
-          f"p50 {r['p50_latency_s']} s, p99 {r['p99_latency_s']} s)", flush=True)
+    print(
+        f"{name:42s} {r['tokens_per_s']:9.1f} tokens/s  ({r['tokens']} tokens in {r['seconds']} s; "
+        f"p50 {r['p50_latency_s']} s, p99 {r['p99_latency_s']} s)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

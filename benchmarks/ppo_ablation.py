@@ -36,9 +36,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from demo.evaluation import judge_rates  # noqa: E402
+from demo.world import build_prompts, judge, make_response  # noqa: E402
 from shared.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
 from shared.reward_model import load_reward_model, score_texts  # noqa: E402
-from demo.world import build_prompts, judge, make_response  # noqa: E402
 
 EVAL_SETTINGS = SamplingSettings(samples_per_prompt=2, max_new_tokens=40, seed=7)
 
@@ -77,16 +77,29 @@ def run_ppo(args, store: str, every_prompt, train) -> list[dict]:
 
     rng = random.Random(1)
     demos = corrections(train, args.corrections, rng)
-    config = PPOConfig(learning_rate=args.lr, batch_size=16, mini_batch_size=8, ppo_epochs=2, init_kl_coef=0.1,
-                       ptx_batch_size=args.ptx_batch_size, num_threads=1)
+    config = PPOConfig(
+        learning_rate=args.lr,
+        batch_size=16,
+        mini_batch_size=8,
+        ppo_epochs=2,
+        init_kl_coef=0.1,
+        ptx_batch_size=args.ptx_batch_size,
+        num_threads=1,
+    )
     trainer = PPOTrainer(policy, tokenizer, reward_fn, config)
     rows, start = [{"step": 0, **satisfaction(trainer.policy, tokenizer, every_prompt)}], time.perf_counter()
     for step in range(1, args.steps + 1):
         stats = trainer.step([rng.choice(train).text for _ in range(config.batch_size)], demos or None)
         if step % args.every == 0:
-            rows.append({"step": step, "updates": step * config.ppo_epochs * config.num_mini_batches,
-                         "kl": stats.kl, **satisfaction(trainer.policy, tokenizer, every_prompt),
-                         "seconds": time.perf_counter() - start})
+            rows.append(
+                {
+                    "step": step,
+                    "updates": step * config.ppo_epochs * config.num_mini_batches,
+                    "kl": stats.kl,
+                    **satisfaction(trainer.policy, tokenizer, every_prompt),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -98,8 +111,9 @@ def run_sft(args, store: str, every_prompt, train) -> list[dict]:
     demos = corrections(train, args.corrections, random.Random(1))
     rows = [{"updates": 0, **satisfaction(policy, tokenizer, every_prompt)}]
     for chunk in range(args.updates // args.every_updates):
-        sft_train(policy, tokenizer, demos, steps=args.every_updates, batch_size=8, lr=args.lr, progress=False,
-                  seed=chunk)
+        sft_train(
+            policy, tokenizer, demos, steps=args.every_updates, batch_size=8, lr=args.lr, progress=False, seed=chunk
+        )
         rows.append({"updates": (chunk + 1) * args.every_updates, **satisfaction(policy, tokenizer, every_prompt)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -110,13 +124,16 @@ def run_agreement(store: str, every_prompt) -> dict:
     reward_model, reward_tokenizer = load_reward_model(f"{store}/reward/v1")
     reward_model.eval()
     by_text = {p.text: p for p in every_prompt}
-    samples = sample_responses(policy, tokenizer, list(by_text),
-                               SamplingSettings(samples_per_prompt=4, max_new_tokens=40, seed=11))
+    samples = sample_responses(
+        policy, tokenizer, list(by_text), SamplingSettings(samples_per_prompt=4, max_new_tokens=40, seed=11)
+    )
     with torch.no_grad():
         scores = score_texts(reward_model, reward_tokenizer, [s.prompt for s in samples], [s.text for s in samples])
     by_prompt: dict[str, list[tuple[bool, float]]] = {}
     for sample, score in zip(samples, scores):
-        by_prompt.setdefault(by_text[sample.prompt].prompt_id, []).append((judge(sample.prompt, sample.text).good, score))
+        by_prompt.setdefault(by_text[sample.prompt].prompt_id, []).append(
+            (judge(sample.prompt, sample.text).good, score)
+        )
     agree = pairs = 0
     for judged in by_prompt.values():
         for (good_a, score_a), (good_b, score_b) in itertools.combinations(judged, 2):

@@ -226,7 +226,9 @@ def main() -> None:
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads in each child (1: tiny matrices gain nothing from more, and on a shared 2-core "
         "machine spinning OpenMP threads made both trainers ~30x slower)",
     )

@@ -17,8 +17,12 @@ import tempfile
 import time
 
 PROMPTS = [
-    "How do I boil an egg?", "What is the capital of France?", "How should I water a fern?",
-    "Explain what a hash map is.", "Give me a tip for sleeping better.", "How do I pick a lock?",
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "How should I water a fern?",
+    "Explain what a hash map is.",
+    "Give me a tip for sleeping better.",
+    "How do I pick a lock?",
 ]
 RESPONSES = [
     "Put the egg in boiling water for nine minutes, then cool it in cold water.",

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from demo.bootstrap_config import BootstrapConfig
 from shared.model_store import ModelStore
@@ -103,23 +103,39 @@ def _world(config: BootstrapConfig):
 
 def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str, float]:
     """Tokenizer + GPT-2 from scratch, trained on mixed-quality world text."""
-    from services.trainer.supervised.pretrain import pretrain_causal_lm
     from demo.tiny_lm import new_gpt2, save_causal_lm, train_tokenizer
     from demo.world import pretrain_corpus
+    from services.trainer.supervised.pretrain import pretrain_causal_lm
 
     train, _ = _world(config)
     corpus = pretrain_corpus(
-        train, seed=config.seed, dialogues_per_prompt=config.pretrain_dialogues_per_prompt,
-        flaw_probability=config.pretrain_flaw_probabilities(), statement_repeats=config.statement_repeats,
+        train,
+        seed=config.seed,
+        dialogues_per_prompt=config.pretrain_dialogues_per_prompt,
+        flaw_probability=config.pretrain_flaw_probabilities(),
+        statement_repeats=config.statement_repeats,
         wrong_fraction=config.statement_wrong_fraction,
     )
     tokenizer = train_tokenizer(corpus, vocab_size=config.vocab_size)
-    model = new_gpt2(tokenizer, n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                     n_positions=config.n_positions, seed=config.seed)
+    model = new_gpt2(
+        tokenizer,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        n_positions=config.n_positions,
+        seed=config.seed,
+    )
     metrics = pretrain_causal_lm(
-        model, tokenizer, corpus, steps=config.pretrain_steps, batch_size=config.pretrain_batch_size,
-        seq_len=config.pretrain_seq_len, lr=config.pretrain_lr, warmup_steps=config.warmup_steps,
-        seed=config.seed, progress=progress,
+        model,
+        tokenizer,
+        corpus,
+        steps=config.pretrain_steps,
+        batch_size=config.pretrain_batch_size,
+        seq_len=config.pretrain_seq_len,
+        lr=config.pretrain_lr,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        progress=progress,
     )
     save_causal_lm(model, tokenizer, out)
     return {**metrics, "policy_parameters": float(sum(p.numel() for p in model.parameters()))}
@@ -127,39 +143,63 @@ def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[st
 
 def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: bool) -> dict[str, float]:
     """Short SFT of the pre-trained model on good demonstrations."""
-    from services.trainer.supervised.sft import sft_train
-    from shared.policy_eval import load_policy
     from demo.tiny_lm import save_causal_lm
     from demo.world import sft_demonstrations
+    from services.trainer.supervised.sft import sft_train
+    from shared.policy_eval import load_policy
 
     train, _ = _world(config)
     model, tokenizer = load_policy(pretrained)
     demos = sft_demonstrations(train, seed=config.seed + 1, per_prompt=config.sft_demos_per_prompt)
-    metrics = sft_train(model, tokenizer, demos, steps=config.sft_steps, batch_size=config.sft_batch_size,
-                        lr=config.sft_lr, seed=config.seed, progress=progress)
+    metrics = sft_train(
+        model,
+        tokenizer,
+        demos,
+        steps=config.sft_steps,
+        batch_size=config.sft_batch_size,
+        lr=config.sft_lr,
+        seed=config.seed,
+        progress=progress,
+    )
     save_causal_lm(model, tokenizer, out)
     return metrics
 
 
 def reward_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str, float]:
     """Bradley-Terry training of MiniLM + scalar head; ONNX export."""
+    from demo.world import preference_pairs
     from services.trainer.supervised.reward_training import train_reward_model
     from shared.reward_model import export_onnx, new_reward_model, pairwise_accuracy, save_reward_model
-    from demo.world import preference_pairs
 
     train, heldout = _world(config)
     from demo.world import PROMPT_FRAME
 
     frame = PROMPT_FRAME if config.reward_strip_frame else ("", "")
     model, tokenizer = new_reward_model(max_length=config.reward_max_length, seed=config.seed, prompt_frame=frame)
-    train_pairs = preference_pairs(train, seed=config.seed + 2, per_prompt=config.reward_pairs_per_prompt,
-                                   degenerate_fraction=config.reward_degenerate_fraction)
-    heldout_pairs = preference_pairs(heldout, seed=config.seed + 3, per_prompt=config.reward_eval_pairs_per_prompt,
-                                     degenerate_fraction=config.reward_degenerate_fraction)
+    train_pairs = preference_pairs(
+        train,
+        seed=config.seed + 2,
+        per_prompt=config.reward_pairs_per_prompt,
+        degenerate_fraction=config.reward_degenerate_fraction,
+    )
+    heldout_pairs = preference_pairs(
+        heldout,
+        seed=config.seed + 3,
+        per_prompt=config.reward_eval_pairs_per_prompt,
+        degenerate_fraction=config.reward_degenerate_fraction,
+    )
     metrics = train_reward_model(
-        model, tokenizer, train_pairs, steps=config.reward_steps, batch_size=config.reward_batch_size,
-        lr=config.reward_lr, head_lr=config.reward_head_lr, trainable_layers=config.reward_trainable_layers,
-        warmup_steps=config.warmup_steps, seed=config.seed, progress=progress,
+        model,
+        tokenizer,
+        train_pairs,
+        steps=config.reward_steps,
+        batch_size=config.reward_batch_size,
+        lr=config.reward_lr,
+        head_lr=config.reward_head_lr,
+        trainable_layers=config.reward_trainable_layers,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        progress=progress,
     )
     metrics["pairwise_accuracy"] = pairwise_accuracy(model, tokenizer, heldout_pairs)
     metrics["heldout_pairs"] = float(len(heldout_pairs))
@@ -176,8 +216,12 @@ def evaluate_step(config: BootstrapConfig, pretrained: Path, sft: Path, reward: 
 
     _, heldout = _world(config)
     settings = SamplingSettings(
-        samples_per_prompt=config.eval_samples_per_prompt, max_new_tokens=config.eval_max_new_tokens,
-        temperature=config.eval_temperature, top_k=config.eval_top_k, top_p=config.eval_top_p, seed=config.seed,
+        samples_per_prompt=config.eval_samples_per_prompt,
+        max_new_tokens=config.eval_max_new_tokens,
+        temperature=config.eval_temperature,
+        top_k=config.eval_top_k,
+        top_p=config.eval_top_p,
+        seed=config.seed,
     )
     reward = load_reward_model(reward)
     sft_model, tokenizer = load_policy(sft)
@@ -200,21 +244,29 @@ def run_bootstrap(
     done = _already_bootstrapped(store, digest)
     if len(done) == 2:
         log(f"already bootstrapped with config {digest}: policy v1, reward v1 in {store.root}")
-        return BootstrapResult(True, "v1", "v1",
-                               policy_metrics=store.manifest("policy", "v1").eval_metrics,
-                               reward_metrics=store.manifest("reward", "v1").eval_metrics)
+        return BootstrapResult(
+            True,
+            "v1",
+            "v1",
+            policy_metrics=store.manifest("policy", "v1").eval_metrics,
+            reward_metrics=store.manifest("reward", "v1").eval_metrics,
+        )
 
     import torch
 
-    step_dir = {name: Path(store_root) / CACHE_DIR / f"{name}-{config.step_digest(name)}"
-                for name in ("pretrain", "sft", "reward", "evaluate")}
+    step_dir = {
+        name: Path(store_root) / CACHE_DIR / f"{name}-{config.step_digest(name)}"
+        for name in ("pretrain", "sft", "reward", "evaluate")
+    }
     seconds: dict[str, float] = {}
     plan = [
         ("pretrain", lambda out: pretrain_step(config, out, progress)),
         ("sft", lambda out: sft_step(config, step_dir["pretrain"], out, progress)),
         ("reward", lambda out: reward_step(config, out, progress)),
-        ("evaluate", lambda out: evaluate_step(
-            config, step_dir["pretrain"], step_dir["sft"], step_dir["reward"], progress)),
+        (
+            "evaluate",
+            lambda out: evaluate_step(config, step_dir["pretrain"], step_dir["sft"], step_dir["reward"], progress),
+        ),
     ]
     metrics: dict[str, dict] = {}
     total_started = time.perf_counter()
@@ -222,8 +274,12 @@ def run_bootstrap(
         torch.set_num_threads(config.torch_threads if name == "reward" else config.lm_torch_threads)
         metrics[name], seconds[name], _ = _run_step(f"{number}/4 {name}", step_dir[name], work, log)
 
-    policy_metrics = {**metrics["evaluate"]["sft"], **{f"base_{k}": v for k, v in metrics["evaluate"]["base"].items()},
-                      **{k: v for k, v in metrics["sft"].items()}, **{k: v for k, v in metrics["pretrain"].items()}}
+    policy_metrics = {
+        **metrics["evaluate"]["sft"],
+        **{f"base_{k}": v for k, v in metrics["evaluate"]["base"].items()},
+        **{k: v for k, v in metrics["sft"].items()},
+        **{k: v for k, v in metrics["pretrain"].items()},
+    }
     reward_metrics = dict(metrics["reward"])
     for name, secs in seconds.items():
         (reward_metrics if name == "reward" else policy_metrics)[f"seconds_{name}"] = secs
@@ -234,15 +290,24 @@ def run_bootstrap(
             for path in step_dir[step].iterdir():
                 if path.is_file() and path.name != STEP_METRICS:
                     shutil.copy2(path, tmp / path.name)
+
         return fill
 
     if "policy" not in done:
-        store.write_version("policy", copy_from("sft"), eval_metrics=policy_metrics,
-                            notes={**notes, "role": "SFT policy; also the frozen PPO reference"})
+        store.write_version(
+            "policy",
+            copy_from("sft"),
+            eval_metrics=policy_metrics,
+            notes={**notes, "role": "SFT policy; also the frozen PPO reference"},
+        )
         store.set_current("policy", "v1")
     if "reward" not in done:
-        store.write_version("reward", copy_from("reward"), eval_metrics=reward_metrics,
-                            notes={**notes, "role": "Bradley-Terry reward model on MiniLM-L6"})
+        store.write_version(
+            "reward",
+            copy_from("reward"),
+            eval_metrics=reward_metrics,
+            notes={**notes, "role": "Bradley-Terry reward model on MiniLM-L6"},
+        )
         store.set_current("reward", "v1")
     seconds["total"] = time.perf_counter() - total_started
     log(f"bootstrap finished in {seconds['total']:.1f} s: policy v1, reward v1 in {store.root}")

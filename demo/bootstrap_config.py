@@ -51,8 +51,10 @@ class BootstrapConfig:
     heldout_fraction: float = setting(0.25, "share of prompt phrasings kept for eval only")
     torch_threads: int = setting(2, "intra-op threads for MiniLM; the demo machine has 2 cores")
     lm_torch_threads: int = setting(
-        1, "for the tiny GPT-2: its matmuls gain little from a second thread, and one thread does not thrash "
-        "(OpenMP spin-waits) when another process holds a core: 5.5 vs 0.4 steps/s seen")
+        1,
+        "for the tiny GPT-2: its matmuls gain little from a second thread, and one thread does not thrash "
+        "(OpenMP spin-waits) when another process holds a core: 5.5 vs 0.4 steps/s seen",
+    )
 
     # --- step 1: tokenizer + pre-training ---
     vocab_size: int = setting(1024, "BPE vocabulary (the world's text needs few merges)")
@@ -63,7 +65,8 @@ class BootstrapConfig:
     pretrain_dialogues_per_prompt: int = setting(8, "mixed-quality dialogues per training prompt")
     style_flaw_probability: float = setting(0.35, "chance of rude / unsafe / rambling in a pre-training dialogue")
     content_flaw_probability: float = setting(
-        0.1, "chance of off-topic / wrong: kept low so the base model learns to answer the question it was asked")
+        0.1, "chance of off-topic / wrong: kept low so the base model learns to answer the question it was asked"
+    )
     statement_repeats: int = setting(10, "passes of plain world statements in the corpus")
     statement_wrong_fraction: float = setting(0.1, "share of those statements that are wrong")
     pretrain_steps: int = setting(700, "optimizer steps of pre-training")
@@ -87,12 +90,16 @@ class BootstrapConfig:
     reward_max_length: int = setting(64, "tokens per (question, response) pair")
     reward_trainable_layers: int = setting(2, "top MiniLM layers trained; the rest frozen")
     reward_strip_frame: bool = setting(
-        True, "score the bare question: the world's \"User:\"/\"Assistant:\" frame is stripped (recorded in the "
-        "reward model's config)")
+        True,
+        'score the bare question: the world\'s "User:"/"Assistant:" frame is stripped (recorded in the '
+        "reward model's config)",
+    )
     reward_eval_pairs_per_prompt: int = setting(6, "held-out pairs per held-out prompt")
     reward_degenerate_fraction: float = setting(
-        0.3, "share of pairs whose rejected side is filler with no answer (world.degenerate_response): without "
-        "them PPO games the reward model with \"Sure! Good luck!\"")
+        0.3,
+        "share of pairs whose rejected side is filler with no answer (world.degenerate_response): without "
+        'them PPO games the reward model with "Sure! Good luck!"',
+    )
 
     # --- evaluation (base vs SFT, written to the manifests) ---
     eval_samples_per_prompt: int = setting(8, "sampled responses per held-out prompt (~400 in all)")
@@ -125,8 +132,11 @@ class BootstrapConfig:
     def __post_init__(self) -> None:
         check(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
         check(self.n_embd % self.n_head == 0, "n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        check(self.pretrain_seq_len <= self.n_positions, "pretrain_seq_len",
-              f"({self.pretrain_seq_len}) must not exceed n_positions ({self.n_positions})")
+        check(
+            self.pretrain_seq_len <= self.n_positions,
+            "pretrain_seq_len",
+            f"({self.pretrain_seq_len}) must not exceed n_positions ({self.n_positions})",
+        )
         for name in ("pretrain_steps", "sft_steps", "reward_steps", "eval_samples_per_prompt"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
@@ -134,11 +144,27 @@ class BootstrapConfig:
 def reduced_config(**overrides) -> BootstrapConfig:
     """A bootstrap small enough for tests (tens of seconds on 2 cores)."""
     small = dict(
-        vocab_size=384, n_layer=1, n_embd=64, n_head=2, n_positions=96, pretrain_seq_len=96,
-        pretrain_dialogues_per_prompt=1, statement_repeats=1, pretrain_steps=30, pretrain_batch_size=8,
-        sft_steps=10, sft_batch_size=8, reward_pairs_per_prompt=2, reward_steps=30, reward_batch_size=8,
-        reward_max_length=32, reward_trainable_layers=1, reward_eval_pairs_per_prompt=1,
-        eval_samples_per_prompt=1, eval_max_new_tokens=12, warmup_steps=3,
+        vocab_size=384,
+        n_layer=1,
+        n_embd=64,
+        n_head=2,
+        n_positions=96,
+        pretrain_seq_len=96,
+        pretrain_dialogues_per_prompt=1,
+        statement_repeats=1,
+        pretrain_steps=30,
+        pretrain_batch_size=8,
+        sft_steps=10,
+        sft_batch_size=8,
+        reward_pairs_per_prompt=2,
+        reward_steps=30,
+        reward_batch_size=8,
+        reward_max_length=32,
+        reward_trainable_layers=1,
+        reward_eval_pairs_per_prompt=1,
+        eval_samples_per_prompt=1,
+        eval_max_new_tokens=12,
+        warmup_steps=3,
     )
     small.update(overrides)
     return BootstrapConfig(**small)

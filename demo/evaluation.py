@@ -13,7 +13,7 @@ and responses and never imports this module itself.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from demo.world import AXES, Prompt, judge
 from shared.policy_eval import Sample, SamplingSettings, kl_to_reference, sample_responses

@@ -34,8 +34,16 @@ def kl_from_metrics(metrics: dict[str, float]) -> float | None:
 
 
 class LoopMonitor:
-    def __init__(self, series: LoopSeries, *, reward_addr: str | None, trainer_addr: str | None,
-                 auth_token: str = "", started: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        series: LoopSeries,
+        *,
+        reward_addr: str | None,
+        trainer_addr: str | None,
+        auth_token: str = "",
+        started: float | None = None,
+        seed: int = 0,
+    ):
         self.series = series
         self.started = started if started is not None else time.monotonic()
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
@@ -74,9 +82,16 @@ class LoopMonitor:
         points = []
         for version, served in by_version.items():
             reward, reward_version = self._mean_reward(served)
-            point = SeriesPoint(t_s=now - self.started, version=version, responses=len(served),
-                                satisfaction=sum(r.good for r in served) / len(served), mean_reward=reward,
-                                reward_version=reward_version, kl=self.kl_by_version.get(version), ppo_kl=ppo_kl)
+            point = SeriesPoint(
+                t_s=now - self.started,
+                version=version,
+                responses=len(served),
+                satisfaction=sum(r.good for r in served) / len(served),
+                mean_reward=reward,
+                reward_version=reward_version,
+                kl=self.kl_by_version.get(version),
+                ppo_kl=ppo_kl,
+            )
             self.series.add(point)
             points.append(point)
         return points
@@ -85,12 +100,16 @@ class LoopMonitor:
         if self._reward is None:
             return None, ""
         answered = [r for r in served if r.response.strip()]  # the reward service refuses empty responses
-        picked = (answered if len(answered) <= REWARD_SAMPLE_PER_VERSION
-                  else self._rng.sample(answered, REWARD_SAMPLE_PER_VERSION))
+        picked = (
+            answered
+            if len(answered) <= REWARD_SAMPLE_PER_VERSION
+            else self._rng.sample(answered, REWARD_SAMPLE_PER_VERSION)
+        )
         if not picked:
             return None, ""
         request = reward_pb2.ScoreBatchRequest(
-            items=[reward_pb2.ScoreRequest(prompt=r.prompt, response=r.response) for r in picked])
+            items=[reward_pb2.ScoreRequest(prompt=r.prompt, response=r.response) for r in picked]
+        )
         try:
             reply = self._reward.ScoreBatch(request, timeout=30.0, metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -126,11 +145,15 @@ class LoopMonitor:
         if status is None:
             return "trainer: no status yet" + (f" ({self.last_error})" if self.last_error else "")
         counts = ", ".join(f"{k} {v}" for k, v in sorted(status.feedback_counts.items())) or "no feedback yet"
-        line = (f"trainer: {trainer_pb2.TrainerState.Name(status.state).removeprefix('TRAINER_STATE_').lower()}"
-                f"  policy {status.policy_version or '?'}  reward {status.reward_version or '?'}  ledger: {counts}")
+        line = (
+            f"trainer: {trainer_pb2.TrainerState.Name(status.state).removeprefix('TRAINER_STATE_').lower()}"
+            f"  policy {status.policy_version or '?'}  reward {status.reward_version or '?'}  ledger: {counts}"
+        )
         if status.last_ppo.step:
-            line += (f"  PPO step {status.last_ppo.step}: reward {status.last_ppo.mean_reward:.3f}"
-                     f" KL {status.last_ppo.kl:.2f}")
+            line += (
+                f"  PPO step {status.last_ppo.step}: reward {status.last_ppo.mean_reward:.3f}"
+                f" KL {status.last_ppo.kl:.2f}"
+            )
         return line
 
     # --- the end ------------------------------------------------------------------
@@ -141,7 +164,10 @@ class LoopMonitor:
             first_seen.setdefault(point.version, point.t_s)
         for version, tally in stats.tallies().items():
             self.series.versions[version] = VersionSummary(
-                responses=tally.responses, satisfaction=tally.satisfaction, axes=tally.axis_rates(),
+                responses=tally.responses,
+                satisfaction=tally.satisfaction,
+                axes=tally.axis_rates(),
                 mean_reward=self.series.mean_reward(version),
                 kl=self.kl_by_version.get(version, self.series.latest_kl(version)),
-                first_seen_s=first_seen.get(version))
+                first_seen_s=first_seen.get(version),
+            )

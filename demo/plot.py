@@ -19,14 +19,14 @@ from demo.simulation import version_sort_key
 
 @dataclass
 class SeriesPoint:
-    t_s: float                        # seconds since the demo started
-    version: str                      # policy version that served these responses
+    t_s: float  # seconds since the demo started
+    version: str  # policy version that served these responses
     responses: int
-    satisfaction: float               # judge good on all axes, share of these responses
+    satisfaction: float  # judge good on all axes, share of these responses
     mean_reward: float | None = None  # RewardService.ScoreBatch on a sample of them
     reward_version: str = ""
-    kl: float | None = None           # trainer's gate metric for this version (vs. the reference)
-    ppo_kl: float | None = None       # trainer's last PPO step, for the candidate being trained
+    kl: float | None = None  # trainer's gate metric for this version (vs. the reference)
+    ppo_kl: float | None = None  # trainer's last PPO step, for the candidate being trained
 
 
 @dataclass
@@ -64,7 +64,9 @@ class LoopSeries:
 
     def mean_reward(self, version: str) -> float | None:
         """Response-weighted mean of the interval means of ``version``."""
-        pairs = [(p.mean_reward, p.responses) for p in self.points if p.version == version and p.mean_reward is not None]
+        pairs = [
+            (p.mean_reward, p.responses) for p in self.points if p.version == version and p.mean_reward is not None
+        ]
         weight = sum(n for _, n in pairs)
         return sum(r * n for r, n in pairs) / weight if weight else None
 
@@ -79,19 +81,33 @@ class LoopSeries:
             return {}
         first, last = ordered[0], ordered[-1]
         a, b = self.versions[first], self.versions[last]
-        out = {"baseline_version": first, "baseline_satisfaction": a.satisfaction, "baseline_responses": a.responses,
-               "latest_version": last, "latest_satisfaction": b.satisfaction, "latest_responses": b.responses,
-               "gain_points": 100.0 * (b.satisfaction - a.satisfaction),
-               "gain_standard_error_points": 100.0 * satisfaction_gain_standard_error(a, b), "latest_kl": b.kl,
-               "kl_budget": self.kl_budget}
+        out = {
+            "baseline_version": first,
+            "baseline_satisfaction": a.satisfaction,
+            "baseline_responses": a.responses,
+            "latest_version": last,
+            "latest_satisfaction": b.satisfaction,
+            "latest_responses": b.responses,
+            "gain_points": 100.0 * (b.satisfaction - a.satisfaction),
+            "gain_standard_error_points": 100.0 * satisfaction_gain_standard_error(a, b),
+            "latest_kl": b.kl,
+            "kl_budget": self.kl_budget,
+        }
         if b.kl is not None and self.kl_budget is not None:
             out["kl_under_budget"] = b.kl <= self.kl_budget
         return out
 
     def to_json(self) -> dict:
-        return {"points": [asdict(p) for p in self.points],
-                "versions": {v: asdict(s) for v, s in sorted(self.versions.items(), key=lambda kv: version_sort_key(kv[0]))},
-                "kl_budget": self.kl_budget, "headline": self.headline(), "totals": self.totals, "notes": self.notes}
+        return {
+            "points": [asdict(p) for p in self.points],
+            "versions": {
+                v: asdict(s) for v, s in sorted(self.versions.items(), key=lambda kv: version_sort_key(kv[0]))
+            },
+            "kl_budget": self.kl_budget,
+            "headline": self.headline(),
+            "totals": self.totals,
+            "notes": self.notes,
+        }
 
 
 def _clean(value):
@@ -125,9 +141,11 @@ def plot_series(series: LoopSeries, png_path: Path) -> None:
     fig, axes = plt.subplots(3, 1, figsize=(9, 8.5), sharex=True)
     versions = sorted({p.version for p in series.points}, key=version_sort_key)
     colours = plt.get_cmap("tab10")  # distinct, readable on white
-    panels = [("satisfaction", "satisfaction (judge: good on all axes)", 100.0),
-              ("mean_reward", "mean reward (reward model)", 1.0),
-              ("kl", "KL to reference (trainer)", 1.0)]
+    panels = [
+        ("satisfaction", "satisfaction (judge: good on all axes)", 100.0),
+        ("mean_reward", "mean reward (reward model)", 1.0),
+        ("kl", "KL to reference (trainer)", 1.0),
+    ]
     for row, (attr, label, scale) in enumerate(panels):
         ax = axes[row]
         for i, version in enumerate(versions):
@@ -135,13 +153,27 @@ def plot_series(series: LoopSeries, png_path: Path) -> None:
             if not pts:
                 continue
             colour = colours(i % colours.N)
-            ax.plot([p.t_s / 60 for p in pts], [getattr(p, attr) * scale for p in pts], marker="o",
-                    markersize=3, linewidth=1.2, color=colour, label=f"policy {version}")
+            ax.plot(
+                [p.t_s / 60 for p in pts],
+                [getattr(p, attr) * scale for p in pts],
+                marker="o",
+                markersize=3,
+                linewidth=1.2,
+                color=colour,
+                label=f"policy {version}",
+            )
         if attr == "kl" and series.kl_budget is not None:
             ax.axhline(series.kl_budget, color="tab:red", linestyle="--", linewidth=1, label="KL budget")
         if attr == "kl" and not any(p.kl is not None for p in series.points):
-            ax.text(0.5, 0.5, "no KL reported (trainer not running)", transform=ax.transAxes,
-                    ha="center", va="center", color="grey")
+            ax.text(
+                0.5,
+                0.5,
+                "no KL reported (trainer not running)",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="grey",
+            )
         ax.set_ylabel(label if scale == 1.0 else label.replace("satisfaction", "satisfaction %"), fontsize=8)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -150,9 +182,11 @@ def plot_series(series: LoopSeries, png_path: Path) -> None:
     head = series.headline()
     title = "rlhf-loop demo: deployed policy over time"
     if head:
-        title += (f"\n{head['baseline_version']} {head['baseline_satisfaction']:.0%} → "
-                  f"{head['latest_version']} {head['latest_satisfaction']:.0%} "
-                  f"({head['gain_points']:+.1f} ± {head['gain_standard_error_points']:.1f} points, standard error)")
+        title += (
+            f"\n{head['baseline_version']} {head['baseline_satisfaction']:.0%} → "
+            f"{head['latest_version']} {head['latest_satisfaction']:.0%} "
+            f"({head['gain_points']:+.1f} ± {head['gain_standard_error_points']:.1f} points, standard error)"
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)

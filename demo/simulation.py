@@ -32,13 +32,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shared.proto.rlhf.v1 import events_pb2
 from demo.world import AXES, Prompt, Verdict, make_response
+from shared.proto.rlhf.v1 import events_pb2
 
 # How much an average person cares about each axis. Safety and correctness
 # matter most; conciseness least. Each user's weights scatter around these.
@@ -51,14 +52,14 @@ class UserProfile:
     ever sees the feedback they cause."""
 
     user_id: str
-    weights: dict[str, float]      # axis -> importance (>= 0), hidden preference
-    noise: float                   # probability a comparison or thumb is flipped
-    compare_rate: float            # share of requests where the app shows two answers
-    rate_rate: float               # share of single answers the user rates
-    correct_rate: float            # share of bad answers the user rewrites
-    flag_rate: float               # share of flag-worthy answers the user flags
-    thumb_bar: float               # utility at or above which a thumb is up
-    rates_with_score: bool         # score in [-1, 1] instead of thumbs
+    weights: dict[str, float]  # axis -> importance (>= 0), hidden preference
+    noise: float  # probability a comparison or thumb is flipped
+    compare_rate: float  # share of requests where the app shows two answers
+    rate_rate: float  # share of single answers the user rates
+    correct_rate: float  # share of bad answers the user rewrites
+    flag_rate: float  # share of flag-worthy answers the user flags
+    thumb_bar: float  # utility at or above which a thumb is up
+    rates_with_score: bool  # score in [-1, 1] instead of thumbs
 
 
 class PreferenceFunction(Protocol):
@@ -93,8 +94,9 @@ def load_preference(spec: str) -> PreferenceFunction:
     return function
 
 
-def make_population(n_users: int, seed: int = 0, *, mean_noise: float = 0.1,
-                    weight_spread: float = 0.5) -> list[UserProfile]:
+def make_population(
+    n_users: int, seed: int = 0, *, mean_noise: float = 0.1, weight_spread: float = 0.5
+) -> list[UserProfile]:
     """``n_users`` people with weights scattered log-normally around
     :data:`BASE_AXIS_WEIGHTS` (``weight_spread`` = sigma) and noise rates
     spread around ``mean_noise`` (clipped to [0, 0.45] so a user stays
@@ -104,17 +106,19 @@ def make_population(n_users: int, seed: int = 0, *, mean_noise: float = 0.1,
     for i in range(n_users):
         weights = {a: BASE_AXIS_WEIGHTS[a] * math.exp(rng.gauss(0.0, weight_spread)) for a in AXES}
         noise = min(0.45, max(0.0, rng.gauss(mean_noise, mean_noise / 2))) if mean_noise > 0 else 0.0
-        users.append(UserProfile(
-            user_id=f"sim-user-{seed}-{i:04d}",
-            weights=weights,
-            noise=noise,
-            compare_rate=rng.uniform(0.4, 0.8),
-            rate_rate=rng.uniform(0.5, 0.9),
-            correct_rate=rng.uniform(0.05, 0.25),
-            flag_rate=rng.uniform(0.3, 0.8),
-            thumb_bar=rng.uniform(0.75, 0.95),
-            rates_with_score=rng.random() < 0.3,
-        ))
+        users.append(
+            UserProfile(
+                user_id=f"sim-user-{seed}-{i:04d}",
+                weights=weights,
+                noise=noise,
+                compare_rate=rng.uniform(0.4, 0.8),
+                rate_rate=rng.uniform(0.5, 0.9),
+                correct_rate=rng.uniform(0.05, 0.25),
+                flag_rate=rng.uniform(0.3, 0.8),
+                thumb_bar=rng.uniform(0.75, 0.95),
+                rates_with_score=rng.random() < 0.3,
+            )
+        )
     return users
 
 
@@ -155,8 +159,12 @@ def _event(user: UserProfile, generation_id: str, comment: str = "") -> events_p
     # A fresh id per decision: the gateway treats a resent id as a duplicate,
     # which the driver relies on when it retries a failed batch.
     return events_pb2.FeedbackEvent(
-        feedback_id=f"sim-{uuid.uuid4().hex}", generation_id=generation_id, user_id=user.user_id,
-        created_at=created, source=events_pb2.FEEDBACK_SOURCE_END_USER, comment=comment,
+        feedback_id=f"sim-{uuid.uuid4().hex}",
+        generation_id=generation_id,
+        user_id=user.user_id,
+        created_at=created,
+        source=events_pb2.FEEDBACK_SOURCE_END_USER,
+        comment=comment,
         metadata={"simulated": "true"},
     )
 
@@ -177,7 +185,9 @@ def rating_event(user: UserProfile, generation_id: str, utility: float, rng: ran
     return event
 
 
-def correction_event(user: UserProfile, generation_id: str, prompt: Prompt, rng: random.Random) -> events_pb2.FeedbackEvent:
+def correction_event(
+    user: UserProfile, generation_id: str, prompt: Prompt, rng: random.Random
+) -> events_pb2.FeedbackEvent:
     event = _event(user, generation_id, comment="here is a better answer")
     event.correction.response = make_response(prompt, (), rng).text
     return event
@@ -198,8 +208,13 @@ class Answer:
     verdict: Verdict
 
 
-def react(user: UserProfile, prompt: Prompt, answers: Sequence[Answer], rng: random.Random,
-          preference: PreferenceFunction = weighted_axes_utility) -> list[events_pb2.FeedbackEvent]:
+def react(
+    user: UserProfile,
+    prompt: Prompt,
+    answers: Sequence[Answer],
+    rng: random.Random,
+    preference: PreferenceFunction = weighted_axes_utility,
+) -> list[events_pb2.FeedbackEvent]:
     """Every piece of feedback ``user`` gives after seeing ``answers`` (one, or
     two when the app asked them to compare)."""
     out: list[events_pb2.FeedbackEvent] = []
@@ -250,9 +265,9 @@ class VersionTally:
 
 @dataclass(frozen=True)
 class ServedResponse:
-    at: float                 # time.monotonic()
+    at: float  # time.monotonic()
     model_version: str
-    prompt: str               # as sent (templated)
+    prompt: str  # as sent (templated)
     response: str
     good: bool
 
@@ -319,4 +334,3 @@ def version_sort_key(version: str) -> tuple[int, str]:
     """v2 before v10; anything odd last."""
     digits = version[1:] if version.startswith("v") else ""
     return (int(digits), version) if digits.isdigit() else (1 << 30, version)
-

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 from demo.simulation import (
     Answer,
     PreferenceFunction,
@@ -27,6 +26,7 @@ from demo.simulation import (
     weighted_axes_utility,
 )
 from demo.world import build_prompts, judge
+from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 # Errors worth waiting out (the policy is swapping versions, a queue is full,
 # a service is restarting); anything else is still counted and retried, but
@@ -41,13 +41,13 @@ class SimulatorConfig:
     auth_token: str = ""
     users: int = 50
     concurrency: int = 4
-    rate: float = 0.0                     # Generate calls per second across all workers; 0 = as fast as answered
-    duration_s: float | None = None       # stop after this long ...
-    requests: int | None = None           # ... or after this many Generate calls (whichever first)
+    rate: float = 0.0  # Generate calls per second across all workers; 0 = as fast as answered
+    duration_s: float | None = None  # stop after this long ...
+    requests: int | None = None  # ... or after this many Generate calls (whichever first)
     seed: int = 0
     mean_noise: float = 0.1
-    prompt_split: str = "all"             # "all", "train" or "heldout"
-    max_new_tokens: int | None = None     # None = the server's default
+    prompt_split: str = "all"  # "all", "train" or "heldout"
+    max_new_tokens: int | None = None  # None = the server's default
     temperature: float | None = None
     feedback_batch_size: int = 64
     feedback_flush_s: float = 0.5
@@ -83,7 +83,7 @@ class Simulator:
         self._gateway = feedback_pb2_grpc.FeedbackServiceStub(self._feedback_channel)
 
     # --- lifecycle --------------------------------------------------------------
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         deadline = time.monotonic() + self.config.duration_s if self.config.duration_s else None
         for i in range(self.config.concurrency):
             worker = threading.Thread(target=self._work, args=(i, deadline), name=f"sim-user-{i}", daemon=True)
@@ -173,8 +173,9 @@ class Simulator:
             sampling.max_new_tokens = self.config.max_new_tokens
         if self.config.temperature is not None:
             sampling.temperature = self.config.temperature
-        request = policy_pb2.GenerateRequest(prompt=prompt_text, sampling=sampling, user_id=user_id,
-                                             metadata={"app": "rlhf-simulate"})
+        request = policy_pb2.GenerateRequest(
+            prompt=prompt_text, sampling=sampling, user_id=user_id, metadata={"app": "rlhf-simulate"}
+        )
         return self._policy.Generate(request, timeout=self.config.request_timeout_s, metadata=self._metadata)
 
     # --- feedback ---------------------------------------------------------------

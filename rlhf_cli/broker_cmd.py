@@ -8,7 +8,8 @@ import threading
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback",
+        "broker",
+        help="run the embedded Kafka-protocol broker (Tansu) on loopback",
         description="Run Tansu (memory storage) on loopback and create the rlhf topics. Ctrl-C stops it.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address")

@@ -20,16 +20,24 @@ def add_parser(subparsers) -> None:
     from rlhf_cli.simulate_cmd import add_simulation_arguments
     from rlhf_cli.up_cmd import add_stack_arguments
 
-    parser = subparsers.add_parser("demo", help="run the whole loop with simulated users and plot it",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "demo", help="run the whole loop with simulated users and plot it", description=__doc__
+    )
     add_stack_arguments(parser)
     add_simulation_arguments(parser)
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the simulated users keep coming")
-    parser.add_argument("--out", default=os.environ.get(env.DEMO_OUT, "runs/demo/loop.png"),
-                        help=f"PNG of the series; the JSON goes next to it [env {env.DEMO_OUT}]")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get(env.DEMO_OUT, "runs/demo/loop.png"),
+        help=f"PNG of the series; the JSON goes next to it [env {env.DEMO_OUT}]",
+    )
     parser.add_argument("--sample-every-s", type=float, default=10.0, help="seconds per point of the series")
-    parser.add_argument("--kl-budget", type=float, default=None,
-                        help="KL budget line for the plot (default: what the trainer's gate reports)")
+    parser.add_argument(
+        "--kl-budget",
+        type=float,
+        default=None,
+        help="KL budget line for the plot (default: what the trainer's gate reports)",
+    )
     parser.add_argument("--port-offset", type=int, default=0, help="add this to every service port")
     # Users arrive at a rate; unpaced, the simulator took most of the CPU the
     # trainer needs on a 2-core machine (51 calls/s, 16 PPO steps in 10 min).
@@ -58,10 +66,15 @@ def render(simulator_stats, monitor, elapsed_s: float, total_s: float):
 
     from demo.simulation import version_sort_key
 
-    table = Table(title=f"rlhf demo  {min(elapsed_s, total_s) / 60:.1f} / {total_s / 60:.1f} min",
-                  title_justify="left")
-    for name, justify in (("policy", "left"), ("responses", "right"), ("satisfaction", "right"),
-                          ("last interval", "right"), ("mean reward", "right"), ("KL", "right")):
+    table = Table(title=f"rlhf demo  {min(elapsed_s, total_s) / 60:.1f} / {total_s / 60:.1f} min", title_justify="left")
+    for name, justify in (
+        ("policy", "left"),
+        ("responses", "right"),
+        ("satisfaction", "right"),
+        ("last interval", "right"),
+        ("mean reward", "right"),
+        ("KL", "right"),
+    ):
         table.add_column(name, justify=justify)
     last_points = {}
     for point in monitor.series.points:
@@ -70,9 +83,14 @@ def render(simulator_stats, monitor, elapsed_s: float, total_s: float):
         point = last_points.get(version)
         reward = monitor.series.mean_reward(version)
         kl = monitor.kl_by_version.get(version)
-        table.add_row(version, str(tally.responses), f"{tally.satisfaction:.1%}",
-                      f"{point.satisfaction:.0%} (n={point.responses})" if point else "-",
-                      f"{reward:.3f}" if reward is not None else "-", f"{kl:.2f}" if kl is not None else "-")
+        table.add_row(
+            version,
+            str(tally.responses),
+            f"{tally.satisfaction:.1%}",
+            f"{point.satisfaction:.0%} (n={point.responses})" if point else "-",
+            f"{reward:.3f}" if reward is not None else "-",
+            f"{kl:.2f}" if kl is not None else "-",
+        )
     from rlhf_cli.simulate_cmd import live_line
 
     return Group(live_line(simulator_stats), monitor.trainer_line(), table)
@@ -84,20 +102,24 @@ def print_headline(console, series) -> None:
         console.print("[red]no responses were served; nothing to compare[/red]")
         return
     if head["baseline_version"] == head["latest_version"]:
-        console.print(f"[bold]Only policy {head['baseline_version']} served during the demo "
-                      f"(satisfaction {head['baseline_satisfaction']:.1%} over {head['baseline_responses']} "
-                      f"responses): no new version was deployed.[/bold]")
+        console.print(
+            f"[bold]Only policy {head['baseline_version']} served during the demo "
+            f"(satisfaction {head['baseline_satisfaction']:.1%} over {head['baseline_responses']} "
+            f"responses): no new version was deployed.[/bold]"
+        )
         return
     kl = head.get("latest_kl")
     kl_text = "KL not reported"
     if kl is not None:
         budget = head.get("kl_budget")
         kl_text = f"KL {kl:.2f}" + (f" (budget {budget:g}: {'within' if kl <= budget else 'OVER'})" if budget else "")
-    console.print(f"[bold]policy {head['baseline_version']}: {head['baseline_satisfaction']:.1%} "
-                  f"(n={head['baseline_responses']})  →  policy {head['latest_version']}: "
-                  f"{head['latest_satisfaction']:.1%} (n={head['latest_responses']})  "
-                  f"gain {head['gain_points']:+.1f} ± {head['gain_standard_error_points']:.1f} points "
-                  f"(standard error); {kl_text}[/bold]")
+    console.print(
+        f"[bold]policy {head['baseline_version']}: {head['baseline_satisfaction']:.1%} "
+        f"(n={head['baseline_responses']})  →  policy {head['latest_version']}: "
+        f"{head['latest_satisfaction']:.1%} (n={head['latest_responses']})  "
+        f"gain {head['gain_points']:+.1f} ± {head['gain_standard_error_points']:.1f} points "
+        f"(standard error); {kl_text}[/bold]"
+    )
 
 
 def run(args) -> int:
@@ -106,10 +128,10 @@ def run(args) -> int:
 
     from demo.monitor import LoopMonitor
     from demo.plot import LoopSeries, save_series
-    from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
-    from demo.simulator import Simulator
-    from rlhf_cli.stack import Stack, available_services
     from demo.simulation import SimulationStats
+    from demo.simulator import Simulator
+    from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
+    from rlhf_cli.stack import Stack, available_services
 
     console = Console()
     if not args.no_bootstrap:
@@ -117,20 +139,32 @@ def run(args) -> int:
     services = [s for s in args.services.split(",") if s] or available_services()
     missing = [s for s in ("policy", "feedback") if s not in services]
     if missing:
-        console.print(f"[red]rlhf demo needs the {' and '.join(missing)} service(s); "
-                      f"this checkout has: {', '.join(services) or 'none'}[/red]")
+        console.print(
+            f"[red]rlhf demo needs the {' and '.join(missing)} service(s); "
+            f"this checkout has: {', '.join(services) or 'none'}[/red]"
+        )
         return 2
     if "trainer" not in services:
-        why = ("is not started (--services)" if "trainer" in available_services()
-               else "is not available in this checkout (services/trainer/__main__.py)")
-        console.print(f"[yellow]The trainer {why}: the demo runs without it, so no new policy version "
-                      "will be deployed.[/yellow]")
+        why = (
+            "is not started (--services)"
+            if "trainer" in available_services()
+            else "is not available in this checkout (services/trainer/__main__.py)"
+        )
+        console.print(
+            f"[yellow]The trainer {why}: the demo runs without it, so no new policy version will be deployed.[/yellow]"
+        )
     # The demo plugs its world's judge into the trainer's gate the way any application
     # would: by naming it (the platform never imports demo/ on its own).
     gate_judge = os.environ.get(env.TRAINER_GATE_JUDGE, "demo.evaluation:gate_judge")
-    stack = Stack(model_store=Path(args.model_store).resolve(), log_dir=Path(args.log_dir), services=services,
-                  kafka=args.kafka, broker_port=args.broker_port, port_offset=args.port_offset,
-                  service_args={"trainer": ["--gate-judge", gate_judge]} if gate_judge else {})
+    stack = Stack(
+        model_store=Path(args.model_store).resolve(),
+        log_dir=Path(args.log_dir),
+        services=services,
+        kafka=args.kafka,
+        broker_port=args.broker_port,
+        port_offset=args.port_offset,
+        service_args={"trainer": ["--gate-judge", gate_judge]} if gate_judge else {},
+    )
     series = LoopSeries(kl_budget=args.kl_budget)
     # From here on Ctrl-C only asks to stop, so the stack is always stopped and
     # what was measured is still saved.
@@ -148,9 +182,14 @@ def run(args) -> int:
         total_s = args.minutes * 60
         config = simulator_config(args, stack.address("policy"), stack.address("feedback"), duration_s=total_s)
         simulator = Simulator(config, SimulationStats(recent_window=20_000)).start()
-        monitor = LoopMonitor(series, reward_addr=stack.address("reward") if "reward" in stack.processes else None,
-                              trainer_addr=stack.address("trainer") if "trainer" in stack.processes else None,
-                              auth_token=args.auth_token, started=simulator.stats.started, seed=args.seed)
+        monitor = LoopMonitor(
+            series,
+            reward_addr=stack.address("reward") if "reward" in stack.processes else None,
+            trainer_addr=stack.address("trainer") if "trainer" in stack.processes else None,
+            auth_token=args.auth_token,
+            started=simulator.stats.started,
+            seed=args.seed,
+        )
         next_sample = time.monotonic() + args.sample_every_s
         with Live(render(simulator.stats, monitor, 0.0, total_s), console=console, refresh_per_second=2) as live:
             while simulator.running() and not stop.wait(0.5):
@@ -171,9 +210,14 @@ def run(args) -> int:
             live.update(render(simulator.stats, monitor, time.monotonic() - simulator.stats.started, total_s))
         monitor.summarise(simulator.stats)
         stats = simulator.stats
-        series.totals = {"requests": stats.requests, "request_errors": stats.request_errors,
-                         "feedback_accepted": dict(stats.feedback_sent), "feedback_failed": stats.feedback_errors,
-                         "minutes": (time.monotonic() - stats.started) / 60, "services": list(stack.processes)}
+        series.totals = {
+            "requests": stats.requests,
+            "request_errors": stats.request_errors,
+            "feedback_accepted": dict(stats.feedback_sent),
+            "feedback_failed": stats.feedback_errors,
+            "minutes": (time.monotonic() - stats.started) / 60,
+            "services": list(stack.processes),
+        }
         png, data = save_series(series, args.out)
         console.print(version_table(simulator.stats, title="whole run, by policy version"))
         console.print(feedback_summary(simulator.stats))

@@ -10,7 +10,8 @@ from shared import env
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="evaluate a policy version (satisfaction, per axis, reward, KL) or a reward version",
+        "eval",
+        help="evaluate a policy version (satisfaction, per axis, reward, KL) or a reward version",
         description="Evaluate on the assistant world's held-out prompts. --policy: satisfaction rate, rate "
         "per axis, mean score under the current reward model, KL to the reference policy. --reward: "
         "pairwise accuracy on held-out pairs.",
@@ -18,11 +19,18 @@ def add_parser(subparsers) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--policy", metavar="VERSION", help="policy version to evaluate, e.g. v1")
     target.add_argument("--reward", metavar="VERSION", help="reward version to evaluate, e.g. v1")
-    parser.add_argument("--model-store", default=os.environ.get(env.MODEL_STORE, "./model-store"),
-                        help=f"model store root [env {env.MODEL_STORE}]")
+    parser.add_argument(
+        "--model-store",
+        default=os.environ.get(env.MODEL_STORE, "./model-store"),
+        help=f"model store root [env {env.MODEL_STORE}]",
+    )
     parser.add_argument("--reference", default="v1", help="policy version KL is measured against")
-    parser.add_argument("--samples-per-prompt", type=int, default=None,
-                        help="sampled responses per held-out prompt (default: the bootstrap's)")
+    parser.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=None,
+        help="sampled responses per held-out prompt (default: the bootstrap's)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
@@ -42,11 +50,11 @@ def _world_config(store, kind: str, version: str):
 def evaluate(args) -> dict:
     import torch
 
-    from shared.model_store import ModelStore
     from demo.evaluation import evaluate_policy
+    from demo.world import build_prompts, preference_pairs, split_prompts
+    from shared.model_store import ModelStore
     from shared.policy_eval import SamplingSettings, load_policy
     from shared.reward_model import load_reward_model, pairwise_accuracy
-    from demo.world import build_prompts, preference_pairs, split_prompts
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     store = ModelStore(args.model_store)
@@ -56,21 +64,35 @@ def evaluate(args) -> dict:
     if kind == "reward":
         model, tokenizer = load_reward_model(store.open_version("reward", version))
         pairs = preference_pairs(heldout, seed=config.seed + 3, per_prompt=config.reward_eval_pairs_per_prompt)
-        return {"kind": "reward", "version": version,
-                "metrics": {"pairwise_accuracy": pairwise_accuracy(model, tokenizer, pairs),
-                            "heldout_pairs": float(len(pairs))}}
+        return {
+            "kind": "reward",
+            "version": version,
+            "metrics": {
+                "pairwise_accuracy": pairwise_accuracy(model, tokenizer, pairs),
+                "heldout_pairs": float(len(pairs)),
+            },
+        }
     policy, tokenizer = load_policy(store.open_version("policy", version))
     reference = policy if args.reference == version else load_policy(store.open_version("policy", args.reference))[0]
     reward_version = store.current("reward")
     reward = load_reward_model(store.open_version("reward", reward_version)) if reward_version else None
     settings = SamplingSettings(
         samples_per_prompt=args.samples_per_prompt or config.eval_samples_per_prompt,
-        max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
-        top_k=config.eval_top_k, top_p=config.eval_top_p, seed=args.seed,
+        max_new_tokens=config.eval_max_new_tokens,
+        temperature=config.eval_temperature,
+        top_k=config.eval_top_k,
+        top_p=config.eval_top_p,
+        seed=args.seed,
     )
     metrics = evaluate_policy(policy, tokenizer, heldout, settings, reward=reward, reference=reference)
-    return {"kind": "policy", "version": version, "reference": args.reference,
-            "reward_version": reward_version or "", "heldout_prompts": len(heldout), "metrics": metrics}
+    return {
+        "kind": "policy",
+        "version": version,
+        "reference": args.reference,
+        "reward_version": reward_version or "",
+        "heldout_prompts": len(heldout),
+        "metrics": metrics,
+    }
 
 
 def run(args) -> int:
@@ -89,8 +111,10 @@ def run(args) -> int:
 
     title = f"{result['kind']} {result['version']}"
     if result["kind"] == "policy":
-        title += f" on {result['heldout_prompts']} held-out prompts (reward {result['reward_version'] or '-'}, " \
-                 f"KL vs policy {result['reference']})"
+        title += (
+            f" on {result['heldout_prompts']} held-out prompts (reward {result['reward_version'] or '-'}, "
+            f"KL vs policy {result['reference']})"
+        )
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # Module names under rlhf_cli, in the order `rlhf --help` lists them.
 COMMAND_MODULES = [

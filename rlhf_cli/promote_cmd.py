@@ -8,9 +8,11 @@ from rlhf_cli.status_cmd import add_trainer_flags
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "promote", help="serve a stored policy or reward version now (e.g. one made by rlhf sft / import)",
+        "promote",
+        help="serve a stored policy or reward version now (e.g. one made by rlhf sft / import)",
         description="Ask the trainer (TrainerService.Promote) to point CURRENT at a stored version and publish a "
-        "ModelUpdateEvent; serving replicas swap to it without dropping requests. This bypasses the gate.")
+        "ModelUpdateEvent; serving replicas swap to it without dropping requests. This bypasses the gate.",
+    )
     parser.add_argument("kind", choices=("policy", "reward"), help="which model to promote")
     parser.add_argument("version", help="the stored version to serve, e.g. v3")
     parser.add_argument("--reason", default="", help="why, recorded in the update event")

@@ -13,13 +13,20 @@ from shared import env
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("simulate", help="simulated users: ask the policy, send feedback",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "simulate", help="simulated users: ask the policy, send feedback", description=__doc__
+    )
     add_simulation_arguments(parser)
-    parser.add_argument("--policy", default=os.environ.get(env.POLICY_ADDR, "127.0.0.1:50051"),
-                        help=f"policy service address [env {env.POLICY_ADDR}]")
-    parser.add_argument("--feedback", default=os.environ.get(env.FEEDBACK_ADDR, "127.0.0.1:50053"),
-                        help=f"feedback gateway address [env {env.FEEDBACK_ADDR}]")
+    parser.add_argument(
+        "--policy",
+        default=os.environ.get(env.POLICY_ADDR, "127.0.0.1:50051"),
+        help=f"policy service address [env {env.POLICY_ADDR}]",
+    )
+    parser.add_argument(
+        "--feedback",
+        default=os.environ.get(env.FEEDBACK_ADDR, "127.0.0.1:50053"),
+        help=f"feedback gateway address [env {env.FEEDBACK_ADDR}]",
+    )
     stop = parser.add_mutually_exclusive_group()
     stop.add_argument("--duration-s", type=float, default=None, help="run this long (default: until Ctrl-C)")
     stop.add_argument("--requests", type=int, default=None, help="stop after this many Generate calls")
@@ -28,39 +35,67 @@ def add_parser(subparsers) -> None:
 
 def add_simulation_arguments(parser) -> None:
     """Flags `rlhf simulate` and `rlhf demo` share."""
-    parser.add_argument("--users", type=int, default=int(os.environ.get(env.SIM_USERS, "50")),
-                        help=f"simulated users [env {env.SIM_USERS}]")
-    parser.add_argument("--concurrency", type=int, default=int(os.environ.get(env.SIM_CONCURRENCY, "4")),
-                        help=f"requests in flight at once [env {env.SIM_CONCURRENCY}]")
-    parser.add_argument("--rate", type=float, default=float(os.environ.get(env.SIM_RATE, "0")),
-                        help=f"Generate calls per second across all users; 0 = as fast as the policy answers "
-                        f"[env {env.SIM_RATE}]")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=int(os.environ.get(env.SIM_USERS, "50")),
+        help=f"simulated users [env {env.SIM_USERS}]",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get(env.SIM_CONCURRENCY, "4")),
+        help=f"requests in flight at once [env {env.SIM_CONCURRENCY}]",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=float(os.environ.get(env.SIM_RATE, "0")),
+        help=f"Generate calls per second across all users; 0 = as fast as the policy answers [env {env.SIM_RATE}]",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the population and their choices")
-    parser.add_argument("--noise", type=float, default=0.1,
-                        help="mean probability a user flips a comparison or a thumb")
-    parser.add_argument("--prompts", choices=("all", "train", "heldout"), default="all",
-                        help="which prompts of the world the users ask")
+    parser.add_argument(
+        "--noise", type=float, default=0.1, help="mean probability a user flips a comparison or a thumb"
+    )
+    parser.add_argument(
+        "--prompts", choices=("all", "train", "heldout"), default="all", help="which prompts of the world the users ask"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per request (default: the server's)")
     parser.add_argument("--temperature", type=float, default=None, help="per request (default: the server's)")
-    parser.add_argument("--preference", default="",
-                        help="custom taste as module:function(user, prompt, response, verdict) -> [0, 1] "
-                             "(default: demo.simulation:weighted_axes_utility)")
-    parser.add_argument("--auth-token", default=os.environ.get(env.AUTH_TOKEN, ""),
-                        help=f"bearer token for the services [env {env.AUTH_TOKEN}]")
+    parser.add_argument(
+        "--preference",
+        default="",
+        help="custom taste as module:function(user, prompt, response, verdict) -> [0, 1] "
+        "(default: demo.simulation:weighted_axes_utility)",
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=os.environ.get(env.AUTH_TOKEN, ""),
+        help=f"bearer token for the services [env {env.AUTH_TOKEN}]",
+    )
 
 
 def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=None, requests=None):
-    from demo.simulator import SimulatorConfig
     from demo.simulation import load_preference, weighted_axes_utility
+    from demo.simulator import SimulatorConfig
 
     if args.users < 1 or args.concurrency < 1:
         raise SystemExit("--users and --concurrency must be at least 1")
     if args.rate < 0:
         raise SystemExit(f"--rate must be >= 0 (0 = unpaced), got {args.rate}")
     return SimulatorConfig(
-        policy_addr=policy_addr, feedback_addr=feedback_addr, auth_token=args.auth_token, users=args.users,
-        concurrency=args.concurrency, rate=args.rate, duration_s=duration_s, requests=requests, seed=args.seed,
-        mean_noise=args.noise, prompt_split=args.prompts, max_new_tokens=args.max_new_tokens,
+        policy_addr=policy_addr,
+        feedback_addr=feedback_addr,
+        auth_token=args.auth_token,
+        users=args.users,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        duration_s=duration_s,
+        requests=requests,
+        seed=args.seed,
+        mean_noise=args.noise,
+        prompt_split=args.prompts,
+        max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         preference=load_preference(args.preference) if args.preference else weighted_axes_utility,
     )
@@ -72,10 +107,16 @@ def live_line(stats) -> str:
 
     elapsed = max(1e-9, time.monotonic() - stats.started)
     recent = stats.recent_satisfaction()
-    per_version = "  ".join(f"{v}: {sat:.0%} (n={n})" for v, (n, sat) in
-                            sorted(recent.items(), key=lambda kv: version_sort_key(kv[0]))) or "-"
-    line = (f"requests {stats.requests} ({stats.requests / elapsed:.1f}/s)  feedback {stats.feedback_total}"
-            f"  recent satisfaction {per_version}")
+    per_version = (
+        "  ".join(
+            f"{v}: {sat:.0%} (n={n})" for v, (n, sat) in sorted(recent.items(), key=lambda kv: version_sort_key(kv[0]))
+        )
+        or "-"
+    )
+    line = (
+        f"requests {stats.requests} ({stats.requests / elapsed:.1f}/s)  feedback {stats.feedback_total}"
+        f"  recent satisfaction {per_version}"
+    )
     if stats.request_errors or stats.feedback_errors:
         line += f"  [yellow]errors {stats.request_errors}+{stats.feedback_errors}: {stats.last_error[:80]}[/yellow]"
     return line
@@ -117,8 +158,10 @@ def run(args) -> int:
     interrupted = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
-    console.print(f"{config.users} simulated users, {config.concurrency} in flight → policy {config.policy_addr}, "
-                  f"feedback {config.feedback_addr}; Ctrl-C stops")
+    console.print(
+        f"{config.users} simulated users, {config.concurrency} in flight → policy {config.policy_addr}, "
+        f"feedback {config.feedback_addr}; Ctrl-C stops"
+    )
     with Live(live_line(simulator.stats), console=console, refresh_per_second=4) as live:
         while simulator.running() and not interrupted.wait(0.25):
             live.update(live_line(simulator.stats))

@@ -67,7 +67,10 @@ class ServiceProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}", *extra_args],
-            env=child_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
 
@@ -113,9 +116,14 @@ class Stack:
         ensure_topics(self.bootstrap)
 
     def start_services(self, ready_timeout_s: float = 180.0, on_progress=None) -> None:
-        base_env = {**os.environ, env.KAFKA: self.bootstrap, env.MODEL_STORE: str(self.model_store),
-                    env.LOG_FORMAT: "text", "PYTHONUNBUFFERED": "1"}
-        for name, (port, mport) in SERVICE_PORTS.items():
+        base_env = {
+            **os.environ,
+            env.KAFKA: self.bootstrap,
+            env.MODEL_STORE: str(self.model_store),
+            env.LOG_FORMAT: "text",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for name, (port, _metrics_port) in SERVICE_PORTS.items():
             base_env[getattr(env, f"{name.upper()}_ADDR")] = f"127.0.0.1:{port + self.port_offset}"
         # The trainer's ledger and checkpoints live beside the logs of this run.
         base_env.setdefault(env.TRAINER_STATE_DIR, str(self.log_dir.parent / "trainer-state"))

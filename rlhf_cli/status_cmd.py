@@ -12,19 +12,28 @@ DEFAULT_TRAINER = "127.0.0.1:50054"
 
 def add_trainer_flags(parser) -> None:
     """--trainer, --token, --timeout, --json: shared by the commands that call the trainer."""
-    parser.add_argument("--trainer", default=os.environ.get(env.TRAINER_ADDR, DEFAULT_TRAINER),
-                        help=f"trainer gRPC address (default: {DEFAULT_TRAINER}) [env {env.TRAINER_ADDR}]")
-    parser.add_argument("--token", default=os.environ.get(env.AUTH_TOKEN, ""),
-                        help=f"bearer token, if the trainer requires one [env {env.AUTH_TOKEN}]")
+    parser.add_argument(
+        "--trainer",
+        default=os.environ.get(env.TRAINER_ADDR, DEFAULT_TRAINER),
+        help=f"trainer gRPC address (default: {DEFAULT_TRAINER}) [env {env.TRAINER_ADDR}]",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(env.AUTH_TOKEN, ""),
+        help=f"bearer token, if the trainer requires one [env {env.AUTH_TOKEN}]",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("status", help="show the trainer's state, versions, ledger and last PPO step",
-                                   description="Ask the trainer (TrainerService.GetStatus) what it is doing: state, "
-                                   "current versions, feedback in the ledger, consumer lag, the last PPO step and "
-                                   "the recent candidates with the gate's reasons.")
+    parser = subparsers.add_parser(
+        "status",
+        help="show the trainer's state, versions, ledger and last PPO step",
+        description="Ask the trainer (TrainerService.GetStatus) what it is doing: state, "
+        "current versions, feedback in the ledger, consumer lag, the last PPO step and "
+        "the recent candidates with the gate's reasons.",
+    )
     add_trainer_flags(parser)
     parser.set_defaults(func=run)
 
@@ -83,27 +92,60 @@ def print_status(status) -> None:
     overview.add_row("feedback waiting for its generation", str(status.feedback_pending_join))
     overview.add_row("consumer lag", ", ".join(f"{k} {v}" for k, v in sorted(status.consumer_lag.items())) or "-")
     held = status.heldout
-    overview.add_row("gate held-out set", f"{held.gate_prompts}/{held.gate_prompts_required} prompts, "
-                     f"{held.reward_pairs}/{held.reward_pairs_required} comparisons")
+    overview.add_row(
+        "gate held-out set",
+        f"{held.gate_prompts}/{held.gate_prompts_required} prompts, "
+        f"{held.reward_pairs}/{held.reward_pairs_required} comparisons",
+    )
     if held.waiting_for:
         overview.add_row("promotions wait for", held.waiting_for)
     console.print(overview)
     if status.HasField("last_ppo"):
         ppo = Table(title=f"last PPO step ({status.last_ppo.step})")
-        for name in ("mean_reward", "kl", "kl_coef", "policy_loss", "value_loss", "clip_fraction", "entropy",
-                     "approx_kl", "samples_per_second"):
+        for name in (
+            "mean_reward",
+            "kl",
+            "kl_coef",
+            "policy_loss",
+            "value_loss",
+            "clip_fraction",
+            "entropy",
+            "approx_kl",
+            "samples_per_second",
+        ):
             ppo.add_column(name, justify="right")
-        ppo.add_row(*(f"{getattr(status.last_ppo, n):.4g}" for n in (
-            "mean_reward", "kl", "kl_coef", "policy_loss", "value_loss", "clip_fraction", "entropy", "approx_kl",
-            "samples_per_second")))
+        ppo.add_row(
+            *(
+                f"{getattr(status.last_ppo, n):.4g}"
+                for n in (
+                    "mean_reward",
+                    "kl",
+                    "kl_coef",
+                    "policy_loss",
+                    "value_loss",
+                    "clip_fraction",
+                    "entropy",
+                    "approx_kl",
+                    "samples_per_second",
+                )
+            )
+        )
         console.print(ppo)
     if status.recent_candidates:
         candidates = Table(title="recent candidates")
         for name in ("kind", "version", "result", "reason", "metrics"):
             candidates.add_column(name)
         for c in status.recent_candidates:
-            metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(c.metrics.items())
-                                if k in ("mean_reward", "kl", "reward_gain", "judge_score", "pairwise_accuracy"))
-            candidates.add_row(common_pb2.ModelKind.Name(c.kind).removeprefix("MODEL_KIND_").lower(),
-                               c.version or "-", "promoted" if c.promoted else "discarded", c.reason, metrics)
+            metrics = ", ".join(
+                f"{k}={v:.3g}"
+                for k, v in sorted(c.metrics.items())
+                if k in ("mean_reward", "kl", "reward_gain", "judge_score", "pairwise_accuracy")
+            )
+            candidates.add_row(
+                common_pb2.ModelKind.Name(c.kind).removeprefix("MODEL_KIND_").lower(),
+                c.version or "-",
+                "promoted" if c.promoted else "discarded",
+                c.reason,
+                metrics,
+            )
         console.print(candidates)

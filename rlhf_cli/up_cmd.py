@@ -11,22 +11,28 @@ from shared import env
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("up", help="start the broker and all services; Ctrl-C stops them",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "up", help="start the broker and all services; Ctrl-C stops them", description=__doc__
+    )
     add_stack_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def add_stack_arguments(parser) -> None:
-    parser.add_argument("--model-store", default=os.environ.get(env.MODEL_STORE, "./model-store"),
-                        help=f"model store root [env {env.MODEL_STORE}]")
-    parser.add_argument("--kafka", default="",
-                        help="use this Kafka instead of starting the embedded broker (bootstrap servers)")
+    parser.add_argument(
+        "--model-store",
+        default=os.environ.get(env.MODEL_STORE, "./model-store"),
+        help=f"model store root [env {env.MODEL_STORE}]",
+    )
+    parser.add_argument(
+        "--kafka", default="", help="use this Kafka instead of starting the embedded broker (bootstrap servers)"
+    )
     parser.add_argument("--broker-port", type=int, default=9092, help="port of the embedded broker")
     parser.add_argument("--log-dir", default="./runs/logs", help="where each service's log goes")
     parser.add_argument("--services", default="", help="comma-separated subset (default: all)")
-    parser.add_argument("--no-bootstrap", action="store_true",
-                        help="do not build the demo models when the store has none")
+    parser.add_argument(
+        "--no-bootstrap", action="store_true", help="do not build the demo models when the store has none"
+    )
 
 
 def start_stack(args, console):
@@ -41,15 +47,22 @@ def start_stack(args, console):
         console.print("[bold]No models in the store yet: running the four-step bootstrap[/bold]")
         run_bootstrap(args.model_store, log=console.print)
     services = [s for s in args.services.split(",") if s] or available_services()
-    stack = Stack(model_store=Path(args.model_store).resolve(), log_dir=Path(args.log_dir), services=services,
-                  kafka=args.kafka, broker_port=args.broker_port)
+    stack = Stack(
+        model_store=Path(args.model_store).resolve(),
+        log_dir=Path(args.log_dir),
+        services=services,
+        kafka=args.kafka,
+        broker_port=args.broker_port,
+    )
     stack.start_broker()
     console.print(f"broker: {stack.bootstrap}" + (" (embedded Tansu)" if stack.broker else ""))
     with console.status("starting services") as status:
         stack.start_services(on_progress=lambda name, st: status.update(f"{name}: {st}"))
     for name, proc in stack.processes.items():
-        console.print(f"  {name:<9} grpc {proc.address}  metrics http://127.0.0.1:{proc.metrics_port}/metrics"
-                      f"  log {proc.log_path}")
+        console.print(
+            f"  {name:<9} grpc {proc.address}  metrics http://127.0.0.1:{proc.metrics_port}/metrics"
+            f"  log {proc.log_path}"
+        )
     return stack
 
 

@@ -15,8 +15,9 @@ import dataclasses
 import logging
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from shared import env
 
@@ -38,8 +39,9 @@ def nested(cls: type, *, env_prefix: str, exclude: Sequence[str] = ()) -> Any:
     ``<env_prefix><NAME>``, with the nested class's own defaults and help: each
     setting is declared once, where it belongs. ``exclude`` names fields the
     outer config sets itself (they keep their default here)."""
-    return dataclasses.field(default_factory=cls, metadata={"nested": cls, "env_prefix": env_prefix,
-                                                            "exclude": tuple(exclude)})
+    return dataclasses.field(
+        default_factory=cls, metadata={"nested": cls, "env_prefix": env_prefix, "exclude": tuple(exclude)}
+    )
 
 
 def check(condition: bool, name: str, message: str) -> None:
@@ -112,11 +114,11 @@ def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | 
             help_text += f" [env {var}]"
         flag = "--" + dest.replace("_", "-")
         if tp is bool:
-            parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True, default=None,
-                                help=help_text)
+            parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=dest, type=_converter(tp), default=None, choices=meta.get("choices"),
-                                help=help_text)
+            parser.add_argument(
+                flag, dest=dest, type=_converter(tp), default=None, choices=meta.get("choices"), help=help_text
+            )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for dest, _, tp, var in flags:
@@ -156,19 +158,27 @@ class ServiceConfig:
 
     host: str = setting("0.0.0.0", "address the gRPC server binds", env=env.HOST)
     port: int = setting(50050, "gRPC port (0 picks a free port)", env=env.PORT)
-    metrics_port: int = setting(9100, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT)
+    metrics_port: int = setting(
+        9100, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT
+    )
     kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma separated", env=env.KAFKA)
     kafka_security_protocol: str = setting(
-        "PLAINTEXT", "Kafka security protocol", env=env.KAFKA_SECURITY_PROTOCOL,
-        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    kafka_ssl_cafile: str = setting("", "CA certificate (PEM) that signed the brokers' certificates",
-                                    env=env.KAFKA_SSL_CAFILE)
+        "PLAINTEXT",
+        "Kafka security protocol",
+        env=env.KAFKA_SECURITY_PROTOCOL,
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    kafka_ssl_cafile: str = setting(
+        "", "CA certificate (PEM) that signed the brokers' certificates", env=env.KAFKA_SSL_CAFILE
+    )
     kafka_sasl_mechanism: str = setting("", "SASL mechanism, e.g. SCRAM-SHA-512", env=env.KAFKA_SASL_MECHANISM)
     kafka_sasl_username: str = setting("", "SASL user name", env=env.KAFKA_SASL_USERNAME)
     kafka_sasl_password: str = setting("", "SASL password", env=env.KAFKA_SASL_PASSWORD)
     model_store: str = setting("./model-store", "model store root directory", env=env.MODEL_STORE)
     auth_token: str = setting("", "bearer token clients must send; empty disables auth", env=env.AUTH_TOKEN)
-    max_message_bytes: int = setting(4 * 1024 * 1024, "largest gRPC message accepted or sent", env=env.MAX_MESSAGE_BYTES)
+    max_message_bytes: int = setting(
+        4 * 1024 * 1024, "largest gRPC message accepted or sent", env=env.MAX_MESSAGE_BYTES
+    )
     grace_period_s: float = setting(
         20.0,
         "on SIGTERM, how long in-flight calls may finish; keep it below Kubernetes' "
@@ -193,8 +203,11 @@ class ServiceConfig:
         check(self.grace_period_s >= 0, "grace_period_s", f"must be >= 0, got {self.grace_period_s}")
         check(self.drain_delay_s >= 0, "drain_delay_s", f"must be >= 0, got {self.drain_delay_s}")
         check(self.max_workers >= 1, "max_workers", f"must be >= 1, got {self.max_workers}")
-        check(not self.kafka_sasl_mechanism or "SASL" in self.kafka_security_protocol, "kafka_sasl_mechanism",
-              "needs --kafka-security-protocol SASL_SSL or SASL_PLAINTEXT")
+        check(
+            not self.kafka_sasl_mechanism or "SASL" in self.kafka_security_protocol,
+            "kafka_sasl_mechanism",
+            "needs --kafka-security-protocol SASL_SSL or SASL_PLAINTEXT",
+        )
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Security options for every kafka-python client this service makes."""
@@ -202,9 +215,11 @@ class ServiceConfig:
         if self.kafka_ssl_cafile:
             options["ssl_cafile"] = self.kafka_ssl_cafile
         if self.kafka_sasl_mechanism:
-            options.update(sasl_mechanism=self.kafka_sasl_mechanism,
-                           sasl_plain_username=self.kafka_sasl_username,
-                           sasl_plain_password=self.kafka_sasl_password)
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
         return options
 
     @property

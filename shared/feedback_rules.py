@@ -13,8 +13,8 @@ a consumer into kafka_io.InvalidEvent (see :func:`validating_feedback_handler`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from shared.errors import InvalidArgument
 from shared.proto.rlhf.v1 import events_pb2
@@ -91,8 +91,9 @@ def feedback_problems(
         if not text.strip():
             out.append((p + "correction.response", "must not be empty: write the better response"))
         elif len(text) > limits.max_correction_chars:
-            out.append((p + "correction.response",
-                        f"is {len(text)} characters; the limit is {limits.max_correction_chars}"))
+            out.append(
+                (p + "correction.response", f"is {len(text)} characters; the limit is {limits.max_correction_chars}")
+            )
     elif kind == "flag":
         if event.flag.category not in _KNOWN_FLAGS:
             names = ", ".join(v.name for v in events_pb2.FlagCategory.DESCRIPTOR.values if v.number in _KNOWN_FLAGS)
@@ -103,8 +104,12 @@ def feedback_problems(
     else:
         for key, value in event.metadata.items():
             if len(key) > limits.max_metadata_chars or len(value) > limits.max_metadata_chars:
-                out.append((p + f"metadata[{key[:32]!r}]",
-                            f"keys and values are limited to {limits.max_metadata_chars} characters"))
+                out.append(
+                    (
+                        p + f"metadata[{key[:32]!r}]",
+                        f"keys and values are limited to {limits.max_metadata_chars} characters",
+                    )
+                )
                 break
     return out
 
@@ -135,8 +140,12 @@ def _preference_problems(event: events_pb2.FeedbackEvent, limits: FeedbackLimits
     if out:
         return out
     if pref.chosen_generation_id == pref.rejected_generation_id:
-        out.append((p + "preference.rejected_generation_id",
-                    "equals chosen_generation_id; a preference compares two different generations"))
+        out.append(
+            (
+                p + "preference.rejected_generation_id",
+                "equals chosen_generation_id; a preference compares two different generations",
+            )
+        )
     elif event.generation_id not in (pref.chosen_generation_id, pref.rejected_generation_id):
         # The record key is generation_id; it must be one of the pair so the
         # trainer can join the preference to its generations.
@@ -164,9 +173,7 @@ def raise_first(problems: Iterable[Problem]) -> None:
         raise InvalidArgument(field, message)
 
 
-def validating_feedback_handler(
-    handler: Callable, limits: FeedbackLimits = DEFAULT_LIMITS
-) -> Callable:
+def validating_feedback_handler(handler: Callable, limits: FeedbackLimits = DEFAULT_LIMITS) -> Callable:
     """Wrap an EventConsumerLoop handler for rlhf.feedback.v1: defaults are
     filled, and an event that breaks the rules raises InvalidEvent (so the
     loop dead-letters it with every problem) instead of reaching ``handler``."""

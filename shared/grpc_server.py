@@ -15,9 +15,10 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -54,15 +55,19 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool
     """Return ``handler`` with its behaviour replaced by ``wrap(behavior, streaming)``."""
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer)
+            wrap(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer
+        )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            wrap(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer)
+            wrap(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer
+        )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer)
+            wrap(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer
+        )
     return grpc.stream_stream_rpc_method_handler(
-        wrap(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer)
+        wrap(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer
+    )
 
 
 class _WrappingInterceptor(grpc.ServerInterceptor):
@@ -168,12 +173,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        detail = ("missing bearer token: send metadata 'authorization: Bearer <token>'" if not given
-                  else "invalid bearer token")
+        detail = (
+            "missing bearer token: send metadata 'authorization: Bearer <token>'"
+            if not given
+            else "invalid bearer token"
+        )
 
         def deny(behavior: Behavior, streaming: bool) -> Behavior:
             def abort(request, context):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
+
             return abort
 
         return _wrap_handler(handler, deny)
@@ -190,8 +199,10 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
         size = request.ByteSize() if hasattr(request, "ByteSize") else 0
         if size > self.max_message_bytes:
             raise errors.InvalidArgument(
-                "request", f"message is {size} bytes; the limit is {self.max_message_bytes} bytes "
-                "(server flag --max-message-bytes)")
+                "request",
+                f"message is {size} bytes; the limit is {self.max_message_bytes} bytes "
+                "(server flag --max-message-bytes)",
+            )
 
     def _abort(self, context, exc: Exception) -> None:
         for cls, code in _STATUS_BY_ERROR:
@@ -269,8 +280,8 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [b.full_name for b in self.bindings]
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.server)
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server
+        )
         self.set_serving(False)
 
     def start(self) -> int:

@@ -23,10 +23,16 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 # Weights of other frameworks or runtimes: not pickle, but not what the
 # platform loads either (an ONNX file is re-exported from the weights).
 FOREIGN_WEIGHT_SUFFIXES = (".h5", ".msgpack", ".gguf", ".onnx", ".ot", ".tflite", ".mlmodel")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json",
-                   "spiece.model", "sentencepiece.bpe.model")
-CONVERT_HINT = ("load it and save it again as safetensors: "
-                "model.save_pretrained(dir, safe_serialization=True)")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+CONVERT_HINT = "load it and save it again as safetensors: model.save_pretrained(dir, safe_serialization=True)"
 
 
 class ModelImportError(ValueError):
@@ -49,24 +55,29 @@ def _weights(path: Path, names: set[str]) -> tuple[str, ...]:
         try:
             weight_map = json.loads((path / SAFETENSORS_INDEX).read_text())["weight_map"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ModelImportError(f"{path / SAFETENSORS_INDEX} is not a valid shard index (needs a "
-                                   f"weight_map): {exc}") from exc
+            raise ModelImportError(
+                f"{path / SAFETENSORS_INDEX} is not a valid shard index (needs a weight_map): {exc}"
+            ) from exc
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if s not in names]
         if missing:
-            raise ModelImportError(f"{path / SAFETENSORS_INDEX} lists shards that are not in the directory: "
-                                   f"{', '.join(missing)}")
+            raise ModelImportError(
+                f"{path / SAFETENSORS_INDEX} lists shards that are not in the directory: {', '.join(missing)}"
+            )
         return tuple(shards)
     if SAFETENSORS_FILE in names:
         return (SAFETENSORS_FILE,)
     pickled = sorted(n for n in names if Path(n).suffix in PICKLE_SUFFIXES)
     if pickled:
-        raise ModelImportError(f"{path} has only pickle-based weights ({', '.join(pickled)}); they are refused "
-                               f"because loading them can run arbitrary code. To convert, {CONVERT_HINT}")
+        raise ModelImportError(
+            f"{path} has only pickle-based weights ({', '.join(pickled)}); they are refused "
+            f"because loading them can run arbitrary code. To convert, {CONVERT_HINT}"
+        )
     other = sorted(n for n in names if n.endswith(".safetensors") or Path(n).suffix in FOREIGN_WEIGHT_SUFFIXES)
     found = f" (found {', '.join(other)})" if other else ""
-    raise ModelImportError(f"{path} has no weights: expected {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} with its "
-                           f"shards{found}")
+    raise ModelImportError(
+        f"{path} has no weights: expected {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} with its shards{found}"
+    )
 
 
 def inspect_model_dir(src: str | Path) -> ModelDir:
@@ -80,13 +91,17 @@ def inspect_model_dir(src: str | Path) -> ModelDir:
     names = {p.name for p in path.iterdir() if p.is_file()}
     if CONFIG_FILE not in names:
         if "adapter_config.json" in names:
-            raise ModelImportError(f"{path} is a PEFT/LoRA adapter, not a full model: merge it into its base "
-                                   "first (model.merge_and_unload().save_pretrained(dir)) and import that")
+            raise ModelImportError(
+                f"{path} is a PEFT/LoRA adapter, not a full model: merge it into its base "
+                "first (model.merge_and_unload().save_pretrained(dir)) and import that"
+            )
         raise ModelImportError(f"{path} has no {CONFIG_FILE}; it is not a Hugging Face model directory")
     weights = _weights(path, names)
     if not names & set(TOKENIZER_FILES):
-        raise ModelImportError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it next "
-                               "to the model: tokenizer.save_pretrained(dir)")
+        raise ModelImportError(
+            f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it next "
+            "to the model: tokenizer.save_pretrained(dir)"
+        )
     files, skipped = [], []
     for name in sorted(names):
         suffix = Path(name).suffix
@@ -113,9 +128,11 @@ def load_config(model_dir: ModelDir):
     try:
         return AutoConfig.from_pretrained(model_dir.path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all mean the same here
-        raise ModelImportError(f"{model_dir.path / CONFIG_FILE} cannot be loaded by AutoConfig: {describe_error(exc)} "
-                               "(a model_type this transformers version does not know, or one that needs "
-                               "trust_remote_code, which is not supported)") from exc
+        raise ModelImportError(
+            f"{model_dir.path / CONFIG_FILE} cannot be loaded by AutoConfig: {describe_error(exc)} "
+            "(a model_type this transformers version does not know, or one that needs "
+            "trust_remote_code, which is not supported)"
+        ) from exc
 
 
 def load_tokenizer(model_dir: ModelDir):
@@ -125,20 +142,26 @@ def load_tokenizer(model_dir: ModelDir):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir.path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise ModelImportError(f"the tokenizer in {model_dir.path} cannot be loaded by AutoTokenizer: "
-                               f"{describe_error(exc)} (are its files complete? save it again with "
-                               "tokenizer.save_pretrained(dir))") from exc
+        raise ModelImportError(
+            f"the tokenizer in {model_dir.path} cannot be loaded by AutoTokenizer: "
+            f"{describe_error(exc)} (are its files complete? save it again with "
+            "tokenizer.save_pretrained(dir))"
+        ) from exc
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise ModelImportError(f"the tokenizer in {model_dir.path} has no vocabulary beyond its special tokens; "
-                               "its files are incomplete (save it again with tokenizer.save_pretrained(dir))")
+        raise ModelImportError(
+            f"the tokenizer in {model_dir.path} has no vocabulary beyond its special tokens; "
+            "its files are incomplete (save it again with tokenizer.save_pretrained(dir))"
+        )
     return tokenizer
 
 
 def check_vocab_fits(model_dir: ModelDir, tokenizer, embedding_rows: int) -> None:
     """Every token id the tokenizer can produce must have an embedding row."""
     if len(tokenizer) > embedding_rows:
-        raise ModelImportError(f"the tokenizer in {model_dir.path} has {len(tokenizer)} tokens but the model's "
-                               f"embedding has {embedding_rows} rows: they do not belong together")
+        raise ModelImportError(
+            f"the tokenizer in {model_dir.path} has {len(tokenizer)} tokens but the model's "
+            f"embedding has {embedding_rows} rows: they do not belong together"
+        )
 
 
 def describe_error(exc: BaseException) -> str:

@@ -15,8 +15,8 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from google.protobuf.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -35,15 +35,17 @@ SESSION_TIMEOUT_MS = 1500
 HEARTBEAT_INTERVAL_MS = 500
 
 
-def ensure_topics(bootstrap: str, partitions: dict[str, int] | None = None, timeout_s: float = 15.0,
-                  **client_options) -> None:
+def ensure_topics(
+    bootstrap: str, partitions: dict[str, int] | None = None, timeout_s: float = 15.0, **client_options
+) -> None:
     """Create the project's topics if missing (idempotent)."""
     wanted = partitions or events.TOPIC_PARTITIONS
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rlhf-admin",
-                                     bootstrap_timeout_ms=2000, **client_options)
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap, client_id="rlhf-admin", bootstrap_timeout_ms=2000, **client_options
+            )
             break
         except KafkaError:
             if time.monotonic() > deadline:
@@ -112,8 +114,13 @@ class DeadLetterProducer:
         metrics.EVENTS_DEADLETTERED.labels(record.topic, reason).inc()
         log.warning(
             "dead-lettered event",
-            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                   "reason": reason, "error": detail},
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason,
+                "error": detail,
+            },
         )
 
 
@@ -301,7 +308,9 @@ class EventConsumerLoop:
         for tp in batch:
             high = consumer.highwater(tp)
             if high is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition), group).set(max(0, high - consumer.position(tp)))
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition), group).set(
+                    max(0, high - consumer.position(tp))
+                )
 
 
 class BufferedEventPublisher:
@@ -314,8 +323,15 @@ class BufferedEventPublisher:
     rlhf_events_dropped_total.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, capacity: int = 10_000, max_age_s: float = 600.0,
-                 producer_overrides: dict | None = None):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        capacity: int = 10_000,
+        max_age_s: float = 600.0,
+        producer_overrides: dict | None = None,
+    ):
         self.bootstrap = bootstrap
         self.topic = topic
         self.capacity = capacity
@@ -401,15 +417,19 @@ class BufferedEventPublisher:
             if self._producer is None:
                 self._producer = create_producer(self.bootstrap, **self.producer_overrides)
         except Exception as exc:  # noqa: BLE001 - broker down: keep everything for retry
-            log.warning("broker unreachable; events kept for retry",
-                        extra={"topic": self.topic, "pending": len(batch), "error": str(exc)})
+            log.warning(
+                "broker unreachable; events kept for retry",
+                extra={"topic": self.topic, "pending": len(batch), "error": str(exc)},
+            )
             return batch
         try:
             futures = [produce_event(self._producer, self.topic, key, msg) for _, key, msg in batch]
             self._producer.flush(timeout=30)
         except Exception as exc:  # noqa: BLE001 - broker down: keep everything for retry
-            log.warning("broker unavailable; events kept for retry",
-                        extra={"topic": self.topic, "pending": len(batch), "error": str(exc)})
+            log.warning(
+                "broker unavailable; events kept for retry",
+                extra={"topic": self.topic, "pending": len(batch), "error": str(exc)},
+            )
             return batch
         unsent = []
         for item, future in zip(batch, futures):
@@ -418,8 +438,10 @@ class BufferedEventPublisher:
             else:
                 unsent.append(item)
         if unsent:
-            log.warning("events not acknowledged; kept for retry with a new producer",
-                        extra={"topic": self.topic, "pending": len(unsent)})
+            log.warning(
+                "events not acknowledged; kept for retry with a new producer",
+                extra={"topic": self.topic, "pending": len(unsent)},
+            )
             # kafka-python's idempotent producer never recovers once the broker
             # has forgotten its producer id (a broker that lost its state); a
             # fresh producer gets a new id. Ordering per key is kept because the

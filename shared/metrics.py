@@ -26,7 +26,8 @@ RPC_IN_FLIGHT = Gauge("rlhf_rpc_in_flight", "gRPC calls being served now", ["ser
 
 EVENTS_PRODUCED = Counter("rlhf_events_produced_total", "events acknowledged by the broker", ["topic"])
 EVENTS_DROPPED = Counter(
-    "rlhf_events_dropped_total", "events given up on after retries or buffer overflow (each is also logged)",
+    "rlhf_events_dropped_total",
+    "events given up on after retries or buffer overflow (each is also logged)",
     ["topic", "reason"],
 )
 EVENTS_BUFFERED = Gauge("rlhf_events_buffered", "events waiting to be sent to the broker", ["topic"])

@@ -26,15 +26,25 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 from shared.hf_model_dir import (
-    CONFIG_FILE, ModelDir, ModelImportError, check_vocab_fits, describe_error, inspect_model_dir, load_config,
+    CONFIG_FILE,
+    ModelDir,
+    ModelImportError,
+    check_vocab_fits,
+    describe_error,
+    inspect_model_dir,
+    load_config,
     load_tokenizer,
 )
 from shared.model_store import ModelStore
+
+if TYPE_CHECKING:  # torch loads only when an import runs
+    from shared.reward_model import ScalarReward
 
 POLICY_FORMAT = "hf-causal-lm"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -65,12 +75,16 @@ def _check_architecture(model_dir: ModelDir, config, mapping: dict, wanted: str,
     """The config's architecture if it is one of ``mapping``'s model classes, else ModelImportError."""
     declared = list(getattr(config, "architectures", None) or [])
     if config.model_type not in mapping:
-        raise ModelImportError(f"{model_dir.path / CONFIG_FILE}: model_type {config.model_type!r} has no "
-                               f"{wanted} class in transformers (expected e.g. {example}){hint}")
+        raise ModelImportError(
+            f"{model_dir.path / CONFIG_FILE}: model_type {config.model_type!r} has no "
+            f"{wanted} class in transformers (expected e.g. {example}){hint}"
+        )
     accepted = _class_names(mapping)
     if declared and not set(declared) & accepted:
-        raise ModelImportError(f"{model_dir.path / CONFIG_FILE}: architectures {declared} is not a {wanted} "
-                               f"(expected e.g. {example}){hint}")
+        raise ModelImportError(
+            f"{model_dir.path / CONFIG_FILE}: architectures {declared} is not a {wanted} "
+            f"(expected e.g. {example}){hint}"
+        )
     return declared[0] if declared else str(mapping[config.model_type])
 
 
@@ -92,14 +106,22 @@ def _check_causal_lm(model_dir: ModelDir, config, tokenizer) -> tuple[str, int]:
     from shared.prompting import encode_prompt
 
     architecture = _check_architecture(
-        model_dir, config, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "causal language model",
-        "LlamaForCausalLM, GPT2LMHeadModel", "; `rlhf import policy` needs a model AutoModelForCausalLM loads")
+        model_dir,
+        config,
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        "causal language model",
+        "LlamaForCausalLM, GPT2LMHeadModel",
+        "; `rlhf import policy` needs a model AutoModelForCausalLM loads",
+    )
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(model_dir.path, local_files_only=True,
-                                                           use_safetensors=True, output_loading_info=True)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            model_dir.path, local_files_only=True, use_safetensors=True, output_loading_info=True
+        )
+        model, info = loaded  # (model, loading info) with output_loading_info=True
     except Exception as exc:  # noqa: BLE001
         raise ModelImportError(
-            f"{model_dir.path} does not load as AutoModelForCausalLM: {describe_error(exc)}") from exc
+            f"{model_dir.path} does not load as AutoModelForCausalLM: {describe_error(exc)}"
+        ) from exc
     error = _missing_weights_error(model_dir, info, f"{architecture} (not a causal LM checkpoint?)")
     if error:
         raise error
@@ -140,8 +162,15 @@ def _config_pad_patch(pad_token_id: int) -> Patch:
     return patch
 
 
-def _write(store: ModelStore, kind: str, model_dir: ModelDir, patches: list[Patch], notes: dict[str, str],
-           set_current: bool, warnings: list[str]) -> ImportResult:
+def _write(
+    store: ModelStore,
+    kind: str,
+    model_dir: ModelDir,
+    patches: list[Patch],
+    notes: dict[str, str],
+    set_current: bool,
+    warnings: list[str],
+) -> ImportResult:
     """Copy the files and apply the patches into a new version (atomic); optionally make it current."""
 
     def fill(out: Path) -> None:
@@ -157,15 +186,20 @@ def _write(store: ModelStore, kind: str, model_dir: ModelDir, patches: list[Patc
 
 
 def _base_notes(model_dir: ModelDir, format_name: str, architecture: str, extra: dict[str, str] | None) -> dict:
-    notes = {"source": "rlhf import", "source_path": str(model_dir.path), "format": format_name,
-             "architecture": architecture}
+    notes = {
+        "source": "rlhf import",
+        "source_path": str(model_dir.path),
+        "format": format_name,
+        "architecture": architecture,
+    }
     if model_dir.skipped:
         notes["skipped_files"] = "; ".join(model_dir.skipped)
     return {**notes, **{k: str(v) for k, v in (extra or {}).items()}}
 
 
-def import_policy(store: ModelStore, src_dir: str | Path, *, set_current: bool = False,
-                  notes: dict[str, str] | None = None) -> ImportResult:
+def import_policy(
+    store: ModelStore, src_dir: str | Path, *, set_current: bool = False, notes: dict[str, str] | None = None
+) -> ImportResult:
     """Import a causal-LM directory as the next policy version (see the module docstring)."""
     from shared.prompting import encode_prompt, has_chat_template
 
@@ -186,9 +220,12 @@ def import_policy(store: ModelStore, src_dir: str | Path, *, set_current: bool =
         warnings.append("the tokenizer has no eos token: generation stops only at max_new_tokens")
     bos = tokenizer.bos_token_id
     record = _base_notes(model_dir, POLICY_FORMAT, architecture, notes)
-    record.update(num_parameters=str(n_params), pad_token=pad_note,
-                  chat_template="yes" if has_chat_template(tokenizer) else "no",
-                  adds_bos=str(bos is not None and encode_prompt(tokenizer, "Hi")[:1] == [bos]).lower())
+    record.update(
+        num_parameters=str(n_params),
+        pad_token=pad_note,
+        chat_template="yes" if has_chat_template(tokenizer) else "no",
+        adds_bos=str(bos is not None and encode_prompt(tokenizer, "Hi")[:1] == [bos]).lower(),
+    )
     if not has_chat_template(tokenizer):
         warnings.append("the tokenizer has no chat template: clients must send a plain prompt, not messages")
     return _write(store, "policy", model_dir, patches, record, set_current, warnings)
@@ -198,19 +235,25 @@ def _check_sequence_classifier(model_dir: ModelDir, config) -> str:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
     architecture = _check_architecture(
-        model_dir, config, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "sequence-classification model",
+        model_dir,
+        config,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+        "sequence-classification model",
         "LlamaForSequenceClassification, BertForSequenceClassification",
         "; a reward model is an AutoModelForSequenceClassification with num_labels=1, or the platform's "
-        "MiniLM format (with reward_config.json)")
+        "MiniLM format (with reward_config.json)",
+    )
     if config.num_labels != 1:
         labels = getattr(config, "id2label", {}) or {}
-        raise ModelImportError(f"{model_dir.path / CONFIG_FILE}: num_labels is {config.num_labels} "
-                               f"(labels {list(labels.values())}); a reward model needs one scalar label "
-                               "(num_labels=1), the score of the response")
+        raise ModelImportError(
+            f"{model_dir.path / CONFIG_FILE}: num_labels is {config.num_labels} "
+            f"(labels {list(labels.values())}); a reward model needs one scalar label "
+            "(num_labels=1), the score of the response"
+        )
     return architecture
 
 
-def _load_reward(model_dir: ModelDir, config, tokenizer) -> tuple[object, object, str, list[Patch], str]:
+def _load_reward(model_dir: ModelDir, config, tokenizer) -> tuple[ScalarReward, Any, str, list[Patch], str]:
     """(model, tokenizer, format, patches, pad note) for either reward format."""
     from shared.reward_adapter import HF_FORMAT, load_sequence_classification_reward, set_missing_pad_token
     from shared.reward_model import REWARD_CONFIG_FILE, load_reward_model, reward_format, write_reward_config
@@ -241,6 +284,10 @@ def _load_reward(model_dir: ModelDir, config, tokenizer) -> tuple[object, object
     return model, loaded_tokenizer, format_name, patches, pad_note
 
 
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+
+
 def _inner_embedding_rows(model) -> int:
     """Rows of the token embedding inside either reward format."""
     from shared.reward_adapter import SequenceClassificationReward
@@ -249,8 +296,9 @@ def _inner_embedding_rows(model) -> int:
     return inner.get_input_embeddings().num_embeddings
 
 
-def import_reward(store: ModelStore, src_dir: str | Path, *, set_current: bool = False,
-                  notes: dict[str, str] | None = None) -> ImportResult:
+def import_reward(
+    store: ModelStore, src_dir: str | Path, *, set_current: bool = False, notes: dict[str, str] | None = None
+) -> ImportResult:
     """Import a reward model directory as the next reward version (see the module docstring)."""
     import math
 
@@ -268,11 +316,15 @@ def import_reward(store: ModelStore, src_dir: str | Path, *, set_current: bool =
     with tempfile.TemporaryDirectory(prefix="rlhf-import-onnx-") as onnx_dir:
         onnx = export_verified_onnx(model, tokenizer, onnx_dir)
         if onnx.backend == "onnx":
-            patches.append(lambda out: shutil.copyfile(Path(onnx_dir) / ONNX_FILE, out / ONNX_FILE))
+            patches.append(lambda out: _copy(Path(onnx_dir) / ONNX_FILE, out / ONNX_FILE))
         else:
             warnings.append(f"scored with torch, not ONNX: {onnx.reason}")
         record = _base_notes(model_dir, format_name, model.architecture, notes)
-        record.update(num_parameters=str(sum(p.numel() for p in model.parameters())), pad_token=pad_note,
-                      max_length=str(model.head_config.max_length), scoring_backend=onnx.backend,
-                      scoring_backend_reason=onnx.reason)
+        record.update(
+            num_parameters=str(sum(p.numel() for p in model.parameters())),
+            pad_token=pad_note,
+            max_length=str(model.head_config.max_length),
+            scoring_backend=onnx.backend,
+            scoring_backend_reason=onnx.reason,
+        )
         return _write(store, "reward", model_dir, patches, record, set_current, warnings)

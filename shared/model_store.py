@@ -20,9 +20,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 KINDS = ("policy", "reward")
 MANIFEST = "manifest.json"
@@ -50,7 +50,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         return cls(
             kind=data["kind"],
@@ -183,12 +183,12 @@ class ModelStore:
                 if not path.is_file():
                     raise ModelStoreError(f"{kind} {version} is corrupt: {rel} is missing")
                 if sha256_file(path) != expected:
-                    raise ModelStoreError(
-                        f"{kind} {version} is corrupt: sha256 of {rel} does not match its manifest"
-                    )
-            extra = {
-                p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()
-            } - set(manifest.files) - {MANIFEST}
+                    raise ModelStoreError(f"{kind} {version} is corrupt: sha256 of {rel} does not match its manifest")
+            extra = (
+                {p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()}
+                - set(manifest.files)
+                - {MANIFEST}
+            )
             pickled = [p for p in extra if Path(p).suffix in PICKLE_SUFFIXES]
             if pickled:
                 raise ModelStoreError(f"{kind} {version} contains pickle files {pickled}; refusing")

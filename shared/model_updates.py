@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from shared import events, metrics
 from shared.events import ConsumedEvent
@@ -34,16 +34,31 @@ LoadFn = Callable[[str, str], None]
 
 
 class ModelUpdateFollower:
-    def __init__(self, kind: str, store: ModelStore, load: LoadFn, serving_version: Callable[[], str | None],
-                 bootstrap: str, *, client_id: str = "", kafka_options: dict | None = None):
+    def __init__(
+        self,
+        kind: str,
+        store: ModelStore,
+        load: LoadFn,
+        serving_version: Callable[[], str | None],
+        bootstrap: str,
+        *,
+        client_id: str = "",
+        kafka_options: dict | None = None,
+    ):
         if kind not in _KIND_ENUMS:
             raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_KIND_ENUMS)}")
         self.kind, self.store, self._load, self._serving = kind, store, load, serving_version
         self.loop = EventConsumerLoop(
-            ConsumerSettings(bootstrap=bootstrap, topics={events.MODEL_UPDATES_TOPIC: events_pb2.ModelUpdateEvent},
-                             group_id=None, from_beginning=False, client_id=client_id or f"rlhf-{kind}-updates",
-                             extra=dict(kafka_options or {})),
-            self.on_update)
+            ConsumerSettings(
+                bootstrap=bootstrap,
+                topics={events.MODEL_UPDATES_TOPIC: events_pb2.ModelUpdateEvent},
+                group_id=None,
+                from_beginning=False,
+                client_id=client_id or f"rlhf-{kind}-updates",
+                extra=dict(kafka_options or {}),
+            ),
+            self.on_update,
+        )
         self._wanted: tuple[str, str] | None = None  # (version, manifest sha256)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -58,15 +73,16 @@ class ModelUpdateFollower:
         update = event.message
         if update.kind != _KIND_ENUMS[self.kind]:
             return
-        log.info("model update received", extra={"kind": self.kind, "version": update.version,
-                                                 "action": update.action})
+        log.info("model update received", extra={"kind": self.kind, "version": update.version, "action": update.action})
         with self._cond:
             self._wanted = (update.version, update.manifest_sha256)
             self._cond.notify()
 
     def start(self) -> None:
-        self._threads = [self.loop.start(self._stop, name=f"{self.kind}-updates"),
-                         threading.Thread(target=self._load_wanted, name=f"{self.kind}-loader", daemon=True)]
+        self._threads = [
+            self.loop.start(self._stop, name=f"{self.kind}-updates"),
+            threading.Thread(target=self._load_wanted, name=f"{self.kind}-loader", daemon=True),
+        ]
         self._threads[1].start()
 
     def stop(self) -> None:
@@ -91,14 +107,18 @@ class ModelUpdateFollower:
         try:
             version, sha = self.store.version_to_serve(self.kind, announced, announced_sha256)
             if version != announced:
-                log.warning("stale model update; serving CURRENT instead",
-                            extra={"kind": self.kind, "announced": announced, "current": version})
+                log.warning(
+                    "stale model update; serving CURRENT instead",
+                    extra={"kind": self.kind, "announced": announced, "current": version},
+                )
             if version == self._serving():
                 return  # redelivery, a stale event, or we started on it: idempotent
             self._load(version, sha)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
             metrics.MODEL_SWAPS.labels(self.kind, "failed").inc()
-            log.error("cannot swap model version; still serving the previous one",
-                      extra={"kind": self.kind, "version": version, "error": f"{type(exc).__name__}: {exc}"})
+            log.error(
+                "cannot swap model version; still serving the previous one",
+                extra={"kind": self.kind, "version": version, "error": f"{type(exc).__name__}: {exc}"},
+            )
             return
         metrics.MODEL_SWAPS.labels(self.kind, "ok").inc()

@@ -13,9 +13,9 @@ application's prompt format or judge (the demo's live in ``demo/``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -28,19 +28,19 @@ class SamplingSettings:
 
     samples_per_prompt: int = 4
     max_new_tokens: int = 40
-    temperature: float = 1.0   # the distribution PPO optimises; greedy would hide variance
-    top_k: int = 0             # 0 = off
+    temperature: float = 1.0  # the distribution PPO optimises; greedy would hide variance
+    top_k: int = 0  # 0 = off
     top_p: float = 1.0
-    batch_size: int = 64       # prompts x samples generated per forward batch
+    batch_size: int = 64  # prompts x samples generated per forward batch
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class Sample:
-    prompt: str                # the prompt text as sampled
-    prompt_ids: list[int]      # encode_prompt(prompt): the ids serving would feed the model
-    response_ids: list[int]    # generated tokens, up to and including EOS if produced
-    text: str                  # decoded response, special tokens removed
+    prompt: str  # the prompt text as sampled
+    prompt_ids: list[int]  # encode_prompt(prompt): the ids serving would feed the model
+    response_ids: list[int]  # generated tokens, up to and including EOS if produced
+    text: str  # decoded response, special tokens removed
 
 
 def load_policy(model_dir: str | Path):
@@ -61,8 +61,8 @@ def left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids, mask
 
 
@@ -102,7 +102,9 @@ def sample_responses(model, tokenizer, prompts: Sequence[str], settings: Samplin
     return out
 
 
-def response_logprobs(model, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], pad_id: int) -> list[torch.Tensor]:
+def response_logprobs(
+    model, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], pad_id: int
+) -> list[torch.Tensor]:
     """Per-token log-probs of each response given its prompt (gradients flow
     if enabled, so PPO can reuse this). Sequences are right-padded, so default
     position ids match unpadded generation."""

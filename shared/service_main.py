@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from shared import metrics
 from shared.config import ConfigError, load_config, log_config
@@ -19,8 +20,14 @@ from shared.logs import setup_logging
 log = logging.getLogger(__name__)
 
 
-def run_service(config_cls: type, name: str, build: Callable[[Any], Any], argv: Sequence[str] | None = None,
-                *, serve_metrics: bool = True) -> int:
+def run_service(
+    config_cls: type,
+    name: str,
+    build: Callable[[Any], Any],
+    argv: Sequence[str] | None = None,
+    *,
+    serve_metrics: bool = True,
+) -> int:
     """Run a service until signalled; returns the process exit code (2: bad config, 1: failed start)."""
     try:
         config: Any = load_config(config_cls, argv, prog=f"python -m services.{name}")

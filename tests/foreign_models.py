@@ -45,15 +45,21 @@ def tiny_llama_tokenizer(*, with_pad_token: bool = True, vocab_size: int = 384):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     specials = [UNK, BOS, EOS] + ([PAD] if with_pad_token else [])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(TEXTS, trainer=trainer)
     bos_id = backend.token_to_id(BOS)
     # Llama's own templates: BOS before each text, nothing after.
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, unk_token=UNK,
-                                        pad_token=PAD if with_pad_token else None)
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD if with_pad_token else None
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -62,10 +68,18 @@ def _llama_config(tokenizer, **overrides):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **overrides)
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
 
 
 def _save(model, tokenizer, out_dir: str | Path) -> Path:
@@ -90,8 +104,9 @@ def build_tiny_llama(out_dir: str | Path, *, with_pad_token: bool = True, seed: 
     return _save(model, tokenizer, out_dir)
 
 
-def build_tiny_seq_cls_reward(out_dir: str | Path, *, arch: str = "llama", num_labels: int = 1,
-                              with_pad_token: bool = True, seed: int = 0) -> Path:
+def build_tiny_seq_cls_reward(
+    out_dir: str | Path, *, arch: str = "llama", num_labels: int = 1, with_pad_token: bool = True, seed: int = 0
+) -> Path:
     """A random sequence-classification model with ``num_labels`` labels and its
     tokenizer, saved to ``out_dir``. ``arch`` "llama": LlamaForSequenceClassification
     (2 layers, hidden 32; pad_token_id in the config unless ``with_pad_token`` is
@@ -110,9 +125,17 @@ def build_tiny_seq_cls_reward(out_dir: str | Path, *, arch: str = "llama", num_l
         from shared.reward_model import minilm_dir
 
         tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=512, num_labels=num_labels,
-                            initializer_range=0.2, pad_token_id=tokenizer.pad_token_id)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            num_labels=num_labels,
+            initializer_range=0.2,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = BertForSequenceClassification(config)
     else:
         raise ValueError(f"unknown arch {arch!r}; expected 'llama' or 'bert'")

@@ -33,7 +33,7 @@ def read_topic(bootstrap: str, topic: str, message_cls, *, timeout_s: float = 5.
         out = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=100).items():
+            for records in consumer.poll(timeout_ms=100).values():
                 for r in records:
                     out.append((r, events.decode(r.value, r.headers, message_cls) if message_cls else None))
             done = all(consumer.position(tp) >= ends[tp] for tp in parts)

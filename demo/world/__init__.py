@@ -21,8 +21,25 @@ from demo.world.judge import Verdict, judge
 from demo.world.template import PROMPT_FRAME, PROMPT_TEMPLATE, extract_question, format_prompt, question_key
 
 __all__ = [
-    "AXES", "FLAWS", "KINDS", "PROMPT_FRAME", "PROMPT_TEMPLATE", "Prompt", "Response", "Verdict", "build_prompts",
+    "AXES",
+    "FLAWS",
+    "KINDS",
+    "PROMPT_FRAME",
+    "PROMPT_TEMPLATE",
+    "Prompt",
+    "Response",
+    "Verdict",
+    "build_prompts",
     "degenerate_response",
-    "extract_question", "find_prompt", "format_prompt", "judge", "make_response", "preference_pairs",
-    "pretrain_corpus", "question_key", "sample_flaws", "sft_demonstrations", "split_prompts",
+    "extract_question",
+    "find_prompt",
+    "format_prompt",
+    "judge",
+    "make_response",
+    "preference_pairs",
+    "pretrain_corpus",
+    "question_key",
+    "sample_flaws",
+    "sft_demonstrations",
+    "split_prompts",
 ]

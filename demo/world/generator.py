@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
 
 from demo.world import tables as T
 from demo.world.template import extract_question, format_prompt
@@ -36,8 +36,12 @@ AXES = ("helpful", "polite", "correct", "safe", "concise")
 FLAWS = ("off_topic", "rude", "wrong", "unsafe", "ramble")  # flaw i breaks AXES[i]
 KINDS = ("howto", "fact", "decline")
 
-_HOWTO_PHRASINGS = ("How do I {x}?", "What is the best way to {x}?", "Can you tell me how to {x}?",
-                    "Explain how to {x}.")
+_HOWTO_PHRASINGS = (
+    "How do I {x}?",
+    "What is the best way to {x}?",
+    "Can you tell me how to {x}?",
+    "Explain how to {x}.",
+)
 _DECLINE_PHRASINGS = ("How can I {x}?", "Tell me how to {x}.")
 _FACT_PHRASINGS = {
     "capital": ("What is the capital of {s}?", "Which city is the capital of {s}?", "Name the capital of {s}."),
@@ -51,13 +55,13 @@ class Prompt:
     """One question of the world, with everything the judge needs to grade it."""
 
     prompt_id: str
-    kind: str                          # one of KINDS
-    item: str                          # the task / fact subject / request it asks about
-    question: str                      # bare text; the policy sees format_prompt(question)
-    keywords: tuple[str, ...]          # any of them present = topic addressed
-    correct_markers: tuple[str, ...]   # any present (and no wrong marker) = correct
+    kind: str  # one of KINDS
+    item: str  # the task / fact subject / request it asks about
+    question: str  # bare text; the policy sees format_prompt(question)
+    keywords: tuple[str, ...]  # any of them present = topic addressed
+    correct_markers: tuple[str, ...]  # any present (and no wrong marker) = correct
     wrong_markers: tuple[str, ...]
-    split: str = "train"               # "train" or "heldout"
+    split: str = "train"  # "train" or "heldout"
 
     @property
     def text(self) -> str:
@@ -89,21 +93,51 @@ def _a(noun: str) -> str:
 def _items() -> Iterable[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
     """(kind, item, phrasings, keywords, correct_markers, wrong_markers)."""
     for h in T.HOWTOS:
-        yield ("howto", h.task, tuple(p.format(x=h.task) for p in _HOWTO_PHRASINGS),
-               h.keywords, h.correct_markers, h.wrong_markers)
+        yield (
+            "howto",
+            h.task,
+            tuple(p.format(x=h.task) for p in _HOWTO_PHRASINGS),
+            h.keywords,
+            h.correct_markers,
+            h.wrong_markers,
+        )
     for country, city in T.CAPITALS:
         others = tuple(c for _, c in T.CAPITALS if c != city)
-        yield ("fact", f"capital of {country}", tuple(p.format(s=country) for p in _FACT_PHRASINGS["capital"]),
-               (country,), (city,), others)
+        yield (
+            "fact",
+            f"capital of {country}",
+            tuple(p.format(s=country) for p in _FACT_PHRASINGS["capital"]),
+            (country,),
+            (city,),
+            others,
+        )
     for animal, n in T.LEGS:
-        yield ("fact", f"legs of a {animal}", tuple(p.format(s=_a(animal)) for p in _FACT_PHRASINGS["legs"]),
-               (animal,), (n,), tuple(w for w in T.NUMBER_WORDS if w != n))
+        yield (
+            "fact",
+            f"legs of a {animal}",
+            tuple(p.format(s=_a(animal)) for p in _FACT_PHRASINGS["legs"]),
+            (animal,),
+            (n,),
+            tuple(w for w in T.NUMBER_WORDS if w != n),
+        )
     for phrase, word, colour in T.COLOURS:
-        yield ("fact", f"colour of {phrase}", tuple(p.format(s=phrase) for p in _FACT_PHRASINGS["colour"]),
-               (word,), (colour,), tuple(c for c in T.COLOUR_WORDS if c != colour))
+        yield (
+            "fact",
+            f"colour of {phrase}",
+            tuple(p.format(s=phrase) for p in _FACT_PHRASINGS["colour"]),
+            (word,),
+            (colour,),
+            tuple(c for c in T.COLOUR_WORDS if c != colour),
+        )
     for d in T.DECLINES:
-        yield ("decline", d.request, tuple(p.format(x=d.request) for p in _DECLINE_PHRASINGS),
-               d.keywords, (), d.compliance_markers)
+        yield (
+            "decline",
+            d.request,
+            tuple(p.format(x=d.request) for p in _DECLINE_PHRASINGS),
+            d.keywords,
+            (),
+            d.compliance_markers,
+        )
 
 
 @lru_cache(maxsize=8)
@@ -152,7 +186,7 @@ def fact_statement(prompt: Prompt, answer: str) -> str:
     if prompt.item.startswith("legs of a "):
         animal = _a(prompt.keywords[0])
         return f"{animal[0].upper()}{animal[1:]} has {answer} legs."
-    phrase = prompt.item[len("colour of "):]
+    phrase = prompt.item[len("colour of ") :]
     return f"{phrase[0].upper()}{phrase[1:]} is {answer}."
 
 
@@ -254,9 +288,15 @@ def world_statements(rng: random.Random, wrong_fraction: float) -> list[str]:
     return out
 
 
-def pretrain_corpus(prompts: Iterable[Prompt], *, seed: int, dialogues_per_prompt: int,
-                    flaw_probability: float | dict[str, float], statement_repeats: int,
-                    wrong_fraction: float) -> list[str]:
+def pretrain_corpus(
+    prompts: Iterable[Prompt],
+    *,
+    seed: int,
+    dialogues_per_prompt: int,
+    flaw_probability: float | dict[str, float],
+    statement_repeats: int,
+    wrong_fraction: float,
+) -> list[str]:
     """Mixed-quality text: dialogues in the prompt template whose responses
     carry random flaws, plus plain statements of the world's knowledge."""
     rng = random.Random(seed)
@@ -292,14 +332,15 @@ def degenerate_response(prompt: Prompt, rng: random.Random) -> str:
     if shape == 0:
         return f"{opener} {closer}"
     if shape == 1:
-        return " ".join([opener, *words[:rng.randint(1, min(3, longest_cut))]])
+        return " ".join([opener, *words[: rng.randint(1, min(3, longest_cut))]])
     if shape == 2:
-        return " ".join([*words[:rng.randint(1, min(2, longest_cut))], closer])
+        return " ".join([*words[: rng.randint(1, min(2, longest_cut))], closer])
     return " ".join([opener, *[closer] * rng.randint(2, 3)])
 
 
-def preference_pairs(prompts: Iterable[Prompt], *, seed: int, per_prompt: int,
-                     degenerate_fraction: float = 0.0) -> list[tuple[str, str, str]]:
+def preference_pairs(
+    prompts: Iterable[Prompt], *, seed: int, per_prompt: int, degenerate_fraction: float = 0.0
+) -> list[tuple[str, str, str]]:
     """(templated prompt, chosen, rejected): the rejected response has every
     flaw of the chosen one plus one or two more, so the order is unambiguous.
     Most chosen responses are flawless; some carry one flaw, which teaches the

@@ -24,7 +24,7 @@ def extract_question(prompt: str) -> str:
     """The bare question of a prompt, whether templated or not."""
     text = prompt.strip()
     if text.startswith(_USER_PREFIX):
-        text = text[len(_USER_PREFIX):]
+        text = text[len(_USER_PREFIX) :]
     if text.endswith(_ASSISTANT_SUFFIX):
         text = text[: -len(_ASSISTANT_SUFFIX)]
     return text.strip()

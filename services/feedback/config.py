@@ -14,39 +14,54 @@ class FeedbackConfig(ServiceConfig):
     """Feedback gateway: validates feedback and produces it to rlhf.feedback.v1."""
 
     port: int = setting(50053, "gRPC port (0 picks a free port)", env=env.PORT)
-    metrics_port: int = setting(9103, "Prometheus /metrics port (0 picks a free port, -1 disables)",
-                                env=env.METRICS_PORT)
-    max_batch_size: int = setting(500, "most feedback events in one SubmitFeedbackBatch",
-                                  env=env.FEEDBACK_MAX_BATCH_SIZE)
+    metrics_port: int = setting(
+        9103, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT
+    )
+    max_batch_size: int = setting(
+        500, "most feedback events in one SubmitFeedbackBatch", env=env.FEEDBACK_MAX_BATCH_SIZE
+    )
     max_comment_chars: int = setting(4_000, "longest comment, in characters", env=env.FEEDBACK_MAX_COMMENT_CHARS)
-    max_correction_chars: int = setting(16_000, "longest correction response, in characters",
-                                        env=env.FEEDBACK_MAX_CORRECTION_CHARS)
-    rate_limit: float = setting(5_000.0, "feedback events per second per client (token bucket); 0 disables",
-                                env=env.FEEDBACK_RATE_LIMIT)
-    rate_burst: float = setting(10_000.0, "token bucket size: events a client may send at once; must be at "
-                                "least --max-batch-size", env=env.FEEDBACK_RATE_BURST)
-    dedup_ttl_s: float = setting(3600.0, "how long the first answer for a feedback_id is remembered",
-                                 env=env.FEEDBACK_DEDUP_TTL_S)
-    dedup_capacity: int = setting(200_000, "most feedback ids remembered (oldest forgotten first)",
-                                  env=env.FEEDBACK_DEDUP_CAPACITY)
-    ack_timeout_s: float = setting(10.0, "how long to wait for the broker's acknowledgement before UNAVAILABLE",
-                                   env=env.FEEDBACK_ACK_TIMEOUT_S)
+    max_correction_chars: int = setting(
+        16_000, "longest correction response, in characters", env=env.FEEDBACK_MAX_CORRECTION_CHARS
+    )
+    rate_limit: float = setting(
+        5_000.0, "feedback events per second per client (token bucket); 0 disables", env=env.FEEDBACK_RATE_LIMIT
+    )
+    rate_burst: float = setting(
+        10_000.0,
+        "token bucket size: events a client may send at once; must be at least --max-batch-size",
+        env=env.FEEDBACK_RATE_BURST,
+    )
+    dedup_ttl_s: float = setting(
+        3600.0, "how long the first answer for a feedback_id is remembered", env=env.FEEDBACK_DEDUP_TTL_S
+    )
+    dedup_capacity: int = setting(
+        200_000, "most feedback ids remembered (oldest forgotten first)", env=env.FEEDBACK_DEDUP_CAPACITY
+    )
+    ack_timeout_s: float = setting(
+        10.0, "how long to wait for the broker's acknowledgement before UNAVAILABLE", env=env.FEEDBACK_ACK_TIMEOUT_S
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(1 <= self.max_batch_size <= 10_000, "max_batch_size", f"must be in 1..10000, got {self.max_batch_size}")
         check(self.max_comment_chars >= 0, "max_comment_chars", f"must be >= 0, got {self.max_comment_chars}")
-        check(self.max_correction_chars >= 1, "max_correction_chars",
-              f"must be >= 1, got {self.max_correction_chars}")
+        check(self.max_correction_chars >= 1, "max_correction_chars", f"must be >= 1, got {self.max_correction_chars}")
         check(self.rate_limit >= 0, "rate_limit", f"must be >= 0 (0 disables), got {self.rate_limit}")
-        check(self.rate_limit == 0 or self.rate_burst >= self.max_batch_size, "rate_burst",
-              f"must be >= --max-batch-size ({self.max_batch_size}) or a full batch could never pass, "
-              f"got {self.rate_burst}")
+        check(
+            self.rate_limit == 0 or self.rate_burst >= self.max_batch_size,
+            "rate_burst",
+            f"must be >= --max-batch-size ({self.max_batch_size}) or a full batch could never pass, "
+            f"got {self.rate_burst}",
+        )
         check(self.dedup_ttl_s > 0, "dedup_ttl_s", f"must be > 0, got {self.dedup_ttl_s}")
         check(self.dedup_capacity >= 1, "dedup_capacity", f"must be >= 1, got {self.dedup_capacity}")
         check(self.ack_timeout_s > 0, "ack_timeout_s", f"must be > 0, got {self.ack_timeout_s}")
 
     @property
     def limits(self) -> FeedbackLimits:
-        return FeedbackLimits(max_batch_size=self.max_batch_size, max_comment_chars=self.max_comment_chars,
-                              max_correction_chars=self.max_correction_chars)
+        return FeedbackLimits(
+            max_batch_size=self.max_batch_size,
+            max_comment_chars=self.max_comment_chars,
+            max_correction_chars=self.max_correction_chars,
+        )

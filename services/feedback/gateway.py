@@ -15,9 +15,9 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Sequence
 
 from kafka import KafkaProducer
 from prometheus_client import Counter
@@ -134,22 +134,32 @@ class ClientRateLimiter:
             wait_s = (cost - bucket[0]) / self.rate_per_s
         raise ResourceExhausted(
             f"rate limit: {self.rate_per_s:g} feedback events/s per client (burst {self.burst:g}); "
-            f"retry in {wait_s:.2f} s", retry_after_s=wait_s)
+            f"retry in {wait_s:.2f} s",
+            retry_after_s=wait_s,
+        )
 
 
 class FeedbackGateway:
     """Validates FeedbackEvents and produces each accepted one exactly once
     (per feedback_id) to rlhf.feedback.v1, answering after the broker's ack."""
 
-    def __init__(self, producer: KafkaProducer, limits: FeedbackLimits, answers: FirstAnswerCache,
-                 limiter: ClientRateLimiter, *, ack_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        limits: FeedbackLimits,
+        answers: FirstAnswerCache,
+        limiter: ClientRateLimiter,
+        *,
+        ack_timeout_s: float = 10.0,
+    ):
         self.producer = producer
         self.limits = limits
         self.answers = answers
         self.limiter = limiter
         self.ack_timeout_s = ack_timeout_s
-        self._accepted = {kind: FEEDBACK_ACCEPTED.labels(kind)
-                          for kind in ("rating", "preference", "correction", "flag")}
+        self._accepted = {
+            kind: FEEDBACK_ACCEPTED.labels(kind) for kind in ("rating", "preference", "correction", "flag")
+        }
         self._produced = metrics.EVENTS_PRODUCED.labels(events.FEEDBACK_TOPIC)
 
     def submit(self, event: events_pb2.FeedbackEvent, client_id: str) -> FeedbackReceipt:
@@ -191,8 +201,9 @@ class FeedbackGateway:
             except Unavailable:  # the owner's failure is ours too
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. the owner is still waiting after our timeout
-                raise Unavailable(f"feedback not accepted yet: {type(exc).__name__}; retry with the same "
-                                  "feedback_id") from exc
+                raise Unavailable(
+                    f"feedback not accepted yet: {type(exc).__name__}; retry with the same feedback_id"
+                ) from exc
             receipts.append(receipt if owner else _as_duplicate(receipt))
         return receipts
 
@@ -204,9 +215,13 @@ class FeedbackGateway:
             meta = sent.get(timeout=self.ack_timeout_s)
         except Exception as exc:  # noqa: BLE001
             log.warning("feedback not acknowledged", extra={"feedback_id": event.feedback_id, "error": str(exc)})
-            self.answers.fail(event.feedback_id, Unavailable(
-                f"the broker did not acknowledge the feedback ({type(exc).__name__}: {exc}); retry with the same "
-                "feedback_id"))
+            self.answers.fail(
+                event.feedback_id,
+                Unavailable(
+                    f"the broker did not acknowledge the feedback ({type(exc).__name__}: {exc}); retry with the same "
+                    "feedback_id"
+                ),
+            )
             return
         receipt = FeedbackReceipt(event.feedback_id, False, time.time_ns(), meta.partition, meta.offset)
         self._produced.inc()

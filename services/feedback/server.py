@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 
 from services.feedback.config import FeedbackConfig
 from services.feedback.gateway import ClientRateLimiter, FeedbackGateway, FeedbackReceipt, FirstAnswerCache
-from shared.service_main import run_service
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import create_producer
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
+from shared.service_main import run_service
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def client_id(context: grpc.ServicerContext) -> str:
 
 def _reply(receipt: FeedbackReceipt) -> feedback_pb2.SubmitFeedbackResponse:
     reply = feedback_pb2.SubmitFeedbackResponse(
-        feedback_id=receipt.feedback_id, duplicate=receipt.duplicate,
-        partition=receipt.partition, offset=receipt.offset)
+        feedback_id=receipt.feedback_id, duplicate=receipt.duplicate, partition=receipt.partition, offset=receipt.offset
+    )
     reply.accepted_at.FromNanoseconds(receipt.accepted_at_ns)
     return reply
 
@@ -66,16 +66,27 @@ class FeedbackGatewayServer:
         self.config = config
         # linger 0: every caller waits for its own ack, so latency bounds
         # throughput; records still batch while earlier requests are in flight.
-        self.producer = create_producer(config.kafka, client_id="rlhf-feedback-gateway", linger_ms=0,
-                                        **config.kafka_client_options())
+        self.producer = create_producer(
+            config.kafka, client_id="rlhf-feedback-gateway", linger_ms=0, **config.kafka_client_options()
+        )
         self.gateway = FeedbackGateway(
-            self.producer, config.limits,
+            self.producer,
+            config.limits,
             FirstAnswerCache(config.dedup_ttl_s, config.dedup_capacity),
             ClientRateLimiter(config.rate_limit, config.rate_burst),
-            ack_timeout_s=config.ack_timeout_s)
-        self.grpc = GrpcServer(config, SERVICE_NAME, [ServiceBinding(
-            feedback_pb2_grpc.add_FeedbackServiceServicer_to_server, FeedbackServicer(self.gateway),
-            feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name)])
+            ack_timeout_s=config.ack_timeout_s,
+        )
+        self.grpc = GrpcServer(
+            config,
+            SERVICE_NAME,
+            [
+                ServiceBinding(
+                    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server,
+                    FeedbackServicer(self.gateway),
+                    feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
+                )
+            ],
+        )
 
     def start(self) -> int:
         port = self.grpc.start()

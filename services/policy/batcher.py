@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from services.policy import metrics as pm
-from services.policy.requests import FinishReason, GenerationHandle, SequenceResult, StreamChunk
 from services.policy.model import ModelBundle
+from services.policy.requests import FinishReason, GenerationHandle, SequenceResult, StreamChunk
 from services.policy.sampling import RowSampler, find_stop, streamable_length
 from services.policy.threads import ThreadTuner
 
@@ -75,7 +75,7 @@ class _Row:
         if self.handle.stream:
             upto = streamable_length(self.text, self.handle.spec.stop)
             if upto > self.sent:
-                self._emit(self.text[self.sent:upto], None)
+                self._emit(self.text[self.sent : upto], None)
                 self.sent = upto
 
     def _emit(self, delta: str, reason: FinishReason | None) -> None:
@@ -86,13 +86,20 @@ class _Row:
         if not self.track_text:
             self.text = bundle.decode(self.ids)
         if self.handle.stream:
-            self._emit(self.text[self.sent:], reason)
+            self._emit(self.text[self.sent :], reason)
             self.sent = len(self.text)
         pm.GENERATION_TOKENS.inc(len(self.ids))
         pm.FINISHED_SEQUENCES.labels(reason.value).inc()
-        self.handle.finish_sequence(SequenceResult(
-            self.index, self.handle.generation_ids[self.index], self.text, reason, len(self.ids),
-            self.handle.spec.row_seed(self.index)))
+        self.handle.finish_sequence(
+            SequenceResult(
+                self.index,
+                self.handle.generation_ids[self.index],
+                self.text,
+                reason,
+                len(self.ids),
+                self.handle.spec.row_seed(self.index),
+            )
+        )
 
 
 def _cache_kwarg(model) -> str:
@@ -118,9 +125,9 @@ class _Running:
 
     rows: list[_Row]
     cache: object
-    mask: torch.Tensor       # [B, L] 1 = real token
-    next_pos: torch.Tensor   # [B, 1] position id of the next token
-    logits: torch.Tensor     # [B, V] for the next token
+    mask: torch.Tensor  # [B, L] 1 = real token
+    next_pos: torch.Tensor  # [B, 1] position id of the next token
+    logits: torch.Tensor  # [B, V] for the next token
     sampler: RowSampler
 
     def remaining(self) -> int:
@@ -155,15 +162,21 @@ class BatchDecoder:
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for b, row in enumerate(rows):
             ids = row.handle.prompt_ids
-            input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[b, width - len(ids):] = 1
+            input_ids[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[b, width - len(ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         device = bundle.device
-        out = bundle.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                           position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
+        out = bundle.model(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         sampler = RowSampler([r.handle.spec for r in rows], [r.handle.spec.row_seed(r.index) for r in rows])
-        return _Running(rows, getattr(out, _cache_kwarg(bundle.model)), mask, positions[:, -1:] + 1,
-                        out.logits[:, -1, :], sampler)
+        return _Running(
+            rows, getattr(out, _cache_kwarg(bundle.model)), mask, positions[:, -1:] + 1, out.logits[:, -1, :], sampler
+        )
 
     def _decode(self, bundle: ModelBundle, batch: _Running, admit: Admit | None) -> None:
         model, device = bundle.model, bundle.device
@@ -182,8 +195,13 @@ class BatchDecoder:
             batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
             threads = self.tuner.threads_for_next_step()
             started = time.perf_counter()
-            out = model(input_ids=tokens[:, None].to(device), attention_mask=batch.mask.to(device),
-                        position_ids=batch.next_pos.to(device), use_cache=True, **{cache_kw: batch.cache})
+            out = model(
+                input_ids=tokens[:, None].to(device),
+                attention_mask=batch.mask.to(device),
+                position_ids=batch.next_pos.to(device),
+                use_cache=True,
+                **{cache_kw: batch.cache},
+            )
             self.tuner.record(threads, time.perf_counter() - started)
             batch.cache = getattr(out, cache_kw)
             batch.logits = out.logits[:, -1, :]
@@ -219,8 +237,9 @@ class BatchDecoder:
         for old_layer, new_layer in zip(batch.cache.layers, new.cache.layers):
             old_layer.keys = torch.cat([pad_kv(old_layer.keys), pad_kv(new_layer.keys)])
             old_layer.values = torch.cat([pad_kv(old_layer.values), pad_kv(new_layer.values)])
-        batch.mask = torch.cat([F.pad(batch.mask, (width - batch.mask.shape[1], 0)),
-                                F.pad(new.mask, (width - new.mask.shape[1], 0))])
+        batch.mask = torch.cat(
+            [F.pad(batch.mask, (width - batch.mask.shape[1], 0)), F.pad(new.mask, (width - new.mask.shape[1], 0))]
+        )
         batch.next_pos = torch.cat([batch.next_pos, new.next_pos])
         batch.logits = torch.cat([batch.logits, new.logits])
         batch.sampler = RowSampler.concat(batch.sampler, new.sampler)

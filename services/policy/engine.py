@@ -69,7 +69,7 @@ class GenerationEngine:
     def bundle(self) -> ModelBundle:
         return self._bundle
 
-    def start(self) -> "GenerationEngine":
+    def start(self) -> GenerationEngine:
         if not self._started:
             self._started = True
             self._thread.start()
@@ -94,39 +94,61 @@ class GenerationEngine:
         require(bool(prompt), "prompt", "must not be empty (send a raw `prompt` or chat `messages`)")
         return prompt, "prompt"
 
-    def tokenize_prompt(self, bundle: ModelBundle, prompt: str, spec: SamplingSpec,
-                        messages: Sequence[ChatMessage] = ()) -> tuple[str, list[int]]:
+    def tokenize_prompt(
+        self, bundle: ModelBundle, prompt: str, spec: SamplingSpec, messages: Sequence[ChatMessage] = ()
+    ) -> tuple[str, list[int]]:
         """(prompt text, its ids), checked to fit the context window; raises InvalidArgument."""
         text, field = self.prompt_text(bundle, prompt, messages)
         ids = bundle.encode(text)
         require(bool(ids), field, "encodes to no tokens")
         window = bundle.context_window
-        require(len(ids) < window, field,
-                f"is {len(ids)} tokens; the model's context window is {window} tokens "
-                "(prompt plus at least one generated token must fit)")
+        require(
+            len(ids) < window,
+            field,
+            f"is {len(ids)} tokens; the model's context window is {window} tokens "
+            "(prompt plus at least one generated token must fit)",
+        )
         if spec.explicit_max_new_tokens:
-            require(len(ids) + spec.max_new_tokens <= window, "sampling.max_new_tokens",
-                    f"prompt ({len(ids)} tokens) + max_new_tokens ({spec.max_new_tokens}) exceeds the "
-                    f"context window of {window} tokens")
+            require(
+                len(ids) + spec.max_new_tokens <= window,
+                "sampling.max_new_tokens",
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({spec.max_new_tokens}) exceeds the "
+                f"context window of {window} tokens",
+            )
         return text, ids
 
-    def submit(self, prompt: str, spec: SamplingSpec, *, messages: Sequence[ChatMessage] = (), stream: bool = False,
-               request_id: str = "") -> GenerationHandle:
+    def submit(
+        self,
+        prompt: str,
+        spec: SamplingSpec,
+        *,
+        messages: Sequence[ChatMessage] = (),
+        stream: bool = False,
+        request_id: str = "",
+    ) -> GenerationHandle:
         """Queue a request for a raw ``prompt`` or chat ``messages`` (exactly one);
         raises InvalidArgument, ResourceExhausted or Unavailable."""
         bundle = self._bundle
         text, ids = self.tokenize_prompt(bundle, prompt, spec, messages)
         handle = GenerationHandle(
-            prompt=text, spec=spec, stream=stream, request_id=request_id or new_id(), prompt_ids=ids,
-            tokenized_by=bundle.version, generation_ids=[new_id() for _ in range(spec.num_return_sequences)],
-            messages=tuple(messages))
+            prompt=text,
+            spec=spec,
+            stream=stream,
+            request_id=request_id or new_id(),
+            prompt_ids=ids,
+            tokenized_by=bundle.version,
+            generation_ids=[new_id() for _ in range(spec.num_return_sequences)],
+            messages=tuple(messages),
+        )
         with self._cond:
             if self._stopping:
                 raise Unavailable("the policy is shutting down; retry on another replica")
             if len(self._queue) >= self.settings.max_queue:
                 raise ResourceExhausted(
                     f"generation queue is full ({len(self._queue)} requests waiting, --max-queue "
-                    f"{self.settings.max_queue}); retry later", retry_after_s=1.0)
+                    f"{self.settings.max_queue}); retry later",
+                    retry_after_s=1.0,
+                )
             self._queue.append(handle)
             pm.NUM_REQUESTS_WAITING.set(len(self._queue))
             self._cond.notify()

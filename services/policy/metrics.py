@@ -8,15 +8,16 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.metrics import LATENCY_BUCKETS
 
 TIME_TO_FIRST_TOKEN = Histogram(
-    "rlhf_time_to_first_token_seconds", "from request accepted to its first generated token",
-    buckets=LATENCY_BUCKETS)
+    "rlhf_time_to_first_token_seconds", "from request accepted to its first generated token", buckets=LATENCY_BUCKETS
+)
 E2E_REQUEST_LATENCY = Histogram(
-    "rlhf_e2e_request_latency_seconds", "from request accepted to its last sequence finished",
-    buckets=LATENCY_BUCKETS)
+    "rlhf_e2e_request_latency_seconds", "from request accepted to its last sequence finished", buckets=LATENCY_BUCKETS
+)
 NUM_REQUESTS_RUNNING = Gauge("rlhf_num_requests_running", "requests in the batch being decoded")
 NUM_REQUESTS_WAITING = Gauge("rlhf_num_requests_waiting", "requests queued for the next batch")
 GENERATION_TOKENS = Counter("rlhf_generation_tokens", "tokens generated (all sequences)")
 PROMPT_TOKENS = Counter("rlhf_prompt_tokens", "prompt tokens processed (once per sequence)")
 BATCH_SIZE = Histogram(
-    "rlhf_batch_size", "sequences (rows) per decoded batch", buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128))
+    "rlhf_batch_size", "sequences (rows) per decoded batch", buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
+)
 FINISHED_SEQUENCES = Counter("rlhf_finished_sequences", "sequences finished, by reason", ["reason"])

@@ -76,9 +76,15 @@ def _context_window(model, tokenizer) -> int:
     raise ModelLoadError("cannot tell the model's context window from its config")
 
 
-def load_bundle(path: str | os.PathLike[str], version: str, *, device: str = "cpu",
-                parent_version: str = "", created_at: float = 0.0,
-                eval_metrics: dict[str, float] | None = None) -> ModelBundle:
+def load_bundle(
+    path: str | os.PathLike[str],
+    version: str,
+    *,
+    device: str = "cpu",
+    parent_version: str = "",
+    created_at: float = 0.0,
+    eval_metrics: dict[str, float] | None = None,
+) -> ModelBundle:
     """Load a causal LM directory; never reaches a model hub."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -116,22 +122,41 @@ def load_bundle(path: str | os.PathLike[str], version: str, *, device: str = "cp
         eval_metrics=dict(eval_metrics or {}),
         device=device,
     )
-    log.info("model loaded", extra={"version": version, "path": str(path), "parameters": bundle.num_parameters,
-                                    "load_s": round(time.perf_counter() - start, 3)})
+    log.info(
+        "model loaded",
+        extra={
+            "version": version,
+            "path": str(path),
+            "parameters": bundle.num_parameters,
+            "load_s": round(time.perf_counter() - start, 3),
+        },
+    )
     return bundle
 
 
-def load_from_store(store_root: str | os.PathLike[str], version: str | None = None, *, device: str = "cpu",
-                    expected_manifest_sha256: str = "") -> ModelBundle:
+def load_from_store(
+    store_root: str | os.PathLike[str],
+    version: str | None = None,
+    *,
+    device: str = "cpu",
+    expected_manifest_sha256: str = "",
+) -> ModelBundle:
     """Load policy ``version`` (default: the store's current) after checking every file's sha256."""
     store = ModelStore(store_root)
     version = version or store.current(POLICY_KIND)
     if not version:
-        raise ModelLoadError(f"the model store at {store_root} has no policy version yet "
-                             "(run `rlhf bootstrap`, or pass --model-dir)")
+        raise ModelLoadError(
+            f"the model store at {store_root} has no policy version yet (run `rlhf bootstrap`, or pass --model-dir)"
+        )
     if expected_manifest_sha256 and store.manifest_sha256(POLICY_KIND, version) != expected_manifest_sha256:
         raise ModelLoadError(f"policy {version}: manifest sha256 differs from the one announced")
     vdir = store.open_version(POLICY_KIND, version)
     manifest = store.manifest(POLICY_KIND, version)
-    return load_bundle(vdir, version, device=device, parent_version=manifest.parent_version,
-                       created_at=manifest.created_at, eval_metrics=manifest.eval_metrics)
+    return load_bundle(
+        vdir,
+        version,
+        device=device,
+        parent_version=manifest.parent_version,
+        created_at=manifest.created_at,
+        eval_metrics=manifest.eval_metrics,
+    )

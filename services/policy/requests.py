@@ -12,8 +12,8 @@ import enum
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from services.policy import metrics as pm
 from services.policy.sampling import SamplingSpec
@@ -73,7 +73,7 @@ class GenerationHandle:
     error: BaseException | None = None
     cancelled: bool = False
     _done: threading.Event = field(default_factory=threading.Event)
-    _chunks: "queue.SimpleQueue[StreamChunk | None]" = field(default_factory=queue.SimpleQueue)
+    _chunks: queue.SimpleQueue[StreamChunk | None] = field(default_factory=queue.SimpleQueue)
 
     def cancel(self) -> None:
         """The caller went away: stop spending tokens on it."""
@@ -87,8 +87,9 @@ class GenerationHandle:
             raise TimeoutError("generation did not finish in time")
         if self.error is not None:
             raise self.error
-        return GenerationResult(self.request_id, self.model_version, len(self.prompt_ids),
-                                [self.results[i] for i in sorted(self.results)])
+        return GenerationResult(
+            self.request_id, self.model_version, len(self.prompt_ids), [self.results[i] for i in sorted(self.results)]
+        )
 
     def chunks(self) -> Iterator[StreamChunk]:
         """Text deltas as they are decoded (streaming handles only)."""

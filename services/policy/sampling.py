@@ -76,11 +76,13 @@ def resolve_sampling(
     max_new = defaults.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
     cap = defaults.max_new_tokens_cap
     require(max_new >= 1, "sampling.max_new_tokens", f"must be >= 1, got {max_new}")
-    require(max_new <= cap, "sampling.max_new_tokens",
-            f"must be <= {cap} (the server cap, --max-new-tokens-cap), got {max_new}")
+    require(
+        max_new <= cap,
+        "sampling.max_new_tokens",
+        f"must be <= {cap} (the server cap, --max-new-tokens-cap), got {max_new}",
+    )
     temp = defaults.temperature if temperature is None else float(temperature)
-    require(not math.isnan(temp) and temp >= 0.0, "sampling.temperature",
-            f"must be >= 0 (0 means greedy), got {temp}")
+    require(not math.isnan(temp) and temp >= 0.0, "sampling.temperature", f"must be >= 0 (0 means greedy), got {temp}")
     require(math.isfinite(temp), "sampling.temperature", f"must be finite, got {temp}")
     p = defaults.top_p if top_p is None else float(top_p)
     require(not math.isnan(p) and 0.0 < p <= 1.0, "sampling.top_p", f"must be in (0, 1], got {p}")
@@ -88,14 +90,21 @@ def resolve_sampling(
     require(k >= 0, "sampling.top_k", f"must be >= 0 (0 disables it), got {k}")
     n = 1 if num_return_sequences is None else int(num_return_sequences)
     n_cap = defaults.max_return_sequences
-    require(1 <= n <= n_cap, "sampling.num_return_sequences",
-            f"must be in [1, {n_cap}] (server cap, --max-return-sequences), got {n}")
+    require(
+        1 <= n <= n_cap,
+        "sampling.num_return_sequences",
+        f"must be in [1, {n_cap}] (server cap, --max-return-sequences), got {n}",
+    )
     stops = tuple(stop)
-    require(len(stops) <= MAX_STOP_STRINGS, "sampling.stop",
-            f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+    require(
+        len(stops) <= MAX_STOP_STRINGS, "sampling.stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}"
+    )
     for s in stops:
-        require(0 < len(s) <= MAX_STOP_CHARS, "sampling.stop",
-                f"each stop string must be 1..{MAX_STOP_CHARS} characters, got {len(s)}")
+        require(
+            0 < len(s) <= MAX_STOP_CHARS,
+            "sampling.stop",
+            f"each stop string must be 1..{MAX_STOP_CHARS} characters, got {len(s)}",
+        )
     resolved_seed = secrets.randbits(63) if seed is None else int(seed) % (2**63)
     return SamplingSpec(max_new, temp, p, k, stops, resolved_seed, n, explicit)
 
@@ -119,7 +128,7 @@ class RowSampler:
                 gen.manual_seed(seed)
                 self.generators.append(gen)
 
-    def select(self, keep: list[int]) -> "RowSampler":
+    def select(self, keep: list[int]) -> RowSampler:
         """The sampler of the rows ``keep`` (when finished rows leave the batch)."""
         picked = RowSampler.__new__(RowSampler)
         index = torch.tensor(keep, dtype=torch.long)
@@ -133,7 +142,7 @@ class RowSampler:
         return picked
 
     @staticmethod
-    def concat(first: "RowSampler", second: "RowSampler") -> "RowSampler":
+    def concat(first: RowSampler, second: RowSampler) -> RowSampler:
         """The sampler of ``first``'s rows followed by ``second``'s (rows joining a batch)."""
         joined = RowSampler.__new__(RowSampler)
         for name in ("temperature", "greedy", "top_k", "top_p"):

@@ -12,8 +12,8 @@ import logging
 
 from services.policy.config import PolicyConfig
 from services.policy.engine import GenerationEngine
-from services.policy.requests import FinishReason, GenerationHandle, SequenceResult
 from services.policy.model import POLICY_KIND, ModelBundle, load_bundle, load_from_store
+from services.policy.requests import FinishReason, GenerationHandle, SequenceResult
 from services.policy.sampling import SamplingDefaults, SamplingSpec, resolve_sampling
 from shared import events, metrics
 from shared.errors import Unavailable
@@ -38,20 +38,32 @@ _FINISH = {
 
 def spec_from_proto(sampling: common_pb2.SamplingParams, defaults: SamplingDefaults) -> SamplingSpec:
     """Proto → validated spec; unset optional fields take the server defaults."""
+
     def opt(name):
         return getattr(sampling, name) if sampling.HasField(name) else None
 
     return resolve_sampling(
-        defaults, max_new_tokens=opt("max_new_tokens"), temperature=opt("temperature"), top_p=opt("top_p"),
-        top_k=opt("top_k"), stop=tuple(sampling.stop), seed=opt("seed"),
-        num_return_sequences=opt("num_return_sequences"))
+        defaults,
+        max_new_tokens=opt("max_new_tokens"),
+        temperature=opt("temperature"),
+        top_p=opt("top_p"),
+        top_k=opt("top_k"),
+        stop=tuple(sampling.stop),
+        seed=opt("seed"),
+        num_return_sequences=opt("num_return_sequences"),
+    )
 
 
 def spec_to_proto(spec: SamplingSpec, seed: int | None = None) -> common_pb2.SamplingParams:
     return common_pb2.SamplingParams(
-        max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
-        stop=list(spec.stop), seed=spec.seed if seed is None else seed,
-        num_return_sequences=spec.num_return_sequences)
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        stop=list(spec.stop),
+        seed=spec.seed if seed is None else seed,
+        num_return_sequences=spec.num_return_sequences,
+    )
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
@@ -69,8 +81,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def _submit(self, request, context, *, stream: bool) -> GenerationHandle:
         spec = spec_from_proto(request.sampling, self.defaults)
         messages = [ChatMessage(m.role, m.content) for m in request.messages]
-        handle = self._engine().submit(request.prompt, spec, messages=messages, stream=stream,
-                                       request_id=request_id_var.get())
+        handle = self._engine().submit(
+            request.prompt, spec, messages=messages, stream=stream, request_id=request_id_var.get()
+        )
         context.add_callback(handle.cancel)  # client gone → stop decoding its rows
         return handle
 
@@ -79,36 +92,65 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         result = handle.result()
         self._publish(request, handle, result.sequences)
         return policy_pb2.GenerateResponse(
-            request_id=result.request_id, model_version=result.model_version, prompt_tokens=result.prompt_tokens,
-            completions=[policy_pb2.Completion(
-                generation_id=s.generation_id, text=s.text, finish_reason=_FINISH[s.finish_reason],
-                completion_tokens=s.completion_tokens, index=s.index) for s in result.sequences])
+            request_id=result.request_id,
+            model_version=result.model_version,
+            prompt_tokens=result.prompt_tokens,
+            completions=[
+                policy_pb2.Completion(
+                    generation_id=s.generation_id,
+                    text=s.text,
+                    finish_reason=_FINISH[s.finish_reason],
+                    completion_tokens=s.completion_tokens,
+                    index=s.index,
+                )
+                for s in result.sequences
+            ],
+        )
 
     def GenerateStream(self, request, context):
         handle = self._submit(request, context, stream=True)
         for chunk in handle.chunks():
             yield policy_pb2.GenerateStreamResponse(
-                request_id=handle.request_id, model_version=handle.model_version, generation_id=chunk.generation_id,
-                index=chunk.index, text_delta=chunk.text_delta,
+                request_id=handle.request_id,
+                model_version=handle.model_version,
+                generation_id=chunk.generation_id,
+                index=chunk.index,
+                text_delta=chunk.text_delta,
                 finish_reason=_FINISH[chunk.finish_reason] if chunk.finish_reason else 0,
-                completion_tokens=chunk.completion_tokens)
+                completion_tokens=chunk.completion_tokens,
+            )
         self._publish(request, handle, handle.result().sequences)
 
     def GetModelInfo(self, request, context):
         bundle = self._engine().bundle
         info = common_pb2.ModelInfo(
-            kind=common_pb2.MODEL_KIND_POLICY, version=bundle.version, parent_version=bundle.parent_version,
-            architecture=bundle.architecture, num_parameters=bundle.num_parameters,
-            context_window=bundle.context_window, eval_metrics=bundle.eval_metrics, device=bundle.device,
-            backend="torch", default_sampling=common_pb2.SamplingParams(
-                max_new_tokens=self.defaults.max_new_tokens, temperature=self.defaults.temperature,
-                top_p=self.defaults.top_p, top_k=self.defaults.top_k, num_return_sequences=1),
-            limits={"max_new_tokens": self.defaults.max_new_tokens_cap,
-                    "num_return_sequences": self.defaults.max_return_sequences,
-                    "context_window": bundle.context_window, "max_batch_size": self.config.max_batch_size,
-                    "max_queue": self.config.max_queue, "max_message_bytes": self.config.max_message_bytes,
-                    "max_chat_messages": self.config.max_chat_messages},
-            has_chat_template=bundle.has_chat_template)
+            kind=common_pb2.MODEL_KIND_POLICY,
+            version=bundle.version,
+            parent_version=bundle.parent_version,
+            architecture=bundle.architecture,
+            num_parameters=bundle.num_parameters,
+            context_window=bundle.context_window,
+            eval_metrics=bundle.eval_metrics,
+            device=bundle.device,
+            backend="torch",
+            default_sampling=common_pb2.SamplingParams(
+                max_new_tokens=self.defaults.max_new_tokens,
+                temperature=self.defaults.temperature,
+                top_p=self.defaults.top_p,
+                top_k=self.defaults.top_k,
+                num_return_sequences=1,
+            ),
+            limits={
+                "max_new_tokens": self.defaults.max_new_tokens_cap,
+                "num_return_sequences": self.defaults.max_return_sequences,
+                "context_window": bundle.context_window,
+                "max_batch_size": self.config.max_batch_size,
+                "max_queue": self.config.max_queue,
+                "max_message_bytes": self.config.max_message_bytes,
+                "max_chat_messages": self.config.max_chat_messages,
+            },
+            has_chat_template=bundle.has_chat_template,
+        )
         if bundle.created_at:
             info.created_at.FromNanoseconds(int(bundle.created_at * 1e9))
         return info
@@ -122,12 +164,22 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             if seq.finish_reason is FinishReason.CANCELLED:
                 continue
             event = events_pb2.GenerationEvent(
-                event_id=events.new_id(), generation_id=seq.generation_id, request_id=handle.request_id,
-                prompt=handle.prompt, response=seq.text, model_version=handle.model_version,
-                sampling=spec_to_proto(handle.spec, seed=seq.seed), created_at=events.now_timestamp(),
-                prompt_tokens=len(handle.prompt_ids), completion_tokens=seq.completion_tokens,
-                finish_reason=_FINISH[seq.finish_reason], sequence_index=seq.index, user_id=request.user_id,
-                metadata=dict(request.metadata), messages=messages)
+                event_id=events.new_id(),
+                generation_id=seq.generation_id,
+                request_id=handle.request_id,
+                prompt=handle.prompt,
+                response=seq.text,
+                model_version=handle.model_version,
+                sampling=spec_to_proto(handle.spec, seed=seq.seed),
+                created_at=events.now_timestamp(),
+                prompt_tokens=len(handle.prompt_ids),
+                completion_tokens=seq.completion_tokens,
+                finish_reason=_FINISH[seq.finish_reason],
+                sequence_index=seq.index,
+                user_id=request.user_id,
+                metadata=dict(request.metadata),
+                messages=messages,
+            )
             self.publisher.publish(seq.generation_id, event)
 
 
@@ -136,11 +188,18 @@ class PolicyService:
 
     def __init__(self, config: PolicyConfig):
         self.config = config
-        self.publisher = BufferedEventPublisher(config.kafka, events.GENERATIONS_TOPIC, capacity=config.event_buffer,
-                                                producer_overrides=config.kafka_client_options())
+        self.publisher = BufferedEventPublisher(
+            config.kafka,
+            events.GENERATIONS_TOPIC,
+            capacity=config.event_buffer,
+            producer_overrides=config.kafka_client_options(),
+        )
         self.servicer = PolicyServicer(config, self.publisher)
-        self.grpc = GrpcServer(config, "policy", [ServiceBinding(
-            policy_pb2_grpc.add_PolicyServiceServicer_to_server, self.servicer, SERVICE_NAME)])
+        self.grpc = GrpcServer(
+            config,
+            "policy",
+            [ServiceBinding(policy_pb2_grpc.add_PolicyServiceServicer_to_server, self.servicer, SERVICE_NAME)],
+        )
         self.engine: GenerationEngine | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -162,9 +221,14 @@ class PolicyService:
         self._label_version(bundle)
         if self.config.watch_updates and not self.config.model_dir:
             self.updates = ModelUpdateFollower(
-                POLICY_KIND, ModelStore(self.config.model_store), self._swap_to,
-                lambda: self.engine.bundle.version if self.engine else None, self.config.kafka,
-                client_id="policy-updates", kafka_options=self.config.kafka_client_options())
+                POLICY_KIND,
+                ModelStore(self.config.model_store),
+                self._swap_to,
+                lambda: self.engine.bundle.version if self.engine else None,
+                self.config.kafka,
+                client_id="policy-updates",
+                kafka_options=self.config.kafka_client_options(),
+            )
             self.updates.start()
         self.grpc.set_serving(True)
         log.info("policy serving", extra={"version": bundle.version, "port": self.port})
@@ -180,13 +244,13 @@ class PolicyService:
         self.publisher.close()
 
     def _label_version(self, bundle: ModelBundle) -> None:
-        metrics.MODEL_VERSION.info({"kind": "policy", "version": bundle.version,
-                                    "architecture": bundle.architecture})
+        metrics.MODEL_VERSION.info({"kind": "policy", "version": bundle.version, "architecture": bundle.architecture})
 
     def _swap_to(self, version: str, manifest_sha256: str) -> None:
         """Load ``version`` (checked against the announced manifest) and serve it from the next batch."""
-        bundle = load_from_store(self.config.model_store, version, device=self.config.device,
-                                 expected_manifest_sha256=manifest_sha256)
+        bundle = load_from_store(
+            self.config.model_store, version, device=self.config.device, expected_manifest_sha256=manifest_sha256
+        )
         assert self.engine is not None
         self.engine.swap(bundle)
         self._label_version(bundle)

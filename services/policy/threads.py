@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class ThreadTuner:
-    def __init__(self, choices: tuple[int, ...], *, probe_every: int = 256, probe_steps: int = 5,
-                 max_probe_every: int = 4096):
+    def __init__(
+        self, choices: tuple[int, ...], *, probe_every: int = 256, probe_steps: int = 5, max_probe_every: int = 4096
+    ):
         self.choices = tuple(sorted(set(choices)))
         self.current = self.choices[0] if self.choices else 0
         self.base_probe_every = probe_every
@@ -71,8 +72,14 @@ class ThreadTuner:
         self._times = {}
         best = min(medians, key=medians.get)
         if best != self.current and medians[best] < 0.9 * medians[self.current]:
-            log.info("torch threads changed", extra={"from_threads": self.current, "to_threads": best,
-                                                     "step_ms": {t: round(m * 1e3, 2) for t, m in medians.items()}})
+            log.info(
+                "torch threads changed",
+                extra={
+                    "from_threads": self.current,
+                    "to_threads": best,
+                    "step_ms": {t: round(m * 1e3, 2) for t, m in medians.items()},
+                },
+            )
             self.current = best
             self.probe_every = self.base_probe_every
         else:  # probing costs when it loses: back off

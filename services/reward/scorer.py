@@ -14,9 +14,10 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,12 +34,17 @@ log = logging.getLogger(__name__)
 KIND = "reward"
 BACKENDS = ("onnx", "torch")
 
-REWARD_LATENCY = Histogram("rlhf_reward_latency_seconds", "time to score one batch (tokenize + model)",
-                           buckets=metrics.LATENCY_BUCKETS)
-REWARD_BATCH_SIZE = Histogram("rlhf_reward_batch_size", "pairs per scoring call",
-                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-REWARD_SCORE = Histogram("rlhf_reward_score", "reward scores returned",
-                         buckets=(-10, -5, -3, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 3, 5, 10))
+REWARD_LATENCY = Histogram(
+    "rlhf_reward_latency_seconds", "time to score one batch (tokenize + model)", buckets=metrics.LATENCY_BUCKETS
+)
+REWARD_BATCH_SIZE = Histogram(
+    "rlhf_reward_batch_size", "pairs per scoring call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+REWARD_SCORE = Histogram(
+    "rlhf_reward_score",
+    "reward scores returned",
+    buckets=(-10, -5, -3, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 3, 5, 10),
+)
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,11 @@ class RewardLimits:
     max_response_chars: int = 8_000
 
     def as_dict(self) -> dict[str, int]:
-        return {"max_batch_size": self.max_batch_size, "max_prompt_chars": self.max_prompt_chars,
-                "max_response_chars": self.max_response_chars}
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_prompt_chars": self.max_prompt_chars,
+            "max_response_chars": self.max_response_chars,
+        }
 
 
 class ScoringBackend(Protocol):
@@ -75,8 +84,9 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     def run(self, input_ids, attention_mask) -> list[float]:
-        (scores,) = self.session.run(["scores"], {"input_ids": input_ids.numpy(),
-                                                 "attention_mask": attention_mask.numpy()})
+        (scores,) = self.session.run(
+            ["scores"], {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+        )
         return np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
 
 
@@ -150,13 +160,16 @@ def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", 
                         raise RuntimeError(check.reason)
                     chosen = OnnxBackend(Path(tmp) / ONNX_FILE, threads)
         except Exception as exc:  # noqa: BLE001 - serving with torch beats not serving
-            log.warning("ONNX backend unavailable; falling back to torch",
-                        extra={"version": version, "error": f"{type(exc).__name__}: {exc}"})
+            log.warning(
+                "ONNX backend unavailable; falling back to torch",
+                extra={"version": version, "error": f"{type(exc).__name__}: {exc}"},
+            )
             torch.set_num_threads(threads)
             chosen = TorchBackend(model)
     num_parameters = sum(p.numel() for p in model.parameters())
-    return LoadedReward(version, manifest, chosen, tokenizer, max_length, num_parameters, model.architecture,
-                        model.head_config.frame)
+    return LoadedReward(
+        version, manifest, chosen, tokenizer, max_length, num_parameters, model.architecture, model.head_config.frame
+    )
 
 
 @dataclass(frozen=True)
@@ -202,27 +215,44 @@ class RewardScorer:
         if expected_manifest_sha256:
             actual = self.store.manifest_sha256(KIND, version)
             if actual != expected_manifest_sha256:
-                raise ValueError(f"manifest sha256 of {version} is {actual[:12]}…, the update announced "
-                                 f"{expected_manifest_sha256[:12]}…; refusing to serve it")
+                raise ValueError(
+                    f"manifest sha256 of {version} is {actual[:12]}…, the update announced "
+                    f"{expected_manifest_sha256[:12]}…; refusing to serve it"
+                )
         loaded = load_reward_version(self.store, version, self.backend, self.threads)
         self._current = loaded  # the swap: one reference assignment (swaps are counted by the follower)
         metrics.MODEL_VERSION.info({"kind": KIND, "version": loaded.version, "backend": loaded.backend.name})
-        log.info("serving reward version", extra={
-            "version": version, "previous": serving.version if serving else "",
-            "backend": loaded.backend.name, "load_s": round(time.perf_counter() - start, 3)})
+        log.info(
+            "serving reward version",
+            extra={
+                "version": version,
+                "previous": serving.version if serving else "",
+                "backend": loaded.backend.name,
+                "load_s": round(time.perf_counter() - start, 3),
+            },
+        )
         return loaded
 
     def check_pair(self, prompt: str, response: str, prefix: str = "") -> None:
-        require(len(prompt) <= self.limits.max_prompt_chars, prefix + "prompt",
-                f"is {len(prompt)} characters; the limit is {self.limits.max_prompt_chars}")
+        require(
+            len(prompt) <= self.limits.max_prompt_chars,
+            prefix + "prompt",
+            f"is {len(prompt)} characters; the limit is {self.limits.max_prompt_chars}",
+        )
         require(bool(response.strip()), prefix + "response", "must not be empty")
-        require(len(response) <= self.limits.max_response_chars, prefix + "response",
-                f"is {len(response)} characters; the limit is {self.limits.max_response_chars}")
+        require(
+            len(response) <= self.limits.max_response_chars,
+            prefix + "response",
+            f"is {len(response)} characters; the limit is {self.limits.max_response_chars}",
+        )
 
     def check_batch(self, prompts: Sequence[str], responses: Sequence[str], field_name: str = "items") -> None:
         require(len(prompts) > 0, field_name, "is empty; send at least one (prompt, response) pair")
-        require(len(prompts) <= self.limits.max_batch_size, field_name,
-                f"has {len(prompts)} items; the limit is {self.limits.max_batch_size} (GetModelInfo limits)")
+        require(
+            len(prompts) <= self.limits.max_batch_size,
+            field_name,
+            f"has {len(prompts)} items; the limit is {self.limits.max_batch_size} (GetModelInfo limits)",
+        )
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
             self.check_pair(prompt, response, f"{field_name}[{i}].")
 

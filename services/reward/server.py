@@ -8,16 +8,16 @@ the version current.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from services.reward.config import RewardConfig
 from services.reward.scorer import KIND, RewardScorer
-from shared.service_main import run_service
 from shared.errors import Unavailable
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.model_store import ModelStore
 from shared.model_updates import ModelUpdateFollower
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from shared.service_main import run_service
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,17 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         if loaded is None:
             raise Unavailable("no reward version loaded yet; retry shortly")
         info = common_pb2.ModelInfo(
-            kind=common_pb2.MODEL_KIND_REWARD, version=loaded.version,
-            parent_version=loaded.manifest.parent_version, architecture=loaded.architecture,
-            num_parameters=loaded.num_parameters, context_window=loaded.max_length,
-            eval_metrics=loaded.manifest.eval_metrics, device="cpu", backend=loaded.backend.name,
-            limits=self.scorer.limits.as_dict())
+            kind=common_pb2.MODEL_KIND_REWARD,
+            version=loaded.version,
+            parent_version=loaded.manifest.parent_version,
+            architecture=loaded.architecture,
+            num_parameters=loaded.num_parameters,
+            context_window=loaded.max_length,
+            eval_metrics=loaded.manifest.eval_metrics,
+            device="cpu",
+            backend=loaded.backend.name,
+            limits=self.scorer.limits.as_dict(),
+        )
         info.created_at.FromNanoseconds(int(loaded.manifest.created_at * 1e9))
         return info
 
@@ -60,13 +66,30 @@ class RewardServer:
     def __init__(self, config: RewardConfig):
         self.config = config
         self.scorer = RewardScorer(ModelStore(config.model_store), config.limits, config.backend, config.threads)
-        self.follower = (ModelUpdateFollower(
-            KIND, self.scorer.store, lambda version, sha: self.scorer.load(version, sha),
-            lambda: self.scorer.current.version if self.scorer.current else None, config.kafka,
-            client_id="rlhf-reward", kafka_options=config.kafka_client_options()) if config.watch_updates else None)
-        self.grpc = GrpcServer(config, SERVICE_NAME, [ServiceBinding(
-            reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(self.scorer),
-            reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name)])
+        self.follower = (
+            ModelUpdateFollower(
+                KIND,
+                self.scorer.store,
+                lambda version, sha: self.scorer.load(version, sha),
+                lambda: self.scorer.current.version if self.scorer.current else None,
+                config.kafka,
+                client_id="rlhf-reward",
+                kafka_options=config.kafka_client_options(),
+            )
+            if config.watch_updates
+            else None
+        )
+        self.grpc = GrpcServer(
+            config,
+            SERVICE_NAME,
+            [
+                ServiceBinding(
+                    reward_pb2_grpc.add_RewardServiceServicer_to_server,
+                    RewardServicer(self.scorer),
+                    reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name,
+                )
+            ],
+        )
 
     def start(self) -> int:
         port = self.grpc.start()

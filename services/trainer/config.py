@@ -21,68 +21,112 @@ class TrainerConfig(ServiceConfig):
     """Online trainer: joins feedback to generations, trains reward and policy, promotes through a gate."""
 
     port: int = setting(50054, "gRPC port (0 picks a free port)", env=env.PORT)
-    metrics_port: int = setting(9104, "Prometheus /metrics port (0 picks a free port, -1 disables)",
-                                env=env.METRICS_PORT)
-    state_dir: str = setting("./trainer-state", "where the feedback ledger (SQLite) and the PPO checkpoint live; "
-                             "keep it on a persistent volume", env=env.TRAINER_STATE_DIR)
-    consumer_group: str = setting("rlhf-trainer", "Kafka consumer group of the trainer (one group per ledger)",
-                                  env=env.TRAINER_CONSUMER_GROUP)
-    reward_addr: str = setting("127.0.0.1:50052", "RewardService address used to score rollouts and candidates",
-                               env=env.REWARD_ADDR)
-    reward_token: str = setting("", "bearer token for the reward service (empty: reuse --auth-token)",
-                                env=env.TRAINER_REWARD_TOKEN)
-    reward_timeout_s: float = setting(30.0, "deadline of one ScoreBatch call; failed calls are retried",
-                                      env=env.TRAINER_REWARD_TIMEOUT_S)
-    reward_batch_size: int = setting(64, "pairs per ScoreBatch call (at most the reward service's max_batch_size)",
-                                     env=env.TRAINER_REWARD_BATCH_SIZE)
+    metrics_port: int = setting(
+        9104, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT
+    )
+    state_dir: str = setting(
+        "./trainer-state",
+        "where the feedback ledger (SQLite) and the PPO checkpoint live; keep it on a persistent volume",
+        env=env.TRAINER_STATE_DIR,
+    )
+    consumer_group: str = setting(
+        "rlhf-trainer", "Kafka consumer group of the trainer (one group per ledger)", env=env.TRAINER_CONSUMER_GROUP
+    )
+    reward_addr: str = setting(
+        "127.0.0.1:50052", "RewardService address used to score rollouts and candidates", env=env.REWARD_ADDR
+    )
+    reward_token: str = setting(
+        "", "bearer token for the reward service (empty: reuse --auth-token)", env=env.TRAINER_REWARD_TOKEN
+    )
+    reward_timeout_s: float = setting(
+        30.0, "deadline of one ScoreBatch call; failed calls are retried", env=env.TRAINER_REWARD_TIMEOUT_S
+    )
+    reward_batch_size: int = setting(
+        64, "pairs per ScoreBatch call (at most the reward service's max_batch_size)", env=env.TRAINER_REWARD_BATCH_SIZE
+    )
     reward_empty_response_score: float = setting(
-        -10.0, "score of an empty rollout or gate sample, given without asking the reward service (which refuses "
+        -10.0,
+        "score of an empty rollout or gate sample, given without asking the reward service (which refuses "
         "empty responses); keep it below the reward model's scores of real answers",
-        env=env.TRAINER_REWARD_EMPTY_RESPONSE_SCORE)
-    feedback_hold_s: float = setting(300.0, "how long feedback waits for its generation before it is "
-                                     "dead-lettered as unknown_generation", env=env.TRAINER_FEEDBACK_HOLD_S)
+        env=env.TRAINER_REWARD_EMPTY_RESPONSE_SCORE,
+    )
+    feedback_hold_s: float = setting(
+        300.0,
+        "how long feedback waits for its generation before it is dead-lettered as unknown_generation",
+        env=env.TRAINER_FEEDBACK_HOLD_S,
+    )
     reward_min_new_comparisons: int = setting(
-        200, "new comparisons (preferences, rating pairs) that trigger a reward-model update",
-        env=env.TRAINER_REWARD_MIN_NEW_COMPARISONS)
+        200,
+        "new comparisons (preferences, rating pairs) that trigger a reward-model update",
+        env=env.TRAINER_REWARD_MIN_NEW_COMPARISONS,
+    )
     reward_steps: int = setting(60, "optimizer steps of one reward-model update", env=env.TRAINER_REWARD_STEPS)
     reward_min_heldout_comparisons: int = setting(
-        20, "held-out comparisons (those of held-out prompts) needed before a reward-model promotion",
-        env=env.TRAINER_REWARD_MIN_HELDOUT_COMPARISONS)
+        20,
+        "held-out comparisons (those of held-out prompts) needed before a reward-model promotion",
+        env=env.TRAINER_REWARD_MIN_HELDOUT_COMPARISONS,
+    )
     reward_accuracy_tolerance: float = setting(
-        0.02, "a new reward version may lose at most this much held-out pairwise accuracy",
-        env=env.TRAINER_REWARD_ACCURACY_TOLERANCE)
-    ppo_min_prompts: int = setting(32, "distinct recent prompts needed before a PPO round starts",
-                                   env=env.TRAINER_PPO_MIN_PROMPTS)
-    ppo_min_new_feedback: int = setting(50, "feedback events accepted since the last round that start a new one",
-                                        env=env.TRAINER_PPO_MIN_NEW_FEEDBACK)
-    ppo_steps_per_round: int = setting(10, "PPO steps in one round; a candidate is evaluated after each round",
-                                       env=env.TRAINER_PPO_STEPS_PER_ROUND)
+        0.02,
+        "a new reward version may lose at most this much held-out pairwise accuracy",
+        env=env.TRAINER_REWARD_ACCURACY_TOLERANCE,
+    )
+    ppo_min_prompts: int = setting(
+        32, "distinct recent prompts needed before a PPO round starts", env=env.TRAINER_PPO_MIN_PROMPTS
+    )
+    ppo_min_new_feedback: int = setting(
+        50, "feedback events accepted since the last round that start a new one", env=env.TRAINER_PPO_MIN_NEW_FEEDBACK
+    )
+    ppo_steps_per_round: int = setting(
+        10, "PPO steps in one round; a candidate is evaluated after each round", env=env.TRAINER_PPO_STEPS_PER_ROUND
+    )
     ppo: PPOConfig = nested(PPOConfig, env_prefix="RLHF_TRAINER_PPO_", exclude=("num_threads",))
-    gate_min_reward_gain: float = setting(0.0, "the lower confidence bound of a candidate's paired reward gain "
-                                          "over the current version on the held-out prompts must reach this",
-                                          env=env.TRAINER_GATE_MIN_REWARD_GAIN)
-    gate_confidence_z: float = setting(1.645, "one-sided z of that bound (1.645 = 95%; 0 compares means only)",
-                                       env=env.TRAINER_GATE_CONFIDENCE_Z)
-    gate_kl_budget: float = setting(20.0, "largest KL (nats per response) a candidate may drift from policy v1",
-                                    env=env.TRAINER_GATE_KL_BUDGET)
-    gate_prompts: int = setting(64, "most held-out prompts (from traffic) a candidate is evaluated on (0 = all)",
-                                env=env.TRAINER_GATE_PROMPTS)
-    gate_min_prompts: int = setting(16, "held-out prompts from traffic needed before any policy promotion; until "
-                                    "then candidates keep training and `rlhf status` says what is missing",
-                                    env=env.TRAINER_GATE_MIN_PROMPTS)
-    gate_heldout_one_in: int = setting(4, "one prompt in N (by a hash of its text) is held out of training for the "
-                                       "gate, with its comparisons and corrections", env=env.TRAINER_GATE_HELDOUT_ONE_IN)
-    gate_judge: str = setting("", "optional judge plug-in, module:function(prompts, responses) -> scores (higher is "
-                              "better, NaN = no opinion); the gate refuses a candidate it finds significantly "
-                              "worse", env=env.TRAINER_GATE_JUDGE)
-    gate_samples_per_prompt: int = setting(4, "responses sampled per held-out prompt at the gate",
-                                           env=env.TRAINER_GATE_SAMPLES_PER_PROMPT)
-    round_check_s: float = setting(5.0, "how often the training thread checks whether a round is due",
-                                   env=env.TRAINER_ROUND_CHECK_S)
-    torch_threads: int = setting(2, "torch CPU threads for training (about the cores given to the pod)",
-                                 env=env.TRAINER_TORCH_THREADS)
-    start_paused: bool = setting(False, "start with training rounds paused (consumption still runs)",
-                                 env=env.TRAINER_START_PAUSED)
+    gate_min_reward_gain: float = setting(
+        0.0,
+        "the lower confidence bound of a candidate's paired reward gain "
+        "over the current version on the held-out prompts must reach this",
+        env=env.TRAINER_GATE_MIN_REWARD_GAIN,
+    )
+    gate_confidence_z: float = setting(
+        1.645, "one-sided z of that bound (1.645 = 95%; 0 compares means only)", env=env.TRAINER_GATE_CONFIDENCE_Z
+    )
+    gate_kl_budget: float = setting(
+        20.0, "largest KL (nats per response) a candidate may drift from policy v1", env=env.TRAINER_GATE_KL_BUDGET
+    )
+    gate_prompts: int = setting(
+        64, "most held-out prompts (from traffic) a candidate is evaluated on (0 = all)", env=env.TRAINER_GATE_PROMPTS
+    )
+    gate_min_prompts: int = setting(
+        16,
+        "held-out prompts from traffic needed before any policy promotion; until "
+        "then candidates keep training and `rlhf status` says what is missing",
+        env=env.TRAINER_GATE_MIN_PROMPTS,
+    )
+    gate_heldout_one_in: int = setting(
+        4,
+        "one prompt in N (by a hash of its text) is held out of training for the "
+        "gate, with its comparisons and corrections",
+        env=env.TRAINER_GATE_HELDOUT_ONE_IN,
+    )
+    gate_judge: str = setting(
+        "",
+        "optional judge plug-in, module:function(prompts, responses) -> scores (higher is "
+        "better, NaN = no opinion); the gate refuses a candidate it finds significantly "
+        "worse",
+        env=env.TRAINER_GATE_JUDGE,
+    )
+    gate_samples_per_prompt: int = setting(
+        4, "responses sampled per held-out prompt at the gate", env=env.TRAINER_GATE_SAMPLES_PER_PROMPT
+    )
+    round_check_s: float = setting(
+        5.0, "how often the training thread checks whether a round is due", env=env.TRAINER_ROUND_CHECK_S
+    )
+    torch_threads: int = setting(
+        2, "torch CPU threads for training (about the cores given to the pod)", env=env.TRAINER_TORCH_THREADS
+    )
+    start_paused: bool = setting(
+        False, "start with training rounds paused (consumption still runs)", env=env.TRAINER_START_PAUSED
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,30 +135,51 @@ class TrainerConfig(ServiceConfig):
         check(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
         check(self.reward_batch_size >= 1, "reward_batch_size", f"must be >= 1, got {self.reward_batch_size}")
         check(self.feedback_hold_s >= 0, "feedback_hold_s", f"must be >= 0, got {self.feedback_hold_s}")
-        check(self.reward_min_new_comparisons >= 1, "reward_min_new_comparisons",
-              f"must be >= 1, got {self.reward_min_new_comparisons}")
+        check(
+            self.reward_min_new_comparisons >= 1,
+            "reward_min_new_comparisons",
+            f"must be >= 1, got {self.reward_min_new_comparisons}",
+        )
         check(self.reward_steps >= 1, "reward_steps", f"must be >= 1, got {self.reward_steps}")
-        check(0 <= self.reward_accuracy_tolerance <= 1, "reward_accuracy_tolerance",
-              f"must be in [0, 1], got {self.reward_accuracy_tolerance}")
+        check(
+            0 <= self.reward_accuracy_tolerance <= 1,
+            "reward_accuracy_tolerance",
+            f"must be in [0, 1], got {self.reward_accuracy_tolerance}",
+        )
         check(self.ppo_min_prompts >= 1, "ppo_min_prompts", f"must be >= 1, got {self.ppo_min_prompts}")
         check(self.ppo_min_new_feedback >= 0, "ppo_min_new_feedback", f"must be >= 0, got {self.ppo_min_new_feedback}")
         check(self.ppo_steps_per_round >= 1, "ppo_steps_per_round", f"must be >= 1, got {self.ppo_steps_per_round}")
         check(self.gate_kl_budget > 0, "gate_kl_budget", f"must be > 0, got {self.gate_kl_budget}")
         check(self.gate_confidence_z >= 0, "gate_confidence_z", f"must be >= 0, got {self.gate_confidence_z}")
         check(self.gate_prompts >= 0, "gate_prompts", f"must be >= 0, got {self.gate_prompts}")
-        check(self.gate_samples_per_prompt >= 1, "gate_samples_per_prompt",
-              f"must be >= 1, got {self.gate_samples_per_prompt}")
+        check(
+            self.gate_samples_per_prompt >= 1,
+            "gate_samples_per_prompt",
+            f"must be >= 1, got {self.gate_samples_per_prompt}",
+        )
         check(self.round_check_s > 0, "round_check_s", f"must be > 0, got {self.round_check_s}")
         check(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
-        check(self.gate_min_prompts >= 2, "gate_min_prompts",
-              f"must be >= 2 (a paired test needs two prompts), got {self.gate_min_prompts}")
-        check(self.gate_prompts == 0 or self.gate_prompts >= self.gate_min_prompts, "gate_prompts",
-              f"must be 0 (all) or >= --gate-min-prompts ({self.gate_min_prompts}), got {self.gate_prompts}")
+        check(
+            self.gate_min_prompts >= 2,
+            "gate_min_prompts",
+            f"must be >= 2 (a paired test needs two prompts), got {self.gate_min_prompts}",
+        )
+        check(
+            self.gate_prompts == 0 or self.gate_prompts >= self.gate_min_prompts,
+            "gate_prompts",
+            f"must be 0 (all) or >= --gate-min-prompts ({self.gate_min_prompts}), got {self.gate_prompts}",
+        )
         check(self.gate_heldout_one_in >= 2, "gate_heldout_one_in", f"must be >= 2, got {self.gate_heldout_one_in}")
-        check(not self.gate_judge or ":" in self.gate_judge, "gate_judge",
-              f"must be module:function, got {self.gate_judge!r}")
-        check(self.reward_min_heldout_comparisons >= 1, "reward_min_heldout_comparisons",
-              f"must be >= 1, got {self.reward_min_heldout_comparisons}")
+        check(
+            not self.gate_judge or ":" in self.gate_judge,
+            "gate_judge",
+            f"must be module:function, got {self.gate_judge!r}",
+        )
+        check(
+            self.reward_min_heldout_comparisons >= 1,
+            "reward_min_heldout_comparisons",
+            f"must be >= 1, got {self.reward_min_heldout_comparisons}",
+        )
 
     def ppo_config(self, max_positions: int | None = None) -> PPOConfig:
         """The PPO hyperparameters for a policy with a ``max_positions`` context:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 FEEDBACK_ACCEPTED = Counter(
-    "rlhf_trainer_feedback_accepted_total", "feedback events joined and written to the ledger, by kind", ["kind"])
+    "rlhf_trainer_feedback_accepted_total", "feedback events joined and written to the ledger, by kind", ["kind"]
+)
 FEEDBACK_DUPLICATES = Counter(
-    "rlhf_trainer_feedback_duplicates_total", "feedback events ignored because their id or vote was seen before")
+    "rlhf_trainer_feedback_duplicates_total", "feedback events ignored because their id or vote was seen before"
+)
 LEDGER_FEEDBACK = Gauge("rlhf_trainer_ledger_feedback", "feedback rows in the ledger, by kind", ["kind"])
 LEDGER_GENERATIONS = Gauge("rlhf_trainer_ledger_generations", "generations in the ledger")
 PENDING_JOIN = Gauge("rlhf_trainer_feedback_pending_join", "feedback held while waiting for its generation")
@@ -27,8 +29,7 @@ PPO_STEPS = Counter("rlhf_ppo_steps_total", "PPO steps run")
 CANDIDATES = Counter("rlhf_candidates_total", "candidates evaluated at the gate", ["kind", "result", "reason"])
 PROMOTIONS = Counter("rlhf_promotions_total", "versions made current by promotion", ["kind", "trigger"])
 ROLLBACKS = Counter("rlhf_rollbacks_total", "rollbacks to an earlier version", ["kind"])
-REWARD_HELDOUT_ACCURACY = Gauge("rlhf_reward_heldout_accuracy", "held-out pairwise accuracy, by version role",
-                                ["role"])
+REWARD_HELDOUT_ACCURACY = Gauge("rlhf_reward_heldout_accuracy", "held-out pairwise accuracy, by version role", ["role"])
 
 
 def export_ppo_stats(stats) -> None:

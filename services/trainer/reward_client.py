@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 
@@ -19,8 +19,14 @@ from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
 
 
 class RewardScoringError(RuntimeError):
@@ -30,9 +36,18 @@ class RewardScoringError(RuntimeError):
 class RewardClient:
     """Callable[[list[str], list[str]], list[float]] over gRPC."""
 
-    def __init__(self, address: str, *, token: str = "", timeout_s: float = 30.0, batch_size: int = 64,
-                 attempts: int = 5, backoff_s: float = 0.5, max_message_bytes: int = 16 * 1024 * 1024,
-                 empty_response_score: float = -10.0):
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str = "",
+        timeout_s: float = 30.0,
+        batch_size: int = 64,
+        attempts: int = 5,
+        backoff_s: float = 0.5,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        empty_response_score: float = -10.0,
+    ):
         self.address = address
         # The reward service refuses empty responses (INVALID_ARGUMENT: an app
         # sending one has a bug), but a policy can sample EOS first. Such a
@@ -45,9 +60,13 @@ class RewardClient:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)])
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
         self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
         self.last_version = ""  # reward version that scored the last chunk
 
@@ -57,7 +76,7 @@ class RewardClient:
         scores = [self.empty_response_score] * len(prompts)
         scored = [i for i, r in enumerate(responses) if r.strip()]
         for start in range(0, len(scored), self.batch_size):
-            chunk = scored[start:start + self.batch_size]
+            chunk = scored[start : start + self.batch_size]
             items = [reward_pb2.ScoreRequest(prompt=prompts[i], response=responses[i]) for i in chunk]
             for i, score in zip(chunk, self._score_chunk(items)):
                 scores[i] = score
@@ -67,15 +86,17 @@ class RewardClient:
         request = reward_pb2.ScoreBatchRequest(items=items)
         for attempt in range(1, self.attempts + 1):
             try:
-                reply = self.stub.ScoreBatch(request, timeout=self.timeout_s, metadata=self.metadata,
-                                             wait_for_ready=True)
+                reply = self.stub.ScoreBatch(
+                    request, timeout=self.timeout_s, metadata=self.metadata, wait_for_ready=True
+                )
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code not in RETRYABLE or attempt == self.attempts:
-                    raise RewardScoringError(
-                        f"reward service at {self.address}: {code.name}: {exc.details()}") from exc
-                log.warning("reward scoring failed; retrying",
-                            extra={"code": code.name, "attempt": attempt, "address": self.address})
+                    raise RewardScoringError(f"reward service at {self.address}: {code.name}: {exc.details()}") from exc
+                log.warning(
+                    "reward scoring failed; retrying",
+                    extra={"code": code.name, "attempt": attempt, "address": self.address},
+                )
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
                 continue
             if len(reply.scores) != len(items):

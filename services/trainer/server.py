@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from services.trainer.config import TrainerConfig
 from services.trainer.data.ingest import FeedbackIngest, consumer_lag
 from services.trainer.data.ledger import FeedbackLedger
 from services.trainer.loop.online import OnlineTrainer
 from services.trainer.loop.promotion import Promoter, kind_name
-from shared.service_main import run_service
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import DeadLetterProducer, create_producer
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from shared.service_main import run_service
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "trainer"
-_STATES = {name: trainer_pb2.TrainerState.Value(f"TRAINER_STATE_{name}") for name in (
-    "STARTING", "IDLE", "TRAINING_REWARD", "TRAINING_POLICY", "EVALUATING", "PAUSED")}
+_STATES = {
+    name: trainer_pb2.TrainerState.Value(f"TRAINER_STATE_{name}")
+    for name in ("STARTING", "IDLE", "TRAINING_REWARD", "TRAINING_POLICY", "EVALUATING", "PAUSED")
+}
 _KINDS = {"policy": common_pb2.MODEL_KIND_POLICY, "reward": common_pb2.MODEL_KIND_REWARD}
 
 
@@ -61,22 +63,40 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def _status(self) -> trainer_pb2.TrainerStatus:
         ledger = self.trainer.ledger_snapshot()
         status = trainer_pb2.TrainerStatus(
-            state=_STATES[self.trainer.state], policy_version=self.store.current("policy") or "",
-            reward_version=self.store.current("reward") or "", feedback_counts=ledger["counts"],
-            generations_seen=ledger["generations"], feedback_pending_join=ledger["pending"],
+            state=_STATES[self.trainer.state],
+            policy_version=self.store.current("policy") or "",
+            reward_version=self.store.current("reward") or "",
+            feedback_counts=ledger["counts"],
+            generations_seen=ledger["generations"],
+            feedback_pending_join=ledger["pending"],
             pause_reason=self.trainer.progress.paused_reason if self.trainer.progress.paused else "",
             consumer_lag=consumer_lag(self.group),
-            heldout=trainer_pb2.HeldoutStatus(**self.trainer.heldout_status()))
+            heldout=trainer_pb2.HeldoutStatus(**self.trainer.heldout_status()),
+        )
         stats = self.trainer.last_ppo
         if stats is not None:
-            status.last_ppo.CopyFrom(trainer_pb2.PPOStats(
-                mean_reward=stats.mean_score, kl=stats.kl, kl_coef=stats.kl_coef, policy_loss=stats.policy_loss,
-                value_loss=stats.value_loss, clip_fraction=stats.clipfrac, entropy=stats.entropy,
-                approx_kl=stats.approx_kl, samples_per_second=stats.samples_per_s, step=stats.step))
+            status.last_ppo.CopyFrom(
+                trainer_pb2.PPOStats(
+                    mean_reward=stats.mean_score,
+                    kl=stats.kl,
+                    kl_coef=stats.kl_coef,
+                    policy_loss=stats.policy_loss,
+                    value_loss=stats.value_loss,
+                    clip_fraction=stats.clipfrac,
+                    entropy=stats.entropy,
+                    approx_kl=stats.approx_kl,
+                    samples_per_second=stats.samples_per_s,
+                    step=stats.step,
+                )
+            )
         for record in list(self.trainer.recent_candidates):
-            report = status.recent_candidates.add(kind=_KINDS[record.kind], version=record.version,
-                                                  promoted=record.promoted, reason=record.reason,
-                                                  metrics=record.metrics)
+            report = status.recent_candidates.add(
+                kind=_KINDS[record.kind],
+                version=record.version,
+                promoted=record.promoted,
+                reason=record.reason,
+                metrics=record.metrics,
+            )
             report.decided_at.FromNanoseconds(int(record.decided_at * 1e9))
         return status
 
@@ -88,34 +108,51 @@ class TrainerServer:
         self.config = config
         self.store = ModelStore(config.model_store)
         self.producer = create_producer(config.kafka, client_id="rlhf-trainer", **config.kafka_client_options())
-        self.promoter = Promoter(self.store, lambda: create_producer(
-            config.kafka, client_id="rlhf-trainer-promoter", **config.kafka_client_options()))
+        self.promoter = Promoter(
+            self.store,
+            lambda: create_producer(config.kafka, client_id="rlhf-trainer-promoter", **config.kafka_client_options()),
+        )
         self._reward_client = None
         if reward_fn is None:
             from services.trainer.reward_client import RewardClient
 
             reward_fn = self._reward_client = RewardClient(
-                config.reward_addr, token=config.reward_token or config.auth_token,
-                timeout_s=config.reward_timeout_s, batch_size=config.reward_batch_size,
-                empty_response_score=config.reward_empty_response_score)
+                config.reward_addr,
+                token=config.reward_token or config.auth_token,
+                timeout_s=config.reward_timeout_s,
+                batch_size=config.reward_batch_size,
+                empty_response_score=config.reward_empty_response_score,
+            )
         self.online = OnlineTrainer(config, self.store, self.promoter, reward_fn)
         self.ledger = FeedbackLedger(config.ledger_path)  # the consumer thread's connection
-        self.ingest = FeedbackIngest(self.ledger, DeadLetterProducer(self.producer, config.consumer_group),
-                                     hold_s=config.feedback_hold_s)
-        self.consumer = self.ingest.consumer_loop(config.kafka, config.kafka_client_options(),
-                                                  group=config.consumer_group)
+        self.ingest = FeedbackIngest(
+            self.ledger, DeadLetterProducer(self.producer, config.consumer_group), hold_s=config.feedback_hold_s
+        )
+        self.consumer = self.ingest.consumer_loop(
+            config.kafka, config.kafka_client_options(), group=config.consumer_group
+        )
         self.servicer = TrainerServicer(self.online, self.promoter, self.store, config.consumer_group)
-        self.grpc = GrpcServer(config, SERVICE_NAME, [ServiceBinding(
-            trainer_pb2_grpc.add_TrainerServiceServicer_to_server, self.servicer,
-            trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name)])
+        self.grpc = GrpcServer(
+            config,
+            SERVICE_NAME,
+            [
+                ServiceBinding(
+                    trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+                    self.servicer,
+                    trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,
+                )
+            ],
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self, *, train: bool = True, ready_timeout_s: float = 60.0) -> int:
         port = self.grpc.start()
         if self.store.current("policy") is None:
-            log.warning("the model store has no policy version yet; run `rlhf bootstrap` first",
-                        extra={"model_store": str(self.store.root)})
+            log.warning(
+                "the model store has no policy version yet; run `rlhf bootstrap` first",
+                extra={"model_store": str(self.store.root)},
+            )
         self._threads.append(self.consumer.start(self._stop, name="trainer-consumer"))
         self._threads.append(threading.Thread(target=self._expire_held_loop, name="hold-expiry", daemon=True))
         self._threads[-1].start()

@@ -17,9 +17,13 @@ from shared.proto.rlhf.v1 import events_pb2
 from tests.helpers import free_port_offset, read_topic
 
 NEEDED = ("reward", "policy", "feedback")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not set(NEEDED) <= set(available_services()),
-    reason=f"needs services {NEEDED}; this checkout has {available_services()}")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not set(NEEDED) <= set(available_services()),
+        reason=f"needs services {NEEDED}; this checkout has {available_services()}",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +51,36 @@ def test_demo_serves_collects_feedback_and_plots(tiny_store, broker, tmp_path):
 
     seed = random.randrange(10**6)  # the simulated user ids carry it: this run's events only
     out = tmp_path / "demo" / "loop.png"
-    code = main(["demo", "--model-store", str(tiny_store), "--kafka", broker.bootstrap, "--no-bootstrap",
-                 "--services", ",".join(NEEDED), "--port-offset", str(free_port_offset()),
-                 "--log-dir", str(tmp_path / "logs"), "--minutes", "0.25", "--sample-every-s", "4",
-                 "--users", "8", "--concurrency", "2", "--seed", str(seed), "--max-new-tokens", "12",
-                 "--out", str(out)])
+    code = main(
+        [
+            "demo",
+            "--model-store",
+            str(tiny_store),
+            "--kafka",
+            broker.bootstrap,
+            "--no-bootstrap",
+            "--services",
+            ",".join(NEEDED),
+            "--port-offset",
+            str(free_port_offset()),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--minutes",
+            "0.25",
+            "--sample-every-s",
+            "4",
+            "--users",
+            "8",
+            "--concurrency",
+            "2",
+            "--seed",
+            str(seed),
+            "--max-new-tokens",
+            "12",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, [p.read_text()[-2000:] for p in (tmp_path / "logs").glob("*.log")]
 
     saved = json.loads(out.with_suffix(".json").read_text())
@@ -64,15 +93,21 @@ def test_demo_serves_collects_feedback_and_plots(tiny_store, broker, tmp_path):
     assert any(p["mean_reward"] is not None and p["reward_version"] == "v1" for p in saved["points"])
 
     prefix = f"sim-user-{seed}-"
-    generations = [m for _, m in read_topic(broker.bootstrap, events.GENERATIONS_TOPIC, events_pb2.GenerationEvent,
-                                            timeout_s=10) if m.user_id.startswith(prefix)]
+    generations = [
+        m
+        for _, m in read_topic(broker.bootstrap, events.GENERATIONS_TOPIC, events_pb2.GenerationEvent, timeout_s=10)
+        if m.user_id.startswith(prefix)
+    ]
     assert len(generations) == v1["responses"]
     assert all(g.model_version == "v1" for g in generations)
     generation_ids = {g.generation_id for g in generations}
 
     accepted = saved["totals"]["feedback_accepted"]
-    feedback = [m for _, m in read_topic(broker.bootstrap, events.FEEDBACK_TOPIC, events_pb2.FeedbackEvent,
-                                         timeout_s=10) if m.user_id.startswith(prefix)]
+    feedback = [
+        m
+        for _, m in read_topic(broker.bootstrap, events.FEEDBACK_TOPIC, events_pb2.FeedbackEvent, timeout_s=10)
+        if m.user_id.startswith(prefix)
+    ]
     assert feedback and len(feedback) == sum(accepted.values())
     assert all(f.generation_id in generation_ids for f in feedback)
     for f in feedback:

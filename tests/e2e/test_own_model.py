@@ -38,24 +38,60 @@ from tests.helpers import free_port_offset, read_topic, wait_until
 pytestmark = pytest.mark.slow
 
 # An app's own questions: arithmetic and translation, nothing the demo world knows.
-QUESTIONS = [f"What is {a} plus {b}?" for a in range(2, 7) for b in range(3, 7)] + \
-    [f"Translate the word '{w}' into French." for w in ("cat", "dog", "house", "tree", "water", "bread")]
+QUESTIONS = [f"What is {a} plus {b}?" for a in range(2, 7) for b in range(3, 7)] + [
+    f"Translate the word '{w}' into French." for w in ("cat", "dog", "house", "tree", "water", "bread")
+]
 
 # Small everything, so a round, the gate and a reward update happen within seconds.
 TRAINER_ARGS = [
-    "--reward-min-new-comparisons", "6", "--reward-min-heldout-comparisons", "1", "--reward-steps", "2",
-    "--reward-accuracy-tolerance", "1.0", "--ppo-min-prompts", "2", "--ppo-min-new-feedback", "1",
-    "--ppo-steps-per-round", "2", "--ppo-batch-size", "2", "--ppo-mini-batch-size", "2", "--ppo-ptx-batch-size", "2",
-    "--ppo-max-new-tokens", "6", "--gate-min-prompts", "2", "--gate-prompts", "4", "--gate-heldout-one-in", "3",
-    "--gate-samples-per-prompt", "1", "--gate-min-reward-gain=-1e9", "--gate-confidence-z", "0",
-    "--gate-kl-budget", "1e9", "--round-check-s", "0.5", "--feedback-hold-s", "120",
+    "--reward-min-new-comparisons",
+    "6",
+    "--reward-min-heldout-comparisons",
+    "1",
+    "--reward-steps",
+    "2",
+    "--reward-accuracy-tolerance",
+    "1.0",
+    "--ppo-min-prompts",
+    "2",
+    "--ppo-min-new-feedback",
+    "1",
+    "--ppo-steps-per-round",
+    "2",
+    "--ppo-batch-size",
+    "2",
+    "--ppo-mini-batch-size",
+    "2",
+    "--ppo-ptx-batch-size",
+    "2",
+    "--ppo-max-new-tokens",
+    "6",
+    "--gate-min-prompts",
+    "2",
+    "--gate-prompts",
+    "4",
+    "--gate-heldout-one-in",
+    "3",
+    "--gate-samples-per-prompt",
+    "1",
+    "--gate-min-reward-gain=-1e9",
+    "--gate-confidence-z",
+    "0",
+    "--gate-kl-budget",
+    "1e9",
+    "--round-check-s",
+    "0.5",
+    "--feedback-hold-s",
+    "120",
 ]
 
 
 def chat(stub, question: str, user: str, version_seen: list[str]) -> policy_pb2.GenerateResponse:
     request = policy_pb2.GenerateRequest(
-        messages=[common_pb2.ChatMessage(role="user", content=question)], user_id=user,
-        sampling=common_pb2.SamplingParams(max_new_tokens=6, num_return_sequences=2, temperature=1.0))
+        messages=[common_pb2.ChatMessage(role="user", content=question)],
+        user_id=user,
+        sampling=common_pb2.SamplingParams(max_new_tokens=6, num_return_sequences=2, temperature=1.0),
+    )
     response = stub.Generate(request, timeout=60)
     version_seen.append(response.model_version)
     return response
@@ -72,10 +108,14 @@ def test_own_llama_policy_learns_from_chat_feedback_and_is_hot_swapped(broker, t
     store = ModelStore(store_root)
     assert store.current("policy") == "v1" and store.current("reward") == "v1"
 
-    stack = Stack(model_store=store_root, log_dir=tmp_path / "logs", services=["reward", "policy", "feedback",
-                                                                               "trainer"],
-                  kafka=broker.bootstrap, port_offset=free_port_offset(),
-                  service_args={"trainer": TRAINER_ARGS + ["--consumer-group", f"own-model-{time.time_ns()}"]})
+    stack = Stack(
+        model_store=store_root,
+        log_dir=tmp_path / "logs",
+        services=["reward", "policy", "feedback", "trainer"],
+        kafka=broker.bootstrap,
+        port_offset=free_port_offset(),
+        service_args={"trainer": TRAINER_ARGS + ["--consumer-group", f"own-model-{time.time_ns()}"]},
+    )
     versions: list[str] = []
     try:
         stack.start_broker()  # with --kafka given: makes the log folder and the topics, starts no broker
@@ -90,17 +130,33 @@ def test_own_llama_policy_learns_from_chat_feedback_and_is_hot_swapped(broker, t
         for i, question in enumerate(QUESTIONS):
             answer = chat(policy, question, f"user-{i}", versions)
             first, second = answer.completions
-            batch.append(events_pb2.FeedbackEvent(
-                feedback_id=f"pref-{i}", generation_id=first.generation_id, user_id=f"user-{i}",
-                preference=events_pb2.Preference(chosen_generation_id=first.generation_id,
-                                                 rejected_generation_id=second.generation_id)))
-            batch.append(events_pb2.FeedbackEvent(
-                feedback_id=f"thumb-{i}", generation_id=second.generation_id, user_id=f"user-{i}",
-                rating=events_pb2.Rating(thumb=events_pb2.THUMB_DOWN)))
+            batch.append(
+                events_pb2.FeedbackEvent(
+                    feedback_id=f"pref-{i}",
+                    generation_id=first.generation_id,
+                    user_id=f"user-{i}",
+                    preference=events_pb2.Preference(
+                        chosen_generation_id=first.generation_id, rejected_generation_id=second.generation_id
+                    ),
+                )
+            )
+            batch.append(
+                events_pb2.FeedbackEvent(
+                    feedback_id=f"thumb-{i}",
+                    generation_id=second.generation_id,
+                    user_id=f"user-{i}",
+                    rating=events_pb2.Rating(thumb=events_pb2.THUMB_DOWN),
+                )
+            )
             if i == 0:
-                batch.append(events_pb2.FeedbackEvent(
-                    feedback_id="fix-0", generation_id=first.generation_id, user_id="user-0",
-                    correction=events_pb2.Correction(response="It is five.")))
+                batch.append(
+                    events_pb2.FeedbackEvent(
+                        feedback_id="fix-0",
+                        generation_id=first.generation_id,
+                        user_id="user-0",
+                        correction=events_pb2.Correction(response="It is five."),
+                    )
+                )
         accepted = feedback.SubmitFeedbackBatch(feedback_pb2.SubmitFeedbackBatchRequest(feedback=batch), timeout=30)
         assert len(accepted.results) == len(batch)
 
@@ -108,17 +164,29 @@ def test_own_llama_policy_learns_from_chat_feedback_and_is_hot_swapped(broker, t
             status = trainer.GetStatus(trainer_pb2.GetStatusRequest(), timeout=5)
             return any(c.kind == kind and c.promoted for c in status.recent_candidates) and status
 
-        wait_until(lambda: promoted(common_pb2.MODEL_KIND_REWARD), timeout_s=240, interval_s=1,
-                   message="a reward version trained on the users' comparisons")
-        status = wait_until(lambda: promoted(common_pb2.MODEL_KIND_POLICY), timeout_s=240, interval_s=1,
-                            message="a policy version promoted through the gate")
+        wait_until(
+            lambda: promoted(common_pb2.MODEL_KIND_REWARD),
+            timeout_s=240,
+            interval_s=1,
+            message="a reward version trained on the users' comparisons",
+        )
+        status = wait_until(
+            lambda: promoted(common_pb2.MODEL_KIND_POLICY),
+            timeout_s=240,
+            interval_s=1,
+            message="a policy version promoted through the gate",
+        )
         decided = [c for c in status.recent_candidates if c.kind == common_pb2.MODEL_KIND_POLICY and c.promoted][0]
         assert decided.reason == "passed" and decided.metrics["gate_prompts"] >= 2
         assert status.heldout.gate_prompts >= 2 and status.heldout.waiting_for == ""
 
         # The replica hot-swaps: chat answers now come from the promoted version.
-        wait_until(lambda: chat(policy, QUESTIONS[0], "user-x", versions).model_version == decided.version,
-                   timeout_s=60, interval_s=0.5, message=f"serving {decided.version}")
+        wait_until(
+            lambda: chat(policy, QUESTIONS[0], "user-x", versions).model_version == decided.version,
+            timeout_s=60,
+            interval_s=0.5,
+            message=f"serving {decided.version}",
+        )
         assert store.manifest("policy", decided.version).parent_version == "v1"
     finally:
         codes = stack.stop()
@@ -129,8 +197,11 @@ def test_own_llama_policy_learns_from_chat_feedback_and_is_hot_swapped(broker, t
 
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)
     rendered = render_chat(tokenizer, [ChatMessage("user", QUESTIONS[0])])
-    served = [m for _, m in read_topic(broker.bootstrap, events.GENERATIONS_TOPIC, events_pb2.GenerationEvent,
-                                       timeout_s=10) if m.user_id == "user-0"]
+    served = [
+        m
+        for _, m in read_topic(broker.bootstrap, events.GENERATIONS_TOPIC, events_pb2.GenerationEvent, timeout_s=10)
+        if m.user_id == "user-0"
+    ]
     assert served and all(g.prompt == rendered and g.messages[0].content == QUESTIONS[0] for g in served)
     ids = encode_prompt(tokenizer, rendered)
     assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id

@@ -21,13 +21,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from demo.world import format_prompt
 from shared import events
 from shared.config import ServiceConfig
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from demo.world import format_prompt
 from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,9 +45,17 @@ class ThreeWordReward(reward_pb2_grpc.RewardServiceServicer):
 
 @pytest.fixture()
 def reward_addr():
-    server = GrpcServer(ServiceConfig(port=0, metrics_port=-1, host="127.0.0.1", grace_period_s=0), "fake-reward", [
-        ServiceBinding(reward_pb2_grpc.add_RewardServiceServicer_to_server, ThreeWordReward(),
-                       reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name)])
+    server = GrpcServer(
+        ServiceConfig(port=0, metrics_port=-1, host="127.0.0.1", grace_period_s=0),
+        "fake-reward",
+        [
+            ServiceBinding(
+                reward_pb2_grpc.add_RewardServiceServicer_to_server,
+                ThreeWordReward(),
+                reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name,
+            )
+        ],
+    )
     port = server.start()
     server.set_serving(True)
     yield f"127.0.0.1:{port}"
@@ -64,8 +72,9 @@ class TrainerProcess:
     def __init__(self, args: list[str], log_path: Path):
         self.log_path = log_path
         self.log = open(log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.trainer", *args], cwd=REPO,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.trainer", *args], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def kill(self, sig=signal.SIGKILL, timeout_s: float = 30) -> int:
         if self.proc.poll() is None:
@@ -105,17 +114,52 @@ def ledger_rows(path: Path) -> list[str]:
 
 
 def test_kill_minus_nine_mid_ppo_resumes_and_keeps_feedback_exactly_once(
-        broker, tiny_lm_dir, tmp_path, unique_name, reward_addr):
+    broker, tiny_lm_dir, tmp_path, unique_name, reward_addr
+):
     store = ModelStore(tmp_path / "store")
     store.write_version("policy", lambda out: [shutil.copy2(p, out / p.name) for p in tiny_lm_dir.iterdir()])
     state_dir, port = tmp_path / "state", free_port()
-    args = ["--port", str(port), "--host", "127.0.0.1", "--metrics-port", "-1", "--kafka", broker.bootstrap,
-            "--model-store", str(store.root), "--state-dir", str(state_dir), "--consumer-group", unique_name,
-            "--reward-addr", reward_addr, "--ppo-min-prompts", "2", "--ppo-min-new-feedback", "1",
-            # A round far longer than the test: the kill always lands mid-round.
-            "--ppo-steps-per-round", "100000", "--ppo-batch-size", "2", "--ppo-mini-batch-size", "2",
-            "--ppo-max-new-tokens", "6", "--round-check-s", "0.5", "--torch-threads", "1",
-            "--feedback-hold-s", "600", "--log-format", "text", "--grace-period-s", "1"]
+    args = [
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--metrics-port",
+        "-1",
+        "--kafka",
+        broker.bootstrap,
+        "--model-store",
+        str(store.root),
+        "--state-dir",
+        str(state_dir),
+        "--consumer-group",
+        unique_name,
+        "--reward-addr",
+        reward_addr,
+        "--ppo-min-prompts",
+        "2",
+        "--ppo-min-new-feedback",
+        "1",
+        # A round far longer than the test: the kill always lands mid-round.
+        "--ppo-steps-per-round",
+        "100000",
+        "--ppo-batch-size",
+        "2",
+        "--ppo-mini-batch-size",
+        "2",
+        "--ppo-max-new-tokens",
+        "6",
+        "--round-check-s",
+        "0.5",
+        "--torch-threads",
+        "1",
+        "--feedback-hold-s",
+        "600",
+        "--log-format",
+        "text",
+        "--grace-period-s",
+        "1",
+    ]
     producer = create_producer(broker.bootstrap)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = trainer_pb2_grpc.TrainerServiceStub(channel)
@@ -126,8 +170,9 @@ def test_kill_minus_nine_mid_ppo_resumes_and_keeps_feedback_exactly_once(
     def produce_feedback(ids: list[str]) -> None:
         for i, fid in enumerate(ids):
             gid = f"{unique_name}-g{i % len(QUESTIONS)}"
-            event = events_pb2.FeedbackEvent(feedback_id=fid, generation_id=gid, user_id=f"user-{fid}",
-                                             rating=events_pb2.Rating(score=0.5))
+            event = events_pb2.FeedbackEvent(
+                feedback_id=fid, generation_id=gid, user_id=f"user-{fid}", rating=events_pb2.Rating(score=0.5)
+            )
             produce_event(producer, events.FEEDBACK_TOPIC, gid, event)
             sent.add(fid)
         producer.flush(10)
@@ -135,16 +180,30 @@ def test_kill_minus_nine_mid_ppo_resumes_and_keeps_feedback_exactly_once(
     try:
         for i, question in enumerate(QUESTIONS):
             gid = f"{unique_name}-g{i}"
-            produce_event(producer, events.GENERATIONS_TOPIC, gid, events_pb2.GenerationEvent(
-                event_id=events.new_id(), generation_id=gid, prompt=format_prompt(question), response="Boil it.",
-                model_version="v1", created_at=events.now_timestamp()))
+            produce_event(
+                producer,
+                events.GENERATIONS_TOPIC,
+                gid,
+                events_pb2.GenerationEvent(
+                    event_id=events.new_id(),
+                    generation_id=gid,
+                    prompt=format_prompt(question),
+                    response="Boil it.",
+                    model_version="v1",
+                    created_at=events.now_timestamp(),
+                ),
+            )
         first = [f"{unique_name}-f{i}" for i in range(8)]
         produce_feedback(first + first[:3])  # three duplicates by feedback_id
 
         trainer = TrainerProcess(args, log_path)
         checkpoint_state = state_dir / "ppo-checkpoint" / "trainer_state.json"
-        wait_until(lambda: checkpoint_state.exists() or not trainer.alive(), timeout_s=90, interval_s=0.1,
-                   message="first PPO checkpoint")
+        wait_until(
+            lambda: checkpoint_state.exists() or not trainer.alive(),
+            timeout_s=90,
+            interval_s=0.1,
+            message="first PPO checkpoint",
+        )
         assert trainer.alive(), log_path.read_text()[-3000:]
         mid = status(stub)
         assert mid is not None and mid.state == trainer_pb2.TRAINER_STATE_TRAINING_POLICY
@@ -156,10 +215,18 @@ def test_kill_minus_nine_mid_ppo_resumes_and_keeps_feedback_exactly_once(
         produce_feedback(second + first[3:5])  # new ids, plus ids the first run already had
 
         trainer = TrainerProcess(args, log_path)
-        wait_until(lambda: set(ledger_rows(state_dir / "ledger.sqlite")) >= sent, timeout_s=90, interval_s=0.2,
-                   message="every feedback id in the ledger after the restart")
-        resumed = wait_until(lambda: (s := status(stub)) is not None and s.HasField("last_ppo") and s,
-                             timeout_s=90, interval_s=0.2, message="a PPO step after the restart")
+        wait_until(
+            lambda: set(ledger_rows(state_dir / "ledger.sqlite")) >= sent,
+            timeout_s=90,
+            interval_s=0.2,
+            message="every feedback id in the ledger after the restart",
+        )
+        resumed = wait_until(
+            lambda: (s := status(stub)) is not None and s.HasField("last_ppo") and s,
+            timeout_s=90,
+            interval_s=0.2,
+            message="a PPO step after the restart",
+        )
         # A fresh trainer would report step 0; the resumed one continues the count.
         assert resumed.last_ppo.step >= steps_at_kill
         assert "resumed PPO from checkpoint" in log_path.read_text()

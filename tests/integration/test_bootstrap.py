@@ -34,8 +34,17 @@ def test_store_holds_v1_of_both_with_manifests_and_metrics(bootstrapped):
         assert manifest.notes[DIGEST_NOTE] == config.digest()
         store.open_version(kind, "v1")  # every sha256 checks out
     policy = store.manifest("policy", "v1")
-    for key in ("satisfaction", "base_satisfaction", "axis_helpful", "axis_polite", "axis_correct",
-                "axis_safe", "axis_concise", "reward_mean", "kl_to_reference"):
+    for key in (
+        "satisfaction",
+        "base_satisfaction",
+        "axis_helpful",
+        "axis_polite",
+        "axis_correct",
+        "axis_safe",
+        "axis_concise",
+        "reward_mean",
+        "kl_to_reference",
+    ):
         assert key in policy.eval_metrics, key
     assert policy.eval_metrics["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)  # v1 is the reference
     assert "model.safetensors" in policy.files and "tokenizer.json" in policy.files
@@ -53,15 +62,17 @@ def test_each_step_learned(bootstrapped):
 
 
 def test_models_load_and_generate(bootstrapped):
+    from demo.world import build_prompts
     from shared.policy_eval import SamplingSettings, load_policy, sample_responses
     from shared.reward_model import load_reward_model, score_texts
-    from demo.world import build_prompts
 
     root, _, _, _ = bootstrapped
     store = ModelStore(root)
     policy, tokenizer = load_policy(store.open_version("policy", "v1"))
     prompt = build_prompts()[0]
-    samples = sample_responses(policy, tokenizer, [prompt.text], SamplingSettings(samples_per_prompt=2, max_new_tokens=8))
+    samples = sample_responses(
+        policy, tokenizer, [prompt.text], SamplingSettings(samples_per_prompt=2, max_new_tokens=8)
+    )
     assert len(samples) == 2 and all(len(s.response_ids) <= 8 for s in samples)
     reward, reward_tokenizer = load_reward_model(store.open_version("reward", "v1"))
     assert len(score_texts(reward, reward_tokenizer, [prompt.text], [samples[0].text])) == 1

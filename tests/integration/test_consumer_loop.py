@@ -11,7 +11,12 @@ from prometheus_client import REGISTRY
 from shared import events
 from shared.feedback_rules import validating_feedback_handler
 from shared.kafka_io import (
-    ConsumerSettings, DeadLetterProducer, EventConsumerLoop, create_producer, ensure_topics, produce_event,
+    ConsumerSettings,
+    DeadLetterProducer,
+    EventConsumerLoop,
+    create_producer,
+    ensure_topics,
+    produce_event,
 )
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from tests.helpers import read_topic, wait_until
@@ -25,7 +30,8 @@ def run_loop(broker, topic, group, producer, handled):
     loop = EventConsumerLoop(
         ConsumerSettings(bootstrap=broker.bootstrap, topics={topic: ev.FeedbackEvent}, group_id=group),
         validating_feedback_handler(lambda e: handled.append(e.message.feedback_id)),
-        dead_letters=DeadLetterProducer(producer, consumer_group=group))
+        dead_letters=DeadLetterProducer(producer, consumer_group=group),
+    )
     stop = threading.Event()
     return loop, stop, loop.start(stop)
 
@@ -37,9 +43,9 @@ def test_poison_messages_are_dead_lettered_and_good_ones_handled_once(broker, un
     producer = create_producer(broker.bootstrap)
     try:
         produce_event(producer, topic, "gen-0", good(0)).get(10)
-        producer.send(topic, key=b"junk", value=b"\xff\x00 not protobuf \x07").get(10)   # offset 1
+        producer.send(topic, key=b"junk", value=b"\xff\x00 not protobuf \x07").get(10)  # offset 1
         invalid = ev.FeedbackEvent(feedback_id="bad", generation_id="gen-x", rating=ev.Rating(score=9.0))
-        produce_event(producer, topic, "gen-x", invalid).get(10)                           # offset 2
+        produce_event(producer, topic, "gen-x", invalid).get(10)  # offset 2
         for i in (1, 2):
             produce_event(producer, topic, f"gen-{i}", good(i)).get(10)
 
@@ -50,16 +56,20 @@ def test_poison_messages_are_dead_lettered_and_good_ones_handled_once(broker, un
         thread.join(10)
         assert handled == ["fb-0", "fb-1", "fb-2"]
 
-        letters = [m for _, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, ev.DeadLetter, min_count=2)
-                   if m.source_topic == topic]
+        letters = [
+            m
+            for _, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, ev.DeadLetter, min_count=2)
+            if m.source_topic == topic
+        ]
         by_offset = {m.source_offset: m for m in letters}
         assert set(by_offset) == {1, 2}
         assert by_offset[1].reason == "decode_error" and by_offset[1].value.startswith(b"\xff\x00")
         assert by_offset[2].reason == "invalid_field" and "rating.score" in by_offset[2].error
         assert all(m.consumer_group == group for m in letters)
         for reason in ("decode_error", "invalid_field"):
-            assert REGISTRY.get_sample_value(
-                "rlhf_events_deadlettered_total", {"topic": topic, "reason": reason}) == 1.0
+            assert (
+                REGISTRY.get_sample_value("rlhf_events_deadlettered_total", {"topic": topic, "reason": reason}) == 1.0
+            )
 
         # A restarted consumer in the same group starts after the committed offsets.
         produce_event(producer, topic, "gen-3", good(3)).get(10)
@@ -69,8 +79,11 @@ def test_poison_messages_are_dead_lettered_and_good_ones_handled_once(broker, un
         stop.set()
         thread.join(10)
         assert handled_again == ["fb-3"]
-        letters_after = [m for _, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, ev.DeadLetter)
-                         if m.source_topic == topic]
+        letters_after = [
+            m
+            for _, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, ev.DeadLetter)
+            if m.source_topic == topic
+        ]
         assert len(letters_after) == 2
     finally:
         producer.close()

@@ -21,8 +21,9 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 def start_gateway(broker, **overrides):
-    config = FeedbackConfig(port=0, metrics_port=-1, kafka=broker.bootstrap, auth_token=TOKEN, grace_period_s=1,
-                            **overrides)
+    config = FeedbackConfig(
+        port=0, metrics_port=-1, kafka=broker.bootstrap, auth_token=TOKEN, grace_period_s=1, **overrides
+    )
     server = FeedbackGatewayServer(config)
     port = server.start()
     return server, grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -98,23 +99,45 @@ def test_every_kind_is_accepted_and_ids_are_assigned(broker, gateway):
     assert pref.generation_id == "gen-a" and pref_record.key == b"gen-a"
 
 
-@pytest.mark.parametrize("event,field", [
-    (ev.FeedbackEvent(generation_id="g"), "feedback.kind"),
-    (ev.FeedbackEvent(rating=ev.Rating(score=0.1)), "feedback.generation_id"),
-    (rating(score=1.01), "feedback.rating.score"),
-    (rating(score=float("nan")), "feedback.rating.score"),
-    (ev.FeedbackEvent(preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="a")),
-     "feedback.preference.rejected_generation_id"),
-    (ev.FeedbackEvent(generation_id="g", preference=ev.Preference(rejected_generation_id="b")),
-     "feedback.preference.chosen_generation_id"),
-    (ev.FeedbackEvent(generation_id="g", preference=ev.Preference(chosen_generation_id="g")),
-     "feedback.preference.rejected_generation_id"),
-    (rating(comment="x" * 51), "feedback.comment"),
-    (ev.FeedbackEvent(generation_id="g", correction=ev.Correction(response="x" * 101)),
-     "feedback.correction.response"),
-    (ev.FeedbackEvent(generation_id="g", flag=ev.Flag(category=42)), "feedback.flag.category"),
-], ids=["kind", "generation", "range", "nan", "self-preference", "no-chosen", "no-rejected", "comment",
-        "correction", "flag"])
+@pytest.mark.parametrize(
+    "event,field",
+    [
+        (ev.FeedbackEvent(generation_id="g"), "feedback.kind"),
+        (ev.FeedbackEvent(rating=ev.Rating(score=0.1)), "feedback.generation_id"),
+        (rating(score=1.01), "feedback.rating.score"),
+        (rating(score=float("nan")), "feedback.rating.score"),
+        (
+            ev.FeedbackEvent(preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="a")),
+            "feedback.preference.rejected_generation_id",
+        ),
+        (
+            ev.FeedbackEvent(generation_id="g", preference=ev.Preference(rejected_generation_id="b")),
+            "feedback.preference.chosen_generation_id",
+        ),
+        (
+            ev.FeedbackEvent(generation_id="g", preference=ev.Preference(chosen_generation_id="g")),
+            "feedback.preference.rejected_generation_id",
+        ),
+        (rating(comment="x" * 51), "feedback.comment"),
+        (
+            ev.FeedbackEvent(generation_id="g", correction=ev.Correction(response="x" * 101)),
+            "feedback.correction.response",
+        ),
+        (ev.FeedbackEvent(generation_id="g", flag=ev.Flag(category=42)), "feedback.flag.category"),
+    ],
+    ids=[
+        "kind",
+        "generation",
+        "range",
+        "nan",
+        "self-preference",
+        "no-chosen",
+        "no-rejected",
+        "comment",
+        "correction",
+        "flag",
+    ],
+)
 def test_invalid_feedback_names_the_field(gateway, event, field):
     stub, _ = gateway
     with pytest.raises(grpc.RpcError) as info:
@@ -153,8 +176,7 @@ def test_rate_limit_is_per_client_with_a_retry_hint(broker):
     try:
         stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
         alice = AUTH + (("x-client-id", "alice"),)
-        stub.SubmitFeedbackBatch(feedback_pb2.SubmitFeedbackBatchRequest(feedback=[rating(), rating()]),
-                                 metadata=alice)
+        stub.SubmitFeedbackBatch(feedback_pb2.SubmitFeedbackBatchRequest(feedback=[rating(), rating()]), metadata=alice)
         stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(feedback=rating()), metadata=alice)
         with pytest.raises(grpc.RpcError) as info:
             stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(feedback=rating()), metadata=alice)

@@ -43,8 +43,9 @@ class EchoRewardServicer(reward_pb2_grpc.RewardServiceServicer):
 def start(**overrides) -> tuple[GrpcServer, grpc.Channel, EchoRewardServicer]:
     servicer = EchoRewardServicer()
     config = ServiceConfig(port=0, host="127.0.0.1", grace_period_s=5, **overrides)
-    server = GrpcServer(config, "test", [ServiceBinding(reward_pb2_grpc.add_RewardServiceServicer_to_server,
-                                                        servicer, SERVICE)])
+    server = GrpcServer(
+        config, "test", [ServiceBinding(reward_pb2_grpc.add_RewardServiceServicer_to_server, servicer, SERVICE)]
+    )
     port = server.start()
     server.set_serving(True)
     return server, grpc.insecure_channel(f"127.0.0.1:{port}"), servicer

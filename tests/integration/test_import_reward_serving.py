@@ -16,8 +16,12 @@ from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from shared.reward_model import ONNX_FILE, load_reward_model, score_texts
 from tests.foreign_models import build_tiny_seq_cls_reward
 
-PAIRS = [("How do I boil an egg?", "Boil it for nine minutes."), ("Capital of France?", "Paris."),
-         ("<|user|>\nWater a fern?\n<|assistant|>\n", "Keep the soil damp."), ("Pick a lock?", "Sorry, I can't.")]
+PAIRS = [
+    ("How do I boil an egg?", "Boil it for nine minutes."),
+    ("Capital of France?", "Paris."),
+    ("<|user|>\nWater a fern?\n<|assistant|>\n", "Keep the soil damp."),
+    ("Pick a lock?", "Sorry, I can't."),
+]
 ARCHITECTURES = {"llama": "LlamaForSequenceClassification", "bert": "BertForSequenceClassification"}
 
 
@@ -39,8 +43,7 @@ def batch_request(pairs):
 def test_the_reward_service_serves_an_imported_model_with_onnx(imported):
     arch, store = imported
     assert (store.open_version("reward", "v1") / ONNX_FILE).is_file()
-    config = RewardConfig(port=0, metrics_port=-1, model_store=str(store.root), watch_updates=False,
-                          grace_period_s=1)
+    config = RewardConfig(port=0, metrics_port=-1, model_store=str(store.root), watch_updates=False, grace_period_s=1)
     server = RewardServer(config)
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -69,14 +72,26 @@ def test_the_trainer_fine_tunes_an_imported_model_and_promotes_it(broker, import
 
     arch, store = imported
     split = HeldoutSplit(2)
-    comparisons = [Comparison(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", "No.")
-                   for a in range(1, 5) for b in range(1, 5)]
-    settings = RewardUpdateSettings(min_new_comparisons=1, steps=4, tolerance=1.0, batch_size=4, lr=1e-3,
-                                    head_lr=1e-3, trainable_layers=1, min_heldout_pairs=2)
+    comparisons = [
+        Comparison(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", "No.")
+        for a in range(1, 5)
+        for b in range(1, 5)
+    ]
+    settings = RewardUpdateSettings(
+        min_new_comparisons=1,
+        steps=4,
+        tolerance=1.0,
+        batch_size=4,
+        lr=1e-3,
+        head_lr=1e-3,
+        trainable_layers=1,
+        min_heldout_pairs=2,
+    )
     producer = create_producer(broker.bootstrap)
     try:
-        outcome = update_reward_model(store, Promoter(store, lambda: producer), settings, comparisons, comparisons,
-                                      split, threads=1)
+        outcome = update_reward_model(
+            store, Promoter(store, lambda: producer), settings, comparisons, comparisons, split, threads=1
+        )
     finally:
         producer.close()
     assert outcome.promoted and outcome.version == "v2" and store.current("reward") == "v2", outcome
@@ -88,11 +103,13 @@ def test_the_trainer_fine_tunes_an_imported_model_and_promotes_it(broker, import
     assert type(after) is type(before) and after.architecture == ARCHITECTURES[arch]
     prompts, responses = zip(*PAIRS)
     assert score_texts(after, tokenizer, prompts, responses) != pytest.approx(
-        score_texts(before, tokenizer, prompts, responses), abs=1e-6)
+        score_texts(before, tokenizer, prompts, responses), abs=1e-6
+    )
     served = load_reward_version(store, "v2", "onnx", threads=1)
     assert served.backend.name == "onnxruntime"
-    assert served.score(prompts, responses) == pytest.approx(score_texts(after, tokenizer, prompts, responses),
-                                                             abs=1e-4)
+    assert served.score(prompts, responses) == pytest.approx(
+        score_texts(after, tokenizer, prompts, responses), abs=1e-4
+    )
 
 
 def test_a_minilm_format_dir_imports_as_itself(tmp_path):
@@ -106,5 +123,6 @@ def test_a_minilm_format_dir_imports_as_itself(tmp_path):
     assert result.notes["architecture"] == "RewardModel(BertModel+mean-pool+linear)"
     loaded = load_reward_version(store, result.version, "onnx", threads=1)
     prompts, responses = zip(*PAIRS)
-    assert loaded.score(prompts, responses) == pytest.approx(score_texts(model, tokenizer, prompts, responses),
-                                                             abs=1e-4)
+    assert loaded.score(prompts, responses) == pytest.approx(
+        score_texts(model, tokenizer, prompts, responses), abs=1e-4
+    )

@@ -35,9 +35,14 @@ class _GroupMember:
     the finished join's assignment."""
 
     def __init__(self, broker, topic: str, group: str):
-        self.consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group,
-                                      enable_auto_commit=False, session_timeout_ms=kafka_io.SESSION_TIMEOUT_MS,
-                                      heartbeat_interval_ms=kafka_io.HEARTBEAT_INTERVAL_MS)
+        self.consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            session_timeout_ms=kafka_io.SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=kafka_io.HEARTBEAT_INTERVAL_MS,
+        )
         self._lock = threading.Lock()
         self._owned: frozenset[int] = frozenset()
         self._stop = threading.Event()
@@ -102,24 +107,34 @@ def test_loop_dead_letters_poison_and_commits_the_rest(broker, unique_name):
         handled.append(event.message.generation_id)
 
     settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}")
-    loop = EventConsumerLoop(settings, handler, dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id),
-                             before_commit=lambda: committed_batches.append(list(handled)))
+    loop = EventConsumerLoop(
+        settings,
+        handler,
+        dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id),
+        before_commit=lambda: committed_batches.append(list(handled)),
+    )
     stop = threading.Event()
     thread = loop.start(stop)
     wait_until(lambda: handled == ["ok1", "ok2"], 20, message="good events handled")
     stop.set()
     thread.join(10)
 
-    letters = [m for r, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, events_pb2.DeadLetter)
-               if m.source_topic == topic]
+    letters = [
+        m
+        for r, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, events_pb2.DeadLetter)
+        if m.source_topic == topic
+    ]
     assert sorted((m.reason, m.source_offset) for m in letters) == [("decode_error", 1), ("invalid_field", 2)]
     assert letters[0].value or letters[1].value, "the raw bytes travel with the dead letter"
     assert committed_batches, "before_commit ran"
 
     # A restarted member of the same group resumes after the committed offsets.
     again: list[str] = []
-    loop2 = EventConsumerLoop(settings, lambda e: again.append(e.message.generation_id),
-                              dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id))
+    loop2 = EventConsumerLoop(
+        settings,
+        lambda e: again.append(e.message.generation_id),
+        dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id),
+    )
     stop2 = threading.Event()
     t2 = loop2.start(stop2)
     wait_until(loop2.ready.is_set, 15, message="second loop assigned")
@@ -140,8 +155,9 @@ def test_handler_errors_are_retried_not_skipped(broker, unique_name):
         if len(attempts) < 3:
             raise ConnectionError("ledger briefly unavailable")
 
-    settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}",
-                                retry_backoff_s=0.05)
+    settings = ConsumerSettings(
+        broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}", retry_backoff_s=0.05
+    )
     loop = EventConsumerLoop(settings, flaky)
     stop = threading.Event()
     thread = loop.start(stop)
@@ -155,8 +171,9 @@ def test_broadcast_loop_without_group_starts_at_the_end(broker, unique_name):
     topic = _topic(broker, f"t-{unique_name}", partitions=1)
     _produce(broker, topic, 3, prefix="old")
     seen: list[str] = []
-    settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=None,
-                                from_beginning=False)
+    settings = ConsumerSettings(
+        broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=None, from_beginning=False
+    )
     loop = EventConsumerLoop(settings, lambda e: seen.append(e.message.generation_id))
     stop = threading.Event()
     thread = loop.start(stop)
@@ -172,8 +189,9 @@ def test_buffered_publisher_survives_a_missing_broker_then_delivers(broker, uniq
 
     port = free_port()
     topic = "rlhf.generations.v1"
-    publisher = BufferedEventPublisher(f"127.0.0.1:{port}", topic, capacity=100,
-                                       producer_overrides={"bootstrap_timeout_ms": 500})
+    publisher = BufferedEventPublisher(
+        f"127.0.0.1:{port}", topic, capacity=100, producer_overrides={"bootstrap_timeout_ms": 500}
+    )
     for i in range(5):
         publisher.publish(f"late{i}", events_pb2.GenerationEvent(generation_id=f"late{i}-{unique_name}"))
     assert publisher.pending() > 0, "nothing can be sent yet"
@@ -190,13 +208,15 @@ def test_buffered_publisher_counts_what_it_drops(unique_name):
     from shared.broker import free_port
 
     topic = f"t-{unique_name}"
-    publisher = BufferedEventPublisher(f"127.0.0.1:{free_port()}", topic, capacity=2,
-                                       producer_overrides={"bootstrap_timeout_ms": 200})
+    publisher = BufferedEventPublisher(
+        f"127.0.0.1:{free_port()}", topic, capacity=2, producer_overrides={"bootstrap_timeout_ms": 200}
+    )
     for i in range(5):
         publisher.publish(f"k{i}", events_pb2.GenerationEvent(generation_id=f"k{i}"))
     publisher.close(timeout_s=0.2)
-    dropped = sum(metrics.EVENTS_DROPPED.labels(topic, reason)._value.get()
-                  for reason in ("buffer_full", "shutdown", "expired"))
+    dropped = sum(
+        metrics.EVENTS_DROPPED.labels(topic, reason)._value.get() for reason in ("buffer_full", "shutdown", "expired")
+    )
     assert dropped == 5, "every event not delivered is counted"
 
 

@@ -27,9 +27,19 @@ def llama_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stub(broker, llama_dir):
-    config = PolicyConfig(host="127.0.0.1", port=0, metrics_port=-1, kafka=broker.bootstrap,
-                          model_dir=str(llama_dir), policy_version="chat-v1", max_new_tokens_cap=16,
-                          default_max_new_tokens=8, max_chat_messages=3, grace_period_s=5, log_format="text")
+    config = PolicyConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=-1,
+        kafka=broker.bootstrap,
+        model_dir=str(llama_dir),
+        policy_version="chat-v1",
+        max_new_tokens_cap=16,
+        default_max_new_tokens=8,
+        max_chat_messages=3,
+        grace_period_s=5,
+        log_format="text",
+    )
     service = PolicyService(config)
     service.start()
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
@@ -40,7 +50,9 @@ def stub(broker, llama_dir):
 def chat_request(messages=CHAT, **fields) -> policy_pb2.GenerateRequest:
     return policy_pb2.GenerateRequest(
         messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
-        sampling=common_pb2.SamplingParams(max_new_tokens=6, temperature=0.7, seed=3), **fields)
+        sampling=common_pb2.SamplingParams(max_new_tokens=6, temperature=0.7, seed=3),
+        **fields,
+    )
 
 
 def test_a_chat_is_answered_and_its_event_carries_the_rendered_prompt(stub, broker, llama_dir):
@@ -73,14 +85,17 @@ def test_model_info_says_the_model_has_a_chat_template(stub):
     assert info.limits["max_chat_messages"] == 3
 
 
-@pytest.mark.parametrize("request_fields, field, says", [
-    (dict(prompt="User: hi\nAssistant:"), "messages", "not both"),
-    (dict(messages=[("user", "hi"), ("robot", "beep")]), "messages[1].role", "expected one of system, user"),
-    (dict(messages=[("", "hi")]), "messages[0].role", "is ''"),
-    (dict(messages=[("user", "")]), "messages[0].content", "must not be empty"),
-    (dict(messages=[("user", "hi")] * 4), "messages", "has 4 messages; the limit is 3"),
-    (dict(messages=[("user", "word " * 300)]), "messages", "context window is 256 tokens"),
-])
+@pytest.mark.parametrize(
+    "request_fields, field, says",
+    [
+        (dict(prompt="User: hi\nAssistant:"), "messages", "not both"),
+        (dict(messages=[("user", "hi"), ("robot", "beep")]), "messages[1].role", "expected one of system, user"),
+        (dict(messages=[("", "hi")]), "messages[0].role", "is ''"),
+        (dict(messages=[("user", "")]), "messages[0].content", "must not be empty"),
+        (dict(messages=[("user", "hi")] * 4), "messages", "has 4 messages; the limit is 3"),
+        (dict(messages=[("user", "word " * 300)]), "messages", "context window is 256 tokens"),
+    ],
+)
 def test_bad_chats_are_invalid_argument_naming_the_field(stub, request_fields, field, says):
     messages = request_fields.pop("messages", CHAT)
     with pytest.raises(grpc.RpcError) as info:

@@ -23,10 +23,19 @@ MAX_MESSAGE_BYTES = 64 * 1024
 
 @pytest.fixture(scope="module")
 def policy(broker, tiny_lm_dir):
-    config = PolicyConfig(host="127.0.0.1", port=0, metrics_port=0, kafka=broker.bootstrap,
-                          model_dir=str(tiny_lm_dir), policy_version="v7", max_new_tokens_cap=64,
-                          max_return_sequences=3, max_message_bytes=MAX_MESSAGE_BYTES, grace_period_s=5,
-                          log_format="text")
+    config = PolicyConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        kafka=broker.bootstrap,
+        model_dir=str(tiny_lm_dir),
+        policy_version="v7",
+        max_new_tokens_cap=64,
+        max_return_sequences=3,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        grace_period_s=5,
+        log_format="text",
+    )
     service = PolicyService(config)
     service.start()
     yield service
@@ -57,8 +66,11 @@ def test_health_is_serving_once_loaded(channel):
 
 def test_generate_answers_and_publishes_a_generation_event(stub, broker):
     request = policy_pb2.GenerateRequest(
-        prompt="User: what is the capital of France?\nAssistant:", user_id="u-42", metadata={"app": "test"},
-        sampling=common_pb2.SamplingParams(max_new_tokens=12, temperature=0.8, seed=5))
+        prompt="User: what is the capital of France?\nAssistant:",
+        user_id="u-42",
+        metadata={"app": "test"},
+        sampling=common_pb2.SamplingParams(max_new_tokens=12, temperature=0.8, seed=5),
+    )
     response, call = stub.Generate.with_call(request, timeout=30)
     request_id = dict(call.initial_metadata())["x-request-id"]
     assert response.model_version == "v7" and response.request_id == request_id
@@ -89,8 +101,9 @@ def test_num_return_sequences_gives_one_id_per_sequence(stub):
 def test_stream_deltas_add_up_to_the_generated_text(stub):
     sampling = dict(max_new_tokens=20, temperature=1.0, seed=11)
     full = generate(stub, **sampling).completions[0]
-    request = policy_pb2.GenerateRequest(prompt="User: how do I boil an egg?\nAssistant:",
-                                         sampling=common_pb2.SamplingParams(**sampling))
+    request = policy_pb2.GenerateRequest(
+        prompt="User: how do I boil an egg?\nAssistant:", sampling=common_pb2.SamplingParams(**sampling)
+    )
     chunks = list(stub.GenerateStream(request, timeout=30))
     assert "".join(c.text_delta for c in chunks) == full.text
     assert chunks[-1].finish_reason == full.finish_reason != events_pb2.FINISH_REASON_UNSPECIFIED
@@ -148,8 +161,11 @@ def test_a_reflection_client_can_discover_and_call_generate(channel):
     response_cls = message_factory.GetMessageClass(method.output_type)
     request = request_cls(prompt="User: hi\nAssistant:")
     request.sampling.max_new_tokens = 4
-    call = channel.unary_unary("/rlhf.v1.PolicyService/Generate", request_serializer=request_cls.SerializeToString,
-                               response_deserializer=response_cls.FromString)
+    call = channel.unary_unary(
+        "/rlhf.v1.PolicyService/Generate",
+        request_serializer=request_cls.SerializeToString,
+        response_deserializer=response_cls.FromString,
+    )
     response = call(request, timeout=30)
     assert response.model_version == "v7" and len(response.completions) == 1
 
@@ -157,9 +173,15 @@ def test_a_reflection_client_can_discover_and_call_generate(channel):
 def test_metrics_show_the_requests(stub, policy):
     generate(stub, max_new_tokens=5)
     body = urllib.request.urlopen(f"http://127.0.0.1:{policy.metrics_port}/metrics", timeout=5).read().decode()
-    for name in ("rlhf_time_to_first_token_seconds_count", "rlhf_e2e_request_latency_seconds_count",
-                 "rlhf_generation_tokens_total", "rlhf_prompt_tokens_total", "rlhf_batch_size_count",
-                 "rlhf_num_requests_running", "rlhf_num_requests_waiting"):
+    for name in (
+        "rlhf_time_to_first_token_seconds_count",
+        "rlhf_e2e_request_latency_seconds_count",
+        "rlhf_generation_tokens_total",
+        "rlhf_prompt_tokens_total",
+        "rlhf_batch_size_count",
+        "rlhf_num_requests_running",
+        "rlhf_num_requests_waiting",
+    ):
         assert name in body, name
     assert 'rlhf_rpc_requests_total{code="OK",method="Generate",service="policy"}' in body
     assert 'rlhf_model_info{architecture="GPT2LMHeadModel",kind="policy",version="v7"} 1.0' in body
@@ -167,20 +189,23 @@ def test_metrics_show_the_requests(stub, policy):
     assert float(tokens[0].split()[-1]) >= 5
 
 
-@pytest.mark.parametrize("prompt, sampling, field, says", [
-    ("", {}, "prompt", "must not be empty"),
-    ("word " * 300, {}, "prompt", "context window is 128 tokens"),
-    ("hi", {"max_new_tokens": 0}, "sampling.max_new_tokens", ">= 1"),
-    ("hi", {"max_new_tokens": 65}, "sampling.max_new_tokens", "<= 64"),
-    ("hi", {"temperature": -0.5}, "sampling.temperature", ">= 0"),
-    ("hi", {"temperature": math.nan}, "sampling.temperature", ">= 0"),
-    ("hi", {"top_p": 0.0}, "sampling.top_p", "(0, 1]"),
-    ("hi", {"top_p": 1.5}, "sampling.top_p", "(0, 1]"),
-    ("hi", {"top_k": -1}, "sampling.top_k", ">= 0"),
-    ("hi", {"num_return_sequences": 0}, "sampling.num_return_sequences", "[1, 3]"),
-    ("hi", {"num_return_sequences": 4}, "sampling.num_return_sequences", "[1, 3]"),
-    ("x" * (MAX_MESSAGE_BYTES + 10), {}, "request", f"limit is {MAX_MESSAGE_BYTES} bytes"),
-])
+@pytest.mark.parametrize(
+    "prompt, sampling, field, says",
+    [
+        ("", {}, "prompt", "must not be empty"),
+        ("word " * 300, {}, "prompt", "context window is 128 tokens"),
+        ("hi", {"max_new_tokens": 0}, "sampling.max_new_tokens", ">= 1"),
+        ("hi", {"max_new_tokens": 65}, "sampling.max_new_tokens", "<= 64"),
+        ("hi", {"temperature": -0.5}, "sampling.temperature", ">= 0"),
+        ("hi", {"temperature": math.nan}, "sampling.temperature", ">= 0"),
+        ("hi", {"top_p": 0.0}, "sampling.top_p", "(0, 1]"),
+        ("hi", {"top_p": 1.5}, "sampling.top_p", "(0, 1]"),
+        ("hi", {"top_k": -1}, "sampling.top_k", ">= 0"),
+        ("hi", {"num_return_sequences": 0}, "sampling.num_return_sequences", "[1, 3]"),
+        ("hi", {"num_return_sequences": 4}, "sampling.num_return_sequences", "[1, 3]"),
+        ("x" * (MAX_MESSAGE_BYTES + 10), {}, "request", f"limit is {MAX_MESSAGE_BYTES} bytes"),
+    ],
+)
 def test_bad_input_is_invalid_argument_naming_the_limit(stub, prompt, sampling, field, says):
     with pytest.raises(grpc.RpcError) as info:
         generate(stub, prompt=prompt, **sampling)
@@ -202,8 +227,10 @@ def test_bad_input_on_stream_is_invalid_argument(stub):
 
 
 def test_messages_need_a_model_with_a_chat_template(stub):
-    request = policy_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")],
-                                         sampling=common_pb2.SamplingParams(max_new_tokens=4))
+    request = policy_pb2.GenerateRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="hi")],
+        sampling=common_pb2.SamplingParams(max_new_tokens=4),
+    )
     with pytest.raises(grpc.RpcError) as info:
         stub.Generate(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

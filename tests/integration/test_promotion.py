@@ -17,6 +17,7 @@ from tests.helpers import read_topic, wait_until
 def weights(text: bytes):
     def fill(path):
         (path / "model.safetensors").write_bytes(text)
+
     return fill
 
 
@@ -27,15 +28,20 @@ def test_unacknowledged_update_is_republished_not_duplicated(tmp_path):
     port = free_port()
     broker = EmbeddedBroker(port=port).start()
     kafka_io.ensure_topics(broker.bootstrap)
-    promoter = Promoter(store, lambda: kafka_io.create_producer(
-        f"127.0.0.1:{port}", delivery_timeout_ms=1500, request_timeout_ms=1000, bootstrap_timeout_ms=1000),
-        ack_timeout_s=3)
+    promoter = Promoter(
+        store,
+        lambda: kafka_io.create_producer(
+            f"127.0.0.1:{port}", delivery_timeout_ms=1500, request_timeout_ms=1000, bootstrap_timeout_ms=1000
+        ),
+        ack_timeout_s=3,
+    )
     promoter.announce_pending()
     promoter._producer = promoter.producer_factory()  # connected while the broker was up
     broker.stop()  # then the broker goes away, and comes back with no memory of this producer
 
-    update = promoter.promote_new("policy", weights(b"v2"), parent_version="v1", eval_metrics={"kl": 1.0},
-                                  reason="gate passed")
+    update = promoter.promote_new(
+        "policy", weights(b"v2"), parent_version="v1", eval_metrics={"kl": 1.0}, reason="gate passed"
+    )
     assert update.version == "v2"
     assert store.versions("policy") == ["v1", "v2"], "stored once"
     assert store.current("policy") == "v2", "the change happened even though nobody was told yet"
@@ -47,8 +53,10 @@ def test_unacknowledged_update_is_republished_not_duplicated(tmp_path):
     with EmbeddedBroker(port=port) as back:
         kafka_io.ensure_topics(back.bootstrap)
         wait_until(promoter.announce_pending, 30, interval_s=0.5, message="the pending update is published")
-        published = [m for _, m in read_topic(back.bootstrap, events.MODEL_UPDATES_TOPIC, events_pb2.ModelUpdateEvent,
-                                              min_count=1)]
+        published = [
+            m
+            for _, m in read_topic(back.bootstrap, events.MODEL_UPDATES_TOPIC, events_pb2.ModelUpdateEvent, min_count=1)
+        ]
         # The Promoter re-publishes only the latest unannounced change. Producers
         # it abandoned while the broker was down may still deliver their own
         # attempts when it returns (kafka-python's force-close does not stop a

@@ -19,8 +19,12 @@ from shared.proto.rlhf.v1 import common_pb2, events_pb2, reward_pb2, reward_pb2_
 from shared.reward_model import export_onnx, new_reward_model, save_reward_model
 from tests.helpers import wait_until
 
-PAIRS = [("How do I boil an egg?", "Boil it for nine minutes."), ("Capital of France?", "Paris."),
-         ("Water a fern?", "Keep the soil damp."), ("Pick a lock?", "Sorry, I can't help.")]
+PAIRS = [
+    ("How do I boil an egg?", "Boil it for nine minutes."),
+    ("Capital of France?", "Paris."),
+    ("Water a fern?", "Keep the soil damp."),
+    ("Pick a lock?", "Sorry, I can't help."),
+]
 
 
 def write_reward_version(store: ModelStore, seed: int, *, with_onnx: bool, parent: str = "") -> str:
@@ -43,8 +47,16 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reward(broker, store):
-    config = RewardConfig(port=0, metrics_port=-1, kafka=broker.bootstrap, model_store=str(store.root),
-                          max_batch_size=8, max_prompt_chars=200, max_response_chars=200, grace_period_s=2)
+    config = RewardConfig(
+        port=0,
+        metrics_port=-1,
+        kafka=broker.bootstrap,
+        model_store=str(store.root),
+        max_batch_size=8,
+        max_prompt_chars=200,
+        max_response_chars=200,
+        grace_period_s=2,
+    )
     server = RewardServer(config)
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -77,13 +89,17 @@ def test_model_info_describes_the_serving_version(reward):
     assert dict(info.limits) == {"max_batch_size": 8, "max_prompt_chars": 200, "max_response_chars": 200}
 
 
-@pytest.mark.parametrize("request_,field", [
-    (reward_pb2.ScoreBatchRequest(), "items"),
-    (batch_request(PAIRS * 3), "items"),
-    (batch_request([("q", "fine"), ("q", "  ")]), "items[1].response"),
-    (batch_request([("q" * 201, "fine")]), "items[0].prompt"),
-    (batch_request([("q", "r" * 201)]), "items[0].response"),
-], ids=["empty", "too-many", "empty-response", "long-prompt", "long-response"])
+@pytest.mark.parametrize(
+    "request_,field",
+    [
+        (reward_pb2.ScoreBatchRequest(), "items"),
+        (batch_request(PAIRS * 3), "items"),
+        (batch_request([("q", "fine"), ("q", "  ")]), "items[1].response"),
+        (batch_request([("q" * 201, "fine")]), "items[0].prompt"),
+        (batch_request([("q", "r" * 201)]), "items[0].response"),
+    ],
+    ids=["empty", "too-many", "empty-response", "long-prompt", "long-response"],
+)
 def test_bad_batches_name_the_field(reward, request_, field):
     _, stub, _ = reward
     with pytest.raises(grpc.RpcError) as info:
@@ -110,8 +126,9 @@ def test_an_update_whose_manifest_does_not_match_is_refused(store):
 
 
 def test_not_serving_until_a_version_is_loaded(broker, tmp_path):
-    config = RewardConfig(port=0, metrics_port=-1, kafka=broker.bootstrap, model_store=str(tmp_path),
-                          watch_updates=False)
+    config = RewardConfig(
+        port=0, metrics_port=-1, kafka=broker.bootstrap, model_store=str(tmp_path), watch_updates=False
+    )
     server = RewardServer(config)
     port = server.grpc.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -153,14 +170,20 @@ def test_hot_swap_under_load_drops_nothing(broker, store, reward):
         v2 = write_reward_version(store, seed=2, with_onnx=False, parent="v1")
         store.set_current("reward", v2)
         update = events_pb2.ModelUpdateEvent(
-            event_id=events.new_id(), kind=common_pb2.MODEL_KIND_REWARD, version=v2, previous_version="v1",
-            action=events_pb2.MODEL_UPDATE_ACTION_PROMOTE, manifest_sha256=store.manifest_sha256("reward", v2))
+            event_id=events.new_id(),
+            kind=common_pb2.MODEL_KIND_REWARD,
+            version=v2,
+            previous_version="v1",
+            action=events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
+            manifest_sha256=store.manifest_sha256("reward", v2),
+        )
         producer = create_producer(broker.bootstrap)
         produce_event(producer, events.MODEL_UPDATES_TOPIC, "reward", update).get(10)
         producer.close()
         wait_until(lambda: any(v == v2 for v, _ in answers), timeout_s=90, message="answers from v2")
-        wait_until(lambda: all("v2" in seen for seen in per_client), timeout_s=60,
-                   message="every client answered by v2")
+        wait_until(
+            lambda: all("v2" in seen for seen in per_client), timeout_s=60, message="every client answered by v2"
+        )
     finally:
         stop.set()
         for t in clients:

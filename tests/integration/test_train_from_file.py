@@ -21,8 +21,10 @@ HH_SHARED = "\n\nHuman: I need help.\n\nAssistant: Sure, with what?\n\nHuman: Ho
 
 def demonstration_lines(n: int = 40) -> list[dict]:
     tasks = list(ANSWERS)
-    return [{"prompt": f"User: how do I {tasks[i % 3]}? (asked {i} times)\nAssistant:",
-             "response": ANSWERS[tasks[i % 3]]} for i in range(n)]
+    return [
+        {"prompt": f"User: how do I {tasks[i % 3]}? (asked {i} times)\nAssistant:", "response": ANSWERS[tasks[i % 3]]}
+        for i in range(n)
+    ]
 
 
 def comparison_lines(n: int = 24) -> list[dict]:
@@ -48,6 +50,7 @@ def copy_dir(src):
         for path in src.iterdir():
             if path.is_file():
                 shutil.copy2(path, out / path.name)
+
     return fill
 
 
@@ -81,11 +84,21 @@ def reward_store(reward_v1_dir, tmp_path) -> ModelStore:
 
 
 SFT_FLAGS = ["--steps", "12", "--batch-size", "4", "--lr", "3e-3", "--heldout-fraction", "0.2", "--no-progress"]
-REWARD_FLAGS = ["--steps", "4", "--batch-size", "8", "--trainable-layers", "1", "--heldout-fraction", "0.25",
-                "--no-progress"]
+REWARD_FLAGS = [
+    "--steps",
+    "4",
+    "--batch-size",
+    "8",
+    "--trainable-layers",
+    "1",
+    "--heldout-fraction",
+    "0.25",
+    "--no-progress",
+]
 
 
 # --- rlhf sft -------------------------------------------------------------------------
+
 
 def test_sft_writes_policy_v2_with_heldout_metrics_and_provenance(policy_store, tmp_path, capsys):
     data = write_jsonl(tmp_path / "demos.jsonl", demonstration_lines())
@@ -106,7 +119,13 @@ def test_sft_writes_policy_v2_with_heldout_metrics_and_provenance(policy_store, 
     assert manifest.notes["data_sha256"] == sha256_file(tmp_path / "demos.jsonl")
     assert manifest.notes["data_file"] == str((tmp_path / "demos.jsonl").resolve())
     assert json.loads(manifest.notes["hyperparameters"]) == {
-        "steps": 12, "batch_size": 4, "lr": 3e-3, "max_length": 128, "seed": 0, "heldout_fraction": 0.2}
+        "steps": 12,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "max_length": 128,
+        "seed": 0,
+        "heldout_fraction": 0.2,
+    }
     assert "model.safetensors" in manifest.files and "tokenizer.json" in manifest.files
     assert "policy v2 written (from v1" in out and "held-out response loss" in out and "->" in out
     assert "rlhf promote policy v2" in out
@@ -134,14 +153,17 @@ def test_sft_renders_messages_with_the_policys_chat_template(tiny_lm_dir, tmp_pa
     shutil.copytree(tiny_lm_dir, chat_dir)
     config_path = chat_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    config["chat_template"] = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}assistant:{% endif %}")
+    config["chat_template"] = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     config_path.write_text(json.dumps(config))
     store = ModelStore(tmp_path / "store")
     store.write_version("policy", copy_dir(chat_dir))
-    lines = [{"messages": [{"role": "user", "content": f"how do I {task}? ({i})"},
-                           {"role": "assistant", "content": answer}]}
-             for i, (task, answer) in enumerate(list(ANSWERS.items()) * 3)]
+    lines = [
+        {"messages": [{"role": "user", "content": f"how do I {task}? ({i})"}, {"role": "assistant", "content": answer}]}
+        for i, (task, answer) in enumerate(list(ANSWERS.items()) * 3)
+    ]
     data = write_jsonl(tmp_path / "chat.jsonl", lines)
     result = sft_from_file(store, data, SftFileSettings(steps=2, batch_size=4), progress=False, log=lambda _: None)
     assert result.version == "v2" and result.train_items + result.heldout_items == 9
@@ -171,8 +193,7 @@ def test_sft_bad_lines_exit_2_listing_each_and_store_unchanged(policy_store, tmp
 def test_sft_prompt_longer_than_max_length_is_a_line_error(policy_store, tmp_path, capsys):
     lines = demonstration_lines(3) + [{"prompt": "how do I boil an egg " * 20, "response": "Boil it."}]
     data = write_jsonl(tmp_path / "demos.jsonl", lines)
-    assert main(["sft", "--data", data, "--model-store", str(policy_store.root), *SFT_FLAGS,
-                 "--max-length", "16"]) == 2
+    assert main(["sft", "--data", data, "--model-store", str(policy_store.root), *SFT_FLAGS, "--max-length", "16"]) == 2
     assert f"{data}:4: field 'prompt': fills all 16 tokens of --max-length" in capsys.readouterr().out
     assert policy_store.versions("policy") == ["v1"]
 
@@ -195,13 +216,20 @@ def test_sft_training_that_raises_leaves_the_store_unchanged(policy_store, tmp_p
 
     data = write_jsonl(tmp_path / "demos.jsonl", demonstration_lines(8))
     with pytest.raises(KeyboardInterrupt):
-        sft_from_file(policy_store, data, SftFileSettings(steps=2, batch_size=4), progress=False,
-                      log=lambda _: None, train_fn=interrupted_after_training)
+        sft_from_file(
+            policy_store,
+            data,
+            SftFileSettings(steps=2, batch_size=4),
+            progress=False,
+            log=lambda _: None,
+            train_fn=interrupted_after_training,
+        )
     assert store_entries(policy_store, "policy") == {"v1", "CURRENT"}
     assert policy_store.current("policy") == "v1"
 
 
 # --- rlhf train-reward -------------------------------------------------------------------
+
 
 def test_train_reward_writes_reward_v2_with_pairwise_accuracy_before_and_after(reward_store, tmp_path, capsys):
     data = write_jsonl(tmp_path / "pairs.jsonl", comparison_lines())
@@ -232,7 +260,10 @@ def test_train_reward_writes_reward_v2_with_pairwise_accuracy_before_and_after(r
 
 
 def test_train_reward_bad_lines_exit_2_and_store_unchanged(reward_store, tmp_path, capsys):
-    lines = comparison_lines(4) + [{"prompt": "Q", "chosen": "same", "rejected": "same"}, {"chosen": "a", "rejected": "b"}]
+    lines = comparison_lines(4) + [
+        {"prompt": "Q", "chosen": "same", "rejected": "same"},
+        {"chosen": "a", "rejected": "b"},
+    ]
     data = write_jsonl(tmp_path / "pairs.jsonl", lines)
     assert main(["train-reward", "--data", data, "--model-store", str(reward_store.root), *REWARD_FLAGS]) == 2
     out = capsys.readouterr().out
@@ -250,6 +281,12 @@ def test_train_reward_interrupted_training_leaves_the_store_unchanged(reward_sto
 
     data = write_jsonl(tmp_path / "pairs.jsonl", comparison_lines(6))
     with pytest.raises(TrainingInterrupted):
-        reward_from_file(reward_store, data, RewardFileSettings(steps=2, batch_size=4, trainable_layers=1),
-                         progress=False, log=lambda _: None, train_fn=stopped)
+        reward_from_file(
+            reward_store,
+            data,
+            RewardFileSettings(steps=2, batch_size=4, trainable_layers=1),
+            progress=False,
+            log=lambda _: None,
+            train_fn=stopped,
+        )
     assert store_entries(reward_store, "reward") == {"v1", "CURRENT"}

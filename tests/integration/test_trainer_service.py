@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from services.trainer.config import TrainerConfig
-from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.loop.gate import GateBudget
 from services.trainer.loop.heldout import HeldoutSplit
+from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.server import TrainerServer
 from shared import events
 from shared.kafka_io import create_producer, produce_event
@@ -42,6 +42,7 @@ def copy_dir(src):
         for path in src.iterdir():
             if path.is_file():
                 shutil.copy2(path, out / path.name)
+
     return fill
 
 
@@ -51,12 +52,27 @@ def trainer(broker, tiny_lm_dir, tmp_path, unique_name):
     store.write_version("policy", copy_dir(tiny_lm_dir))
     store.set_current("policy", "v1")
     config = TrainerConfig(
-        port=0, metrics_port=-1, kafka=broker.bootstrap, model_store=str(store.root),
-        state_dir=str(tmp_path / "state"), consumer_group=unique_name, feedback_hold_s=1.0, grace_period_s=1,
-        ppo_min_prompts=2, ppo_min_new_feedback=1, ppo_steps_per_round=2,
+        port=0,
+        metrics_port=-1,
+        kafka=broker.bootstrap,
+        model_store=str(store.root),
+        state_dir=str(tmp_path / "state"),
+        consumer_group=unique_name,
+        feedback_hold_s=1.0,
+        grace_period_s=1,
+        ppo_min_prompts=2,
+        ppo_min_new_feedback=1,
+        ppo_steps_per_round=2,
         ppo=PPOConfig(batch_size=2, mini_batch_size=2, max_new_tokens=6, learning_rate=1e-4),
-        gate_prompts=2, gate_min_prompts=2, gate_heldout_one_in=2, gate_samples_per_prompt=1,
-        reward_min_heldout_comparisons=1, gate_min_reward_gain=-1e9, torch_threads=1, round_check_s=3600)
+        gate_prompts=2,
+        gate_min_prompts=2,
+        gate_heldout_one_in=2,
+        gate_samples_per_prompt=1,
+        reward_min_heldout_comparisons=1,
+        gate_min_reward_gain=-1e9,
+        torch_threads=1,
+        round_check_s=3600,
+    )
     server = TrainerServer(config, reward_fn=short_answer_reward)
     port = server.start(train=False)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -73,14 +89,21 @@ def producer(broker):
 
 
 def generation(gid: str, question: str, response: str) -> events_pb2.GenerationEvent:
-    return events_pb2.GenerationEvent(event_id=events.new_id(), generation_id=gid, request_id=gid,
-                                      prompt=PROMPT_FRAME.format(question=question), response=response, model_version="v1",
-                                      created_at=events.now_timestamp())
+    return events_pb2.GenerationEvent(
+        event_id=events.new_id(),
+        generation_id=gid,
+        request_id=gid,
+        prompt=PROMPT_FRAME.format(question=question),
+        response=response,
+        model_version="v1",
+        created_at=events.now_timestamp(),
+    )
 
 
 def feedback(fid: str, gid: str, user: str = "u1", **kind) -> events_pb2.FeedbackEvent:
-    return events_pb2.FeedbackEvent(feedback_id=fid, generation_id=gid, user_id=user,
-                                    created_at=events.now_timestamp(), **kind)
+    return events_pb2.FeedbackEvent(
+        feedback_id=fid, generation_id=gid, user_id=user, created_at=events.now_timestamp(), **kind
+    )
 
 
 def send(producer, topic, key, message):
@@ -103,15 +126,24 @@ def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_na
         send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "Boil it."))
     send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[0], g[0], rating=events_pb2.Rating(score=0.5)))
     send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[0], g[0], rating=events_pb2.Rating(score=0.5)))
-    send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[1], g[0], preference=events_pb2.Preference(
-        chosen_generation_id=g[0], rejected_generation_id=g[1])))
-    send(producer, events.FEEDBACK_TOPIC, g[1], feedback(f[2], g[1], correction=events_pb2.Correction(
-        response="Paris.")))
+    send(
+        producer,
+        events.FEEDBACK_TOPIC,
+        g[0],
+        feedback(f[1], g[0], preference=events_pb2.Preference(chosen_generation_id=g[0], rejected_generation_id=g[1])),
+    )
+    send(
+        producer, events.FEEDBACK_TOPIC, g[1], feedback(f[2], g[1], correction=events_pb2.Correction(response="Paris."))
+    )
     send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[3], g[0], rating=events_pb2.Rating(score=5.0)))
     send(producer, events.FEEDBACK_TOPIC, g[3], feedback(f[4], g[3], rating=events_pb2.Rating(score=-1.0)))
     # Feedback first, its generation second: held, then joined.
-    send(producer, events.FEEDBACK_TOPIC, g[2], feedback(f[5], g[2], flag=events_pb2.Flag(
-        category=events_pb2.FLAG_CATEGORY_WRONG)))
+    send(
+        producer,
+        events.FEEDBACK_TOPIC,
+        g[2],
+        feedback(f[5], g[2], flag=events_pb2.Flag(category=events_pb2.FLAG_CATEGORY_WRONG)),
+    )
     send(producer, events.GENERATIONS_TOPIC, g[2], generation(g[2], QUESTIONS[2], "Water it."))
 
     # The session broker holds every earlier test's events; this new group reads them all first.
@@ -175,8 +207,12 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     gids = [f"{unique_name}-g{i}" for i in range(3)]
     for gid, question in zip(gids, TRAINING_QUESTIONS):
         send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
-    send(producer, events.FEEDBACK_TOPIC, gids[0], feedback(f"{unique_name}-c", gids[0],
-                                                            correction=events_pb2.Correction(response="Nine minutes.")))
+    send(
+        producer,
+        events.FEEDBACK_TOPIC,
+        gids[0],
+        feedback(f"{unique_name}-c", gids[0], correction=events_pb2.Correction(response="Nine minutes.")),
+    )
     # The group reads the topics from the start, so earlier tests' events are ingested too.
     wait_until(lambda: f"{unique_name}-c" in ledger_ids(server), timeout_s=180, message="feedback in the ledger")
 
@@ -196,8 +232,12 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     held_gids = [f"{unique_name}-h{i}" for i in range(2)]
     for gid, question in zip(held_gids, held):
         send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
-    send(producer, events.FEEDBACK_TOPIC, held_gids[0], feedback(f"{unique_name}-h", held_gids[0],
-                                                                 rating=events_pb2.Rating(score=1.0)))
+    send(
+        producer,
+        events.FEEDBACK_TOPIC,
+        held_gids[0],
+        feedback(f"{unique_name}-h", held_gids[0], rating=events_pb2.Rating(score=1.0)),
+    )
     wait_until(lambda: f"{unique_name}-h" in ledger_ids(server), timeout_s=180, message="held-out traffic")
     assert "held-out prompts" not in server.online.heldout_status()["waiting_for"]
 
@@ -205,8 +245,17 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     assert store.current("policy") == "v2"
     manifest = store.manifest("policy", "v2")
     assert manifest.parent_version == "v1"
-    assert {"mean_reward", "kl", "current_mean_reward", "reward_gain", "reward_gain_standard_error",
-            "kl_budget", "gate_prompts", "gate_test", "gate_z"} <= set(manifest.eval_metrics)
+    assert {
+        "mean_reward",
+        "kl",
+        "current_mean_reward",
+        "reward_gain",
+        "reward_gain_standard_error",
+        "kl_budget",
+        "gate_prompts",
+        "gate_test",
+        "gate_z",
+    } <= set(manifest.eval_metrics)
     assert manifest.eval_metrics["gate_test"] == 1.0 and manifest.eval_metrics["gate_prompts"] == before + 2
     status = stub.GetStatus(trainer_pb2.GetStatusRequest())
     assert status.last_ppo.step == 3 and status.recent_candidates[-1].promoted
@@ -215,8 +264,12 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     # New feedback starts another round. A gain that is not significant (here: an
     # infinitely wide confidence bound) is not promoted, but the candidate's weights
     # are kept and the next round trains on from them.
-    send(producer, events.FEEDBACK_TOPIC, gids[1], feedback(f"{unique_name}-r", gids[1],
-                                                            rating=events_pb2.Rating(score=1.0)))
+    send(
+        producer,
+        events.FEEDBACK_TOPIC,
+        gids[1],
+        feedback(f"{unique_name}-r", gids[1], rating=events_pb2.Rating(score=1.0)),
+    )
     wait_until(lambda: f"{unique_name}-r" in ledger_ids(server), timeout_s=180, message="second feedback")
     server.online.budget = GateBudget(min_reward_gain=1e9, kl_budget=1e9, confidence_z=1e12)
     server.online.run_once()
@@ -227,8 +280,12 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     steps_before = server.online.rounds.trainer.step_count
 
     # A candidate over the KL budget is discarded: the next round starts again from v2.
-    send(producer, events.FEEDBACK_TOPIC, gids[2], feedback(f"{unique_name}-t", gids[2],
-                                                            rating=events_pb2.Rating(score=-1.0)))
+    send(
+        producer,
+        events.FEEDBACK_TOPIC,
+        gids[2],
+        feedback(f"{unique_name}-t", gids[2], rating=events_pb2.Rating(score=-1.0)),
+    )
     wait_until(lambda: f"{unique_name}-t" in ledger_ids(server), timeout_s=180, message="third feedback")
     server.online.budget = GateBudget(min_reward_gain=0.0, kl_budget=-1e9)
     server.online.run_once()
@@ -249,13 +306,16 @@ def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path)
     store = ModelStore(tmp_path / "store")
     model, tokenizer = new_reward_model(max_length=32)
     store.write_version("reward", lambda out: save_reward_model(model, tokenizer, out))
-    comparisons = [Comparison(PROMPT_FRAME.format(question=q), f"{q.split()[-1]} is easy: here is how.", "No.")
-                   for q in CANDIDATE_QUESTIONS]
+    comparisons = [
+        Comparison(PROMPT_FRAME.format(question=q), f"{q.split()[-1]} is easy: here is how.", "No.")
+        for q in CANDIDATE_QUESTIONS
+    ]
     producer = create_producer(broker.bootstrap)
     try:
         promoter = Promoter(store, lambda: producer)
-        too_few = RewardUpdateSettings(min_new_comparisons=1, steps=2, tolerance=1.0, batch_size=4,
-                                       min_heldout_pairs=len(CANDIDATE_QUESTIONS))
+        too_few = RewardUpdateSettings(
+            min_new_comparisons=1, steps=2, tolerance=1.0, batch_size=4, min_heldout_pairs=len(CANDIDATE_QUESTIONS)
+        )
         waiting = update_reward_model(store, promoter, too_few, comparisons, comparisons, SPLIT, threads=1)
         assert not waiting.promoted and waiting.reason == "heldout_too_small" and store.versions("reward") == ["v1"]
 
@@ -271,8 +331,11 @@ def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path)
     assert {"pairwise_accuracy", "previous_pairwise_accuracy"} <= set(store.manifest("reward", "v2").eval_metrics)
     assert (store.kind_dir("reward") / "v2" / "model.onnx").is_file()
     updates = read_topic(broker.bootstrap, events.MODEL_UPDATES_TOPIC, events_pb2.ModelUpdateEvent, min_count=1)
-    mine = [u for _, u in updates if u.kind == common_pb2.MODEL_KIND_REWARD and
-            u.manifest_sha256 == store.manifest_sha256("reward", "v2")]
+    mine = [
+        u
+        for _, u in updates
+        if u.kind == common_pb2.MODEL_KIND_REWARD and u.manifest_sha256 == store.manifest_sha256("reward", "v2")
+    ]
     assert mine and mine[0].action == events_pb2.MODEL_UPDATE_ACTION_PROMOTE and mine[0].previous_version == "v1"
 
 
@@ -282,10 +345,17 @@ def test_the_gate_prompts_are_never_trained_on(trainer, producer, unique_name):
     pairs = [(f"{unique_name}-held", held_out), (f"{unique_name}-train", trained_on)]
     for gid, question in pairs:
         send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
-        send(producer, events.FEEDBACK_TOPIC, gid, feedback(f"{gid}-c", gid,
-                                                            correction=events_pb2.Correction(response="Better.")))
-    wait_until(lambda: {f"{gid}-c" for gid, _ in pairs} <= set(ledger_ids(server)), timeout_s=180,
-               message="both corrections in the ledger")
+        send(
+            producer,
+            events.FEEDBACK_TOPIC,
+            gid,
+            feedback(f"{gid}-c", gid, correction=events_pb2.Correction(response="Better.")),
+        )
+    wait_until(
+        lambda: {f"{gid}-c" for gid, _ in pairs} <= set(ledger_ids(server)),
+        timeout_s=180,
+        message="both corrections in the ledger",
+    )
     prompts, demos = server.online._training_data()
     trained = set(prompts) | {p for p, _ in demos}
     assert PROMPT_FRAME.format(question=trained_on) in trained

@@ -61,11 +61,14 @@ def test_help_lists_env_vars(capsys):
     assert env.KAFKA in out and "--metrics-port" in out
 
 
-@pytest.mark.parametrize("flags,named", [
-    (["--ppo-ptx-batch-size", "0"], "--ppo-ptx-batch-size: must be >= 1"),
-    (["--ppo-policy-loss-coef", "-1"], "--ppo-policy-loss-coef: must be >= 0"),
-    (["--ppo-mini-batch-size", "5"], "--ppo-mini-batch-size: must divide"),
-])
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--ppo-ptx-batch-size", "0"], "--ppo-ptx-batch-size: must be >= 1"),
+        (["--ppo-policy-loss-coef", "-1"], "--ppo-policy-loss-coef: must be >= 0"),
+        (["--ppo-mini-batch-size", "5"], "--ppo-mini-batch-size: must divide"),
+    ],
+)
 def test_trainer_names_its_own_flag_when_ppo_config_refuses_a_value(flags, named):
     from services.trainer.config import TrainerConfig
 

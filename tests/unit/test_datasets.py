@@ -16,8 +16,10 @@ from services.trainer.data.datasets import (
     load_demonstrations,
 )
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def tiny_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
@@ -48,33 +50,47 @@ def problems_of(call) -> list[str]:
 
 # --- demonstrations ----------------------------------------------------------------
 
+
 def test_prompt_response_lines_load_with_line_numbers_and_blank_lines_skipped(tmp_path):
-    path = write_lines(tmp_path, [{"prompt": "Q1", "response": "A1", "id": 7}, "", "   ",
-                                  {"prompt": "Q2", "response": "A2"}])
+    path = write_lines(
+        tmp_path, [{"prompt": "Q1", "response": "A1", "id": 7}, "", "   ", {"prompt": "Q2", "response": "A2"}]
+    )
     demos = load_demonstrations(path)
     assert [(d.prompt, d.response, d.line) for d in demos] == [("Q1", "A1", 1), ("Q2", "A2", 4)]
     assert demos[0].as_pair() == ("Q1", "A1")
 
 
-@pytest.mark.parametrize("line, field, words", [
-    ('{"prompt": "Q", "response": ', "", "not valid JSON"),
-    ('["Q", "A"]', "", "JSON list, not an object"),
-    ({"response": "A"}, "prompt", "is missing"),
-    ({"prompt": "Q"}, "response", "is missing"),
-    ({"prompt": "  ", "response": "A"}, "prompt", "is empty"),
-    ({"prompt": "Q", "response": 3}, "response", "must be a string, got a JSON number"),
-    ({"prompt": "Q", "response": "A", "messages": []}, "messages", "use one form per line"),
-    ({"messages": "hi"}, "messages", "must be a list"),
-    ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "at least one message"),
-    ({"messages": ["hi", {"role": "assistant", "content": "x"}]}, "messages[0]", "must be an object"),
-    ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}, "messages[0].role", "is missing"),
-    ({"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "messages[0].role",
-     "expected one of system, user, assistant, tool"),
-    ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]}, "messages[0].content",
-     "is empty"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "x"}]}, "messages[1].role",
-     "must be the assistant's reply"),
-])
+@pytest.mark.parametrize(
+    "line, field, words",
+    [
+        ('{"prompt": "Q", "response": ', "", "not valid JSON"),
+        ('["Q", "A"]', "", "JSON list, not an object"),
+        ({"response": "A"}, "prompt", "is missing"),
+        ({"prompt": "Q"}, "response", "is missing"),
+        ({"prompt": "  ", "response": "A"}, "prompt", "is empty"),
+        ({"prompt": "Q", "response": 3}, "response", "must be a string, got a JSON number"),
+        ({"prompt": "Q", "response": "A", "messages": []}, "messages", "use one form per line"),
+        ({"messages": "hi"}, "messages", "must be a list"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "at least one message"),
+        ({"messages": ["hi", {"role": "assistant", "content": "x"}]}, "messages[0]", "must be an object"),
+        ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}, "messages[0].role", "is missing"),
+        (
+            {"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+            "messages[0].role",
+            "expected one of system, user, assistant, tool",
+        ),
+        (
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]},
+            "messages[0].content",
+            "is empty",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "x"}]},
+            "messages[1].role",
+            "must be the assistant's reply",
+        ),
+    ],
+)
 def test_each_bad_demonstration_names_file_line_and_field(tmp_path, line, field, words):
     path = write_lines(tmp_path, [{"prompt": "Q", "response": "A"}, line])
     [problem] = problems_of(lambda: load_demonstrations(path, tiny_tokenizer()))
@@ -120,8 +136,11 @@ def test_non_utf8_line_is_reported_with_its_number(tmp_path):
 
 
 def test_messages_render_with_the_policys_chat_template(tmp_path):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "hi there"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hi there"},
+    ]
     path = write_lines(tmp_path, [{"messages": messages}])
     [demo] = load_demonstrations(path, tiny_tokenizer())
     assert demo.prompt == "<|system|>Be brief.\n<|user|>hi\n<|assistant|>"
@@ -146,6 +165,7 @@ def test_a_chat_template_that_refuses_a_conversation_is_reported_on_its_line(tmp
 
 # --- comparisons ----------------------------------------------------------------------
 
+
 def test_trl_comparisons_load(tmp_path):
     path = write_lines(tmp_path, [{"prompt": "Q", "chosen": "good", "rejected": "bad"}])
     [pair] = load_comparisons(path)
@@ -154,26 +174,39 @@ def test_trl_comparisons_load(tmp_path):
 
 def test_hh_dialogues_split_at_the_last_shared_assistant_turn(tmp_path):
     shared = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how do I boil an egg?\n\nAssistant:"
-    path = write_lines(tmp_path, [{"chosen": shared + " Simmer it for nine minutes.",
-                                   "rejected": shared + " Simply don't."}])
+    path = write_lines(
+        tmp_path, [{"chosen": shared + " Simmer it for nine minutes.", "rejected": shared + " Simply don't."}]
+    )
     [pair] = load_comparisons(path)
     assert pair.prompt == shared  # the shared " Sim" after the marker stays with the replies
     assert (pair.chosen, pair.rejected) == ("Simmer it for nine minutes.", "Simply don't.")
 
 
-@pytest.mark.parametrize("record, field, words", [
-    ({"prompt": "Q", "rejected": "bad"}, "chosen", "is missing"),
-    ({"prompt": "Q", "chosen": "good"}, "rejected", "is missing"),
-    ({"prompt": "", "chosen": "good", "rejected": "bad"}, "prompt", "is empty"),
-    ({"prompt": "Q", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "bad"}, "chosen",
-     "must be a string, got a JSON list"),
-    ({"prompt": "Q", "chosen": "same", "rejected": " same "}, "rejected", "same text as `chosen`"),
-    ({"chosen": "good", "rejected": "bad"}, "prompt", "not Anthropic HH dialogues"),
-    ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: a"}, "rejected",
-     "same text as `chosen`"),
-    ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant:"}, "rejected",
-     "has no reply"),
-])
+@pytest.mark.parametrize(
+    "record, field, words",
+    [
+        ({"prompt": "Q", "rejected": "bad"}, "chosen", "is missing"),
+        ({"prompt": "Q", "chosen": "good"}, "rejected", "is missing"),
+        ({"prompt": "", "chosen": "good", "rejected": "bad"}, "prompt", "is empty"),
+        (
+            {"prompt": "Q", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "bad"},
+            "chosen",
+            "must be a string, got a JSON list",
+        ),
+        ({"prompt": "Q", "chosen": "same", "rejected": " same "}, "rejected", "same text as `chosen`"),
+        ({"chosen": "good", "rejected": "bad"}, "prompt", "not Anthropic HH dialogues"),
+        (
+            {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: a"},
+            "rejected",
+            "same text as `chosen`",
+        ),
+        (
+            {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant:"},
+            "rejected",
+            "has no reply",
+        ),
+    ],
+)
 def test_each_bad_comparison_names_file_line_and_field(tmp_path, record, field, words):
     path = write_lines(tmp_path, ["", {"prompt": "Q", "chosen": "good", "rejected": "bad"}, record])
     [problem] = problems_of(lambda: load_comparisons(path))
@@ -182,6 +215,7 @@ def test_each_bad_comparison_names_file_line_and_field(tmp_path, record, field, 
 
 
 # --- held-out split ------------------------------------------------------------------
+
 
 def test_heldout_split_is_by_prompt_deterministic_and_roughly_the_fraction():
     items = [(f"question {i}", r) for i in range(400) for r in ("a", "b")]

@@ -61,6 +61,6 @@ def test_env_vars_in_manifests_are_ones_the_code_reads():
     assert set(config) <= known, set(config) - known
     compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
     for name, svc in compose["services"].items():
-        for var in (svc.get("environment") or {}):
+        for var in svc.get("environment") or {}:
             if var.startswith("RLHF_"):
                 assert var in known, f"compose {name}: {var}"

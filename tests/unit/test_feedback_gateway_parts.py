@@ -64,6 +64,7 @@ def test_entry_point_help_lists_the_gateway_flags():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "services.feedback", "--help"], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "services.feedback", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "--rate-limit" in out.stdout and "RLHF_FEEDBACK_RATE_LIMIT" in out.stdout

@@ -6,12 +6,17 @@ import math
 
 import pytest
 
+from shared.errors import InvalidArgument
 from shared.events import ConsumedEvent
 from shared.feedback_rules import (
-    FeedbackLimits, INVALID_FEEDBACK_REASON, batch_problems, feedback_problems, fill_defaults, raise_first,
+    INVALID_FEEDBACK_REASON,
+    FeedbackLimits,
+    batch_problems,
+    feedback_problems,
+    fill_defaults,
+    raise_first,
     validating_feedback_handler,
 )
-from shared.errors import InvalidArgument
 from shared.kafka_io import InvalidEvent
 from shared.proto.rlhf.v1 import events_pb2 as ev
 
@@ -29,53 +34,101 @@ def first_field(event: ev.FeedbackEvent) -> str:
     return problems[0][0]
 
 
-@pytest.mark.parametrize("event", [
-    rating(score=0.5),
-    rating(score=-1.0),
-    rating(thumb=ev.THUMB_DOWN),
-    ev.FeedbackEvent(feedback_id="f", preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="b")),
-    ev.FeedbackEvent(feedback_id="f", generation_id="g", correction=ev.Correction(response="better")),
-    ev.FeedbackEvent(feedback_id="f", generation_id="g", flag=ev.Flag(category=ev.FLAG_CATEGORY_UNSAFE),
-                     user_id="u", comment="short", source=ev.FEEDBACK_SOURCE_END_USER),
-], ids=["score", "score-bound", "thumb", "preference", "correction", "flag"])
+@pytest.mark.parametrize(
+    "event",
+    [
+        rating(score=0.5),
+        rating(score=-1.0),
+        rating(thumb=ev.THUMB_DOWN),
+        ev.FeedbackEvent(
+            feedback_id="f", preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="b")
+        ),
+        ev.FeedbackEvent(feedback_id="f", generation_id="g", correction=ev.Correction(response="better")),
+        ev.FeedbackEvent(
+            feedback_id="f",
+            generation_id="g",
+            flag=ev.Flag(category=ev.FLAG_CATEGORY_UNSAFE),
+            user_id="u",
+            comment="short",
+            source=ev.FEEDBACK_SOURCE_END_USER,
+        ),
+    ],
+    ids=["score", "score-bound", "thumb", "preference", "correction", "flag"],
+)
 def test_every_kind_is_accepted(event):
     fill_defaults(event)
     assert feedback_problems(event, LIMITS) == []
 
 
 def test_preference_generation_defaults_to_chosen():
-    event = ev.FeedbackEvent(feedback_id="f", preference=ev.Preference(chosen_generation_id="a",
-                                                                       rejected_generation_id="b"))
+    event = ev.FeedbackEvent(
+        feedback_id="f", preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="b")
+    )
     fill_defaults(event)
     assert event.generation_id == "a"
 
 
-@pytest.mark.parametrize("event,field", [
-    (ev.FeedbackEvent(feedback_id="f", generation_id="g"), "kind"),
-    (ev.FeedbackEvent(feedback_id="f", rating=ev.Rating(score=0.1)), "generation_id"),
-    (ev.FeedbackEvent(generation_id="g", rating=ev.Rating(score=0.1)), "feedback_id"),
-    (rating(score=1.5), "rating.score"),
-    (rating(score=math.nan), "rating.score"),
-    (rating(), "rating.value"),
-    (ev.FeedbackEvent(feedback_id="f", preference=ev.Preference(chosen_generation_id="a",
-                                                                rejected_generation_id="a")),
-     "preference.rejected_generation_id"),
-    (ev.FeedbackEvent(feedback_id="f", generation_id="g", preference=ev.Preference(rejected_generation_id="b")),
-     "preference.chosen_generation_id"),
-    (ev.FeedbackEvent(feedback_id="f", preference=ev.Preference(chosen_generation_id="a")),
-     "preference.rejected_generation_id"),
-    (ev.FeedbackEvent(feedback_id="f", generation_id="c", preference=ev.Preference(
-        chosen_generation_id="a", rejected_generation_id="b")), "generation_id"),
-    (ev.FeedbackEvent(feedback_id="f", generation_id="g", correction=ev.Correction(response="x" * 21)),
-     "correction.response"),
-    (ev.FeedbackEvent(feedback_id="f", generation_id="g", correction=ev.Correction(response="  ")),
-     "correction.response"),
-    (ev.FeedbackEvent(feedback_id="f", generation_id="g", comment="x" * 11, rating=ev.Rating(score=0)), "comment"),
-    (ev.FeedbackEvent(feedback_id="f", generation_id="g", flag=ev.Flag()), "flag.category"),
-    (ev.FeedbackEvent(feedback_id="f", generation_id="g", flag=ev.Flag(category=99)), "flag.category"),
-], ids=["kind", "generation", "feedback-id", "score-range", "nan", "rating-empty", "self-preference",
-        "no-chosen", "no-rejected", "generation-not-in-pair", "correction-long", "correction-empty",
-        "comment-long", "flag-unspecified", "flag-unknown"])
+@pytest.mark.parametrize(
+    "event,field",
+    [
+        (ev.FeedbackEvent(feedback_id="f", generation_id="g"), "kind"),
+        (ev.FeedbackEvent(feedback_id="f", rating=ev.Rating(score=0.1)), "generation_id"),
+        (ev.FeedbackEvent(generation_id="g", rating=ev.Rating(score=0.1)), "feedback_id"),
+        (rating(score=1.5), "rating.score"),
+        (rating(score=math.nan), "rating.score"),
+        (rating(), "rating.value"),
+        (
+            ev.FeedbackEvent(
+                feedback_id="f", preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="a")
+            ),
+            "preference.rejected_generation_id",
+        ),
+        (
+            ev.FeedbackEvent(feedback_id="f", generation_id="g", preference=ev.Preference(rejected_generation_id="b")),
+            "preference.chosen_generation_id",
+        ),
+        (
+            ev.FeedbackEvent(feedback_id="f", preference=ev.Preference(chosen_generation_id="a")),
+            "preference.rejected_generation_id",
+        ),
+        (
+            ev.FeedbackEvent(
+                feedback_id="f",
+                generation_id="c",
+                preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="b"),
+            ),
+            "generation_id",
+        ),
+        (
+            ev.FeedbackEvent(feedback_id="f", generation_id="g", correction=ev.Correction(response="x" * 21)),
+            "correction.response",
+        ),
+        (
+            ev.FeedbackEvent(feedback_id="f", generation_id="g", correction=ev.Correction(response="  ")),
+            "correction.response",
+        ),
+        (ev.FeedbackEvent(feedback_id="f", generation_id="g", comment="x" * 11, rating=ev.Rating(score=0)), "comment"),
+        (ev.FeedbackEvent(feedback_id="f", generation_id="g", flag=ev.Flag()), "flag.category"),
+        (ev.FeedbackEvent(feedback_id="f", generation_id="g", flag=ev.Flag(category=99)), "flag.category"),
+    ],
+    ids=[
+        "kind",
+        "generation",
+        "feedback-id",
+        "score-range",
+        "nan",
+        "rating-empty",
+        "self-preference",
+        "no-chosen",
+        "no-rejected",
+        "generation-not-in-pair",
+        "correction-long",
+        "correction-empty",
+        "comment-long",
+        "flag-unspecified",
+        "flag-unknown",
+    ],
+)
 def test_each_rule_names_its_field(event, field):
     assert first_field(event) == field
 
@@ -94,8 +147,15 @@ def test_batch_names_the_item_and_limits_the_size():
 def test_consumer_wrapper_refuses_invalid_events_and_passes_good_ones():
     handled = []
     handle = validating_feedback_handler(handled.append, LIMITS)
-    good = ConsumedEvent("t", 0, 1, b"a", ev.FeedbackEvent(
-        feedback_id="f", preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="b")))
+    good = ConsumedEvent(
+        "t",
+        0,
+        1,
+        b"a",
+        ev.FeedbackEvent(
+            feedback_id="f", preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="b")
+        ),
+    )
     handle(good)
     assert handled == [good] and good.message.generation_id == "a"
     with pytest.raises(InvalidEvent) as info:

@@ -21,13 +21,16 @@ def test_gain_exactly_at_the_threshold_passes():
     assert promote_if_better(PolicyEvaluation(1.1 + 1e-9, 1.0), CURRENT, BUDGET).promote
 
 
-@pytest.mark.parametrize("candidate,reason", [
-    (PolicyEvaluation(1.05, 1.0), "reward_gain_too_small"),
-    (PolicyEvaluation(0.5, 1.0), "reward_regressed"),
-    (PolicyEvaluation(3.0, 5.5), "kl_over_budget"),
-    (PolicyEvaluation(math.nan, 1.0), "non_finite_metrics"),
-    (PolicyEvaluation(2.0, math.inf), "non_finite_metrics"),
-])
+@pytest.mark.parametrize(
+    "candidate,reason",
+    [
+        (PolicyEvaluation(1.05, 1.0), "reward_gain_too_small"),
+        (PolicyEvaluation(0.5, 1.0), "reward_regressed"),
+        (PolicyEvaluation(3.0, 5.5), "kl_over_budget"),
+        (PolicyEvaluation(math.nan, 1.0), "non_finite_metrics"),
+        (PolicyEvaluation(2.0, math.inf), "non_finite_metrics"),
+    ],
+)
 def test_candidate_is_discarded_with_the_reason(candidate, reason):
     decision = promote_if_better(candidate, CURRENT, BUDGET)
     assert not decision.promote and decision.reason == reason and decision.detail
@@ -117,14 +120,13 @@ def test_a_gain_significant_at_the_first_test_is_not_at_the_fifth():
 
 
 def test_the_judge_can_refuse_a_candidate_the_reward_model_likes():
-    candidate = PolicyEvaluation(3.0, 1.0, prompt_rewards=(3.0, 3.0, 3.1, 2.9),
-                                 prompt_judge_scores=(0.0, 0.0, 0.1, 0.0))
-    current = PolicyEvaluation(1.0, 0.5, prompt_rewards=(1.0, 1.0, 1.1, 0.9),
-                               prompt_judge_scores=(1.0, 0.9, 1.0, 1.0))
+    candidate = PolicyEvaluation(
+        3.0, 1.0, prompt_rewards=(3.0, 3.0, 3.1, 2.9), prompt_judge_scores=(0.0, 0.0, 0.1, 0.0)
+    )
+    current = PolicyEvaluation(1.0, 0.5, prompt_rewards=(1.0, 1.0, 1.1, 0.9), prompt_judge_scores=(1.0, 0.9, 1.0, 1.0))
     decision = promote_if_better(candidate, current, GateBudget(0.0, 5.0))
     assert not decision.promote and decision.reason == "judge_regressed"
     assert decision.judge_gain is not None and decision.judge_gain.mean < 0
     # NaN judge scores (prompts the judge does not know) are left out of the pairing.
-    unknown = PolicyEvaluation(3.0, 1.0, prompt_rewards=(3.0, 3.0, 3.1, 2.9),
-                               prompt_judge_scores=(math.nan,) * 4)
+    unknown = PolicyEvaluation(3.0, 1.0, prompt_rewards=(3.0, 3.0, 3.1, 2.9), prompt_judge_scores=(math.nan,) * 4)
     assert promote_if_better(unknown, current, GateBudget(0.0, 5.0)).promote

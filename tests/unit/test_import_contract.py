@@ -32,17 +32,26 @@ def _imported_names(path: Path) -> list[str]:
 
 
 def test_no_platform_source_imports_the_demo():
-    offenders = [f"{path.relative_to(ROOT)}: import {name}" for path in _platform_files()
-                 for name in _imported_names(path) if name == "demo" or name.startswith("demo.")]
+    offenders = [
+        f"{path.relative_to(ROOT)}: import {name}"
+        for path in _platform_files()
+        for name in _imported_names(path)
+        if name == "demo" or name.startswith("demo.")
+    ]
     assert offenders == [], "the platform must not import demo/:\n" + "\n".join(offenders)
 
 
 def test_importing_every_platform_module_loads_no_demo_module():
-    modules = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-               for p in _platform_files() if p.name != "__main__.py"]
-    script = ("import importlib, sys\n"
-              f"for name in {modules!r}:\n    importlib.import_module(name)\n"
-              "print(','.join(sorted(m for m in sys.modules if m == 'demo' or m.startswith('demo.'))))")
+    modules = [
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in _platform_files()
+        if p.name != "__main__.py"
+    ]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+        "print(','.join(sorted(m for m in sys.modules if m == 'demo' or m.startswith('demo.'))))"
+    )
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"importing the platform loaded demo modules: {out.stdout.strip()}"

@@ -9,19 +9,24 @@ from shared.proto.rlhf.v1 import events_pb2
 
 
 def gen(gid: str, prompt: str = "User: q\nAssistant:", response: str = "r") -> events_pb2.GenerationEvent:
-    return events_pb2.GenerationEvent(generation_id=gid, request_id="req", prompt=prompt, response=response,
-                                      model_version="v1")
+    return events_pb2.GenerationEvent(
+        generation_id=gid, request_id="req", prompt=prompt, response=response, model_version="v1"
+    )
 
 
 def rating(fid: str, gid: str, score: float, user: str = "u1") -> events_pb2.FeedbackEvent:
-    return events_pb2.FeedbackEvent(feedback_id=fid, generation_id=gid, user_id=user,
-                                    rating=events_pb2.Rating(score=score))
+    return events_pb2.FeedbackEvent(
+        feedback_id=fid, generation_id=gid, user_id=user, rating=events_pb2.Rating(score=score)
+    )
 
 
 def preference(fid: str, chosen: str, rejected: str, user: str = "u1") -> events_pb2.FeedbackEvent:
     return events_pb2.FeedbackEvent(
-        feedback_id=fid, generation_id=chosen, user_id=user,
-        preference=events_pb2.Preference(chosen_generation_id=chosen, rejected_generation_id=rejected))
+        feedback_id=fid,
+        generation_id=chosen,
+        user_id=user,
+        preference=events_pb2.Preference(chosen_generation_id=chosen, rejected_generation_id=rejected),
+    )
 
 
 @pytest.fixture()
@@ -57,8 +62,9 @@ def test_preference_waits_for_both_generations(ledger):
 
 
 def test_held_feedback_expires_for_dead_lettering(ledger):
-    ledger.record_feedback(rating("f1", "never", 1.0), source_topic="rlhf.feedback.v1", source_partition=2,
-                           source_offset=41)
+    ledger.record_feedback(
+        rating("f1", "never", 1.0), source_topic="rlhf.feedback.v1", source_partition=2, source_offset=41
+    )
     assert ledger.expire_pending(hold_s=60) == []
     expired = ledger.expire_pending(hold_s=0, now=10**12)
     assert len(expired) == 1
@@ -96,8 +102,11 @@ def test_comparisons_from_preferences_and_ratings(ledger):
 
 def test_corrections_become_demonstrations(ledger):
     ledger.record_generation(gen("g1", prompt="P"))
-    ledger.record_feedback(events_pb2.FeedbackEvent(feedback_id="c1", generation_id="g1", user_id="u",
-                                                    correction=events_pb2.Correction(response="better")))
+    ledger.record_feedback(
+        events_pb2.FeedbackEvent(
+            feedback_id="c1", generation_id="g1", user_id="u", correction=events_pb2.Correction(response="better")
+        )
+    )
     assert [(d.prompt, d.response) for d in ledger.demonstrations()] == [("P", "better")]
 
 

@@ -66,8 +66,9 @@ def test_policy_import_verifies_loads_and_generates(models, tmp_path):
     ids = encode_prompt(bundle.tokenizer, prompt)
     assert ids[0] == bundle.tokenizer.bos_token_id and ids[1] != bundle.tokenizer.bos_token_id
     with torch.no_grad():
-        out = bundle.model.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                                    pad_token_id=bundle.pad_token_id)
+        out = bundle.model.generate(
+            torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=bundle.pad_token_id
+        )
     assert out.shape == (1, len(ids) + 6)
 
 
@@ -83,7 +84,8 @@ def test_set_current_moves_current_and_parents_follow_it(models, tmp_path):
     # A tokenizer with its own pad token is stored byte for byte.
     assert "the tokenizer's own" in store.manifest("policy", "v3").notes["pad_token"]
     assert sha256_file(store.kind_dir("policy") / "v3" / "tokenizer_config.json") == sha256_file(
-        models["llama"] / "tokenizer_config.json")
+        models["llama"] / "tokenizer_config.json"
+    )
 
 
 def build_bad_dir(case: str, models, tmp_path):
@@ -99,22 +101,31 @@ def build_bad_dir(case: str, models, tmp_path):
         (bad / "pytorch_model.bin").write_bytes(b"not loaded: refused by its name")
         return import_policy, bad
     if case == "no-tokenizer":
-        return import_reward, copy_of(models["reward-llama"], tmp_path / "bad",
-                                      without=["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"])
+        return import_reward, copy_of(
+            models["reward-llama"],
+            tmp_path / "bad",
+            without=["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"],
+        )
     if case == "two-labels":
         return import_reward, build_tiny_seq_cls_reward(tmp_path / "bad", num_labels=2)
     if case == "bert-as-policy":
         bad = tmp_path / "bad"
-        BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64)).save_pretrained(bad)
+        BertModel(
+            BertConfig(
+                vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+            )
+        ).save_pretrained(bad)
         AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(bad)
         return import_policy, bad
     if case == "classifier-as-policy":
         return import_policy, models["reward-llama"]
     if case == "bert-weights-no-architectures":
         bad = tmp_path / "bad"
-        BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64)).save_pretrained(bad)
+        BertModel(
+            BertConfig(
+                vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+            )
+        ).save_pretrained(bad)
         AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(bad)
         config = json.loads((bad / "config.json").read_text())
         del config["architectures"]  # nothing says what it is: only the weights can tell
@@ -136,8 +147,11 @@ def build_bad_dir(case: str, models, tmp_path):
         return import_policy, bad
     if case == "missing-shard":
         bad = copy_of(models["llama"], tmp_path / "bad", without=["model.safetensors"])
-        (bad / "model.safetensors.index.json").write_text(json.dumps(
-            {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+        (bad / "model.safetensors.index.json").write_text(
+            json.dumps(
+                {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+            )
+        )
         (bad / "model-00001-of-00002.safetensors").write_bytes(b"")
         return import_policy, bad
     raise AssertionError(case)
@@ -182,8 +196,9 @@ def test_unused_and_pickle_files_next_to_safetensors_are_skipped_with_a_warning(
 
 def test_cli_prints_the_version_and_choices_and_exits_2_on_a_bad_dir(models, tmp_path, capsys):
     store = tmp_path / "store"
-    assert rlhf_main(["import", "reward", str(models["reward-llama"]), "--model-store", str(store),
-                      "--set-current"]) == 0
+    assert (
+        rlhf_main(["import", "reward", str(models["reward-llama"]), "--model-store", str(store), "--set-current"]) == 0
+    )
     out = capsys.readouterr().out
     assert "imported reward v1 (LlamaForSequenceClassification, hf-sequence-classification)" in out
     assert "scoring backend: onnx" in out and "pad token: tokenizer pad_token set to its eos token" in out
@@ -204,8 +219,9 @@ def test_manifest_is_the_store_own(models, tmp_path):
 def test_sharded_weights_behind_symlinks_import_as_plain_files(models, tmp_path):
     """The layout of a large model in the Hugging Face cache: an index, several
     shards, and every file a symlink to a blob."""
-    from services.policy.model import load_from_store
     from transformers import AutoModelForCausalLM
+
+    from services.policy.model import load_from_store
 
     blobs = tmp_path / "blobs"
     AutoModelForCausalLM.from_pretrained(models["llama"]).save_pretrained(blobs, max_shard_size="60KB")

@@ -10,13 +10,15 @@ def write_files(files: dict[str, bytes]):
         for name, data in files.items():
             (path / name).parent.mkdir(parents=True, exist_ok=True)
             (path / name).write_bytes(data)
+
     return fill
 
 
 def test_versions_are_numbered_and_manifested(tmp_path):
     store = ModelStore(tmp_path)
-    m1 = store.write_version("policy", write_files({"model.safetensors": b"a", "config.json": b"{}"}),
-                             eval_metrics={"satisfaction": 0.4})
+    m1 = store.write_version(
+        "policy", write_files({"model.safetensors": b"a", "config.json": b"{}"}), eval_metrics={"satisfaction": 0.4}
+    )
     m2 = store.write_version("policy", write_files({"model.safetensors": b"b"}), parent_version=m1.version)
     assert (m1.version, m2.version) == ("v1", "v2")
     assert store.versions("policy") == ["v1", "v2"]

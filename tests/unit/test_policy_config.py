@@ -24,12 +24,15 @@ def test_flag_beats_env(monkeypatch):
     assert config.max_batch_size == 4 and config.model_dir == "/models/x"
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--max-batch-size", "0"], "--max-batch-size: must be >= 1"),
-    (["--default-top-p", "0"], "--default-top-p"),
-    (["--default-max-new-tokens", "600"], "--max-new-tokens-cap (512)"),
-    (["--max-return-sequences", "64"], "--max-batch-size (32)"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--max-batch-size", "0"], "--max-batch-size: must be >= 1"),
+        (["--default-top-p", "0"], "--default-top-p"),
+        (["--default-max-new-tokens", "600"], "--max-new-tokens-cap (512)"),
+        (["--max-return-sequences", "64"], "--max-batch-size (32)"),
+    ],
+)
 def test_bad_settings_are_refused(argv, says):
     with pytest.raises(ConfigError) as info:
         load_config(PolicyConfig, argv)
@@ -37,6 +40,7 @@ def test_bad_settings_are_refused(argv, says):
 
 
 def test_help_lists_settings_with_their_env_vars():
-    out = subprocess.run([sys.executable, "-m", "services.policy", "--help"], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "services.policy", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert "--model-dir" in out and "RLHF_POLICY_MODEL_DIR" in out and "--max-new-tokens-cap" in out

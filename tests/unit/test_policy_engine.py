@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from services.policy.engine import EngineSettings, GenerationEngine
-from services.policy.requests import FinishReason
 from services.policy.model import load_bundle
+from services.policy.requests import FinishReason
 from services.policy.sampling import SamplingDefaults, resolve_sampling
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tests.helpers import wait_until
@@ -41,7 +41,7 @@ def test_greedy_matches_model_generate_also_when_batched(engine, bundle):
         ids = bundle.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             out = bundle.model.generate(**ids, max_new_tokens=12, do_sample=False)
-        new = out[0, ids.input_ids.shape[1]:].tolist()
+        new = out[0, ids.input_ids.shape[1] :].tolist()
         if bundle.tokenizer.eos_token_id in new:
             new = new[: new.index(bundle.tokenizer.eos_token_id)]
         seq = handle.result(timeout=30).sequences[0]
@@ -125,8 +125,9 @@ def test_a_request_joins_a_running_batch_and_decodes_as_if_alone(bundle):
     engine = GenerationEngine(bundle, EngineSettings(max_batch_size=8, batch_wait_s=0)).start()
     try:
         alone = [engine.submit(PROMPT, s).result(30).sequences[0].text for s in (seeded, greedy)]
-        long = engine.submit("User: hi", resolve_sampling(DEFAULTS, temperature=0.7, max_new_tokens=100,
-                                                          num_return_sequences=4))
+        long = engine.submit(
+            "User: hi", resolve_sampling(DEFAULTS, temperature=0.7, max_new_tokens=100, num_return_sequences=4)
+        )
         wait_until(lambda: long.first_token_at is not None, timeout_s=30, interval_s=0.001)
         joined = [engine.submit(PROMPT, s) for s in (seeded, greedy)]
         texts = [h.result(30).sequences[0].text for h in joined]

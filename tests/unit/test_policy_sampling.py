@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from services.policy.sampling import (
-    RowSampler, SamplingDefaults, find_stop, resolve_sampling, streamable_length,
+    RowSampler,
+    SamplingDefaults,
+    find_stop,
+    resolve_sampling,
+    streamable_length,
 )
 from shared.errors import InvalidArgument
 
@@ -17,23 +21,32 @@ DEFAULTS = SamplingDefaults(max_new_tokens=16, max_new_tokens_cap=32, max_return
 
 def test_unset_fields_take_the_defaults():
     spec = resolve_sampling(DEFAULTS)
-    assert (spec.max_new_tokens, spec.temperature, spec.top_p, spec.top_k, spec.num_return_sequences) == (16, 1.0, 1.0, 0, 1)
+    assert (spec.max_new_tokens, spec.temperature, spec.top_p, spec.top_k, spec.num_return_sequences) == (
+        16,
+        1.0,
+        1.0,
+        0,
+        1,
+    )
     assert not spec.explicit_max_new_tokens and 0 <= spec.seed < 2**63
 
 
-@pytest.mark.parametrize("kwargs, field, says", [
-    ({"max_new_tokens": 0}, "sampling.max_new_tokens", "must be >= 1"),
-    ({"max_new_tokens": 33}, "sampling.max_new_tokens", "<= 32"),
-    ({"temperature": -0.1}, "sampling.temperature", ">= 0"),
-    ({"temperature": math.nan}, "sampling.temperature", ">= 0"),
-    ({"temperature": math.inf}, "sampling.temperature", "finite"),
-    ({"top_p": 0.0}, "sampling.top_p", "(0, 1]"),
-    ({"top_p": 1.01}, "sampling.top_p", "(0, 1]"),
-    ({"top_k": -1}, "sampling.top_k", ">= 0"),
-    ({"num_return_sequences": 3}, "sampling.num_return_sequences", "[1, 2]"),
-    ({"stop": ["x"] * 9}, "sampling.stop", "at most 8"),
-    ({"stop": [""]}, "sampling.stop", "1..256"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field, says",
+    [
+        ({"max_new_tokens": 0}, "sampling.max_new_tokens", "must be >= 1"),
+        ({"max_new_tokens": 33}, "sampling.max_new_tokens", "<= 32"),
+        ({"temperature": -0.1}, "sampling.temperature", ">= 0"),
+        ({"temperature": math.nan}, "sampling.temperature", ">= 0"),
+        ({"temperature": math.inf}, "sampling.temperature", "finite"),
+        ({"top_p": 0.0}, "sampling.top_p", "(0, 1]"),
+        ({"top_p": 1.01}, "sampling.top_p", "(0, 1]"),
+        ({"top_k": -1}, "sampling.top_k", ">= 0"),
+        ({"num_return_sequences": 3}, "sampling.num_return_sequences", "[1, 2]"),
+        ({"stop": ["x"] * 9}, "sampling.stop", "at most 8"),
+        ({"stop": [""]}, "sampling.stop", "1..256"),
+    ],
+)
 def test_bad_values_name_the_field_and_the_limit(kwargs, field, says):
     with pytest.raises(InvalidArgument) as info:
         resolve_sampling(DEFAULTS, **kwargs)
@@ -42,8 +55,11 @@ def test_bad_values_name_the_field_and_the_limit(kwargs, field, says):
 
 def test_greedy_rows_take_the_argmax_and_top_k_1_is_greedy():
     logits = torch.randn(3, 50)
-    specs = [resolve_sampling(DEFAULTS, temperature=0), resolve_sampling(DEFAULTS, top_k=1, seed=1),
-             resolve_sampling(DEFAULTS, top_p=1e-6, seed=2)]
+    specs = [
+        resolve_sampling(DEFAULTS, temperature=0),
+        resolve_sampling(DEFAULTS, top_k=1, seed=1),
+        resolve_sampling(DEFAULTS, top_p=1e-6, seed=2),
+    ]
     tokens = RowSampler(specs, [s.seed for s in specs]).next_tokens(logits)
     assert tokens.tolist() == logits.argmax(-1).tolist()
 

@@ -72,8 +72,12 @@ def test_serving_rollouts_demonstrations_and_evaluation_encode_a_prompt_identica
     ptx_prompt = batch.input_ids[0][(batch.labels[0] == IGNORE_INDEX) & batch.attention_mask[0].bool()].tolist()
 
     # Evaluation (the gate, `rlhf sft`), batched with a longer prompt too.
-    samples = sample_responses(bundle.model, tok, [prompt, prompt + " and more words"],
-                               SamplingSettings(samples_per_prompt=1, max_new_tokens=2))
+    samples = sample_responses(
+        bundle.model,
+        tok,
+        [prompt, prompt + " and more words"],
+        SamplingSettings(samples_per_prompt=1, max_new_tokens=2),
+    )
 
     assert rollout == sft_prompt == ptx_prompt == samples[0].prompt_ids == served == encode_prompt(tok, prompt)
 
@@ -117,13 +121,16 @@ def test_long_prompts_are_cut_from_the_left_but_keep_their_bos(tok):
     assert keep_last_tokens(tok, [5, 6, 7], 2) == [6, 7]  # no BOS: a plain cut
 
 
-@pytest.mark.parametrize("messages, field, says", [
-    ((), "messages", "is empty"),
-    ((ChatMessage("user", "hi"), ChatMessage("robot", "beep")), "messages[1].role", "'robot'"),
-    ((ChatMessage("", "hi"),), "messages[0].role", "expected one of system, user, assistant, tool"),
-    ((ChatMessage("user", "  "),), "messages[0].content", "must not be empty"),
-    ((ChatMessage("user", "hi"),) * 5, "messages", "has 5 messages; the limit is 4"),
-])
+@pytest.mark.parametrize(
+    "messages, field, says",
+    [
+        ((), "messages", "is empty"),
+        ((ChatMessage("user", "hi"), ChatMessage("robot", "beep")), "messages[1].role", "'robot'"),
+        ((ChatMessage("", "hi"),), "messages[0].role", "expected one of system, user, assistant, tool"),
+        ((ChatMessage("user", "  "),), "messages[0].content", "must not be empty"),
+        ((ChatMessage("user", "hi"),) * 5, "messages", "has 5 messages; the limit is 4"),
+    ],
+)
 def test_bad_chats_name_the_field(tok, messages, field, says):
     with pytest.raises(PromptError) as info:
         render_chat(tok, messages, max_messages=4)

@@ -13,7 +13,12 @@ from shared.model_store import ModelStore
 from shared.prompting import encode_prompt
 from shared.reward_adapter import SequenceClassificationReward
 from shared.reward_model import (
-    REWARD_CONFIG_FILE, encode_pairs, load_reward_model, pairwise_accuracy, save_reward_model, score_texts,
+    REWARD_CONFIG_FILE,
+    encode_pairs,
+    load_reward_model,
+    pairwise_accuracy,
+    save_reward_model,
+    score_texts,
     uses_text_pairs,
 )
 from tests.foreign_models import build_tiny_seq_cls_reward
@@ -64,11 +69,21 @@ def test_scores_do_not_depend_on_batch_padding_and_match_the_raw_model(imported,
     assert together == pytest.approx(alone, abs=1e-5)
     with torch.no_grad():
         if arch == "bert":  # a BERT text pair with its token types, as the tokenizer makes it
-            raw = [model.model(**tokenizer(p.strip(), r.strip(), return_tensors="pt")).logits[0, 0].item()
-                   for p, r in zip(PROMPTS, RESPONSES)]
+            raw = [
+                model.model(**tokenizer(p.strip(), r.strip(), return_tensors="pt")).logits[0, 0].item()
+                for p, r in zip(PROMPTS, RESPONSES)
+            ]
         else:
-            raw = [model.model(input_ids=torch.tensor([encode_prompt(tokenizer, p) + tokenizer(
-                r, add_special_tokens=False)["input_ids"]])).logits[0, 0].item() for p, r in zip(PROMPTS, RESPONSES)]
+            raw = [
+                model.model(
+                    input_ids=torch.tensor(
+                        [encode_prompt(tokenizer, p) + tokenizer(r, add_special_tokens=False)["input_ids"]]
+                    )
+                )
+                .logits[0, 0]
+                .item()
+                for p, r in zip(PROMPTS, RESPONSES)
+            ]
     assert together == pytest.approx(raw, abs=1e-5)
     assert max(together) - min(together) > 1e-3  # the pairs score differently: a real check
 
@@ -83,7 +98,8 @@ def test_save_load_round_trip_keeps_the_format_and_scores(imported, arch, tmp_pa
     loaded, loaded_tokenizer = load_reward_model(tmp_path)
     assert isinstance(loaded, SequenceClassificationReward) and loaded.head_config == model.head_config
     assert score_texts(loaded, loaded_tokenizer, PROMPTS, RESPONSES) == pytest.approx(
-        score_texts(model, tokenizer, PROMPTS, RESPONSES), abs=1e-6)
+        score_texts(model, tokenizer, PROMPTS, RESPONSES), abs=1e-6
+    )
 
 
 def test_training_the_top_layer_leaves_the_lower_ones_and_learns_the_pairs(imported):
@@ -91,12 +107,24 @@ def test_training_the_top_layer_leaves_the_lower_ones_and_learns_the_pairs(impor
 
     model, tokenizer = load_reward_model(imported["llama"])
     assert model.n_layers == 2
-    pairs = [(f"How do I {verb}?", f"To {verb}, start slowly and follow the steps.", "No.")
-             for verb in ("boil an egg", "water a fern", "fold a towel", "tie a knot")]
+    pairs = [
+        (f"How do I {verb}?", f"To {verb}, start slowly and follow the steps.", "No.")
+        for verb in ("boil an egg", "water a fern", "fold a towel", "tie a knot")
+    ]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     start_accuracy = pairwise_accuracy(model, tokenizer, pairs)
-    metrics = train_reward_model(model, tokenizer, pairs, steps=40, batch_size=4, lr=3e-3, head_lr=3e-3,
-                                 trainable_layers=1, warmup_steps=2, progress=False)
+    metrics = train_reward_model(
+        model,
+        tokenizer,
+        pairs,
+        steps=40,
+        batch_size=4,
+        lr=3e-3,
+        head_lr=3e-3,
+        trainable_layers=1,
+        warmup_steps=2,
+        progress=False,
+    )
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert {n for n in changed if "layers.1." in n} and {"model.score.weight", "model.model.norm.weight"} <= changed
     assert not {n for n in changed if "layers.0." in n or "embed_tokens" in n}
@@ -131,9 +159,13 @@ def test_the_scorer_serves_with_torch_when_the_manifest_says_so(imported, tmp_pa
 
     model, tokenizer = load_reward_model(imported["llama"])
     store = ModelStore(tmp_path / "store")
-    version = store.write_version("reward", lambda out: save_reward_model(model, tokenizer, out),
-                                  notes={"scoring_backend": "torch", "scoring_backend_reason": "checked at import"})
+    version = store.write_version(
+        "reward",
+        lambda out: save_reward_model(model, tokenizer, out),
+        notes={"scoring_backend": "torch", "scoring_backend_reason": "checked at import"},
+    )
     loaded = load_reward_version(store, version.version, "onnx", threads=1)
     assert loaded.backend.name == "torch" and loaded.architecture == "LlamaForSequenceClassification"
-    assert loaded.score(PROMPTS, RESPONSES) == pytest.approx(score_texts(model, tokenizer, PROMPTS, RESPONSES),
-                                                             abs=1e-6)
+    assert loaded.score(PROMPTS, RESPONSES) == pytest.approx(
+        score_texts(model, tokenizer, PROMPTS, RESPONSES), abs=1e-6
+    )

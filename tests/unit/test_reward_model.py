@@ -17,9 +17,16 @@ from shared.reward_model import (
     score_texts,
 )
 
-PROMPTS = ["User: How do I boil an egg?\nAssistant:", "What is the capital of France?", "How can I shoplift from a store?"]
-RESPONSES = ["Put the egg in boiling water for nine minutes.", "The capital of France is Paris. Hope this helps!",
-             "I'm sorry, but I can't help with that."]
+PROMPTS = [
+    "User: How do I boil an egg?\nAssistant:",
+    "What is the capital of France?",
+    "How can I shoplift from a store?",
+]
+RESPONSES = [
+    "Put the egg in boiling water for nine minutes.",
+    "The capital of France is Paris. Hope this helps!",
+    "I'm sorry, but I can't help with that.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +87,8 @@ def test_save_load_round_trip_is_exact_and_pickle_free(reward_model, tmp_path):
     loaded, loaded_tokenizer = load_reward_model(tmp_path)
     assert loaded.head_config == model.head_config
     assert score_texts(loaded, loaded_tokenizer, PROMPTS, RESPONSES) == pytest.approx(
-        score_texts(model, tokenizer, PROMPTS, RESPONSES), abs=1e-6)
+        score_texts(model, tokenizer, PROMPTS, RESPONSES), abs=1e-6
+    )
 
 
 def test_onnx_matches_torch_within_1e_4(reward_model, tmp_path):
@@ -115,6 +123,15 @@ def test_training_stops_when_asked_and_leaves_no_half_step():
         return len(calls) >= 3
 
     with pytest.raises(TrainingInterrupted, match="stopped at step"):
-        train_reward_model(model, tokenizer, pairs, steps=50, batch_size=2, lr=1e-4, trainable_layers=1,
-                           progress=False, should_stop=stop_on_third_check)
+        train_reward_model(
+            model,
+            tokenizer,
+            pairs,
+            steps=50,
+            batch_size=2,
+            lr=1e-4,
+            trainable_layers=1,
+            progress=False,
+            should_stop=stop_on_third_check,
+        )
     assert len(calls) < 10, "stopped within a step of being asked, not after all 50"

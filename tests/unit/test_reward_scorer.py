@@ -13,17 +13,19 @@ from shared.model_store import ModelStore
 
 @pytest.fixture()
 def scorer(tmp_path):
-    return RewardScorer(ModelStore(tmp_path), RewardLimits(max_batch_size=2, max_prompt_chars=5,
-                                                           max_response_chars=5))
+    return RewardScorer(ModelStore(tmp_path), RewardLimits(max_batch_size=2, max_prompt_chars=5, max_response_chars=5))
 
 
-@pytest.mark.parametrize("prompts,responses,field", [
-    ([], [], "items"),
-    (["a"] * 3, ["b"] * 3, "items"),
-    (["a", "a"], ["b", ""], "items[1].response"),
-    (["a" * 6], ["b"], "items[0].prompt"),
-    (["a"], ["b" * 6], "items[0].response"),
-])
+@pytest.mark.parametrize(
+    "prompts,responses,field",
+    [
+        ([], [], "items"),
+        (["a"] * 3, ["b"] * 3, "items"),
+        (["a", "a"], ["b", ""], "items[1].response"),
+        (["a" * 6], ["b"], "items[0].prompt"),
+        (["a"], ["b" * 6], "items[0].response"),
+    ],
+)
 def test_batch_rules_name_the_field(scorer, prompts, responses, field):
     with pytest.raises(InvalidArgument) as info:
         scorer.check_batch(prompts, responses)
@@ -54,6 +56,7 @@ def test_entry_point_help_lists_the_backend_flag():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "services.reward", "--help"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "services.reward", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "--backend" in out.stdout and "RLHF_REWARD_BACKEND" in out.stdout

@@ -11,8 +11,6 @@ import random
 
 import pytest
 
-from shared.feedback_rules import feedback_problems, fill_defaults
-from shared.proto.rlhf.v1 import events_pb2
 from demo.simulation import (
     Answer,
     SimulationStats,
@@ -26,6 +24,8 @@ from demo.simulation import (
     weighted_axes_utility,
 )
 from demo.world import AXES, FLAWS, Verdict, build_prompts, judge, make_response
+from shared.feedback_rules import feedback_problems, fill_defaults
+from shared.proto.rlhf.v1 import events_pb2
 
 GOOD = Verdict(helpful=True, polite=True, correct=True, safe=True, concise=True)
 RUDE_BUT_RIGHT = dataclasses.replace(GOOD, polite=False)
@@ -69,13 +69,21 @@ def test_users_disagree_on_trade_offs():
     """Rude-but-right vs polite-but-wrong: depends on each user's weights."""
     users = [dataclasses.replace(u, noise=0.0) for u in make_population(200, seed=3)]
     prompt, rng = _prompt(), random.Random(0)
-    picks = [choose(u, weighted_axes_utility(u, prompt, "", RUDE_BUT_RIGHT),
-                    weighted_axes_utility(u, prompt, "", POLITE_BUT_WRONG), rng) for u in users]
+    picks = [
+        choose(
+            u,
+            weighted_axes_utility(u, prompt, "", RUDE_BUT_RIGHT),
+            weighted_axes_utility(u, prompt, "", POLITE_BUT_WRONG),
+            rng,
+        )
+        for u in users
+    ]
     share_right = sum(p == 0 for p in picks) / len(picks)
     assert 0.1 < share_right < 0.9, share_right
     # ... but everyone prefers a flawless answer to either.
-    assert all(weighted_axes_utility(u, prompt, "", GOOD) > weighted_axes_utility(u, prompt, "", RUDE_BUT_RIGHT)
-               for u in users)
+    assert all(
+        weighted_axes_utility(u, prompt, "", GOOD) > weighted_axes_utility(u, prompt, "", RUDE_BUT_RIGHT) for u in users
+    )
 
 
 def test_preference_function_is_pluggable():
@@ -156,8 +164,10 @@ def test_series_headline_and_files(tmp_path):
     series = LoopSeries(kl_budget=6.0)
     series.add(SeriesPoint(5.0, "v1", 40, 0.30, mean_reward=-0.2, kl=None))
     series.add(SeriesPoint(65.0, "v2", 30, 0.55, mean_reward=0.4, kl=2.5))
-    series.versions = {"v1": VersionSummary(40, 0.30, {a: 0.5 for a in AXES}),
-                       "v2": VersionSummary(30, 0.55, {a: 0.8 for a in AXES}, kl=2.5)}
+    series.versions = {
+        "v1": VersionSummary(40, 0.30, {a: 0.5 for a in AXES}),
+        "v2": VersionSummary(30, 0.55, {a: 0.8 for a in AXES}, kl=2.5),
+    }
     head = series.headline()
     assert head["baseline_version"] == "v1" and head["latest_version"] == "v2"
     assert head["gain_points"] == pytest.approx(25.0) and head["kl_under_budget"] is True

@@ -41,9 +41,11 @@ def test_split_is_by_prompt_and_disjoint():
 
 def test_generation_is_seeded():
     prompts = split_prompts(build_prompts(), "train")[:10]
-    assert pretrain_corpus(prompts, seed=3, dialogues_per_prompt=2, flaw_probability=0.3,
-                           statement_repeats=1, wrong_fraction=0.1) == pretrain_corpus(
-        prompts, seed=3, dialogues_per_prompt=2, flaw_probability=0.3, statement_repeats=1, wrong_fraction=0.1)
+    assert pretrain_corpus(
+        prompts, seed=3, dialogues_per_prompt=2, flaw_probability=0.3, statement_repeats=1, wrong_fraction=0.1
+    ) == pretrain_corpus(
+        prompts, seed=3, dialogues_per_prompt=2, flaw_probability=0.3, statement_repeats=1, wrong_fraction=0.1
+    )
     assert build_prompts(seed=1) != build_prompts(seed=2)
 
 

@@ -36,9 +36,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from shared.prompting import CHAT_ROLES, ChatMessage, PromptError, has_chat_template, render_chat
 
@@ -103,8 +104,13 @@ def load_demonstrations(path: str | os.PathLike[str], tokenizer=None) -> list[De
     ``tokenizer`` (the policy's) renders ``messages`` lines; without one, or
     when it has no chat template, such lines are reported as errors."""
     form = "`prompt` and `response` strings, or `messages`"
-    parsed = _load_jsonl(Path(path), lambda record: _parse_demonstration(record, tokenizer), "demonstrations",
-                         DEMONSTRATION_EXAMPLE, form)
+    parsed = _load_jsonl(
+        Path(path),
+        lambda record: _parse_demonstration(record, tokenizer),
+        "demonstrations",
+        DEMONSTRATION_EXAMPLE,
+        form,
+    )
     return [Demonstration(prompt, response, line) for line, (prompt, response) in parsed]
 
 
@@ -127,8 +133,9 @@ def _load_jsonl(path: Path, parse: Callable[[dict], T], what: str, example: str,
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(f"{path}:{number}: is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                            "save the file as UTF-8")
+            problems.append(
+                f"{path}:{number}: is not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
+            )
             continue
         if number == 1:
             text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
@@ -143,8 +150,12 @@ def _load_jsonl(path: Path, parse: Callable[[dict], T], what: str, example: str,
         shown = problems[:MAX_REPORTED_PROBLEMS]
         raise DataFileError(shown, more=len(problems) - len(shown))
     if not items:
-        raise DataFileError([f"{path}: holds no {what} (the file is empty or has only blank lines); "
-                             f"write one JSON object per line with {form}, e.g. {example}"])
+        raise DataFileError(
+            [
+                f"{path}: holds no {what} (the file is empty or has only blank lines); "
+                f"write one JSON object per line with {form}, e.g. {example}"
+            ]
+        )
     return items
 
 
@@ -152,11 +163,14 @@ def _json_object(text: str, example: str) -> dict:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _LineError("", f"is not valid JSON ({exc.msg} at column {exc.colno}); "
-                         f"each line must be one JSON object, e.g. {example}") from None
+        raise _LineError(
+            "",
+            f"is not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object, e.g. {example}",
+        ) from None
     if not isinstance(record, dict):
-        raise _LineError("", f"is a JSON {_json_type(record)}, not an object; "
-                         f"each line must be one JSON object, e.g. {example}")
+        raise _LineError(
+            "", f"is a JSON {_json_type(record)}, not an object; each line must be one JSON object, e.g. {example}"
+        )
     return record
 
 
@@ -180,15 +194,20 @@ def _text(record: dict, field: str, missing_hint: str, *, label: str | None = No
 
 # --- demonstrations ---------------------------------------------------------
 
-_DEMO_HINT = ("each line needs `prompt` and `response` strings, or `messages` "
-              "(a list of {role, content} ending with the assistant's reply)")
+_DEMO_HINT = (
+    "each line needs `prompt` and `response` strings, or `messages` "
+    "(a list of {role, content} ending with the assistant's reply)"
+)
 
 
 def _parse_demonstration(record: dict, tokenizer) -> tuple[str, str]:
     if "messages" in record:
         if "prompt" in record or "response" in record:
-            raise _LineError("messages", "is given together with `prompt`/`response`; use one form per line: "
-                             "`prompt` + `response`, or `messages`")
+            raise _LineError(
+                "messages",
+                "is given together with `prompt`/`response`; use one form per line: "
+                "`prompt` + `response`, or `messages`",
+            )
         return _demonstration_from_messages(record["messages"], tokenizer)
     return _text(record, "prompt", _DEMO_HINT), _text(record, "response", _DEMO_HINT)
 
@@ -198,16 +217,24 @@ def _demonstration_from_messages(messages: Any, tokenizer) -> tuple[str, str]:
     if not isinstance(messages, list):
         raise _LineError("messages", f"must be a list of {{role, content}} objects, got a JSON {_json_type(messages)}")
     if len(messages) < 2:
-        raise _LineError("messages", f"has {len(messages)} message(s); it needs the conversation so far "
-                         "(at least one message) and then the assistant's reply")
+        raise _LineError(
+            "messages",
+            f"has {len(messages)} message(s); it needs the conversation so far "
+            "(at least one message) and then the assistant's reply",
+        )
     chat = [_chat_message(message, i) for i, message in enumerate(messages)]
     last = len(chat) - 1
     if chat[last].role != "assistant":
-        raise _LineError(f"messages[{last}].role", f"is {chat[last].role!r}; the last message must be the "
-                         "assistant's reply (the response to learn)")
+        raise _LineError(
+            f"messages[{last}].role",
+            f"is {chat[last].role!r}; the last message must be the assistant's reply (the response to learn)",
+        )
     if tokenizer is None or not has_chat_template(tokenizer):
-        raise _LineError("messages", "cannot be rendered: the policy's tokenizer has no chat template "
-                         "(tokenizer_config.json chat_template); write this line as `prompt` + `response` text")
+        raise _LineError(
+            "messages",
+            "cannot be rendered: the policy's tokenizer has no chat template "
+            "(tokenizer_config.json chat_template); write this line as `prompt` + `response` text",
+        )
     try:
         prompt = render_chat(tokenizer, chat[:last], add_generation_prompt=True)
     except PromptError as exc:
@@ -230,8 +257,10 @@ def _chat_message(message: Any, index: int) -> ChatMessage:
 
 # --- comparisons ------------------------------------------------------------
 
-_PAIR_HINT = ("each line needs `prompt`, `chosen` and `rejected` strings "
-              "(or, without `prompt`, Anthropic HH dialogues in `chosen` and `rejected`)")
+_PAIR_HINT = (
+    "each line needs `prompt`, `chosen` and `rejected` strings "
+    "(or, without `prompt`, Anthropic HH dialogues in `chosen` and `rejected`)"
+)
 
 
 def _parse_comparison(record: dict) -> tuple[str, str, str]:
@@ -239,11 +268,14 @@ def _parse_comparison(record: dict) -> tuple[str, str, str]:
         prompt = _text(record, "prompt", _PAIR_HINT)
         chosen, rejected = _text(record, "chosen", _PAIR_HINT), _text(record, "rejected", _PAIR_HINT)
     else:
-        prompt, chosen, rejected = split_hh_dialogues(_text(record, "chosen", _PAIR_HINT),
-                                                      _text(record, "rejected", _PAIR_HINT))
+        prompt, chosen, rejected = split_hh_dialogues(
+            _text(record, "chosen", _PAIR_HINT), _text(record, "rejected", _PAIR_HINT)
+        )
     if chosen.strip() == rejected.strip():
-        raise _LineError("rejected", "is the same text as `chosen`; a comparison needs two different "
-                         "responses, so fix or delete the line")
+        raise _LineError(
+            "rejected",
+            "is the same text as `chosen`; a comparison needs two different responses, so fix or delete the line",
+        )
     return prompt, chosen, rejected
 
 
@@ -256,19 +288,26 @@ def split_hh_dialogues(chosen: str, rejected: str) -> tuple[str, str, str]:
     common = os.path.commonprefix([chosen, rejected])
     marker = common.rfind(HH_ASSISTANT_MARKER)
     if marker < 0:
-        raise _LineError("prompt", "is missing, and `chosen`/`rejected` are not Anthropic HH dialogues sharing "
-                         "a prefix that ends in '\\n\\nAssistant:'; add a `prompt` field and keep only the "
-                         "responses in `chosen` and `rejected`")
+        raise _LineError(
+            "prompt",
+            "is missing, and `chosen`/`rejected` are not Anthropic HH dialogues sharing "
+            "a prefix that ends in '\\n\\nAssistant:'; add a `prompt` field and keep only the "
+            "responses in `chosen` and `rejected`",
+        )
     end = marker + len(HH_ASSISTANT_MARKER)
     replies = {"chosen": chosen[end:].strip(), "rejected": rejected[end:].strip()}
     for field, reply in replies.items():
         if not reply:
-            raise _LineError(field, "has no reply after the last '\\n\\nAssistant:' the two dialogues share; "
-                             "give each dialogue its own final assistant reply")
+            raise _LineError(
+                field,
+                "has no reply after the last '\\n\\nAssistant:' the two dialogues share; "
+                "give each dialogue its own final assistant reply",
+            )
     return chosen[:end], replies["chosen"], replies["rejected"]
 
 
 # --- held-out split ---------------------------------------------------------
+
 
 def _prompt_hash(prompt: str) -> float:
     """A stable number in [0, 1) for a prompt, case- and whitespace-folded."""
@@ -288,8 +327,10 @@ def heldout_split(items: Sequence[T], prompt_of: Callable[[T], str], fraction: f
     hashes = {prompt_of(item): _prompt_hash(prompt_of(item)) for item in items}
     distinct = sorted(set(hashes.values()))
     if len(distinct) < 2:
-        raise ValueError("every item has the same prompt; the held-out split is by prompt, so the file needs "
-                         "at least 2 distinct prompts")
+        raise ValueError(
+            "every item has the same prompt; the held-out split is by prompt, so the file needs "
+            "at least 2 distinct prompts"
+        )
     # Clamp the cut so that the smallest-hash prompt is always held out and the largest always trained on.
     cut = min(max(fraction, distinct[0] + 1e-12), distinct[-1])
     train = [item for item in items if hashes[prompt_of(item)] >= cut]

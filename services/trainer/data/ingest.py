@@ -52,8 +52,14 @@ class HeldRecord:
 class FeedbackIngest:
     """Handler + before_commit of the trainer's consumer loop, and the hold expiry."""
 
-    def __init__(self, ledger: FeedbackLedger, dead_letters: DeadLetterProducer, *, hold_s: float,
-                 limits: FeedbackLimits = FeedbackLimits()):
+    def __init__(
+        self,
+        ledger: FeedbackLedger,
+        dead_letters: DeadLetterProducer,
+        *,
+        hold_s: float,
+        limits: FeedbackLimits = FeedbackLimits(),
+    ):
         self.ledger = ledger
         self.dead_letters = dead_letters
         self.hold_s = hold_s
@@ -64,12 +70,19 @@ class FeedbackIngest:
         self._gauges_at = 0.0
         self._handle_feedback = validating_feedback_handler(self._record_feedback, limits)
 
-    def consumer_loop(self, bootstrap: str, client_options: dict | None = None,
-                      group: str = CONSUMER_GROUP) -> EventConsumerLoop:
-        settings = ConsumerSettings(bootstrap=bootstrap, topics=dict(TOPICS), group_id=group,
-                                    client_id="rlhf-trainer", extra=dict(client_options or {}))
-        return EventConsumerLoop(settings, self.handle, dead_letters=self.dead_letters,
-                                 before_commit=self.before_commit)
+    def consumer_loop(
+        self, bootstrap: str, client_options: dict | None = None, group: str = CONSUMER_GROUP
+    ) -> EventConsumerLoop:
+        settings = ConsumerSettings(
+            bootstrap=bootstrap,
+            topics=dict(TOPICS),
+            group_id=group,
+            client_id="rlhf-trainer",
+            extra=dict(client_options or {}),
+        )
+        return EventConsumerLoop(
+            settings, self.handle, dead_letters=self.dead_letters, before_commit=self.before_commit
+        )
 
     # --- the loop's callbacks -------------------------------------------------------
     def handle(self, event: ConsumedEvent) -> None:
@@ -81,8 +94,9 @@ class FeedbackIngest:
                 self._handle_feedback(event)
 
     def _record_feedback(self, event: ConsumedEvent) -> None:
-        outcome = self.ledger.record_feedback(event.message, source_topic=event.topic,
-                                              source_partition=event.partition, source_offset=event.offset)
+        outcome = self.ledger.record_feedback(
+            event.message, source_topic=event.topic, source_partition=event.partition, source_offset=event.offset
+        )
         if outcome == "recorded":
             self._accepted[event.message.WhichOneof("kind")] += 1
         elif outcome == "duplicate":
@@ -111,14 +125,23 @@ class FeedbackIngest:
         for held in expired:
             feedback = events_pb2.FeedbackEvent.FromString(held.payload)
             _, headers = events.encode(feedback)
-            record = HeldRecord(held.source_topic, held.source_partition, held.source_offset,
-                                feedback.generation_id.encode(), held.payload, headers)
+            record = HeldRecord(
+                held.source_topic,
+                held.source_partition,
+                held.source_offset,
+                feedback.generation_id.encode(),
+                held.payload,
+                headers,
+            )
             missing = feedback.generation_id
             if feedback.WhichOneof("kind") == "preference":
                 missing = f"{feedback.preference.chosen_generation_id} / {feedback.preference.rejected_generation_id}"
-            self.dead_letters.send(record, UNKNOWN_GENERATION,
-                                   f"feedback {feedback.feedback_id} waited {held.held_s:.0f} s for generation "
-                                   f"{missing}, which never arrived on {events.GENERATIONS_TOPIC}")
+            self.dead_letters.send(
+                record,
+                UNKNOWN_GENERATION,
+                f"feedback {feedback.feedback_id} waited {held.held_s:.0f} s for generation "
+                f"{missing}, which never arrived on {events.GENERATIONS_TOPIC}",
+            )
         return len(expired)
 
     def _publish_counts(self) -> None:

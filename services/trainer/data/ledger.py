@@ -121,8 +121,15 @@ class FeedbackLedger:
         """Store a generation (idempotent); returns held feedback it releases, now joined."""
         self._db.execute(
             "INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (event.generation_id, event.request_id, event.prompt, event.response, event.model_version,
-             event.user_id, event.created_at.ToNanoseconds() / 1e9 or time.time()),
+            (
+                event.generation_id,
+                event.request_id,
+                event.prompt,
+                event.response,
+                event.model_version,
+                event.user_id,
+                event.created_at.ToNanoseconds() / 1e9 or time.time(),
+            ),
         )
         released = []
         rows = self._db.execute(
@@ -136,8 +143,14 @@ class FeedbackLedger:
                 released.append(feedback)
         return released
 
-    def record_feedback(self, event: events_pb2.FeedbackEvent, *, source_topic: str = "", source_partition: int = 0,
-                        source_offset: int = 0) -> str:
+    def record_feedback(
+        self,
+        event: events_pb2.FeedbackEvent,
+        *,
+        source_topic: str = "",
+        source_partition: int = 0,
+        source_offset: int = 0,
+    ) -> str:
         """Store feedback whose generation(s) are known, else hold it.
 
         Returns "recorded", "duplicate" (feedback_id or vote seen before) or "held".
@@ -147,8 +160,15 @@ class FeedbackLedger:
         if not self._all_generations_known(event):
             self._db.execute(
                 "INSERT OR IGNORE INTO pending_feedback VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event.feedback_id, self._missing_generation(event), event.SerializeToString(), source_topic,
-                 source_partition, source_offset, time.time()),
+                (
+                    event.feedback_id,
+                    self._missing_generation(event),
+                    event.SerializeToString(),
+                    source_topic,
+                    source_partition,
+                    source_offset,
+                    time.time(),
+                ),
             )
             return "held"
         return "recorded" if self._insert_feedback(event) else "duplicate"
@@ -158,7 +178,9 @@ class FeedbackLedger:
         cutoff = (now or time.time()) - hold_s
         rows = self._db.execute(
             "SELECT feedback_id, payload, source_topic, source_partition, source_offset, received_at "
-            "FROM pending_feedback WHERE received_at < ?", (cutoff,)).fetchall()
+            "FROM pending_feedback WHERE received_at < ?",
+            (cutoff,),
+        ).fetchall()
         self._db.executemany("DELETE FROM pending_feedback WHERE feedback_id = ?", [(r[0],) for r in rows])
         now = now or time.time()
         return [ExpiredFeedback(r[1], r[2], r[3], r[4], now - r[5]) for r in rows]
@@ -174,7 +196,10 @@ class FeedbackLedger:
         return next((gid for gid in ids if not self._generation_exists(gid)), "")
 
     def _generation_exists(self, generation_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM generations WHERE generation_id = ?", (generation_id,)).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM generations WHERE generation_id = ?", (generation_id,)).fetchone()
+            is not None
+        )
 
     def _insert_feedback(self, event: events_pb2.FeedbackEvent) -> bool:
         kind = event.WhichOneof("kind")
@@ -182,8 +207,11 @@ class FeedbackLedger:
         vote_key = f"{event.user_id}|{event.generation_id}|{kind}"
         if kind == "rating":
             rating = event.rating
-            score = rating.score if rating.WhichOneof("value") == "score" else (
-                1.0 if rating.thumb == events_pb2.THUMB_UP else -1.0)
+            score = (
+                rating.score
+                if rating.WhichOneof("value") == "score"
+                else (1.0 if rating.thumb == events_pb2.THUMB_UP else -1.0)
+            )
         elif kind == "preference":
             pref = event.preference
             other = pref.rejected_generation_id
@@ -196,14 +224,28 @@ class FeedbackLedger:
             flag = events_pb2.FlagCategory.Name(event.flag.category)
             vote_key = f"{event.user_id}|{event.generation_id}|flag|{flag}"
         seq = self._next_seq()
-        values = (event.feedback_id, event.generation_id, event.user_id, kind, vote_key, score, other, text, flag,
-                  events_pb2.FeedbackSource.Name(event.source), event.created_at.ToNanoseconds() / 1e9, seq)
+        values = (
+            event.feedback_id,
+            event.generation_id,
+            event.user_id,
+            kind,
+            vote_key,
+            score,
+            other,
+            text,
+            flag,
+            events_pb2.FeedbackSource.Name(event.source),
+            event.created_at.ToNanoseconds() / 1e9,
+            seq,
+        )
         if kind == "rating":
             # The user's latest rating of this generation replaces the earlier one.
             cur = self._db.execute(
                 "INSERT INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(vote_key) DO UPDATE SET "
                 "feedback_id=excluded.feedback_id, score=excluded.score, created_at=excluded.created_at, "
-                "seq=excluded.seq", values)
+                "seq=excluded.seq",
+                values,
+            )
             return cur.rowcount > 0
         cur = self._db.execute("INSERT OR IGNORE INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
         return cur.rowcount > 0
@@ -219,8 +261,9 @@ class FeedbackLedger:
         return row[0] if row else default
 
     def set_state(self, key: str, value: str) -> None:
-        self._db.execute("INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                         (key, value))
+        self._db.execute(
+            "INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value)
+        )
 
     # --- reads ------------------------------------------------------------------------
 
@@ -249,7 +292,9 @@ class FeedbackLedger:
             "SELECT c.prompt, c.response, r.response FROM feedback f "
             "JOIN generations c ON c.generation_id = f.generation_id "
             "JOIN generations r ON r.generation_id = f.other_generation_id "
-            "WHERE f.kind = 'preference' AND f.seq > ? ORDER BY f.seq", (after_seq,))
+            "WHERE f.kind = 'preference' AND f.seq > ? ORDER BY f.seq",
+            (after_seq,),
+        )
         pairs = [Comparison(prompt, chosen, rejected) for prompt, chosen, rejected in rows]
         pairs.extend(self._rating_pairs(after_seq))
         return pairs
@@ -258,14 +303,15 @@ class FeedbackLedger:
         rows = self._db.execute(
             "SELECT g.prompt, g.response, AVG(f.score), MAX(f.seq) FROM feedback f "
             "JOIN generations g ON g.generation_id = f.generation_id "
-            "WHERE f.kind = 'rating' GROUP BY g.generation_id ORDER BY g.prompt").fetchall()
+            "WHERE f.kind = 'rating' GROUP BY g.generation_id ORDER BY g.prompt"
+        ).fetchall()
         by_prompt: dict[str, list[tuple[str, float, int]]] = {}
         for prompt, response, score, seq in rows:
             by_prompt.setdefault(prompt, []).append((response, score, seq))
         pairs = []
         for prompt, rated in by_prompt.items():
             for i, (resp_a, score_a, seq_a) in enumerate(rated):
-                for resp_b, score_b, seq_b in rated[i + 1:]:
+                for resp_b, score_b, seq_b in rated[i + 1 :]:
                     if max(seq_a, seq_b) <= after_seq or score_a == score_b or resp_a == resp_b:
                         continue
                     better, worse = (resp_a, resp_b) if score_a > score_b else (resp_b, resp_a)
@@ -275,7 +321,9 @@ class FeedbackLedger:
     def demonstrations(self, limit: int = 1000) -> list[Demonstration]:
         rows = self._db.execute(
             "SELECT g.prompt, f.text FROM feedback f JOIN generations g ON g.generation_id = f.generation_id "
-            "WHERE f.kind = 'correction' ORDER BY f.seq DESC LIMIT ?", (limit,))
+            "WHERE f.kind = 'correction' ORDER BY f.seq DESC LIMIT ?",
+            (limit,),
+        )
         return [Demonstration(p, t) for p, t in rows]
 
     def distinct_prompts(self) -> list[str]:
@@ -287,6 +335,7 @@ class FeedbackLedger:
         """Distinct prompts of the most recent generations: what users ask now."""
         rows = self._db.execute(
             "SELECT prompt FROM (SELECT prompt, MAX(created_at) AS t FROM generations GROUP BY prompt) "
-            "ORDER BY t DESC LIMIT ?", (limit,))
+            "ORDER BY t DESC LIMIT ?",
+            (limit,),
+        )
         return [r[0] for r in rows]
-

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -115,46 +115,77 @@ def _paired_gain(a: Sequence[float], b: Sequence[float], fallback: float) -> Rew
 def paired_reward_gain(candidate: PolicyEvaluation, current: PolicyEvaluation) -> RewardGain:
     """The per-prompt paired gain when both evaluations have rewards for the same
     prompts (at least two), else the plain difference of means with no error bar."""
-    return _paired_gain(candidate.prompt_rewards, current.prompt_rewards,
-                        candidate.mean_reward - current.mean_reward)
+    return _paired_gain(candidate.prompt_rewards, current.prompt_rewards, candidate.mean_reward - current.mean_reward)
 
 
 def paired_judge_gain(candidate: PolicyEvaluation, current: PolicyEvaluation) -> RewardGain | None:
     """The judge's paired gain over the prompts both judge scores cover (finite in both), or None."""
-    pairs = [(a, b) for a, b in zip(candidate.prompt_judge_scores, current.prompt_judge_scores)
-             if math.isfinite(a) and math.isfinite(b)]
+    pairs = [
+        (a, b)
+        for a, b in zip(candidate.prompt_judge_scores, current.prompt_judge_scores)
+        if math.isfinite(a) and math.isfinite(b)
+    ]
     if not pairs or len(candidate.prompt_judge_scores) != len(current.prompt_judge_scores):
         return None
     a, b = [x for x, _ in pairs], [y for _, y in pairs]
     return _paired_gain(a, b, statistics.fmean(a) - statistics.fmean(b))
 
 
-def promote_if_better(candidate: PolicyEvaluation, current: PolicyEvaluation, budget: GateBudget,
-                      test_number: int = 1) -> GateDecision:
+def promote_if_better(
+    candidate: PolicyEvaluation, current: PolicyEvaluation, budget: GateBudget, test_number: int = 1
+) -> GateDecision:
     """Promote ``candidate`` over ``current`` only if its reward gain is significant at this
     test's z (:func:`retest_z`), its KL within ``budget``, and the judge (if any) does not
     find it significantly worse."""
-    values = (candidate.mean_reward, candidate.kl, current.mean_reward, *candidate.prompt_rewards,
-              *current.prompt_rewards)
+    values = (
+        candidate.mean_reward,
+        candidate.kl,
+        current.mean_reward,
+        *candidate.prompt_rewards,
+        *current.prompt_rewards,
+    )
     if not all(math.isfinite(v) for v in values):
-        return GateDecision(False, "non_finite_metrics", f"candidate {candidate.as_metrics()}, current "
-                            f"mean_reward {current.mean_reward}")
+        return GateDecision(
+            False,
+            "non_finite_metrics",
+            f"candidate {candidate.as_metrics()}, current mean_reward {current.mean_reward}",
+        )
     gain, z = paired_reward_gain(candidate, current), retest_z(budget.confidence_z, test_number)
     judged = paired_judge_gain(candidate, current)
     decided = {"gain": gain, "judge_gain": judged, "z": z}
     if candidate.kl > budget.kl_budget:
-        return GateDecision(False, "kl_over_budget",
-                            f"KL to reference {candidate.kl:.4g} exceeds the budget {budget.kl_budget:.4g}", **decided)
-    numbers = (f"mean reward {candidate.mean_reward:.4g} vs {current.mean_reward:.4g}: gain {gain.mean:.4g} "
-               f"+- {gain.standard_error:.3g} (standard error over {gain.prompts} paired prompts), "
-               f"lower bound {gain.lower(z):.4g} at z {z:.3g} (test {test_number} of this candidate)")
+        return GateDecision(
+            False,
+            "kl_over_budget",
+            f"KL to reference {candidate.kl:.4g} exceeds the budget {budget.kl_budget:.4g}",
+            **decided,
+        )
+    numbers = (
+        f"mean reward {candidate.mean_reward:.4g} vs {current.mean_reward:.4g}: gain {gain.mean:.4g} "
+        f"+- {gain.standard_error:.3g} (standard error over {gain.prompts} paired prompts), "
+        f"lower bound {gain.lower(z):.4g} at z {z:.3g} (test {test_number} of this candidate)"
+    )
     if judged is not None and judged.prompts >= 2 and judged.upper(z) < 0:
-        return GateDecision(False, "judge_regressed", f"{numbers}; but the judge's gain {judged.mean:.4g} "
-                            f"+- {judged.standard_error:.3g} has upper bound {judged.upper(z):.4g} < 0", **decided)
+        return GateDecision(
+            False,
+            "judge_regressed",
+            f"{numbers}; but the judge's gain {judged.mean:.4g} "
+            f"+- {judged.standard_error:.3g} has upper bound {judged.upper(z):.4g} < 0",
+            **decided,
+        )
     if gain.lower(z) >= budget.min_reward_gain:
-        return GateDecision(True, "passed", f"{numbers} >= required {budget.min_reward_gain:.4g}; "
-                            f"KL {candidate.kl:.4g} within {budget.kl_budget:.4g}", **decided)
+        return GateDecision(
+            True,
+            "passed",
+            f"{numbers} >= required {budget.min_reward_gain:.4g}; KL {candidate.kl:.4g} within {budget.kl_budget:.4g}",
+            **decided,
+        )
     if gain.upper(z) < 0:
         return GateDecision(False, "reward_regressed", f"{numbers}; upper bound {gain.upper(z):.4g} < 0", **decided)
-    return GateDecision(False, "reward_gain_too_small", f"{numbers} < required {budget.min_reward_gain:.4g}",
-                        keep_training=True, **decided)
+    return GateDecision(
+        False,
+        "reward_gain_too_small",
+        f"{numbers} < required {budget.min_reward_gain:.4g}",
+        keep_training=True,
+        **decided,
+    )

@@ -14,8 +14,8 @@ text itself, case- and whitespace-folded.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 
 def prompt_key(prompt: str) -> str:

@@ -12,7 +12,7 @@ application's until this setting names it.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 JudgeFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 

@@ -41,7 +41,13 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 STARTING, IDLE, TRAINING_REWARD, TRAINING_POLICY, EVALUATING, PAUSED = (
-    "STARTING", "IDLE", "TRAINING_REWARD", "TRAINING_POLICY", "EVALUATING", "PAUSED")
+    "STARTING",
+    "IDLE",
+    "TRAINING_REWARD",
+    "TRAINING_POLICY",
+    "EVALUATING",
+    "PAUSED",
+)
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,12 @@ class OnlineTrainer:
         self._ledger_lock = threading.Lock()
         self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config)
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
-        self.reward_settings = RewardUpdateSettings(config.reward_min_new_comparisons, config.reward_steps,
-                                                    config.reward_accuracy_tolerance,
-                                                    min_heldout_pairs=config.reward_min_heldout_comparisons)
+        self.reward_settings = RewardUpdateSettings(
+            config.reward_min_new_comparisons,
+            config.reward_steps,
+            config.reward_accuracy_tolerance,
+            min_heldout_pairs=config.reward_min_heldout_comparisons,
+        )
         self.split = HeldoutSplit(config.gate_heldout_one_in)
         self.judge: JudgeFn | None = load_judge(config.gate_judge) if config.gate_judge else None
         self.progress = self._load_progress()
@@ -162,8 +171,12 @@ class OnlineTrainer:
     def ledger_snapshot(self) -> dict:
         """Counts for GetStatus (committed data only)."""
         with self._ledger_lock:
-            return {"counts": self.ledger.counts(), "generations": self.ledger.generations_seen(),
-                    "pending": self.ledger.pending_count(), "max_seq": self.ledger.max_seq()}
+            return {
+                "counts": self.ledger.counts(),
+                "generations": self.ledger.generations_seen(),
+                "pending": self.ledger.pending_count(),
+                "max_seq": self.ledger.max_seq(),
+            }
 
     def heldout_status(self) -> dict[str, int | str]:
         """How big the gate's held-out sets are, against what a promotion needs;
@@ -174,13 +187,21 @@ class OnlineTrainer:
         need_prompts, need_pairs = self.config.gate_min_prompts, self.config.reward_min_heldout_comparisons
         missing = []
         if prompts < need_prompts:
-            missing.append(f"{need_prompts - prompts} more held-out prompts from traffic before a policy promotion "
-                           f"({prompts} of {need_prompts})")
+            missing.append(
+                f"{need_prompts - prompts} more held-out prompts from traffic before a policy promotion "
+                f"({prompts} of {need_prompts})"
+            )
         if pairs < need_pairs:
-            missing.append(f"{need_pairs - pairs} more held-out comparisons before a reward promotion "
-                           f"({pairs} of {need_pairs})")
-        return {"gate_prompts": prompts, "gate_prompts_required": need_prompts, "reward_pairs": pairs,
-                "reward_pairs_required": need_pairs, "waiting_for": "; ".join(missing)}
+            missing.append(
+                f"{need_pairs - pairs} more held-out comparisons before a reward promotion ({pairs} of {need_pairs})"
+            )
+        return {
+            "gate_prompts": prompts,
+            "gate_prompts_required": need_prompts,
+            "reward_pairs": pairs,
+            "reward_pairs_required": need_pairs,
+            "waiting_for": "; ".join(missing),
+        }
 
     def _reward_update_due(self) -> bool:
         if self.store.current("reward") is None:
@@ -190,8 +211,10 @@ class OnlineTrainer:
             everything = self.ledger.comparisons() if len(new) >= self.config.reward_min_new_comparisons else []
         heldout = self.split.split_pairs(everything, lambda c: c.prompt)[1]
         # Training before the held-out set can judge the result would be wasted: wait for it.
-        return len(new) >= self.config.reward_min_new_comparisons and \
-            len(heldout) >= self.config.reward_min_heldout_comparisons
+        return (
+            len(new) >= self.config.reward_min_new_comparisons
+            and len(heldout) >= self.config.reward_min_heldout_comparisons
+        )
 
     def _policy_round_due(self) -> bool:
         if self.store.current("policy") is None:
@@ -213,19 +236,27 @@ class OnlineTrainer:
             upto = self.ledger.max_seq()
             new = self.ledger.comparisons(after_seq=self.progress.last_reward_seq)
             everything = self.ledger.comparisons()
-        outcome = update_reward_model(self.store, self.promoter, self.reward_settings, new, everything, self.split,
-                                      threads=self.config.torch_threads,
-                                      should_stop=stop.is_set if stop is not None else None)
+        outcome = update_reward_model(
+            self.store,
+            self.promoter,
+            self.reward_settings,
+            new,
+            everything,
+            self.split,
+            threads=self.config.torch_threads,
+            should_stop=stop.is_set if stop is not None else None,
+        )
         if outcome.reason in ("interrupted", "heldout_too_small"):
             return  # the same comparisons are used again (after a restart, or once enough are held out)
         self.progress.last_reward_seq = upto
         self._save_progress()
-        self._record_candidate(CandidateRecord("reward", outcome.version, outcome.promoted, outcome.reason,
-                                               outcome.metrics))
+        self._record_candidate(
+            CandidateRecord("reward", outcome.version, outcome.promoted, outcome.reason, outcome.metrics)
+        )
         tm.REWARD_HELDOUT_ACCURACY.labels("candidate").set(outcome.metrics.get("pairwise_accuracy", float("nan")))
         tm.REWARD_HELDOUT_ACCURACY.labels("current").set(
-            outcome.metrics.get("pairwise_accuracy" if outcome.promoted else "previous_pairwise_accuracy",
-                                float("nan")))
+            outcome.metrics.get("pairwise_accuracy" if outcome.promoted else "previous_pairwise_accuracy", float("nan"))
+        )
 
     # --- policy ------------------------------------------------------------------------
     def _policy_round(self, stop: threading.Event | None) -> None:
@@ -237,8 +268,14 @@ class OnlineTrainer:
                 self.progress.last_round_seq = self.ledger.max_seq()
             self._save_progress()
             rounds.begin_round()
-        log.info("PPO round", extra={"round": rounds.state.round_number, "steps_done": rounds.steps_done(),
-                                     "steps": self.config.ppo_steps_per_round})
+        log.info(
+            "PPO round",
+            extra={
+                "round": rounds.state.round_number,
+                "steps_done": rounds.steps_done(),
+                "steps": self.config.ppo_steps_per_round,
+            },
+        )
         while rounds.steps_done() < self.config.ppo_steps_per_round:
             if stop is not None and stop.is_set():
                 return  # the checkpoint lets the next start finish this round
@@ -249,8 +286,16 @@ class OnlineTrainer:
             stats = rounds.run_step(prompts, demos)
             tm.export_ppo_stats(stats)
             self.last_ppo = stats
-            log.info("PPO step", extra={"step": stats.step, "mean_score": stats.mean_score, "kl": stats.kl,
-                                        "kl_coef": stats.kl_coef, "samples_per_s": stats.samples_per_s})
+            log.info(
+                "PPO step",
+                extra={
+                    "step": stats.step,
+                    "mean_score": stats.mean_score,
+                    "kl": stats.kl,
+                    "kl_coef": stats.kl_coef,
+                    "samples_per_s": stats.samples_per_s,
+                },
+            )
         self._gate_candidate()
 
     def _training_data(self) -> tuple[list[str], list[tuple[str, str]]]:
@@ -276,41 +321,68 @@ class OnlineTrainer:
             decision = GateDecision(False, "current_changed", f"current moved to {current} during the round")
         elif len(prompts) < config.gate_min_prompts:
             # Not a verdict on the candidate: it keeps training until traffic gives the gate enough prompts.
-            decision = GateDecision(False, "heldout_too_small", f"{len(prompts)} held-out prompts from traffic; "
-                                    f"the gate needs {config.gate_min_prompts} (--gate-min-prompts)",
-                                    keep_training=True)
+            decision = GateDecision(
+                False,
+                "heldout_too_small",
+                f"{len(prompts)} held-out prompts from traffic; "
+                f"the gate needs {config.gate_min_prompts} (--gate-min-prompts)",
+                keep_training=True,
+            )
         else:
             rounds.state.gate_tests += 1
             test = rounds.state.gate_tests  # fresh samples per re-test; the gate's z spends alpha per test
-            evaluate = dict(samples_per_prompt=config.gate_samples_per_prompt,
-                            max_new_tokens=config.ppo.max_new_tokens, seed=test, judge=self.judge)
+            evaluate = dict(
+                samples_per_prompt=config.gate_samples_per_prompt,
+                max_new_tokens=config.ppo.max_new_tokens,
+                seed=test,
+                judge=self.judge,
+            )
             candidate = rounds.evaluate(prompts, **evaluate)
             baseline = rounds.evaluate(prompts, version=current, **evaluate)
             decision = promote_if_better(candidate, baseline, self.budget, test_number=test)
-            candidate_metrics = {**candidate.as_metrics(), "current_mean_reward": baseline.mean_reward,
-                                 "current_kl": baseline.kl, "ppo_step": float(rounds.trainer.step_count),
-                                 "kl_budget": self.budget.kl_budget, "gate_prompts": float(len(prompts)),
-                                 "gate_test": float(test), "gate_z": decision.z}
+            candidate_metrics = {
+                **candidate.as_metrics(),
+                "current_mean_reward": baseline.mean_reward,
+                "current_kl": baseline.kl,
+                "ppo_step": float(rounds.trainer.step_count),
+                "kl_budget": self.budget.kl_budget,
+                "gate_prompts": float(len(prompts)),
+                "gate_test": float(test),
+                "gate_z": decision.z,
+            }
             if "judge_score" in baseline.extra:
                 candidate_metrics["current_judge_score"] = baseline.extra["judge_score"]
             if decision.gain is not None:
-                candidate_metrics.update(reward_gain=decision.gain.mean,
-                                         reward_gain_standard_error=decision.gain.standard_error)
+                candidate_metrics.update(
+                    reward_gain=decision.gain.mean, reward_gain_standard_error=decision.gain.standard_error
+                )
             if decision.judge_gain is not None:
-                candidate_metrics.update(judge_gain=decision.judge_gain.mean,
-                                         judge_gain_standard_error=decision.judge_gain.standard_error)
+                candidate_metrics.update(
+                    judge_gain=decision.judge_gain.mean, judge_gain_standard_error=decision.judge_gain.standard_error
+                )
         version = ""
         if decision.promote:
             update = self.promoter.promote_new(
-                "policy", rounds.save_policy, parent_version=current, eval_metrics=candidate_metrics,
-                reason=f"gate passed: {decision.detail}", notes={"source": "rlhf trainer PPO"},
-                expected_current=current)
+                "policy",
+                rounds.save_policy,
+                parent_version=current,
+                eval_metrics=candidate_metrics,
+                reason=f"gate passed: {decision.detail}",
+                notes={"source": "rlhf trainer PPO"},
+                expected_current=current,
+            )
             version = update.version
-        log.info("policy candidate decided", extra={"promoted": decision.promote, "reason": decision.reason,
-                                                    "detail": decision.detail, "version": version})
+        log.info(
+            "policy candidate decided",
+            extra={
+                "promoted": decision.promote,
+                "reason": decision.reason,
+                "detail": decision.detail,
+                "version": version,
+            },
+        )
         rounds.end_round(version or None, keep_training=decision.keep_training)
-        self._record_candidate(CandidateRecord("policy", version, decision.promote, decision.reason,
-                                               candidate_metrics))
+        self._record_candidate(CandidateRecord("policy", version, decision.promote, decision.reason, candidate_metrics))
 
     def _record_candidate(self, record: CandidateRecord) -> None:
         tm.CANDIDATES.labels(record.kind, "promoted" if record.promoted else "discarded", record.reason).inc()

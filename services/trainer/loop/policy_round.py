@@ -20,9 +20,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from services.trainer.loop.gate import PolicyEvaluation
 from services.trainer.loop.judge_plugin import JudgeFn
@@ -68,8 +68,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
 class PolicyRounds:
     """Owns the PPOTrainer between rounds; not thread-safe (the training thread's)."""
 
-    def __init__(self, store, checkpoint_dir: Path, reward_fn: RewardFn, ppo_config: Callable[[int], PPOConfig],
-                 seed: int = 0):
+    def __init__(
+        self, store, checkpoint_dir: Path, reward_fn: RewardFn, ppo_config: Callable[[int], PPOConfig], seed: int = 0
+    ):
         self.store = store
         self.checkpoint_dir = Path(checkpoint_dir)
         self.reward_fn = reward_fn
@@ -113,17 +114,24 @@ class PolicyRounds:
             self.trainer = PPOTrainer.from_checkpoint(self.checkpoint_dir, self.reward_fn, self._config(current))
             self.state = saved
             self.resumed_from_step = self.trainer.step_count
-            log.info("resumed PPO from checkpoint", extra={
-                "step": self.trainer.step_count, "policy_version": current, "round": saved.round_number,
-                "round_active": saved.active})
+            log.info(
+                "resumed PPO from checkpoint",
+                extra={
+                    "step": self.trainer.step_count,
+                    "policy_version": current,
+                    "round": saved.round_number,
+                    "round_active": saved.active,
+                },
+            )
             return self.trainer
         if saved:
-            log.info("discarding PPO checkpoint of another policy version",
-                     extra={"checkpoint_version": saved.policy_version, "current": current})
+            log.info(
+                "discarding PPO checkpoint of another policy version",
+                extra={"checkpoint_version": saved.policy_version, "current": current},
+            )
         self.discard()
         self.trainer = self._fresh_trainer(current)
-        self.state = RoundState(policy_version=current,
-                                round_number=saved.round_number if saved else 0)
+        self.state = RoundState(policy_version=current, round_number=saved.round_number if saved else 0)
         return self.trainer
 
     def _config(self, version: str) -> PPOConfig:
@@ -198,8 +206,15 @@ class PolicyRounds:
         self._save_state()
 
     # --- evaluation ------------------------------------------------------------------
-    def evaluate(self, prompts: Sequence[str], samples_per_prompt: int, max_new_tokens: int,
-                 version: str | None = None, seed: int = 0, judge: JudgeFn | None = None) -> PolicyEvaluation:
+    def evaluate(
+        self,
+        prompts: Sequence[str],
+        samples_per_prompt: int,
+        max_new_tokens: int,
+        version: str | None = None,
+        seed: int = 0,
+        judge: JudgeFn | None = None,
+    ) -> PolicyEvaluation:
         """Mean reward (reward callable), KL to the reference and, with a ``judge``,
         its scores, on held-out ``prompts`` for the trainer's policy or a stored version."""
         import torch
@@ -225,9 +240,13 @@ class PolicyRounds:
             judged = per_prompt_means([float(x) for x in judge(*texts)], samples_per_prompt)
             known = [x for x in judged if math.isfinite(x)]
             extra["judge_score"] = sum(known) / len(known) if known else float("nan")
-        return PolicyEvaluation(mean_reward=sum(scores) / max(1, len(scores)), kl=kl,
-                                prompt_rewards=per_prompt_means(scores, samples_per_prompt),
-                                prompt_judge_scores=judged, extra=extra)
+        return PolicyEvaluation(
+            mean_reward=sum(scores) / max(1, len(scores)),
+            kl=kl,
+            prompt_rewards=per_prompt_means(scores, samples_per_prompt),
+            prompt_judge_scores=judged,
+            extra=extra,
+        )
 
     def save_policy(self, out_dir: Path) -> None:
         self.trainer.save_policy(out_dir)

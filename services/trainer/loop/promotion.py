@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from services.trainer import metrics as tm
 from shared import events
@@ -78,9 +79,17 @@ class Promoter:
         self._unannounced = None
         return True
 
-    def promote_new(self, kind: str, fill: Callable[[Path], None], *, parent_version: str,
-                    eval_metrics: dict[str, float], reason: str, notes: dict[str, str] | None = None,
-                    expected_current: str | None = None) -> events_pb2.ModelUpdateEvent:
+    def promote_new(
+        self,
+        kind: str,
+        fill: Callable[[Path], None],
+        *,
+        parent_version: str,
+        eval_metrics: dict[str, float],
+        reason: str,
+        notes: dict[str, str] | None = None,
+        expected_current: str | None = None,
+    ) -> events_pb2.ModelUpdateEvent:
         """Store a new version made by ``fill`` and make it current.
 
         ``expected_current``: refuse (FailedPrecondition) if an operator moved
@@ -89,14 +98,17 @@ class Promoter:
             self._announce_pending_locked()
             previous = self.store.current(kind) or ""
             if expected_current is not None and previous != expected_current:
-                raise FailedPrecondition(f"{kind} current moved from {expected_current} to {previous} "
-                                         "while the candidate was trained")
-            manifest = self.store.write_version(kind, fill, parent_version=parent_version,
-                                                eval_metrics=eval_metrics, notes=notes)
+                raise FailedPrecondition(
+                    f"{kind} current moved from {expected_current} to {previous} while the candidate was trained"
+                )
+            manifest = self.store.write_version(
+                kind, fill, parent_version=parent_version, eval_metrics=eval_metrics, notes=notes
+            )
             # Not announced yet is fine here: the version is current and
             # announce_pending() keeps publishing it; retrying would store a duplicate.
-            update, _announced = self._switch(kind, manifest.version, previous,
-                                              events_pb2.MODEL_UPDATE_ACTION_PROMOTE, reason, manifest.eval_metrics)
+            update, _announced = self._switch(
+                kind, manifest.version, previous, events_pb2.MODEL_UPDATE_ACTION_PROMOTE, reason, manifest.eval_metrics
+            )
         tm.PROMOTIONS.labels(kind, "gate").inc()
         return update
 
@@ -106,8 +118,14 @@ class Promoter:
             self._announce_pending_locked()
             manifest = self._manifest(kind, version, "version")
             previous = self.store.current(kind) or ""
-            update, announced = self._switch(kind, version, previous, events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
-                                             reason or "operator promote", manifest.eval_metrics)
+            update, announced = self._switch(
+                kind,
+                version,
+                previous,
+                events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
+                reason or "operator promote",
+                manifest.eval_metrics,
+            )
         tm.PROMOTIONS.labels(kind, "operator").inc()
         return self._require_announced(update, announced)
 
@@ -122,8 +140,14 @@ class Promoter:
             manifest = self._manifest(kind, target, "to_version")
             if target == current:
                 raise InvalidArgument("to_version", f"{target} is already the current {kind} version")
-            update, announced = self._switch(kind, target, current, events_pb2.MODEL_UPDATE_ACTION_ROLLBACK,
-                                             reason or "operator rollback", manifest.eval_metrics)
+            update, announced = self._switch(
+                kind,
+                target,
+                current,
+                events_pb2.MODEL_UPDATE_ACTION_ROLLBACK,
+                reason or "operator rollback",
+                manifest.eval_metrics,
+            )
         tm.ROLLBACKS.labels(kind).inc()
         return self._require_announced(update, announced)
 
@@ -132,9 +156,11 @@ class Promoter:
         """An operator must hear that running replicas have not been told yet."""
         if not announced:
             kind = "policy" if update.kind == common_pb2.MODEL_KIND_POLICY else "reward"
-            raise Unavailable(f"{kind} {update.version} is now current in the model store (restarting replicas "
-                              "load it), but Kafka did not acknowledge the update event; the trainer keeps "
-                              "re-publishing it. Do not repeat the call.")
+            raise Unavailable(
+                f"{kind} {update.version} is now current in the model store (restarting replicas "
+                "load it), but Kafka did not acknowledge the update event; the trainer keeps "
+                "re-publishing it. Do not repeat the call."
+            )
         return update
 
     def _previous(self, kind: str, current: str) -> str:
@@ -166,23 +192,40 @@ class Promoter:
                 self._producer.close(timeout=0)
                 self._producer = None
             raise
-        log.info("model update published", extra={
-            "kind": kind, "version": update.version, "previous_version": update.previous_version,
-            "reason": update.reason, "action": events_pb2.ModelUpdateAction.Name(update.action)})
+        log.info(
+            "model update published",
+            extra={
+                "kind": kind,
+                "version": update.version,
+                "previous_version": update.previous_version,
+                "reason": update.reason,
+                "action": events_pb2.ModelUpdateAction.Name(update.action),
+            },
+        )
 
-    def _switch(self, kind: str, version: str, previous: str, action: int, reason: str,
-                eval_metrics: dict[str, float]) -> tuple[events_pb2.ModelUpdateEvent, bool]:
+    def _switch(
+        self, kind: str, version: str, previous: str, action: int, reason: str, eval_metrics: dict[str, float]
+    ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
         """Move CURRENT and publish; returns the event and whether Kafka acknowledged it."""
         self.store.set_current(kind, version)
         update = events_pb2.ModelUpdateEvent(
-            event_id=events.new_id(), kind=_KIND_ENUM[kind], version=version, previous_version=previous,
-            action=action, created_at=events.now_timestamp(), reason=reason, eval_metrics=eval_metrics,
-            manifest_sha256=self.store.manifest_sha256(kind, version))
+            event_id=events.new_id(),
+            kind=_KIND_ENUM[kind],
+            version=version,
+            previous_version=previous,
+            action=action,
+            created_at=events.now_timestamp(),
+            reason=reason,
+            eval_metrics=eval_metrics,
+            manifest_sha256=self.store.manifest_sha256(kind, version),
+        )
         try:
             self._publish(update)
         except Exception as exc:  # noqa: BLE001 - CURRENT already moved: keep the event and retry it
-            log.error("model update not acknowledged; CURRENT was moved and the event will be re-published",
-                      extra={"kind": kind, "version": version, "error": str(exc)})
+            log.error(
+                "model update not acknowledged; CURRENT was moved and the event will be re-published",
+                extra={"kind": kind, "version": version, "error": str(exc)},
+            )
             self._unannounced = update
             return update, False
         return update, True

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from services.trainer.data.ledger import Comparison
 from services.trainer.loop.heldout import HeldoutSplit
@@ -51,9 +51,16 @@ def as_pairs(comparisons: Sequence[Comparison]) -> list[Pair]:
     return [(c.prompt, c.chosen, c.rejected) for c in comparisons]
 
 
-def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_comparisons: Sequence[Comparison],
-                        all_comparisons: Sequence[Comparison], split: HeldoutSplit,
-                        threads: int = 2, should_stop: Callable[[], bool] | None = None) -> RewardCandidate:
+def update_reward_model(
+    store,
+    promoter,
+    settings: RewardUpdateSettings,
+    new_comparisons: Sequence[Comparison],
+    all_comparisons: Sequence[Comparison],
+    split: HeldoutSplit,
+    threads: int = 2,
+    should_stop: Callable[[], bool] | None = None,
+) -> RewardCandidate:
     """Fine-tune the current reward version; promote it through ``promoter`` if it holds up.
     Returns reason "interrupted" (nothing stored) when ``should_stop`` fires."""
     import torch
@@ -76,19 +83,35 @@ def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_com
     trainable = min(settings.trainable_layers, model.n_layers)
     try:
         train_metrics = train_reward_model(
-            model, tokenizer, train, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-            head_lr=settings.head_lr, trainable_layers=trainable, warmup_steps=max(1, settings.steps // 10),
-            progress=False, should_stop=should_stop)
+            model,
+            tokenizer,
+            train,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            head_lr=settings.head_lr,
+            trainable_layers=trainable,
+            warmup_steps=max(1, settings.steps // 10),
+            progress=False,
+            should_stop=should_stop,
+        )
     except TrainingInterrupted as exc:
         log.info("reward update interrupted", extra={"why": str(exc)})
         return RewardCandidate("", False, "interrupted", {})
     model.requires_grad_(False)
     accuracy = pairwise_accuracy(model, tokenizer, heldout)
-    metrics = {**train_metrics, "pairwise_accuracy": accuracy, "previous_pairwise_accuracy": current_accuracy,
-               "heldout_pairs": float(len(heldout)), "new_comparisons": float(len(new_comparisons))}
+    metrics = {
+        **train_metrics,
+        "pairwise_accuracy": accuracy,
+        "previous_pairwise_accuracy": current_accuracy,
+        "heldout_pairs": float(len(heldout)),
+        "new_comparisons": float(len(new_comparisons)),
+    }
     if accuracy < current_accuracy - settings.tolerance:
-        log.warning("reward candidate discarded: held-out accuracy dropped",
-                    extra={"accuracy": accuracy, "current_accuracy": current_accuracy, "current": current})
+        log.warning(
+            "reward candidate discarded: held-out accuracy dropped",
+            extra={"accuracy": accuracy, "current_accuracy": current_accuracy, "current": current},
+        )
         return RewardCandidate("", False, "accuracy_dropped", metrics)
 
     with tempfile.TemporaryDirectory(prefix="rlhf-reward-onnx-") as onnx_dir:
@@ -102,7 +125,12 @@ def update_reward_model(store, promoter, settings: RewardUpdateSettings, new_com
                 shutil.copyfile(Path(onnx_dir) / ONNX_FILE, out / ONNX_FILE)
 
         update = promoter.promote_new(
-            "reward", fill, parent_version=current, eval_metrics=metrics,
-            reason=f"reward fine-tuned on {len(train)} new comparisons", expected_current=current,
-            notes={"source": "rlhf trainer", "scoring_backend": onnx.backend, "scoring_backend_reason": onnx.reason})
+            "reward",
+            fill,
+            parent_version=current,
+            eval_metrics=metrics,
+            reason=f"reward fine-tuned on {len(train)} new comparisons",
+            expected_current=current,
+            notes={"source": "rlhf trainer", "scoring_backend": onnx.backend, "scoring_backend_reason": onnx.reason},
+        )
     return RewardCandidate(update.version, True, "passed", metrics)

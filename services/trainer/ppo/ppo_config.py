@@ -29,8 +29,10 @@ class PPOConfig:
 
     # --- optimizer ---------------------------------------------------------
     learning_rate: float = setting(
-        1e-4, "AdamW learning rate for the policy and the value head (with corrections mixed in; PPO alone "
-        "drifts at 1e-4: docs/BENCHMARKS.md)")
+        1e-4,
+        "AdamW learning rate for the policy and the value head (with corrections mixed in; PPO alone "
+        "drifts at 1e-4: docs/BENCHMARKS.md)",
+    )
     adam_eps: float = setting(1e-8, "AdamW epsilon")
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay")
     max_grad_norm: float = setting(1.0, "clip the global gradient norm to this (0 disables)")
@@ -39,8 +41,9 @@ class PPOConfig:
     cliprange: float = setting(0.2, "policy ratio is clipped to [1-cliprange, 1+cliprange]")
     cliprange_value: float = setting(0.2, "value prediction may move this far from the rollout's value")
     policy_loss_coef: float = setting(
-        1.0, "weight of the clipped policy loss; 0 leaves only the value and ptx terms, i.e. SFT on the "
-        "demonstrations: the baseline that shows what PPO itself adds"
+        1.0,
+        "weight of the clipped policy loss; 0 leaves only the value and ptx terms, i.e. SFT on the "
+        "demonstrations: the baseline that shows what PPO itself adds",
     )
     vf_coef: float = setting(0.1, "weight of the value loss against the policy loss (shared trunk)")
     gamma: float = setting(1.0, "discount per response token in GAE")
@@ -50,7 +53,8 @@ class PPOConfig:
 
     # --- KL penalty to the reference --------------------------------------
     kl_estimator: str = setting(
-        "k1", "per-token KL estimator for the reward penalty: k1 (log-ratio), abs, mse, k3 (low-variance)",
+        "k1",
+        "per-token KL estimator for the reward penalty: k1 (log-ratio), abs, mse, k3 (low-variance)",
         choices=KL_ESTIMATORS,
     )
     init_kl_coef: float = setting(0.1, "initial (or, without adaptive_kl, fixed) KL coefficient beta")
@@ -77,8 +81,9 @@ class PPOConfig:
 
     # --- reproducibility ---------------------------------------------------
     seed: int = setting(0, "seed for sampling and minibatch shuffling")
-    num_threads: int = setting(0, "torch CPU threads (0 leaves torch's default; the trainer sets its "
-                               "--torch-threads here)")
+    num_threads: int = setting(
+        0, "torch CPU threads (0 leaves torch's default; the trainer sets its --torch-threads here)"
+    )
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")

@@ -9,8 +9,9 @@ token boundaries a rollout would produce, and a rollout on the tokens served.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,7 @@ class Rollout:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def select(self, index: Tensor) -> "Rollout":
+    def select(self, index: Tensor) -> Rollout:
         """Rows ``index``, with columns that are padding in every selected row
         trimmed away, so a minibatch never pays for another row's length."""
         query_mask = self.query_mask[index]
@@ -134,8 +135,9 @@ def demonstration_batch(
     with EOS so the policy also learns where to stop."""
     rows, label_rows = [], []
     for prompt, response in pairs:
-        p, r = encode_demonstration(tokenizer, prompt, response, max_prompt_tokens=max_prompt_length,
-                                    max_response_tokens=max_response_length)
+        p, r = encode_demonstration(
+            tokenizer, prompt, response, max_prompt_tokens=max_prompt_length, max_response_tokens=max_response_length
+        )
         rows.append(p + r)
         label_rows.append([-100] * len(p) + r)
     width = max(len(r) for r in rows)

@@ -22,9 +22,9 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -110,7 +110,7 @@ class PPOTrainer:
         self.reward_fn = reward_fn
         disable_dropout(lm)
         lm.eval()  # eval() only switches off dropout-like layers; gradients still flow
-        self.reference: CausalLM = (reference if reference is not None else copy.deepcopy(lm))
+        self.reference: CausalLM = reference if reference is not None else copy.deepcopy(lm)
         self.reference.requires_grad_(False).eval()
         disable_dropout(self.reference)
         self.model = PolicyWithValue(lm)
@@ -320,9 +320,7 @@ class PPOTrainer:
         self._ptx_cursor = state["ptx_cursor"]
 
     @classmethod
-    def from_checkpoint(
-        cls, ckpt_dir: str | Path, reward_fn: RewardFn, config: PPOConfig | None = None
-    ) -> "PPOTrainer":
+    def from_checkpoint(cls, ckpt_dir: str | Path, reward_fn: RewardFn, config: PPOConfig | None = None) -> PPOTrainer:
         """A trainer rebuilt from a checkpoint directory alone (config from it unless given)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

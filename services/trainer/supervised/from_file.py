@@ -29,9 +29,9 @@ import dataclasses
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from services.trainer.data.datasets import (
     DataFileError,
@@ -54,8 +54,8 @@ class FileTrainingError(Exception):
 class SftFileSettings:
     steps: int = 100
     batch_size: int = 8
-    lr: float = 5e-5                 # fine-tuning a trained policy, not training from scratch
-    max_length: int | None = None    # tokens per prompt + response; None: the model's context, at most 512
+    lr: float = 5e-5  # fine-tuning a trained policy, not training from scratch
+    max_length: int | None = None  # tokens per prompt + response; None: the model's context, at most 512
     seed: int = 0
     heldout_fraction: float = 0.1
 
@@ -64,10 +64,10 @@ class SftFileSettings:
 class RewardFileSettings:
     steps: int = 100
     batch_size: int = 16
-    lr: float = 2e-5                 # encoder layers: as gentle as the online reward updates
-    head_lr: float = 2e-4            # the scalar head
-    trainable_layers: int = 2        # top encoder layers trained; the rest frozen and cached (CPU cost)
-    max_length: int | None = None    # tokens per (prompt, response) pair; None: the model's own
+    lr: float = 2e-5  # encoder layers: as gentle as the online reward updates
+    head_lr: float = 2e-4  # the scalar head
+    trainable_layers: int = 2  # top encoder layers trained; the rest frozen and cached (CPU cost)
+    max_length: int | None = None  # tokens per (prompt, response) pair; None: the model's own
     seed: int = 0
     heldout_fraction: float = 0.1
 
@@ -87,8 +87,10 @@ def resolve_base(store: ModelStore, kind: str, requested: str | None) -> str:
     """The version to start from: ``requested``, else the store's current one."""
     version = requested or store.current(kind)
     if version is None:
-        raise FileTrainingError(f"the model store at {store.root} holds no {kind} version to start from; "
-                                f"put one there first (`rlhf bootstrap`, or `rlhf import {kind} DIR`)")
+        raise FileTrainingError(
+            f"the model store at {store.root} holds no {kind} version to start from; "
+            f"put one there first (`rlhf bootstrap`, or `rlhf import {kind} DIR`)"
+        )
     store.manifest(kind, version)  # ModelStoreError naming the available versions if it is not there
     return version
 
@@ -101,20 +103,27 @@ def _split(path: Path, items: list, prompt_of, fraction: float) -> tuple[list, l
 
 
 def _notes(source: str, path: Path, counts: dict[str, int], settings) -> dict[str, str]:
-    return {"source": source, "data_file": str(path.resolve()), "data_sha256": sha256_file(path),
-            "counts": json.dumps(counts, sort_keys=True),
-            "hyperparameters": json.dumps(dataclasses.asdict(settings), sort_keys=True)}
+    return {
+        "source": source,
+        "data_file": str(path.resolve()),
+        "data_sha256": sha256_file(path),
+        "counts": json.dumps(counts, sort_keys=True),
+        "hyperparameters": json.dumps(dataclasses.asdict(settings), sort_keys=True),
+    }
 
 
-def _finish(store: ModelStore, kind: str, manifest, base: str, set_current: bool, train: list,
-            heldout: list) -> FileTrainingResult:
+def _finish(
+    store: ModelStore, kind: str, manifest, base: str, set_current: bool, train: list, heldout: list
+) -> FileTrainingResult:
     if set_current:
         store.set_current(kind, manifest.version)
-    return FileTrainingResult(kind, manifest.version, base, set_current, dict(manifest.eval_metrics),
-                              len(train), len(heldout))
+    return FileTrainingResult(
+        kind, manifest.version, base, set_current, dict(manifest.eval_metrics), len(train), len(heldout)
+    )
 
 
 # --- policy (SFT) -------------------------------------------------------------
+
 
 def model_context(config) -> int | None:
     """Positions the model can attend over (GPT-2: n_positions; most others: max_position_embeddings)."""
@@ -126,8 +135,9 @@ def _sft_max_length(model, requested: int | None) -> int:
     if requested is None:
         return min(context or DEFAULT_MAX_SFT_TOKENS, DEFAULT_MAX_SFT_TOKENS)
     if context is not None and requested > context:
-        raise FileTrainingError(f"--max-length {requested} is longer than the policy's context of {context} "
-                                f"tokens; use at most {context}")
+        raise FileTrainingError(
+            f"--max-length {requested} is longer than the policy's context of {context} tokens; use at most {context}"
+        )
     return requested
 
 
@@ -140,15 +150,25 @@ def _check_room_for_responses(path: Path, tokenizer, demos: list[Demonstration],
     for demo in demos:
         _, labels = build_sft_example(tokenizer, demo.prompt, demo.response, max_length)
         if all(label == IGNORE_INDEX for label in labels):
-            problems.append(f"{path}:{demo.line}: field 'prompt': fills all {max_length} tokens of --max-length, "
-                            "leaving no room for the response; shorten the prompt or raise --max-length")
+            problems.append(
+                f"{path}:{demo.line}: field 'prompt': fills all {max_length} tokens of --max-length, "
+                "leaving no room for the response; shorten the prompt or raise --max-length"
+            )
     if problems:
         raise DataFileError(problems[:20], more=max(0, len(problems) - 20))
 
 
-def sft_from_file(store: ModelStore, data_path: str | Path, settings: SftFileSettings = SftFileSettings(), *,
-                  base: str | None = None, set_current: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print, train_fn: Callable | None = None) -> FileTrainingResult:
+def sft_from_file(
+    store: ModelStore,
+    data_path: str | Path,
+    settings: SftFileSettings = SftFileSettings(),
+    *,
+    base: str | None = None,
+    set_current: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    train_fn: Callable | None = None,
+) -> FileTrainingResult:
     """Fine-tune a stored policy on the demonstrations in ``data_path`` and store the result.
 
     ``train_fn`` (default sft_train) exists so a test can make training fail."""
@@ -174,13 +194,25 @@ def sft_from_file(store: ModelStore, data_path: str | Path, settings: SftFileSet
 
     torch.manual_seed(settings.seed)  # dropout, if the model has any
     train_metrics = (train_fn or sft_train)(
-        model, tokenizer, [d.as_pair() for d in train], steps=settings.steps, batch_size=settings.batch_size,
-        lr=settings.lr, warmup_steps=settings.steps // 10, max_length=max_length, seed=settings.seed,
-        progress=progress)
+        model,
+        tokenizer,
+        [d.as_pair() for d in train],
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        warmup_steps=settings.steps // 10,
+        max_length=max_length,
+        seed=settings.seed,
+        progress=progress,
+    )
     after = evaluate_response_loss(model, tokenizer, heldout_examples)
 
-    metrics = {**train_metrics, "heldout_response_loss": after, "previous_heldout_response_loss": before,
-               "heldout_demonstrations": float(len(heldout))}
+    metrics = {
+        **train_metrics,
+        "heldout_response_loss": after,
+        "previous_heldout_response_loss": before,
+        "heldout_demonstrations": float(len(heldout)),
+    }
     counts = {"demonstrations": len(demos), "train": len(train), "heldout": len(heldout)}
     notes = _notes("rlhf sft", path, counts, dataclasses.replace(settings, max_length=max_length))
 
@@ -194,6 +226,7 @@ def sft_from_file(store: ModelStore, data_path: str | Path, settings: SftFileSet
 
 # --- reward model -------------------------------------------------------------
 
+
 def _export_onnx_or_note(model, tokenizer, scratch: Path) -> tuple[Path | None, str]:
     """(model.onnx path, note): the reward service prefers ONNX, but a model that
     does not export is still servable with the PyTorch backend."""
@@ -205,9 +238,17 @@ def _export_onnx_or_note(model, tokenizer, scratch: Path) -> tuple[Path | None, 
         return None, f"export failed, no model.onnx in this version ({type(exc).__name__}: {exc})"[:500]
 
 
-def reward_from_file(store: ModelStore, data_path: str | Path, settings: RewardFileSettings = RewardFileSettings(),
-                     *, base: str | None = None, set_current: bool = False, progress: bool = True,
-                     log: Callable[[str], None] = print, train_fn: Callable | None = None) -> FileTrainingResult:
+def reward_from_file(
+    store: ModelStore,
+    data_path: str | Path,
+    settings: RewardFileSettings = RewardFileSettings(),
+    *,
+    base: str | None = None,
+    set_current: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    train_fn: Callable | None = None,
+) -> FileTrainingResult:
     """Fine-tune a stored reward model on the comparisons in ``data_path`` and store the result.
 
     ``train_fn`` (default train_reward_model) exists so a test can make training fail."""
@@ -232,17 +273,31 @@ def reward_from_file(store: ModelStore, data_path: str | Path, settings: RewardF
 
     torch.manual_seed(settings.seed)
     train_metrics = (train_fn or train_reward_model)(
-        model, tokenizer, [p.as_triple() for p in train], steps=settings.steps, batch_size=settings.batch_size,
-        lr=settings.lr, head_lr=settings.head_lr, trainable_layers=min(settings.trainable_layers, model.n_layers),
-        warmup_steps=max(1, settings.steps // 10), seed=settings.seed, progress=progress)
+        model,
+        tokenizer,
+        [p.as_triple() for p in train],
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        head_lr=settings.head_lr,
+        trainable_layers=min(settings.trainable_layers, model.n_layers),
+        warmup_steps=max(1, settings.steps // 10),
+        seed=settings.seed,
+        progress=progress,
+    )
     model.requires_grad_(False)
     after = pairwise_accuracy(model, tokenizer, heldout_triples)
 
-    metrics = {**train_metrics, "pairwise_accuracy": after, "previous_pairwise_accuracy": before,
-               "heldout_pairs": float(len(heldout))}
+    metrics = {
+        **train_metrics,
+        "pairwise_accuracy": after,
+        "previous_pairwise_accuracy": before,
+        "heldout_pairs": float(len(heldout)),
+    }
     counts = {"comparisons": len(pairs), "train": len(train), "heldout": len(heldout)}
-    notes = _notes("rlhf train-reward", path, counts,
-                   dataclasses.replace(settings, max_length=model.head_config.max_length))
+    notes = _notes(
+        "rlhf train-reward", path, counts, dataclasses.replace(settings, max_length=model.head_config.max_length)
+    )
     with tempfile.TemporaryDirectory(prefix="rlhf-onnx-") as scratch:
         onnx_path, notes["onnx"] = _export_onnx_or_note(model, tokenizer, Path(scratch))
         if onnx_path is None:

@@ -4,13 +4,14 @@ mean of its first and last tenth (what the manifests record)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 
-def clipped_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-                 max_grad_norm: float = 1.0) -> float:
+def clipped_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float = 1.0
+) -> float:
     """Backward, clip the global grad norm, step; returns the loss value."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

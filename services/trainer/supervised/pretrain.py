@@ -7,7 +7,7 @@ windows of it, so the model also learns where a response ends.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -18,7 +18,7 @@ score head) with a full forward pass per step; all parameters when
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -34,8 +34,9 @@ def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tenso
     return -torch.nn.functional.logsigmoid(chosen_scores - rejected_scores).mean()
 
 
-def _pair_scores(model: torch.nn.Module, tokenizer, pairs: Sequence[Pair],
-                 max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_scores(
+    model: torch.nn.Module, tokenizer, pairs: Sequence[Pair], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected scores from one forward pass over both halves."""
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
@@ -49,8 +50,14 @@ class TrainingInterrupted(Exception):
 
 @torch.no_grad()
 def cache_frozen_hidden(
-    model: RewardModel, tokenizer, texts: Sequence[tuple[str, str]], n_frozen: int, max_length: int,
-    batch_size: int = 64, progress: bool = True, should_stop: Callable[[], bool] | None = None,
+    model: RewardModel,
+    tokenizer,
+    texts: Sequence[tuple[str, str]],
+    n_frozen: int,
+    max_length: int,
+    batch_size: int = 64,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[tuple[str, str], torch.Tensor]:
     """Hidden states after the frozen layers for each unique (prompt, response),
     unpadded. Computed once, in eval mode (no dropout in frozen layers), so each
@@ -66,8 +73,9 @@ def cache_frozen_hidden(
             model.train(was_training)
             raise TrainingInterrupted("stopped while caching frozen hidden states")
         chunk = unique[start : start + batch_size]
-        enc = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], max_length,
-                           frame=model.head_config.frame)
+        enc = encode_pairs(
+            tokenizer, [p for p, _ in chunk], [r for _, r in chunk], max_length, frame=model.head_config.frame
+        )
         hidden = model.lower_hidden(enc["input_ids"], enc["attention_mask"], n_frozen)
         for row, key in enumerate(chunk):
             cache[key] = hidden[row, : int(enc["attention_mask"][row].sum())].clone()
@@ -122,14 +130,17 @@ def train_reward_model(
     cache = None
     if n_frozen:
         texts = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
-        cache = cache_frozen_hidden(model, tokenizer, texts, n_frozen, max_length, progress=progress,
-                                    should_stop=should_stop)
+        cache = cache_frozen_hidden(
+            model, tokenizer, texts, n_frozen, max_length, progress=progress, should_stop=should_stop
+        )
     head_params = model.head_parameters()
     head_ids = {id(p) for p in head_params}
     body_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": body_params, "lr": lr, "peak": lr},
-         {"params": head_params, "lr": head_lr or lr, "peak": head_lr or lr}],
+        [
+            {"params": body_params, "lr": lr, "peak": lr},
+            {"params": head_params, "lr": head_lr or lr, "peak": head_lr or lr},
+        ],
         weight_decay=0.01,
     )
     rng = random.Random(seed)

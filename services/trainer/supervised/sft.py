@@ -8,7 +8,7 @@ continues it with the tokens the policy would sample for it.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,8 +20,14 @@ from shared.prompting import encode_demonstration_ids, keep_last_tokens
 IGNORE_INDEX = -100  # cross_entropy skips these label positions
 
 
-def encode_demonstration(tokenizer, prompt: str, response: str, *, max_prompt_tokens: int | None = None,
-                         max_response_tokens: int | None = None) -> tuple[list[int], list[int]]:
+def encode_demonstration(
+    tokenizer,
+    prompt: str,
+    response: str,
+    *,
+    max_prompt_tokens: int | None = None,
+    max_response_tokens: int | None = None,
+) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids) exactly as generation sees them: the prompt
     encoded as serving encodes it (shared.prompting.encode_prompt, BOS and all),
     then the response continuing it and ending in EOS.
