@@ -20,11 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
-# Role markers are plain text: the template renders them, BPE learns them.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+# Role markers are plain text: the template renders them, BPE learns them. A
+# Zephyr-like template: the generation prompt ends in "\n", where the answer starts.
+CHAT_TEMPLATE_NO_BOS = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+# The same, writing its own BOS first (as Llama-2/3 templates do): the tokenizer
+# adds one too, and encode_prompt must keep only one.
+CHAT_TEMPLATE = "{{ bos_token }}" + CHAT_TEMPLATE_NO_BOS
 TEXTS = [
     "<|user|>\nHow do I boil an egg?\n<|assistant|>\nPut the egg in boiling water for nine minutes.",
     "<|user|>\nWhat is the capital of France?\n<|assistant|>\nThe capital of France is Paris.",
@@ -34,10 +38,12 @@ TEXTS = [
 ] * 20
 
 
-def tiny_llama_tokenizer(*, with_pad_token: bool = True, vocab_size: int = 384):
+def tiny_llama_tokenizer(
+    *, with_pad_token: bool = True, vocab_size: int = 384, chat_template: str | None = CHAT_TEMPLATE
+):
     """A byte-level BPE tokenizer trained on TEXTS that adds BOS in front of every
     text (Llama-style), with bos/eos/unk (and pad unless ``with_pad_token`` is
-    False) and CHAT_TEMPLATE."""
+    False) and ``chat_template`` (None: no template)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,7 +66,8 @@ def tiny_llama_tokenizer(*, with_pad_token: bool = True, vocab_size: int = 384):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD if with_pad_token else None
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -90,13 +97,15 @@ def _save(model, tokenizer, out_dir: str | Path) -> Path:
     return out
 
 
-def build_tiny_llama(out_dir: str | Path, *, with_pad_token: bool = True, seed: int = 0) -> Path:
-    """A random 2-layer LlamaForCausalLM (hidden 32) and its BOS-adding, chat-templated
-    tokenizer, saved to ``out_dir`` with save_pretrained (safetensors). Returns ``out_dir``."""
+def build_tiny_llama(
+    out_dir: str | Path, *, with_pad_token: bool = True, seed: int = 0, chat_template: str | None = CHAT_TEMPLATE
+) -> Path:
+    """A random 2-layer LlamaForCausalLM (hidden 32) and its BOS-adding tokenizer with
+    ``chat_template``, saved to ``out_dir`` with save_pretrained (safetensors). Returns ``out_dir``."""
     import torch
     from transformers import LlamaForCausalLM
 
-    tokenizer = tiny_llama_tokenizer(with_pad_token=with_pad_token)
+    tokenizer = tiny_llama_tokenizer(with_pad_token=with_pad_token, chat_template=chat_template)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_llama_config(tokenizer))
     model.generation_config.eos_token_id = tokenizer.eos_token_id

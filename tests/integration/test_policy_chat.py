@@ -14,7 +14,7 @@ from services.policy.server import PolicyService
 from shared import events
 from shared.prompting import ChatMessage, encode_prompt, render_chat
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
-from tests.chat_lm import build_tiny_llama_with_chat_template
+from tests.foreign_models import CHAT_TEMPLATE_NO_BOS, build_tiny_llama
 from tests.helpers import read_topic, wait_until
 
 CHAT = [("system", "You are terse."), ("user", "how do I boil an egg?")]
@@ -22,7 +22,7 @@ CHAT = [("system", "You are terse."), ("user", "how do I boil an egg?")]
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    return build_tiny_llama_with_chat_template(tmp_path_factory.mktemp("chat-llama"))
+    return build_tiny_llama(tmp_path_factory.mktemp("chat-llama"), chat_template=CHAT_TEMPLATE_NO_BOS)
 
 
 @pytest.fixture(scope="module")

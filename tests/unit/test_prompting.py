@@ -25,7 +25,7 @@ from shared.prompting import (
     render_chat,
     response_separator,
 )
-from tests.chat_lm import CHAT_TEMPLATE_WITH_BOS, bos_tokenizer, build_tiny_llama_with_chat_template
+from tests.foreign_models import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_BOS, build_tiny_llama, tiny_llama_tokenizer
 
 RAW_PROMPT = "User: how do I water a plant?\nAssistant:"
 CHAT = (ChatMessage("system", "You are terse."), ChatMessage("user", "how do I boil an egg?"))
@@ -35,7 +35,9 @@ SPEC = resolve_sampling(SamplingDefaults(max_new_tokens=8, max_new_tokens_cap=16
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """The tiny Llama as serving loads it (its tokenizer read back from disk)."""
-    return load_bundle(build_tiny_llama_with_chat_template(tmp_path_factory.mktemp("chat-llama")), "v1")
+    return load_bundle(
+        build_tiny_llama(tmp_path_factory.mktemp("chat-llama"), chat_template=CHAT_TEMPLATE_NO_BOS), "v1"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_serving_rollouts_demonstrations_and_evaluation_encode_a_prompt_identica
 
 
 def test_a_chat_template_that_writes_its_own_bos_still_gets_one(bundle):
-    tokenizer = bos_tokenizer(CHAT_TEMPLATE_WITH_BOS)
+    tokenizer = tiny_llama_tokenizer(chat_template=CHAT_TEMPLATE)
     text = render_chat(tokenizer, CHAT)
     assert text.startswith("<s>") and tokenizer(text)["input_ids"][:2] == [tokenizer.bos_token_id] * 2
     assert_one_leading_bos(encode_prompt(tokenizer, text), tokenizer.bos_token_id)
@@ -139,8 +141,8 @@ def test_bad_chats_name_the_field(tok, messages, field, says):
 
 def test_a_model_without_a_template_or_a_refusing_template_is_a_prompt_error():
     with pytest.raises(PromptError, match="no chat template"):
-        render_chat(bos_tokenizer(chat_template=None), CHAT)
-    refusing = bos_tokenizer("{{ raise_exception('roles must alternate user/assistant') }}")
+        render_chat(tiny_llama_tokenizer(chat_template=None), CHAT)
+    refusing = tiny_llama_tokenizer(chat_template="{{ raise_exception('roles must alternate user/assistant') }}")
     with pytest.raises(PromptError, match="refused them: roles must alternate"):
         render_chat(refusing, CHAT)
 
@@ -155,7 +157,7 @@ def test_serving_takes_exactly_one_of_prompt_and_messages(bundle):
     assert neither.value.field == "prompt"
     with pytest.raises(InvalidArgument, match="the limit is 1"):
         engine.submit("", SPEC, messages=CHAT)
-    untemplated = GenerationEngine(dataclasses.replace(bundle, tokenizer=bos_tokenizer(chat_template=None)))
+    untemplated = GenerationEngine(dataclasses.replace(bundle, tokenizer=tiny_llama_tokenizer(chat_template=None)))
     with pytest.raises(InvalidArgument, match="no chat template") as info:
         untemplated.submit("", SPEC, messages=CHAT)
     assert info.value.field == "messages"
