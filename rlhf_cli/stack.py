@@ -6,11 +6,14 @@ Used by `rlhf up`, `rlhf demo` and the end-to-end tests.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +30,12 @@ SERVICE_PORTS = {
     "policy": (50051, 9101),
     "feedback": (50053, 9103),
     "trainer": (50054, 9104),
+    "openai_api": (8000, 9105),  # an HTTP port: the OpenAI-compatible front door
 }
-# Start order: the trainer scores through the reward service.
-SERVICE_ORDER = ["reward", "policy", "feedback", "trainer"]
+# Start order: the trainer scores through the reward service; the front door calls policy and feedback.
+SERVICE_ORDER = ["reward", "policy", "feedback", "trainer", "openai_api"]
+# Services that speak HTTP: their readiness is GET /health, not gRPC health.
+HTTP_SERVICES = frozenset({"openai_api"})
 
 
 def available_services() -> list[str]:
@@ -45,6 +51,18 @@ def health_status(address: str, timeout_s: float = 1.0) -> str:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError:
+        return "UNREACHABLE"
+
+
+def http_health_status(address: str, timeout_s: float = 1.0) -> str:
+    """SERVING / NOT_SERVING / UNREACHABLE from ``GET http://<address>/health``."""
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local address: never via a proxy
+    try:
+        with no_proxy.open(f"http://{address}/health", timeout=timeout_s) as reply:
+            return str(json.load(reply).get("status", "NOT_SERVING"))
+    except urllib.error.HTTPError:
+        return "NOT_SERVING"
+    except (OSError, ValueError):
         return "UNREACHABLE"
 
 
@@ -143,7 +161,7 @@ class Stack:
             if not proc.running():
                 tail = proc.log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{proc.name} exited with code {proc.proc.returncode}; its log ends:\n{tail}")
-            status = health_status(proc.address)
+            status = http_health_status(proc.address) if proc.name in HTTP_SERVICES else health_status(proc.address)
             if on_progress:
                 on_progress(proc.name, status)
             if status == "SERVING":

@@ -37,7 +37,7 @@ def add_stack_arguments(parser) -> None:
 
 def start_stack(args, console):
     """Bootstrap if needed, then start broker and services; returns the Stack."""
-    from rlhf_cli.stack import Stack, available_services
+    from rlhf_cli.stack import HTTP_SERVICES, Stack, available_services
     from shared.model_store import ModelStore
 
     store = ModelStore(args.model_store)
@@ -59,9 +59,9 @@ def start_stack(args, console):
     with console.status("starting services") as status:
         stack.start_services(on_progress=lambda name, st: status.update(f"{name}: {st}"))
     for name, proc in stack.processes.items():
+        where = f"http://{proc.address}/v1" if name in HTTP_SERVICES else f"grpc {proc.address}"
         console.print(
-            f"  {name:<9} grpc {proc.address}  metrics http://127.0.0.1:{proc.metrics_port}/metrics"
-            f"  log {proc.log_path}"
+            f"  {name:<10} {where}  metrics http://127.0.0.1:{proc.metrics_port}/metrics  log {proc.log_path}"
         )
     return stack
 

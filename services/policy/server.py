@@ -118,6 +118,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 text_delta=chunk.text_delta,
                 finish_reason=_FINISH[chunk.finish_reason] if chunk.finish_reason else 0,
                 completion_tokens=chunk.completion_tokens,
+                prompt_tokens=len(handle.prompt_ids),
             )
         self._publish(request, handle, handle.result().sequences)
 

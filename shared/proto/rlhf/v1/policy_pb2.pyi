@@ -56,7 +56,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
-    __slots__ = ("request_id", "model_version", "generation_id", "index", "text_delta", "finish_reason", "completion_tokens")
+    __slots__ = ("request_id", "model_version", "generation_id", "index", "text_delta", "finish_reason", "completion_tokens", "prompt_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class GenerateStreamResponse(_message.Message):
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_version: str
     generation_id: str
@@ -71,4 +72,5 @@ class GenerateStreamResponse(_message.Message):
     text_delta: str
     finish_reason: _events_pb2.FinishReason
     completion_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., generation_id: _Optional[str] = ..., index: _Optional[int] = ..., text_delta: _Optional[str] = ..., finish_reason: _Optional[_Union[_events_pb2.FinishReason, str]] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    prompt_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., generation_id: _Optional[str] = ..., index: _Optional[int] = ..., text_delta: _Optional[str] = ..., finish_reason: _Optional[_Union[_events_pb2.FinishReason, str]] = ..., completion_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
