@@ -15,6 +15,7 @@ from collections import defaultdict
 import grpc
 
 from demo.plot import LoopSeries, SeriesPoint, VersionSummary
+from shared.channels import ClientTLS, open_channel
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 # Candidate metric names that hold the KL to the reference, most specific first.
@@ -41,12 +42,14 @@ class LoopMonitor:
         reward_addr: str | None,
         trainer_addr: str | None,
         auth_token: str = "",
+        tls: ClientTLS | None = None,
         started: float | None = None,
         seed: int = 0,
     ):
         self.series = series
         self.started = started if started is not None else time.monotonic()
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self._tls = tls
         self._rng = random.Random(seed)
         self._last_at = self.started
         self._channels = []
@@ -58,7 +61,7 @@ class LoopMonitor:
         self._explicit_budget = series.kl_budget is not None
 
     def _channel(self, address: str):
-        channel = grpc.insecure_channel(address)
+        channel = open_channel(address, self._tls)
         self._channels.append(channel)
         return channel
 

@@ -26,6 +26,7 @@ from demo.simulation import (
     weighted_axes_utility,
 )
 from demo.world import build_prompts, judge
+from shared.channels import ClientTLS, open_channel
 from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 # Errors worth waiting out (the policy is swapping versions, a queue is full,
@@ -39,6 +40,7 @@ class SimulatorConfig:
     policy_addr: str
     feedback_addr: str
     auth_token: str = ""
+    tls: ClientTLS | None = None  # None: plaintext
     users: int = 50
     concurrency: int = 4
     rate: float = 0.0  # Generate calls per second across all workers; 0 = as fast as answered
@@ -77,8 +79,8 @@ class Simulator:
         self._requests_left = config.requests
         self._workers: list[threading.Thread] = []
         self._sender: threading.Thread | None = None
-        self._policy_channel = grpc.insecure_channel(config.policy_addr)
-        self._feedback_channel = grpc.insecure_channel(config.feedback_addr)
+        self._policy_channel = open_channel(config.policy_addr, config.tls)
+        self._feedback_channel = open_channel(config.feedback_addr, config.tls)
         self._policy = policy_pb2_grpc.PolicyServiceStub(self._policy_channel)
         self._gateway = feedback_pb2_grpc.FeedbackServiceStub(self._feedback_channel)
 

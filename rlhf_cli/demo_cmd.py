@@ -187,6 +187,7 @@ def run(args) -> int:
             reward_addr=stack.address("reward") if "reward" in stack.processes else None,
             trainer_addr=stack.address("trainer") if "trainer" in stack.processes else None,
             auth_token=args.auth_token,
+            tls=config.tls,
             started=simulator.stats.started,
             seed=args.seed,
         )

@@ -10,6 +10,7 @@ import threading
 import time
 
 from shared import env
+from shared.tls import add_client_tls_flags, client_tls_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -73,6 +74,7 @@ def add_simulation_arguments(parser) -> None:
         default=os.environ.get(env.AUTH_TOKEN, ""),
         help=f"bearer token for the services [env {env.AUTH_TOKEN}]",
     )
+    add_client_tls_flags(parser)
 
 
 def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=None, requests=None):
@@ -87,6 +89,7 @@ def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=N
         policy_addr=policy_addr,
         feedback_addr=feedback_addr,
         auth_token=args.auth_token,
+        tls=client_tls_from_args(args),
         users=args.users,
         concurrency=args.concurrency,
         rate=args.rate,

@@ -22,7 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import env
 from shared.broker import EmbeddedBroker
+from shared.channels import open_channel
+from shared.config import ServiceConfig, load_config
 from shared.kafka_io import ensure_topics
+from shared.tls import ClientTLS, client_tls_from_env
 
 # name -> (gRPC port, metrics port): the services' own defaults.
 SERVICE_PORTS = {
@@ -44,10 +47,10 @@ def available_services() -> list[str]:
     return [name for name in SERVICE_ORDER if (root / name / "__main__.py").is_file()]
 
 
-def health_status(address: str, timeout_s: float = 1.0) -> str:
-    """SERVING / NOT_SERVING / UNREACHABLE for the server at ``address``."""
+def health_status(address: str, timeout_s: float = 1.0, tls: ClientTLS | None = None) -> str:
+    """SERVING / NOT_SERVING / UNREACHABLE for the server at ``address`` (over TLS when ``tls``)."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, tls) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError:
@@ -131,7 +134,8 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not self.kafka:
             self.broker = EmbeddedBroker(port=self.broker_port, log_path=self.log_dir / "broker.log").start()
-        ensure_topics(self.bootstrap)
+        # The services' own Kafka security settings (RLHF_KAFKA_* in the environment) apply here too.
+        ensure_topics(self.bootstrap, **load_config(ServiceConfig, []).kafka_client_options())
 
     def start_services(self, ready_timeout_s: float = 180.0, on_progress=None) -> None:
         base_env = {
@@ -161,7 +165,12 @@ class Stack:
             if not proc.running():
                 tail = proc.log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{proc.name} exited with code {proc.proc.returncode}; its log ends:\n{tail}")
-            status = http_health_status(proc.address) if proc.name in HTTP_SERVICES else health_status(proc.address)
+            # The services inherit RLHF_TLS_* from this environment; their health is checked the same way.
+            status = (
+                http_health_status(proc.address)
+                if proc.name in HTTP_SERVICES
+                else health_status(proc.address, tls=client_tls_from_env(os.environ))
+            )
             if on_progress:
                 on_progress(proc.name, status)
             if status == "SERVING":

@@ -6,12 +6,13 @@ import json
 import os
 
 from shared import env
+from shared.tls import add_client_tls_flags, client_tls_from_args
 
 DEFAULT_TRAINER = "127.0.0.1:50054"
 
 
 def add_trainer_flags(parser) -> None:
-    """--trainer, --token, --timeout, --json: shared by the commands that call the trainer."""
+    """--trainer, --token, TLS, --timeout, --json: shared by the commands that call the trainer."""
     parser.add_argument(
         "--trainer",
         default=os.environ.get(env.TRAINER_ADDR, DEFAULT_TRAINER),
@@ -19,9 +20,11 @@ def add_trainer_flags(parser) -> None:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get(env.AUTH_TOKEN, ""),
-        help=f"bearer token, if the trainer requires one [env {env.AUTH_TOKEN}]",
+        default=os.environ.get(env.OPERATOR_TOKEN) or os.environ.get(env.AUTH_TOKEN, ""),
+        help=f"bearer token, if the trainer requires one; promote and rollback need an operator token "
+        f"[env {env.OPERATOR_TOKEN}, else {env.AUTH_TOKEN}]",
     )
+    add_client_tls_flags(parser)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
@@ -42,10 +45,15 @@ def call_trainer(args, method: str, request):
     """Call one TrainerService method; returns (response, None) or (None, error text)."""
     import grpc
 
+    from shared.channels import open_channel
     from shared.proto.rlhf.v1 import trainer_pb2_grpc
 
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
-    with grpc.insecure_channel(args.trainer) as channel:
+    try:
+        channel = open_channel(args.trainer, client_tls_from_args(args))
+    except ValueError as exc:  # an unreadable certificate file, named by its flag
+        return None, str(exc)
+    with channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         try:
             return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata), None

@@ -156,7 +156,12 @@ def log_config(config: Any, logger: logging.Logger) -> None:
 class ServiceConfig:
     """Settings every gRPC service has."""
 
-    host: str = setting("0.0.0.0", "address the gRPC server binds", env=env.HOST)
+    host: str = setting(
+        "127.0.0.1",
+        "address the gRPC (and, unless --metrics-host, the metrics) server binds; 0.0.0.0 for every interface "
+        "(containers, Kubernetes)",
+        env=env.HOST,
+    )
     port: int = setting(50050, "gRPC port (0 picks a free port)", env=env.PORT)
     metrics_port: int = setting(
         9100, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT
@@ -195,6 +200,44 @@ class ServiceConfig:
     log_level: str = setting("INFO", "log level", env=env.LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log format", env=env.LOG_FORMAT, choices=("json", "text"))
 
+    # --- security (docs/SECURITY.md): TLS, token roles, where metrics listen -----------------
+    tls_cert: str = setting("", "server certificate chain (PEM); with --tls-key turns TLS on", env=env.TLS_CERT)
+    tls_key: str = setting("", "server private key (PEM)", env=env.TLS_KEY)
+    tls_client_ca: str = setting(
+        "", "CA (PEM) for mutual TLS: when set, clients must present a certificate it signed", env=env.TLS_CLIENT_CA
+    )
+    tls_ca: str = setting(
+        "",
+        "as a client of other services: the CA (PEM) that signed their certificates, or 'system' for the "
+        "system's trust store; empty = plaintext",
+        env=env.TLS_CA,
+    )
+    tls_client_cert: str = setting(
+        "", "as a client: certificate (PEM) to present to servers that require mutual TLS", env=env.TLS_CLIENT_CERT
+    )
+    tls_client_key: str = setting("", "as a client: private key (PEM) of --tls-client-cert", env=env.TLS_CLIENT_KEY)
+    tls_server_name: str = setting(
+        "", "as a client: the name servers' certificates carry, if not the host dialled", env=env.TLS_SERVER_NAME
+    )
+    operator_token: str = setting(
+        "",
+        "bearer token of the operator role (may also Promote, Rollback, Pause, Resume); --auth-token is the "
+        "application role",
+        env=env.OPERATOR_TOKEN,
+    )
+    tokens_file: str = setting(
+        "",
+        "JSON file of more tokens: {sha256 hex of the token: {role: application|operator, subject: optional id}}",
+        env=env.TOKENS_FILE,
+    )
+    metrics_host: str = setting("", "address the metrics server binds (empty: --host)", env=env.METRICS_HOST)
+    health_port: int = setting(
+        -1,
+        "a plaintext port serving only grpc.health.v1.Health, for probes that cannot speak TLS (Kubernetes' "
+        "native gRPC probes); -1 disables, 0 picks a free port",
+        env=env.HEALTH_PORT,
+    )
+
     def __post_init__(self) -> None:
         check(0 <= self.port <= 65535, "port", f"must be in 0..65535, got {self.port}")
         check(-1 <= self.metrics_port <= 65535, "metrics_port", f"must be in -1..65535, got {self.metrics_port}")
@@ -208,6 +251,7 @@ class ServiceConfig:
             "kafka_sasl_mechanism",
             "needs --kafka-security-protocol SASL_SSL or SASL_PLAINTEXT",
         )
+        _check_security(self)
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Security options for every kafka-python client this service makes."""
@@ -225,3 +269,40 @@ class ServiceConfig:
     @property
     def bind_address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or self.host
+
+
+def _check_security(config: ServiceConfig) -> None:
+    """TLS files come in pairs and exist; tokens are distinct; the tokens file parses."""
+    check(-1 <= config.health_port <= 65535, "health_port", f"must be in -1..65535, got {config.health_port}")
+    check(bool(config.tls_cert) == bool(config.tls_key), "tls_key", "--tls-cert and --tls-key go together")
+    check(not config.tls_client_ca or bool(config.tls_cert), "tls_client_ca", "mutual TLS needs --tls-cert/--tls-key")
+    check(
+        bool(config.tls_client_cert) == bool(config.tls_client_key),
+        "tls_client_key",
+        "--tls-client-cert and --tls-client-key go together",
+    )
+    check(
+        not config.tls_client_cert or bool(config.tls_ca),
+        "tls_ca",
+        "a client certificate needs --tls-ca (the CA of the servers' certificates, or 'system')",
+    )
+    files = ["tls_cert", "tls_key", "tls_client_ca", "tls_client_cert", "tls_client_key", "tokens_file"]
+    for name in [*files, *(["tls_ca"] if config.tls_ca != "system" else [])]:
+        path = getattr(config, name)
+        check(not path or os.path.isfile(path), name, f"no such file: {path}")
+    check(
+        not config.operator_token or config.operator_token != config.auth_token,
+        "operator_token",
+        "must differ from --auth-token (one token cannot have both roles)",
+    )
+    if config.tokens_file:
+        from shared.auth import TokenFileError, read_tokens_file  # lazy: shared.auth imports this module
+
+        try:
+            read_tokens_file(config.tokens_file)
+        except TokenFileError as exc:
+            raise ConfigError(f"--tokens-file: {exc}") from None

@@ -43,6 +43,14 @@ class FailedPrecondition(ServiceError):
     """Maps to FAILED_PRECONDITION: the request is valid but the state forbids it."""
 
 
+class PermissionDenied(ServiceError):
+    """Maps to PERMISSION_DENIED: the caller is known but may not do this. ``field`` is the field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
 def require(condition: bool, field: str, message: str) -> None:
     """Raise InvalidArgument(field, message) unless ``condition`` holds."""
     if not condition:

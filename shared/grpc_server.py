@@ -2,15 +2,15 @@
 
 What a servicer gets for free: health checking (NOT_SERVING until the service
 says it is ready, and again from SIGTERM on), server reflection, bounded
-message sizes, bearer-token auth, a request id per call, Prometheus metrics
-per RPC, the mapping of shared.errors to status codes, and a graceful
-shutdown that lets in-flight calls finish. The interceptors are separate
+message sizes, TLS (optionally mutual), bearer-token auth with roles
+(shared.auth), a request id per call, Prometheus metrics per RPC, the mapping
+of shared.errors to status codes, and a graceful shutdown that lets in-flight
+calls finish. The interceptors are separate
 classes (after grpc's examples/python/interceptors) so each does one thing.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import signal
 import threading
@@ -25,14 +25,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import errors, metrics
+from shared.auth import Principal, TokenRegistry, principal_var
 from shared.config import ServiceConfig
 from shared.events import new_id
 from shared.logs import request_id_var
+from shared.tls import server_tls
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 RETRY_AFTER_HEADER = "retry-after-seconds"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # Calls that must work without a token: Kubernetes probes and grpcurl discovery.
 _PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # grpc's own transport limit sits above ours so an oversized request reaches
@@ -46,6 +49,7 @@ _STATUS_BY_ERROR: list[tuple[type[errors.ServiceError], grpc.StatusCode]] = [
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
@@ -158,34 +162,70 @@ class RequestIdInterceptor(_WrappingInterceptor):
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` except on health and reflection."""
+    """Bearer token → principal with a role (shared.auth); health and reflection stay open.
 
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+    A missing or unknown token → UNAUTHENTICATED; a known token whose role may
+    not call the method → PERMISSION_DENIED. While the call is served,
+    ``shared.auth.current_principal()`` is its caller. Tokens are never logged.
+    """
+
+    def __init__(self, registry: TokenRegistry):
+        self.registry = registry
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         if method.startswith(_PUBLIC_PREFIXES):
             return continuation(handler_call_details)
-        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
-            return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        detail = (
-            "missing bearer token: send metadata 'authorization: Bearer <token>'"
-            if not given
-            else "invalid bearer token"
-        )
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        principal = self.registry.authenticate(given)
+        if principal is None:
+            detail = (
+                "missing bearer token: send metadata 'authorization: Bearer <token>'"
+                if not given
+                else "invalid bearer token"
+            )
+            return _wrap_handler(handler, _denying(grpc.StatusCode.UNAUTHENTICATED, detail))
+        if not principal.may_call(method):
+            name = method.rsplit(".", 1)[-1]
+            detail = f"{name} needs an operator token; this token has the {principal.role.value} role"
+            return _wrap_handler(handler, _denying(grpc.StatusCode.PERMISSION_DENIED, detail))
+        return _wrap_handler(handler, lambda behavior, streaming: _as_caller(principal, behavior, streaming))
 
-        def deny(behavior: Behavior, streaming: bool) -> Behavior:
-            def abort(request, context):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
 
-            return abort
+def _denying(code: grpc.StatusCode, detail: str) -> Callable[[Behavior, bool], Behavior]:
+    def deny(behavior: Behavior, streaming: bool) -> Behavior:
+        def abort(request, context):
+            context.abort(code, detail)
 
-        return _wrap_handler(handler, deny)
+        return abort
+
+    return deny
+
+
+def _as_caller(principal: Principal, behavior: Behavior, streaming: bool) -> Behavior:
+    """``behavior`` run with ``principal`` as shared.auth.current_principal()."""
+    if streaming:
+
+        def run_stream(request, context):
+            token = principal_var.set(principal)
+            try:
+                yield from behavior(request, context)
+            finally:
+                principal_var.reset(token)
+
+        return run_stream
+
+    def run(request, context):
+        token = principal_var.set(principal)
+        try:
+            return behavior(request, context)
+        finally:
+            principal_var.reset(token)
+
+    return run
 
 
 class ErrorMappingInterceptor(_WrappingInterceptor):
@@ -261,8 +301,10 @@ class GrpcServer:
         self.port: int | None = None
         self._stopped = threading.Event()
         interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(service), RequestIdInterceptor()]
-        if config.auth_token:
-            interceptors.append(AuthInterceptor(config.auth_token))
+        tokens = TokenRegistry.from_config(config)
+        self._auth = bool(tokens)
+        if tokens:
+            interceptors.append(AuthInterceptor(tokens))
         interceptors.append(ErrorMappingInterceptor(config.max_message_bytes))
         transport_limit = config.max_message_bytes * _TRANSPORT_LIMIT_FACTOR
         self.server = grpc.server(
@@ -282,14 +324,53 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server
         )
+        self.health_port: int | None = None
+        self._health_server = self._plaintext_health_server() if config.health_port >= 0 else None
         self.set_serving(False)
 
+    def _plaintext_health_server(self) -> grpc.Server:
+        """Health alone, plaintext, sharing this server's statuses: Kubernetes' native gRPC
+        probes cannot speak TLS, and a health status is no secret."""
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.service}-health"),
+            options=[("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=16,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
+
     def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.config.bind_address)
+        tls = server_tls(self.config)
+        if tls is None:
+            self.port = self.server.add_insecure_port(self.config.bind_address)
+        else:
+            self.port = self.server.add_secure_port(self.config.bind_address, tls.credentials())
         if not self.port:
             raise RuntimeError(f"cannot bind gRPC port {self.config.bind_address}")
         self.server.start()
-        log.info("gRPC server listening", extra={"port": self.port, "services": [b.full_name for b in self.bindings]})
+        if self._health_server is not None:
+            self.health_port = self._health_server.add_insecure_port(f"{self.config.host}:{self.config.health_port}")
+            if not self.health_port:
+                raise RuntimeError(f"cannot bind the health port {self.config.host}:{self.config.health_port}")
+            self._health_server.start()
+        transport = "plaintext" if tls is None else ("mutual TLS" if tls.mutual else "TLS")
+        log.info(
+            "gRPC server listening",
+            extra={
+                "host": self.config.host,
+                "port": self.port,
+                "transport": transport,
+                "health_port": self.health_port,
+                "auth": "tokens" if self._auth else "off",
+                "services": [b.full_name for b in self.bindings],
+            },
+        )
+        if tls is None and not self._auth and self.config.host not in _LOOPBACK_HOSTS:
+            log.warning(
+                "listening beyond loopback with neither TLS nor tokens: anyone who can reach this port may call "
+                "every RPC (docs/SECURITY.md)",
+                extra={"host": self.config.host},
+            )
         return self.port
 
     def set_serving(self, serving: bool) -> None:
@@ -309,6 +390,8 @@ class GrpcServer:
         grace = self.config.grace_period_s if grace_s is None else grace_s
         log.info("stopping gRPC server", extra={"grace_period_s": grace})
         self.server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
 
     def wait_for_signal(self) -> int:
         """Block until SIGTERM or SIGINT; returns the signal number."""

@@ -41,11 +41,12 @@ MODEL_VERSION = Info("rlhf_model", "model version being served")
 MODEL_SWAPS = Counter("rlhf_model_swaps_total", "model versions swapped in by this replica", ["kind", "result"])
 
 
-def start_metrics_server(port: int) -> int | None:
-    """Serve /metrics on ``port`` (0 = a free port, -1 = disabled); return the port."""
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int | None:
+    """Serve /metrics on ``host``:``port`` (0 = a free port, -1 = disabled); return the port.
+    Loopback by default: a scraper elsewhere needs the service's --metrics-host (or --host) 0.0.0.0."""
     if port < 0:
         return None
-    server, _thread = start_http_server(port)
+    server, _thread = start_http_server(port, addr=host)
     bound = server.server_address[1]
-    log.info("metrics server listening", extra={"metrics_port": bound})
+    log.info("metrics server listening", extra={"metrics_host": host, "metrics_port": bound})
     return bound

@@ -37,7 +37,7 @@ def run_service(
     setup_logging(name, config.log_level, config.log_format)
     log_config(config, log)
     if serve_metrics:
-        metrics.start_metrics_server(config.metrics_port)
+        metrics.start_metrics_server(config.metrics_port, config.metrics_bind_host)
     server = build(config)
     try:
         server.start()

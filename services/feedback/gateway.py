@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 from prometheus_client import Counter
 
 from shared import events, metrics
-from shared.errors import ResourceExhausted, Unavailable
+from shared.errors import PermissionDenied, ResourceExhausted, Unavailable
 from shared.feedback_rules import FeedbackLimits, batch_problems, feedback_problems, fill_defaults, raise_first
 from shared.kafka_io import produce_event
 from shared.proto.rlhf.v1 import events_pb2
@@ -162,17 +162,21 @@ class FeedbackGateway:
         }
         self._produced = metrics.EVENTS_PRODUCED.labels(events.FEEDBACK_TOPIC)
 
-    def submit(self, event: events_pb2.FeedbackEvent, client_id: str) -> FeedbackReceipt:
-        """Validate with fields named ``feedback.…``, then accept."""
+    def submit(self, event: events_pb2.FeedbackEvent, client_id: str, subject: str = "") -> FeedbackReceipt:
+        """Validate with fields named ``feedback.…``, then accept. ``subject``: see :func:`bind_user_id`."""
         _assign_defaults(event)
+        bind_user_id(event, subject, "feedback.user_id")
         raise_first(feedback_problems(event, self.limits, prefix="feedback."))
         self.limiter.acquire(client_id, 1)
         return self._accept([event])[0]
 
-    def submit_batch(self, batch: Sequence[events_pb2.FeedbackEvent], client_id: str) -> list[FeedbackReceipt]:
-        """All items are validated before any is produced."""
-        for event in batch[: self.limits.max_batch_size]:
+    def submit_batch(
+        self, batch: Sequence[events_pb2.FeedbackEvent], client_id: str, subject: str = ""
+    ) -> list[FeedbackReceipt]:
+        """All items are validated (and bound to ``subject``) before any is produced."""
+        for i, event in enumerate(batch[: self.limits.max_batch_size]):
             _assign_defaults(event)
+            bind_user_id(event, subject, f"feedback[{i}].user_id")
         raise_first(batch_problems(batch, self.limits))
         self.limiter.acquire(client_id, len(batch))
         return self._accept(batch)
@@ -227,6 +231,22 @@ class FeedbackGateway:
         self._produced.inc()
         self._accepted[event.WhichOneof("kind")].inc()
         self.answers.finish(event.feedback_id, receipt)
+
+
+def bind_user_id(event: events_pb2.FeedbackEvent, subject: str, field: str) -> None:
+    """Feedback speaks for the user its caller's token names (the token's subject): an empty
+    user_id becomes the subject, a different one is refused. Without a subject (a trusted
+    backend relaying for its own users, or auth off) user_id is the caller's to set."""
+    if not subject:
+        return
+    if not event.user_id:
+        event.user_id = subject
+    elif event.user_id != subject:
+        raise PermissionDenied(
+            field,
+            f"is {event.user_id!r} but the caller's token speaks for {subject!r}; "
+            "leave it empty (the gateway fills it in) or send that id",
+        )
 
 
 def _assign_defaults(event: events_pb2.FeedbackEvent) -> None:

@@ -6,6 +6,7 @@ RPC methods only translate: the client id from metadata, the core
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import grpc
 
 from services.feedback.config import FeedbackConfig
 from services.feedback.gateway import ClientRateLimiter, FeedbackGateway, FeedbackReceipt, FirstAnswerCache
+from shared.auth import current_principal
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import create_producer
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
@@ -26,17 +28,27 @@ CLIENT_ID_HEADER = "x-client-id"
 
 
 def client_id(context: grpc.ServicerContext) -> str:
-    """Who the rate limit charges: the x-client-id an app sends for its end
-    user (behind auth, so trusted), else the bearer token, else the peer host."""
+    """Who the rate limit charges: the subject of the caller's token, else the
+    x-client-id an app sends for its end user (behind auth, so trusted), else
+    the bearer token (by a hash: tokens are never kept), else the peer host."""
+    subject = caller_subject()
+    if subject:
+        return "sub:" + subject
     metadata = dict(context.invocation_metadata() or ())
     given = metadata.get(CLIENT_ID_HEADER, "")
     if given:
         return "id:" + given[:128]
     token = metadata.get("authorization", "")
     if token:
-        return "token:" + token[-16:]
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     peer = context.peer() or "unknown"  # "ipv4:127.0.0.1:53211": the port changes per connection
     return "peer:" + peer.rsplit(":", 1)[0]
+
+
+def caller_subject() -> str:
+    """The user or app the caller's token speaks for; empty without one (auth off, or a token with no subject)."""
+    principal = current_principal()
+    return principal.subject if principal is not None else ""
 
 
 def _reply(receipt: FeedbackReceipt) -> feedback_pb2.SubmitFeedbackResponse:
@@ -52,10 +64,10 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         self.gateway = gateway
 
     def SubmitFeedback(self, request, context):
-        return _reply(self.gateway.submit(request.feedback, client_id(context)))
+        return _reply(self.gateway.submit(request.feedback, client_id(context), caller_subject()))
 
     def SubmitFeedbackBatch(self, request, context):
-        receipts = self.gateway.submit_batch(request.feedback, client_id(context))
+        receipts = self.gateway.submit_batch(request.feedback, client_id(context), caller_subject())
         return feedback_pb2.SubmitFeedbackBatchResponse(results=[_reply(r) for r in receipts])
 
 

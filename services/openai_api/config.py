@@ -23,13 +23,25 @@ def _is_address(value: str) -> bool:
 class OpenAIApiConfig:
     """OpenAI-compatible HTTP front door (/v1/chat/completions, /v1/completions, /v1/models, /v1/feedback)."""
 
-    host: str = setting("0.0.0.0", "address the HTTP server binds", env=env.HOST)
+    host: str = setting(
+        "127.0.0.1", "address the HTTP server binds (0.0.0.0 for every interface, e.g. in a container)", env=env.HOST
+    )
     port: int = setting(8000, "HTTP port (0 picks a free port)", env=env.PORT)
     metrics_port: int = setting(
         9105, "Prometheus /metrics port (0 picks a free port, -1 disables)", env=env.METRICS_PORT
     )
     policy_addr: str = setting("127.0.0.1:50051", "policy service gRPC address (host:port)", env=env.POLICY_ADDR)
     feedback_addr: str = setting("127.0.0.1:50053", "feedback gateway gRPC address (host:port)", env=env.FEEDBACK_ADDR)
+    # How this front door reaches the gRPC services over TLS: the same variables as every
+    # service's client side (shared.tls.client_tls_from_env reads them for the CLI).
+    tls_ca: str = setting("", "CA (PEM) of the gRPC services' certificates, or 'system'; turns TLS on", env=env.TLS_CA)
+    tls_client_cert: str = setting(
+        "", "certificate (PEM) to present where the services require mutual TLS", env=env.TLS_CLIENT_CERT
+    )
+    tls_client_key: str = setting("", "private key (PEM) of --tls-client-cert", env=env.TLS_CLIENT_KEY)
+    tls_server_name: str = setting(
+        "", "name in the services' certificates, if not the host dialled", env=env.TLS_SERVER_NAME
+    )
     model_id: str = setting(
         "rlhf-policy",
         "the model name clients send as `model` and GET /v1/models lists",

@@ -29,6 +29,7 @@ from services.openai_api.routes import OpenAIRoutes, Upstream
 from shared.config import ConfigError, load_config, log_config
 from shared.logs import setup_logging
 from shared.metrics import start_metrics_server
+from shared.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,10 @@ class OpenAIApiServer:
         if upstream is None:
             from services.openai_api.upstream import GrpcUpstream
 
-            upstream = GrpcUpstream(config.policy_addr, config.feedback_addr, config.upstream_timeout_s)
+            tls = ClientTLS(config.tls_ca, config.tls_client_cert, config.tls_client_key, config.tls_server_name)
+            upstream = GrpcUpstream(
+                config.policy_addr, config.feedback_addr, config.upstream_timeout_s, tls if config.tls_ca else None
+            )
         self.config = config
         self.upstream = upstream
         self.httpd = FrontDoorHTTPServer(config, OpenAIRoutes(upstream, config.model_id))
@@ -162,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(SERVICE_NAME, config.log_level, config.log_format)
     log_config(config, log)
-    start_metrics_server(config.metrics_port)
+    start_metrics_server(config.metrics_port, config.host)
     server = OpenAIApiServer(config)
     try:
         server.start()

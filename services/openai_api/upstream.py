@@ -12,6 +12,7 @@ import grpc
 
 from services.openai_api.api_errors import UpstreamError
 from services.openai_api.routes import CallContext
+from shared.channels import ClientTLS, open_channel
 from shared.grpc_server import REQUEST_ID_HEADER, RETRY_AFTER_HEADER
 from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 
@@ -67,13 +68,13 @@ class PolicyStream:
 class GrpcUpstream:
     """The Upstream routes.py needs, over gRPC."""
 
-    def __init__(self, policy_addr: str, feedback_addr: str, timeout_s: float):
+    def __init__(self, policy_addr: str, feedback_addr: str, timeout_s: float, tls: ClientTLS | None = None):
         # round_robin: an address that resolves to several replicas (a headless Kubernetes
         # Service) spreads calls over all of them instead of pinning one connection.
         options = [("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES), ("grpc.lb_policy_name", "round_robin")]
         self.timeout_s = timeout_s
-        self._policy_channel = grpc.insecure_channel(policy_addr, options=options)
-        self._feedback_channel = grpc.insecure_channel(feedback_addr, options=options)
+        self._policy_channel = open_channel(policy_addr, tls, options)
+        self._feedback_channel = open_channel(feedback_addr, tls, options)
         self.policy = policy_pb2_grpc.PolicyServiceStub(self._policy_channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._feedback_channel)
 

@@ -215,7 +215,7 @@ class PolicyService:
     def start(self) -> int:
         """Listen (NOT_SERVING), load the model, then report SERVING; returns the gRPC port."""
         self.port = self.grpc.start()
-        self.metrics_port = metrics.start_metrics_server(self.config.metrics_port)
+        self.metrics_port = metrics.start_metrics_server(self.config.metrics_port, self.config.metrics_bind_host)
         bundle = self.load_initial()
         self.engine = GenerationEngine(bundle, self.config.engine_settings).start()
         self.servicer.engine = self.engine

@@ -2,7 +2,8 @@
 
 The training core takes any such callable, so it never imports grpc; this
 adapter adds what a network call needs: chunks no larger than the server's
-batch limit, a deadline per call, a bearer token, and retries with backoff on
+batch limit, a deadline per call, a bearer token (an application token is
+enough), TLS when configured, and retries with backoff on
 the transient codes (the reward service is briefly UNAVAILABLE while it
 restarts, and answers RESOURCE_EXHAUSTED when overloaded).
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from shared.channels import ClientTLS, open_channel
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class RewardClient:
         address: str,
         *,
         token: str = "",
+        tls: ClientTLS | None = None,
         timeout_s: float = 30.0,
         batch_size: int = 64,
         attempts: int = 5,
@@ -60,8 +63,9 @@ class RewardClient:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = grpc.insecure_channel(
+        self.channel = open_channel(
             address,
+            tls,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -23,6 +23,7 @@ from shared.kafka_io import DeadLetterProducer, create_producer
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from shared.service_main import run_service
+from shared.tls import client_tls
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class TrainerServer:
             reward_fn = self._reward_client = RewardClient(
                 config.reward_addr,
                 token=config.reward_token or config.auth_token,
+                tls=client_tls(config),
                 timeout_s=config.reward_timeout_s,
                 batch_size=config.reward_batch_size,
                 empty_response_score=config.reward_empty_response_score,
