@@ -27,7 +27,7 @@ import grpc
 from kafka import KafkaConsumer, TopicPartition
 
 from shared import events
-from shared.broker import EmbeddedBroker, free_port
+from shared.broker import EMBEDDED_GROUP_TIMING, EmbeddedBroker, free_port
 from shared.feedback_rules import validating_feedback_handler
 from shared.kafka_io import ConsumerSettings, EventConsumerLoop, create_producer, ensure_topics, produce_event
 from shared.proto.rlhf.v1 import events_pb2 as ev
@@ -165,6 +165,7 @@ def consume_phase(bootstrap: str, count: int, check_crcs: bool) -> float:
             group_id=f"bench-{os.getpid()}-{check_crcs}",
             max_poll_records=2000,
             check_crcs=check_crcs,
+            **EMBEDDED_GROUP_TIMING,
         ),
         validating_feedback_handler(handler),
     )

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from shared import events
-    from shared.broker import EmbeddedBroker
+    from shared.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
     from shared.kafka_io import ensure_topics
     from shared.logs import setup_logging
 
@@ -27,6 +27,10 @@ def run(args) -> int:
     broker = EmbeddedBroker(port=args.port, host=args.host).start()
     ensure_topics(broker.bootstrap)
     print(f"broker listening on {broker.bootstrap}; topics: {', '.join(events.TOPIC_PARTITIONS)}", flush=True)
+    # `rlhf up` sets these itself when it starts the broker; services pointed at this one need them to
+    # join a consumer group in seconds (Apache Kafka's default session timeout takes ~90 s here).
+    timing = " ".join(f"{name}={value}" for name, value in EMBEDDED_GROUP_TIMING_ENV.items())
+    print(f"for services using this broker: export {timing}", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())

@@ -17,15 +17,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from shared import env
-from shared.broker import EmbeddedBroker
-from shared.channels import open_channel
+from shared.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
 from shared.config import ServiceConfig, load_config
+from shared.healthcheck import health_status
 from shared.kafka_io import ensure_topics
-from shared.tls import ClientTLS, client_tls_from_env
+from shared.tls import client_tls_from_env
 
 # name -> (gRPC port, metrics port): the services' own defaults.
 SERVICE_PORTS = {
@@ -45,16 +42,6 @@ def available_services() -> list[str]:
     """Services whose package exists in this checkout, in start order."""
     root = Path(__file__).resolve().parent.parent / "services"
     return [name for name in SERVICE_ORDER if (root / name / "__main__.py").is_file()]
-
-
-def health_status(address: str, timeout_s: float = 1.0, tls: ClientTLS | None = None) -> str:
-    """SERVING / NOT_SERVING / UNREACHABLE for the server at ``address`` (over TLS when ``tls``)."""
-    try:
-        with open_channel(address, tls) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    except grpc.RpcError:
-        return "UNREACHABLE"
 
 
 def http_health_status(address: str, timeout_s: float = 1.0) -> str:
@@ -147,6 +134,10 @@ class Stack:
         }
         for name, (port, _metrics_port) in SERVICE_PORTS.items():
             base_env[getattr(env, f"{name.upper()}_ADDR")] = f"127.0.0.1:{port + self.port_offset}"
+        if self.broker is not None:
+            # Group timing the embedded broker forms groups quickly with (a real --kafka keeps Kafka's defaults).
+            for name, value in EMBEDDED_GROUP_TIMING_ENV.items():
+                base_env.setdefault(name, value)
         # The trainer's ledger and checkpoints live beside the logs of this run.
         base_env.setdefault(env.TRAINER_STATE_DIR, str(self.log_dir.parent / "trainer-state"))
         # Every service shares this machine's cores: a second torch thread in

@@ -14,7 +14,20 @@ import time
 from pathlib import Path
 from typing import IO
 
+from shared import env
+
 log = logging.getLogger(__name__)
+
+# Tansu completes a consumer-group join after about twice the session timeout,
+# so with Apache Kafka's default (45 s) a group would take about 90 s to form.
+# Consumers of the embedded broker pass this instead (the tests, and `rlhf up`
+# through the variables below); Apache Kafka itself would refuse it
+# (group.min.session.timeout.ms is 6000).
+EMBEDDED_GROUP_TIMING = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 500}
+EMBEDDED_GROUP_TIMING_ENV = {
+    env.KAFKA_SESSION_TIMEOUT_MS: str(EMBEDDED_GROUP_TIMING["session_timeout_ms"]),
+    env.KAFKA_HEARTBEAT_INTERVAL_MS: str(EMBEDDED_GROUP_TIMING["heartbeat_interval_ms"]),
+}
 
 
 class BrokerError(RuntimeError):

@@ -152,6 +152,16 @@ def log_config(config: Any, logger: logging.Logger) -> None:
     logger.info("config", extra={"fields": config_summary(config)})
 
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Apache Kafka's own consumer defaults (Java client since 3.0, KIP-735; also
+# kafka-python 3's), inside what its brokers accept by default:
+# group.min.session.timeout.ms 6000 <= session <= group.max.session.timeout.ms 1800000.
+KAFKA_SESSION_TIMEOUT_MS = 45_000
+KAFKA_HEARTBEAT_INTERVAL_MS = 3_000
+KAFKA_MAX_POLL_INTERVAL_MS = 300_000
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Settings every gRPC service has."""
@@ -171,14 +181,36 @@ class ServiceConfig:
         "PLAINTEXT",
         "Kafka security protocol",
         env=env.KAFKA_SECURITY_PROTOCOL,
-        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        choices=KAFKA_SECURITY_PROTOCOLS,
     )
     kafka_ssl_cafile: str = setting(
         "", "CA certificate (PEM) that signed the brokers' certificates", env=env.KAFKA_SSL_CAFILE
     )
-    kafka_sasl_mechanism: str = setting("", "SASL mechanism, e.g. SCRAM-SHA-512", env=env.KAFKA_SASL_MECHANISM)
+    kafka_ssl_certfile: str = setting(
+        "", "client certificate (PEM) for TLS client authentication (mutual TLS)", env=env.KAFKA_SSL_CERTFILE
+    )
+    kafka_ssl_keyfile: str = setting("", "private key (PEM) of --kafka-ssl-certfile", env=env.KAFKA_SSL_KEYFILE)
+    kafka_sasl_mechanism: str = setting(
+        "", "SASL mechanism (Strimzi's KafkaUser: SCRAM-SHA-512)", env=env.KAFKA_SASL_MECHANISM, choices=SASL_MECHANISMS
+    )
     kafka_sasl_username: str = setting("", "SASL user name", env=env.KAFKA_SASL_USERNAME)
     kafka_sasl_password: str = setting("", "SASL password", env=env.KAFKA_SASL_PASSWORD)
+    kafka_session_timeout_ms: int = setting(
+        KAFKA_SESSION_TIMEOUT_MS,
+        "consumer group session timeout; Apache Kafka accepts 6000..1800000 by default "
+        "(group.min/max.session.timeout.ms); the embedded broker joins faster with less",
+        env=env.KAFKA_SESSION_TIMEOUT_MS,
+    )
+    kafka_heartbeat_interval_ms: int = setting(
+        KAFKA_HEARTBEAT_INTERVAL_MS,
+        "consumer heartbeat interval; at most a third of the session timeout",
+        env=env.KAFKA_HEARTBEAT_INTERVAL_MS,
+    )
+    kafka_max_poll_interval_ms: int = setting(
+        KAFKA_MAX_POLL_INTERVAL_MS,
+        "longest a consumer may spend handling one polled batch before the group drops it",
+        env=env.KAFKA_MAX_POLL_INTERVAL_MS,
+    )
     model_store: str = setting("./model-store", "model store root directory", env=env.MODEL_STORE)
     auth_token: str = setting("", "bearer token clients must send; empty disables auth", env=env.AUTH_TOKEN)
     max_message_bytes: int = setting(
@@ -197,6 +229,12 @@ class ServiceConfig:
         env=env.DRAIN_DELAY_S,
     )
     max_workers: int = setting(64, "gRPC handler threads (bounds concurrent calls)", env=env.MAX_WORKERS)
+    max_connection_age_s: float = setting(
+        0.0,
+        "close each client connection after this long (0: never) so clients reconnect and re-resolve: "
+        "replicas added behind a headless Service then get traffic; in-flight calls get the grace period",
+        env=env.MAX_CONNECTION_AGE_S,
+    )
     log_level: str = setting("INFO", "log level", env=env.LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log format", env=env.LOG_FORMAT, choices=("json", "text"))
 
@@ -246,18 +284,60 @@ class ServiceConfig:
         check(self.grace_period_s >= 0, "grace_period_s", f"must be >= 0, got {self.grace_period_s}")
         check(self.drain_delay_s >= 0, "drain_delay_s", f"must be >= 0, got {self.drain_delay_s}")
         check(self.max_workers >= 1, "max_workers", f"must be >= 1, got {self.max_workers}")
+        check(self.max_connection_age_s >= 0, "max_connection_age_s", f"must be >= 0, got {self.max_connection_age_s}")
+        self._check_kafka_security()
+        self._check_kafka_group_timing()
+        _check_security(self)
+
+    def _check_kafka_security(self) -> None:
+        sasl = "SASL" in self.kafka_security_protocol
         check(
-            not self.kafka_sasl_mechanism or "SASL" in self.kafka_security_protocol,
+            not self.kafka_sasl_mechanism or sasl,
             "kafka_sasl_mechanism",
             "needs --kafka-security-protocol SASL_SSL or SASL_PLAINTEXT",
         )
-        _check_security(self)
+        check(
+            not sasl or bool(self.kafka_sasl_mechanism),
+            "kafka_sasl_mechanism",
+            f"--kafka-security-protocol {self.kafka_security_protocol} needs a mechanism, e.g. SCRAM-SHA-512",
+        )
+        check(
+            not self.kafka_sasl_mechanism or bool(self.kafka_sasl_username and self.kafka_sasl_password),
+            "kafka_sasl_username",
+            f"SASL {self.kafka_sasl_mechanism} needs --kafka-sasl-username and --kafka-sasl-password",
+        )
+        check(
+            bool(self.kafka_ssl_certfile) == bool(self.kafka_ssl_keyfile),
+            "kafka_ssl_certfile",
+            "give both --kafka-ssl-certfile and --kafka-ssl-keyfile, or neither",
+        )
+        check(
+            not (self.kafka_ssl_cafile or self.kafka_ssl_certfile) or self.kafka_security_protocol.endswith("SSL"),
+            "kafka_security_protocol",
+            f"TLS files are set but the protocol is {self.kafka_security_protocol}; use SSL or SASL_SSL",
+        )
+
+    def _check_kafka_group_timing(self) -> None:
+        session, heartbeat = self.kafka_session_timeout_ms, self.kafka_heartbeat_interval_ms
+        check(session >= 1, "kafka_session_timeout_ms", f"must be >= 1, got {session}")
+        check(
+            1 <= heartbeat and heartbeat * 3 <= session,
+            "kafka_heartbeat_interval_ms",
+            f"must be between 1 and a third of --kafka-session-timeout-ms ({session}), got {heartbeat}",
+        )
+        check(
+            self.kafka_max_poll_interval_ms >= 1,
+            "kafka_max_poll_interval_ms",
+            f"must be >= 1, got {self.kafka_max_poll_interval_ms}",
+        )
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Security options for every kafka-python client this service makes."""
         options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
         if self.kafka_ssl_cafile:
             options["ssl_cafile"] = self.kafka_ssl_cafile
+        if self.kafka_ssl_certfile:
+            options.update(ssl_certfile=self.kafka_ssl_certfile, ssl_keyfile=self.kafka_ssl_keyfile)
         if self.kafka_sasl_mechanism:
             options.update(
                 sasl_mechanism=self.kafka_sasl_mechanism,
@@ -265,6 +345,15 @@ class ServiceConfig:
                 sasl_plain_password=self.kafka_sasl_password,
             )
         return options
+
+    def kafka_consumer_options(self) -> dict[str, Any]:
+        """What every consumer this service makes gets: the security options and the group timing."""
+        return {
+            **self.kafka_client_options(),
+            "session_timeout_ms": self.kafka_session_timeout_ms,
+            "heartbeat_interval_ms": self.kafka_heartbeat_interval_ms,
+            "max_poll_interval_ms": self.kafka_max_poll_interval_ms,
+        }
 
     @property
     def bind_address(self) -> str:

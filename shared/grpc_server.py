@@ -307,14 +307,21 @@ class GrpcServer:
             interceptors.append(AuthInterceptor(tokens))
         interceptors.append(ErrorMappingInterceptor(config.max_message_bytes))
         transport_limit = config.max_message_bytes * _TRANSPORT_LIMIT_FACTOR
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", transport_limit),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if config.max_connection_age_s > 0:
+            # GOAWAY after the age; calls in flight then have the grace period to finish.
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(max(config.grace_period_s, 1.0) * 1000)),
+            ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=f"{service}-rpc"),
             interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", transport_limit),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=options,
             maximum_concurrent_rpcs=config.max_workers * 4,
         )
         for binding in self.bindings:

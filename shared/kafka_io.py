@@ -24,15 +24,10 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared import events, metrics
+from shared.config import KAFKA_HEARTBEAT_INTERVAL_MS, KAFKA_MAX_POLL_INTERVAL_MS, KAFKA_SESSION_TIMEOUT_MS
 from shared.proto.rlhf.v1 import events_pb2
 
 log = logging.getLogger(__name__)
-
-# Tansu (the embedded broker) completes a group join after about twice the
-# session timeout, so a short session timeout makes consumers start in ~3 s.
-# On Apache Kafka these are ordinary values (>= group.min.session.timeout.ms).
-SESSION_TIMEOUT_MS = 1500
-HEARTBEAT_INTERVAL_MS = 500
 
 
 def ensure_topics(
@@ -150,11 +145,20 @@ class ConsumerSettings:
     max_handler_attempts: int = 5
     retry_backoff_s: float = 0.5
     client_id: str = "rlhf-consumer"
+    # Group timing: Apache Kafka's defaults unless given (a service passes its
+    # config's, ServiceConfig.kafka_consumer_options). The embedded broker
+    # completes a group join after about twice the session timeout, so the
+    # tests and `rlhf up` pass a short one (shared.broker.EMBEDDED_GROUP_TIMING).
+    session_timeout_ms: int = KAFKA_SESSION_TIMEOUT_MS
+    heartbeat_interval_ms: int = KAFKA_HEARTBEAT_INTERVAL_MS
+    max_poll_interval_ms: int = KAFKA_MAX_POLL_INTERVAL_MS
     # kafka-python verifies each record batch's CRC32C in pure Python unless
     # the `crc32c` package is installed; that is about half the CPU of a fast
     # handler. Install crc32c, or turn this off where TCP checksums and the
     # broker's own checks on produce are enough.
     check_crcs: bool = True
+    # Further KafkaConsumer options (security, or timing that overrides the
+    # fields above), e.g. ServiceConfig.kafka_consumer_options().
     extra: dict = field(default_factory=dict)
 
 
@@ -185,23 +189,29 @@ class EventConsumerLoop:
         self.ready = threading.Event()  # set once partitions are assigned
         self._consumer: KafkaConsumer | None = None
 
-    def _connect(self) -> KafkaConsumer:
+    def client_config(self) -> dict:
+        """The keyword arguments this loop gives KafkaConsumer."""
         s = self.settings
-        consumer = KafkaConsumer(
+        config = dict(
             bootstrap_servers=s.bootstrap,
             group_id=s.group_id,
             client_id=s.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest" if s.from_beginning else "latest",
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_records=s.max_poll_records,
-            max_poll_interval_ms=max(60_000, int(s.max_handler_attempts * s.retry_backoff_s * 1000 * 4)),
+            max_poll_interval_ms=s.max_poll_interval_ms,
             fetch_max_wait_ms=100,
             bootstrap_timeout_ms=5_000,
             check_crcs=s.check_crcs,
-            **s.extra,
         )
+        config.update(s.extra)
+        return config
+
+    def _connect(self) -> KafkaConsumer:
+        s = self.settings
+        consumer = KafkaConsumer(**self.client_config())
         if s.group_id is None:
             parts = []
             for topic in s.topics:

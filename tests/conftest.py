@@ -8,10 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from shared.broker import EMBEDDED_GROUP_TIMING_ENV
+
 # Tests never reach a model hub; fail fast if something tries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every test talks to the embedded broker, which forms a consumer group in about
+# twice the session timeout: services started as processes (rlhf up, rlhf demo,
+# python -m services.X) get its short group timing through these variables.
+# Configs built in-process pass tests.helpers.FAST_GROUP(_CONFIG) instead.
+for _name, _value in EMBEDDED_GROUP_TIMING_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 TINY_LM_TEXTS = [
     "User: how do I boil an egg?\nAssistant: Put the egg in boiling water for nine minutes.",

@@ -9,6 +9,13 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 
 from shared import events
+from shared.broker import EMBEDDED_GROUP_TIMING
+
+# Consumer-group timing for the embedded broker (a group forms in about 3 s,
+# not the 90 s Apache Kafka's default session timeout would take on Tansu):
+# for ConsumerSettings / KafkaConsumer, and for a service config.
+FAST_GROUP = dict(EMBEDDED_GROUP_TIMING)
+FAST_GROUP_CONFIG = {f"kafka_{name}": value for name, value in EMBEDDED_GROUP_TIMING.items()}
 
 
 def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, message: str = "condition"):

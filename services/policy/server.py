@@ -228,7 +228,7 @@ class PolicyService:
                 lambda: self.engine.bundle.version if self.engine else None,
                 self.config.kafka,
                 client_id="policy-updates",
-                kafka_options=self.config.kafka_client_options(),
+                kafka_options=self.config.kafka_consumer_options(),
             )
             self.updates.start()
         self.grpc.set_serving(True)

@@ -61,15 +61,26 @@ class RewardLimits:
         }
 
 
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
 class ScoringBackend(Protocol):
     name: str
+    device: str  # "cuda" or "cpu": where the model runs (GetModelInfo.device)
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[float]: ...
 
 
+def onnx_providers(available: Sequence[str]) -> list[str]:
+    """Execution providers to ask for, best first: CUDA when this onnxruntime has it
+    (the onnxruntime-gpu build of the GPU image), then the CPU, which every build has."""
+    return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+
+
 class OnnxBackend:
     """ONNX Runtime with every graph optimisation (fused attention, GELU and
-    layer norm) and intra-op threads sized to the machine."""
+    layer norm), on the GPU when the CUDA provider is there, else with intra-op
+    threads sized to the machine."""
 
     name = "onnxruntime"
 
@@ -81,7 +92,19 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        wanted = onnx_providers(ort.get_available_providers())
+        if CUDA_PROVIDER in wanted:
+            # onnxruntime-gpu[cuda,cudnn] brings CUDA and cuDNN as nvidia-* wheels: load them before the
+            # session (nothing to do when torch, imported above, loaded the same CUDA major already).
+            ort.preload_dlls()
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=wanted)
+        # onnxruntime falls back to the CPU (with a warning) when CUDA cannot start, e.g. no driver.
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
+        log.info(
+            "onnxruntime execution provider chosen",
+            extra={"provider": self.provider, "requested": wanted, "device": self.device},
+        )
 
     def run(self, input_ids, attention_mask) -> list[float]:
         (scores,) = self.session.run(
@@ -94,6 +117,7 @@ class TorchBackend:
     """The safetensors weights in PyTorch eager mode (the fallback)."""
 
     name = "torch"
+    device = "cpu"
 
     def __init__(self, model):
         self.model = model.eval()
@@ -221,13 +245,17 @@ class RewardScorer:
                 )
         loaded = load_reward_version(self.store, version, self.backend, self.threads)
         self._current = loaded  # the swap: one reference assignment (swaps are counted by the follower)
-        metrics.MODEL_VERSION.info({"kind": KIND, "version": loaded.version, "backend": loaded.backend.name})
+        backend = loaded.backend
+        metrics.MODEL_VERSION.info(
+            {"kind": KIND, "version": loaded.version, "backend": backend.name, "device": backend.device}
+        )
         log.info(
             "serving reward version",
             extra={
                 "version": version,
                 "previous": serving.version if serving else "",
-                "backend": loaded.backend.name,
+                "backend": backend.name,
+                "device": backend.device,
                 "load_s": round(time.perf_counter() - start, 3),
             },
         )

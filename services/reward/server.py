@@ -52,7 +52,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             num_parameters=loaded.num_parameters,
             context_window=loaded.max_length,
             eval_metrics=loaded.manifest.eval_metrics,
-            device="cpu",
+            device=loaded.backend.device,
             backend=loaded.backend.name,
             limits=self.scorer.limits.as_dict(),
         )
@@ -74,7 +74,7 @@ class RewardServer:
                 lambda: self.scorer.current.version if self.scorer.current else None,
                 config.kafka,
                 client_id="rlhf-reward",
-                kafka_options=config.kafka_client_options(),
+                kafka_options=config.kafka_consumer_options(),
             )
             if config.watch_updates
             else None

@@ -14,6 +14,19 @@ FEEDBACK_DUPLICATES = Counter(
 LEDGER_FEEDBACK = Gauge("rlhf_trainer_ledger_feedback", "feedback rows in the ledger, by kind", ["kind"])
 LEDGER_GENERATIONS = Gauge("rlhf_trainer_ledger_generations", "generations in the ledger")
 PENDING_JOIN = Gauge("rlhf_trainer_feedback_pending_join", "feedback held while waiting for its generation")
+# Per-version satisfaction for dashboards: the label grows by one value per promoted version.
+FEEDBACK_VERDICTS = Counter(
+    "rlhf_trainer_feedback_verdicts_total",
+    "ratings, flags and corrections joined to the policy version that wrote the response: "
+    "satisfied (a positive rating) or unsatisfied (a negative rating, a flag, a correction)",
+    ["model_version", "verdict"],
+)
+ROUND_FAILURES = Counter("rlhf_trainer_round_failures_total", "training rounds that failed with an error (retried)")
+LAST_PROGRESS = Gauge(
+    "rlhf_trainer_last_progress_timestamp_seconds",
+    "when the training thread last made progress (a check finished or a PPO step ran), Unix time",
+)
+GATE_KL_BUDGET = Gauge("rlhf_gate_kl_budget", "the gate's KL budget to the reference (--gate-kl-budget), nats")
 
 PPO_MEAN_REWARD = Gauge("rlhf_ppo_mean_reward", "mean reward-service score of the last PPO step's rollouts")
 PPO_KL = Gauge("rlhf_ppo_kl", "KL to the reference, nats per response, last PPO step")
@@ -44,3 +57,4 @@ def export_ppo_stats(stats) -> None:
     PPO_APPROX_KL.set(stats.approx_kl)
     PPO_SAMPLES_PER_SECOND.set(stats.samples_per_s)
     PPO_STEPS.inc()
+    LAST_PROGRESS.set_to_current_time()

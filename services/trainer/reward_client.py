@@ -69,6 +69,8 @@ class RewardClient:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                # Every address the name resolves to (a headless Service: each reward replica), in turn.
+                ("grpc.lb_policy_name", "round_robin"),
             ],
         )
         self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)

@@ -131,7 +131,7 @@ class TrainerServer:
             self.ledger, DeadLetterProducer(self.producer, config.consumer_group), hold_s=config.feedback_hold_s
         )
         self.consumer = self.ingest.consumer_loop(
-            config.kafka, config.kafka_client_options(), group=config.consumer_group
+            config.kafka, config.kafka_consumer_options(), group=config.consumer_group
         )
         self.servicer = TrainerServicer(self.online, self.promoter, self.store, config.consumer_group)
         self.grpc = GrpcServer(

@@ -19,7 +19,7 @@ from shared.kafka_io import (
     produce_event,
 )
 from shared.proto.rlhf.v1 import events_pb2 as ev
-from tests.helpers import read_topic, wait_until
+from tests.helpers import FAST_GROUP, read_topic, wait_until
 
 
 def good(i: int) -> ev.FeedbackEvent:
@@ -28,7 +28,7 @@ def good(i: int) -> ev.FeedbackEvent:
 
 def run_loop(broker, topic, group, producer, handled):
     loop = EventConsumerLoop(
-        ConsumerSettings(bootstrap=broker.bootstrap, topics={topic: ev.FeedbackEvent}, group_id=group),
+        ConsumerSettings(bootstrap=broker.bootstrap, topics={topic: ev.FeedbackEvent}, group_id=group, **FAST_GROUP),
         validating_feedback_handler(lambda e: handled.append(e.message.feedback_id)),
         dead_letters=DeadLetterProducer(producer, consumer_group=group),
     )

@@ -18,6 +18,7 @@ from shared.grpc_server import REQUEST_ID_HEADER, RETRY_AFTER_HEADER, GrpcServer
 from shared.logs import request_id_var
 from shared.metrics import start_metrics_server
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
+from tests.helpers import wait_until
 
 SERVICE = "rlhf.v1.RewardService"
 
@@ -168,3 +169,34 @@ def test_metrics_endpoint_counts_calls(served):
     assert 'rlhf_rpc_requests_total{code="OK",method="Score",service="test"}' in body
     assert 'rlhf_rpc_requests_total{code="INVALID_ARGUMENT",method="Score",service="test"}' in body
     assert "rlhf_rpc_latency_seconds_bucket" in body
+
+
+def test_container_healthcheck_exits_zero_only_while_serving(served, capsys):
+    from shared.healthcheck import main as healthcheck
+
+    server, _, _ = served
+    address = f"127.0.0.1:{server.port}"
+    assert healthcheck([address]) == 0
+    server.set_serving(False)
+    assert healthcheck([address]) == 1
+    assert "NOT_SERVING" in capsys.readouterr().out
+    server.stop(0)
+    assert healthcheck([address]) == 1
+
+
+def test_connections_are_closed_at_max_age_and_clients_reconnect():
+    """What lets a replica added behind a headless Service get traffic: the server sends
+    GOAWAY at the age, the client's channel goes idle and its next call reconnects."""
+    server, channel, _ = start(max_connection_age_s=0.5)
+    states: list[grpc.ChannelConnectivity] = []
+    try:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        assert stub.Score(reward_pb2.ScoreRequest(prompt="abc", response="x"), timeout=5).score == 3
+        channel.subscribe(states.append)
+        wait_until(
+            lambda: grpc.ChannelConnectivity.IDLE in states, timeout_s=30, message="the server closes the connection"
+        )
+        assert stub.Score(reward_pb2.ScoreRequest(prompt="abcd", response="x"), timeout=5).score == 4
+    finally:
+        channel.close()
+        server.stop(0)

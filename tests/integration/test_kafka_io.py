@@ -9,7 +9,7 @@ from kafka import KafkaConsumer
 from shared import events, kafka_io
 from shared.kafka_io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
 from shared.proto.rlhf.v1 import events_pb2
-from tests.helpers import read_topic, wait_until
+from tests.helpers import FAST_GROUP, read_topic, wait_until
 
 
 def _topic(broker, name: str, partitions: int = 2) -> str:
@@ -40,8 +40,7 @@ class _GroupMember:
             bootstrap_servers=broker.bootstrap,
             group_id=group,
             enable_auto_commit=False,
-            session_timeout_ms=kafka_io.SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=kafka_io.HEARTBEAT_INTERVAL_MS,
+            **FAST_GROUP,
         )
         self._lock = threading.Lock()
         self._owned: frozenset[int] = frozenset()
@@ -106,7 +105,9 @@ def test_loop_dead_letters_poison_and_commits_the_rest(broker, unique_name):
             raise InvalidEvent("invalid_field", "generation_id: required")
         handled.append(event.message.generation_id)
 
-    settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}")
+    settings = ConsumerSettings(
+        broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}", **FAST_GROUP
+    )
     loop = EventConsumerLoop(
         settings,
         handler,
@@ -156,7 +157,11 @@ def test_handler_errors_are_retried_not_skipped(broker, unique_name):
             raise ConnectionError("ledger briefly unavailable")
 
     settings = ConsumerSettings(
-        broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}", retry_backoff_s=0.05
+        broker.bootstrap,
+        {topic: events_pb2.GenerationEvent},
+        group_id=f"g-{unique_name}",
+        retry_backoff_s=0.05,
+        **FAST_GROUP,
     )
     loop = EventConsumerLoop(settings, flaky)
     stop = threading.Event()

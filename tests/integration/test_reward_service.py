@@ -84,7 +84,7 @@ def test_model_info_describes_the_serving_version(reward):
     _, stub, _ = reward
     info = stub.GetModelInfo(common_pb2.GetModelInfoRequest())
     assert info.kind == common_pb2.MODEL_KIND_REWARD and info.version == "v1"
-    assert info.backend == "onnxruntime" and info.num_parameters > 20_000_000
+    assert info.backend == "onnxruntime" and info.device == "cpu" and info.num_parameters > 20_000_000
     assert info.context_window == 48 and info.eval_metrics["accuracy"] == 0.5
     assert dict(info.limits) == {"max_batch_size": 8, "max_prompt_chars": 200, "max_response_chars": 200}
 

@@ -10,6 +10,7 @@ import sqlite3
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from services.trainer.config import TrainerConfig
 from services.trainer.loop.gate import GateBudget
@@ -20,7 +21,7 @@ from shared import events
 from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, trainer_pb2, trainer_pb2_grpc
-from tests.helpers import read_topic, wait_until
+from tests.helpers import FAST_GROUP_CONFIG, read_topic, wait_until
 
 QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "How do I water a plant?"]
 # An application's own prompt frame: the platform knows nothing of any one frame.
@@ -72,6 +73,7 @@ def trainer(broker, tiny_lm_dir, tmp_path, unique_name):
         gate_min_reward_gain=-1e9,
         torch_threads=1,
         round_check_s=3600,
+        **FAST_GROUP_CONFIG,
     )
     server = TrainerServer(config, reward_fn=short_answer_reward)
     port = server.start(train=False)
@@ -88,14 +90,14 @@ def producer(broker):
     producer.close()
 
 
-def generation(gid: str, question: str, response: str) -> events_pb2.GenerationEvent:
+def generation(gid: str, question: str, response: str, version: str = "v1") -> events_pb2.GenerationEvent:
     return events_pb2.GenerationEvent(
         event_id=events.new_id(),
         generation_id=gid,
         request_id=gid,
         prompt=PROMPT_FRAME.format(question=question),
         response=response,
-        model_version="v1",
+        model_version=version,
         created_at=events.now_timestamp(),
     )
 
@@ -122,8 +124,9 @@ def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_na
     server, stub, _ = trainer
     g = [f"{unique_name}-g{i}" for i in range(4)]
     f = [f"{unique_name}-f{i}" for i in range(7)]
+    version = f"{unique_name}-v"  # this test's own, so the per-version verdicts are its alone
     for gid, question in zip(g[:2], QUESTIONS):
-        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "Boil it."))
+        send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "Boil it.", version))
     send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[0], g[0], rating=events_pb2.Rating(score=0.5)))
     send(producer, events.FEEDBACK_TOPIC, g[0], feedback(f[0], g[0], rating=events_pb2.Rating(score=0.5)))
     send(
@@ -144,7 +147,7 @@ def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_na
         g[2],
         feedback(f[5], g[2], flag=events_pb2.Flag(category=events_pb2.FLAG_CATEGORY_WRONG)),
     )
-    send(producer, events.GENERATIONS_TOPIC, g[2], generation(g[2], QUESTIONS[2], "Water it."))
+    send(producer, events.GENERATIONS_TOPIC, g[2], generation(g[2], QUESTIONS[2], "Water it.", version))
 
     # The session broker holds every earlier test's events; this new group reads them all first.
     wait_until(lambda: {f[0], f[1], f[2], f[5]} <= set(ledger_ids(server)), timeout_s=180, message="ledger joins")
@@ -165,6 +168,18 @@ def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_na
     # The session broker also carries other tests' events; look at ours only.
     ids = [i for i in ledger_ids(server) if i.startswith(unique_name)]
     assert sorted(ids) == sorted({f[0], f[1], f[2], f[5]})  # the duplicate f0 counted once
+
+    # Per-version satisfaction: the rating once (its duplicate is not counted), the correction and the
+    # flag (joined when its generation came) as unsatisfied, the preference as neither.
+    def verdicts():
+        return {
+            v: REGISTRY.get_sample_value(
+                "rlhf_trainer_feedback_verdicts_total", {"model_version": version, "verdict": v}
+            )
+            for v in ("satisfied", "unsatisfied")
+        }
+
+    wait_until(lambda: verdicts() == {"satisfied": 1.0, "unsatisfied": 2.0}, timeout_s=30, message="verdicts")
 
     status = stub.GetStatus(trainer_pb2.GetStatusRequest())
     assert all(status.feedback_counts[kind] >= 1 for kind in ("rating", "preference", "correction", "flag"))

@@ -60,3 +60,63 @@ def test_entry_point_help_lists_the_backend_flag():
         [sys.executable, "-m", "services.reward", "--help"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and "--backend" in out.stdout and "RLHF_REWARD_BACKEND" in out.stdout
+
+
+def _tiny_onnx_scorer(path):
+    """A real ONNX graph with the reward model's inputs and output: score = tokens in the mask."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["mask", "axes"], ["scores"], keepdims=0),
+        ],
+        "tiny-reward",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch"])],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+@pytest.mark.parametrize("cuda_starts", [True, False])
+def test_onnx_backend_asks_for_cuda_first_when_onnxruntime_has_it(tmp_path, monkeypatch, cuda_starts):
+    """No GPU here: the provider list is what onnxruntime-gpu reports; the session is real (CPU)."""
+    import onnxruntime as ort
+    import torch
+
+    from services.reward.scorer import CPU_PROVIDER, CUDA_PROVIDER, OnnxBackend
+
+    real_session = ort.InferenceSession
+    requested = []
+
+    def session(path, options, providers):
+        requested.append(list(providers))
+        built = real_session(path, options, providers=[CPU_PROVIDER])
+        if cuda_starts:  # what a session on a GPU reports
+            monkeypatch.setattr(built, "get_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
+        return built
+
+    preloaded = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloaded.append(True))
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    backend = OnnxBackend(_tiny_onnx_scorer(tmp_path / "model.onnx"), threads=1)
+    assert requested == [[CUDA_PROVIDER, CPU_PROVIDER]] and preloaded == [True]
+    # Where CUDA cannot start, onnxruntime runs on the CPU, and the backend says so.
+    assert (backend.provider, backend.device) == ((CUDA_PROVIDER, "cuda") if cuda_starts else (CPU_PROVIDER, "cpu"))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert backend.run(torch.zeros_like(mask), mask) == [2.0, 3.0]
+
+
+def test_onnx_backend_on_a_cpu_build_uses_the_cpu_provider(tmp_path):
+    from services.reward.scorer import CPU_PROVIDER, OnnxBackend, onnx_providers
+
+    assert onnx_providers(["AzureExecutionProvider", CPU_PROVIDER]) == [CPU_PROVIDER]
+    backend = OnnxBackend(_tiny_onnx_scorer(tmp_path / "model.onnx"), threads=1)
+    assert (backend.provider, backend.device) == (CPU_PROVIDER, "cpu")

@@ -66,6 +66,7 @@ class FeedbackIngest:
         # The consumer thread and the expiry timer share one SQLite connection.
         self._lock = threading.RLock()
         self._accepted = Tally()
+        self._verdicts: Tally[tuple[str, str]] = Tally()  # (model version, verdict)
         self._duplicates = 0
         self._gauges_at = 0.0
         self._handle_feedback = validating_feedback_handler(self._record_feedback, limits)
@@ -89,7 +90,7 @@ class FeedbackIngest:
         with self._lock:
             if event.topic == events.GENERATIONS_TOPIC:
                 for joined in self.ledger.record_generation(event.message):
-                    self._accepted[joined.WhichOneof("kind")] += 1
+                    self._count_accepted(joined, event.message.model_version)
             else:
                 self._handle_feedback(event)
 
@@ -98,9 +99,15 @@ class FeedbackIngest:
             event.message, source_topic=event.topic, source_partition=event.partition, source_offset=event.offset
         )
         if outcome == "recorded":
-            self._accepted[event.message.WhichOneof("kind")] += 1
+            self._count_accepted(event.message, self.ledger.model_version(event.message.generation_id))
         elif outcome == "duplicate":
             self._duplicates += 1
+
+    def _count_accepted(self, feedback: events_pb2.FeedbackEvent, model_version: str) -> None:
+        self._accepted[feedback.WhichOneof("kind")] += 1
+        verdict = feedback_verdict(feedback)
+        if verdict:
+            self._verdicts[(model_version, verdict)] += 1
 
     def before_commit(self) -> None:
         """Dead-letter expired holds, then make the batch durable (before offsets commit)."""
@@ -149,6 +156,9 @@ class FeedbackIngest:
             tm.FEEDBACK_ACCEPTED.labels(kind).inc(n)
         if self._duplicates:
             tm.FEEDBACK_DUPLICATES.inc(self._duplicates)
+        for (version, verdict), n in self._verdicts.items():
+            tm.FEEDBACK_VERDICTS.labels(version, verdict).inc(n)
+        self._verdicts.clear()
         self._accepted.clear()
         self._duplicates = 0
 
@@ -166,6 +176,21 @@ class FeedbackIngest:
             tm.LEDGER_FEEDBACK.labels(kind).set(n)
         tm.LEDGER_GENERATIONS.set(generations)
         tm.PENDING_JOIN.set(pending)
+
+
+def feedback_verdict(feedback: events_pb2.FeedbackEvent) -> str:
+    """'satisfied' / 'unsatisfied' for feedback that judges one response, '' for the rest
+    (a preference compares two; a zero rating says neither)."""
+    kind = feedback.WhichOneof("kind")
+    if kind == "rating":
+        rating = feedback.rating
+        value = (
+            rating.score
+            if rating.WhichOneof("value") == "score"
+            else (1.0 if rating.thumb == events_pb2.THUMB_UP else -1.0)
+        )
+        return "satisfied" if value > 0 else "unsatisfied" if value < 0 else ""
+    return "unsatisfied" if kind in ("flag", "correction") else ""
 
 
 def consumer_lag(group: str = CONSUMER_GROUP) -> dict[str, int]:

@@ -250,6 +250,13 @@ class FeedbackLedger:
         cur = self._db.execute("INSERT OR IGNORE INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
         return cur.rowcount > 0
 
+    def model_version(self, generation_id: str) -> str:
+        """The policy version that wrote ``generation_id`` ('' if the ledger lacks it)."""
+        row = self._db.execute(
+            "SELECT model_version FROM generations WHERE generation_id = ?", (generation_id,)
+        ).fetchone()
+        return row[0] if row else ""
+
     def _next_seq(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM feedback").fetchone()
         return int(row[0])

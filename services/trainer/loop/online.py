@@ -83,6 +83,7 @@ class OnlineTrainer:
         self._ledger_lock = threading.Lock()
         self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config)
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
+        tm.GATE_KL_BUDGET.set(self.budget.kl_budget)
         self.reward_settings = RewardUpdateSettings(
             config.reward_min_new_comparisons,
             config.reward_steps,
@@ -117,8 +118,10 @@ class OnlineTrainer:
             try:
                 self.run_once(stop)
                 self.error = ""
+                tm.LAST_PROGRESS.set_to_current_time()
             except Exception as exc:  # noqa: BLE001 - a failed round must not end training for good
                 self.error = f"{type(exc).__name__}: {exc}"
+                tm.ROUND_FAILURES.inc()
                 log.exception("training round failed; will retry", extra={"error": self.error})
             self._set_state(IDLE)
             self._wake.wait(self.config.round_check_s)
