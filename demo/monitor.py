@@ -15,6 +15,7 @@ from collections import defaultdict
 import grpc
 
 from demo.plot import LoopSeries, SeriesPoint, VersionSummary
+from shared import grpc_client
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 # Candidate metric names that hold the KL to the reference, most specific first.
@@ -58,7 +59,7 @@ class LoopMonitor:
         self._explicit_budget = series.kl_budget is not None
 
     def _channel(self, address: str):
-        channel = grpc.insecure_channel(address)
+        channel = grpc_client.insecure_channel(address)
         self._channels.append(channel)
         return channel
 

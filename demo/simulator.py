@@ -26,6 +26,7 @@ from demo.simulation import (
     weighted_axes_utility,
 )
 from demo.world import build_prompts, judge
+from shared import grpc_client
 from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 # Errors worth waiting out (the policy is swapping versions, a queue is full,
@@ -77,7 +78,8 @@ class Simulator:
         self._requests_left = config.requests
         self._workers: list[threading.Thread] = []
         self._sender: threading.Thread | None = None
-        self._policy_channel = grpc.insecure_channel(config.policy_addr)
+        # policy_addr may list several replicas (rlhf up --policy-replicas): round_robin over them.
+        self._policy_channel = grpc_client.insecure_channel(config.policy_addr)
         self._feedback_channel = grpc.insecure_channel(config.feedback_addr)
         self._policy = policy_pb2_grpc.PolicyServiceStub(self._policy_channel)
         self._gateway = feedback_pb2_grpc.FeedbackServiceStub(self._feedback_channel)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from shared import grpc_client
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class RewardClient:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = grpc.insecure_channel(
+        # Several reward replicas (host1:port1,host2:port2, or a name with several
+        # addresses) are spread over with gRPC's round_robin (shared.grpc_client).
+        self.channel = grpc_client.insecure_channel(
             address,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
