@@ -79,6 +79,7 @@ class Simulator:
         self._requests_left = config.requests
         self._workers: list[threading.Thread] = []
         self._sender: threading.Thread | None = None
+        # policy_addr may list several replicas (rlhf up --policy-replicas): round_robin over them.
         self._policy_channel = open_channel(config.policy_addr, config.tls)
         self._feedback_channel = open_channel(config.feedback_addr, config.tls)
         self._policy = policy_pb2_grpc.PolicyServiceStub(self._policy_channel)

@@ -163,6 +163,7 @@ def run(args) -> int:
         kafka=args.kafka,
         broker_port=args.broker_port,
         port_offset=args.port_offset,
+        policy_replicas=args.policy_replicas,
         service_args={"trainer": ["--gate-judge", gate_judge]} if gate_judge else {},
     )
     series = LoopSeries(kl_budget=args.kl_budget)

@@ -36,6 +36,17 @@ SERVICE_PORTS = {
 SERVICE_ORDER = ["reward", "policy", "feedback", "trainer", "openai_api"]
 # Services that speak HTTP: their readiness is GET /health, not gRPC health.
 HTTP_SERVICES = frozenset({"openai_api"})
+# Policy replicas beyond the first (rlhf up --policy-replicas N): replica i (i >= 1)
+# listens on 50060 + i and serves metrics on 9110 + i.
+POLICY_REPLICA_PORTS = (50060, 9110)
+MAX_POLICY_REPLICAS = 32
+
+
+def policy_replica_ports(replica: int) -> tuple[int, int]:
+    """(gRPC port, metrics port) of policy replica ``replica`` (0-based), before any offset."""
+    if replica == 0:
+        return SERVICE_PORTS["policy"]
+    return POLICY_REPLICA_PORTS[0] + replica, POLICY_REPLICA_PORTS[1] + replica
 
 
 def available_services() -> list[str]:
@@ -63,6 +74,7 @@ class ServiceProcess:
     metrics_port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    module: str = ""  # services.<module>; default: the name (replicas share one module)
 
     @property
     def address(self) -> str:
@@ -72,9 +84,10 @@ class ServiceProcess:
         child_env = dict(base_env)
         child_env[env.PORT] = str(self.port)
         child_env[env.METRICS_PORT] = str(self.metrics_port)
+        child_env[env.REPLICA_ID] = self.name
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}", *extra_args],
+            [sys.executable, "-m", f"services.{self.module or self.name}", *extra_args],
             env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -107,6 +120,7 @@ class Stack:
     broker_port: int = 9092
     port_offset: int = 0
     service_args: dict[str, list[str]] = field(default_factory=dict)
+    policy_replicas: int = 1
     broker: EmbeddedBroker | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
 
@@ -115,7 +129,30 @@ class Stack:
         return self.kafka or (self.broker.bootstrap if self.broker else "")
 
     def address(self, name: str) -> str:
+        """The service's address; for the policy, every replica's (host1:port1,host2:port2):
+        shared.channels balances over them."""
+        if name == "policy":
+            return ",".join(p.address for p in self.policy_processes())
         return self.processes[name].address
+
+    def policy_processes(self) -> list[ServiceProcess]:
+        return [p for p in self.processes.values() if (p.module or p.name) == "policy"]
+
+    def _processes_of(self, name: str) -> list[ServiceProcess]:
+        """The processes one service runs as: N policy replicas, one of anything else."""
+        replicas = self.policy_replicas if name == "policy" else 1
+        if not 1 <= replicas <= MAX_POLICY_REPLICAS:
+            raise ValueError(f"--policy-replicas must be in 1..{MAX_POLICY_REPLICAS}, got {replicas}")
+        out = []
+        for i in range(replicas):
+            port, mport = policy_replica_ports(i) if name == "policy" else SERVICE_PORTS[name]
+            label = name if i == 0 else f"{name}-{i + 1}"
+            out.append(
+                ServiceProcess(
+                    label, port + self.port_offset, mport + self.port_offset, self.log_dir / f"{label}.log", module=name
+                )
+            )
+        return out
 
     def start_broker(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +162,7 @@ class Stack:
         ensure_topics(self.bootstrap, **load_config(ServiceConfig, []).kafka_client_options())
 
     def start_services(self, ready_timeout_s: float = 180.0, on_progress=None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         base_env = {
             **os.environ,
             env.KAFKA: self.bootstrap,
@@ -138,17 +176,19 @@ class Stack:
             # Group timing the embedded broker forms groups quickly with (a real --kafka keeps Kafka's defaults).
             for name, value in EMBEDDED_GROUP_TIMING_ENV.items():
                 base_env.setdefault(name, value)
+        base_env[env.POLICY_ADDR] = ",".join(p.address for p in self._processes_of("policy"))
         # The trainer's ledger and checkpoints live beside the logs of this run.
         base_env.setdefault(env.TRAINER_STATE_DIR, str(self.log_dir.parent / "trainer-state"))
         # Every service shares this machine's cores: a second torch thread in
         # the trainer measured 5-30x slower under that contention (BENCHMARKS.md).
         base_env.setdefault(env.TRAINER_TORCH_THREADS, "1")
         for name in self.services:
-            port, mport = SERVICE_PORTS[name]
-            proc = ServiceProcess(name, port + self.port_offset, mport + self.port_offset, self.log_dir / f"{name}.log")
-            proc.start(base_env, self.service_args.get(name, []))
-            self.processes[name] = proc
-            self._wait_ready(proc, ready_timeout_s, on_progress)
+            procs = self._processes_of(name)
+            for proc in procs:  # replicas load their models side by side
+                proc.start(base_env, self.service_args.get(name, []))
+                self.processes[proc.name] = proc
+            for proc in procs:
+                self._wait_ready(proc, ready_timeout_s, on_progress)
 
     def _wait_ready(self, proc: ServiceProcess, timeout_s: float, on_progress) -> None:
         deadline = time.monotonic() + timeout_s

@@ -139,6 +139,8 @@ def print_status(status) -> None:
             )
         )
         console.print(ppo)
+    if status.HasField("canary"):
+        console.print(canary_table(status.canary))
     if status.recent_candidates:
         candidates = Table(title="recent candidates")
         for name in ("kind", "version", "result", "reason", "metrics"):
@@ -157,3 +159,23 @@ def print_status(status) -> None:
                 metrics,
             )
         console.print(candidates)
+
+
+def canary_table(canary):
+    """The policy canary: versions, share, feedback on each side and the decision."""
+    from rich.table import Table
+
+    table = Table(title="policy canary (judged by live feedback)", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("canary / stable", f"{canary.version} on {canary.share:.0%} of users / {canary.stable_version}")
+    table.add_row("decision", canary.decision)
+    table.add_row(
+        "feedback",
+        f"canary {canary.canary_feedback} (mean {canary.canary_score:.3g}), "
+        f"stable {canary.stable_feedback} (mean {canary.stable_score:.3g}); "
+        f"{canary.min_feedback} each needed",
+    )
+    table.add_row("difference", f"{canary.difference:.3g} +- {canary.standard_error:.3g} (standard error)")
+    table.add_row("detail", canary.detail)
+    return table

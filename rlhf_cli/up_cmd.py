@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import threading
@@ -33,6 +34,27 @@ def add_stack_arguments(parser) -> None:
     parser.add_argument(
         "--no-bootstrap", action="store_true", help="do not build the demo models when the store has none"
     )
+    parser.add_argument(
+        "--policy-replicas",
+        type=replica_count,
+        default=1,
+        help="policy processes to run (the first on 50051, replica i >= 1 on 50060+i); clients such as "
+        "`rlhf simulate --policy 127.0.0.1:50051,127.0.0.1:50061` spread calls over them with gRPC's "
+        "round_robin, and every replica follows model updates",
+    )
+
+
+def replica_count(text: str) -> int:
+    """argparse type of --policy-replicas: an integer in 1..MAX_POLICY_REPLICAS."""
+    from rlhf_cli.stack import MAX_POLICY_REPLICAS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_POLICY_REPLICAS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_POLICY_REPLICAS}, got {value}")
+    return value
 
 
 def start_stack(args, console):
@@ -53,6 +75,7 @@ def start_stack(args, console):
         services=services,
         kafka=args.kafka,
         broker_port=args.broker_port,
+        policy_replicas=args.policy_replicas,
     )
     stack.start_broker()
     console.print(f"broker: {stack.bootstrap}" + (" (embedded Tansu)" if stack.broker else ""))
@@ -63,6 +86,8 @@ def start_stack(args, console):
         console.print(
             f"  {name:<10} {where}  metrics http://127.0.0.1:{proc.metrics_port}/metrics  log {proc.log_path}"
         )
+    if args.policy_replicas > 1:
+        console.print(f"  policy replicas, for clients (round_robin): {stack.address('policy')}")
     return stack
 
 

@@ -26,7 +26,7 @@ from shared.tls import ClientTLS, client_tls_from_env
 def health_status(address: str, timeout_s: float = 1.0, tls: ClientTLS | None = None) -> str:
     """SERVING / NOT_SERVING / UNREACHABLE for the server at ``address`` (over TLS when ``tls``)."""
     try:
-        with open_channel(address, tls) as channel:
+        with open_channel(address, tls, balanced=False) as channel:  # must see NOT_SERVING itself
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError:

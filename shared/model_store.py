@@ -8,7 +8,11 @@ directory without a manifest, or whose files do not match it, is refused.
 
 ``<root>/<kind>/CURRENT`` names the version replicas should serve. It is
 replaced atomically on promotion and rollback, so a replica that (re)starts
-loads what the last ModelUpdateEvent announced.
+loads what the last ModelUpdateEvent announced. ``<root>/<kind>/CANARY``
+(JSON: version, stable version, share, started_at), present only while a
+canary rollout runs, names a candidate that serves a share of the users
+beside CURRENT; it too is replaced atomically, and removed when the canary
+completes (CURRENT moves to it) or is rolled back.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 KINDS = ("policy", "reward")
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+CANARY = "CANARY"
 # Formats that unpickle on load: refused so loading a model never runs code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -61,6 +66,16 @@ class Manifest:
             eval_metrics={k: float(v) for k, v in data.get("eval_metrics", {}).items()},
             notes=dict(data.get("notes", {})),
         )
+
+
+@dataclass(frozen=True)
+class CanaryPointer:
+    """A canary rollout: ``version`` serves ``share`` of the users, CURRENT the rest."""
+
+    version: str
+    stable_version: str
+    share: float
+    started_at: float
 
 
 def version_number(version: str) -> int:
@@ -228,6 +243,42 @@ class ModelStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, kdir / CURRENT)
+
+    # --- canary rollouts ---------------------------------------------------------------
+    def canary(self, kind: str) -> CanaryPointer | None:
+        """The canary rollout of ``kind`` in progress, or None."""
+        path = self.kind_dir(kind) / CANARY
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ModelStoreError(f"{path} is not valid JSON ({exc}); remove it to end the canary") from exc
+        try:
+            return CanaryPointer(
+                str(data["version"]), str(data["stable_version"]), float(data["share"]), float(data["started_at"])
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelStoreError(f"{path} lacks a field ({exc}); remove it to end the canary") from exc
+
+    def set_canary(self, kind: str, version: str, share: float, stable_version: str) -> CanaryPointer:
+        """Start (or re-point) a canary: ``version`` serves ``share`` of the users. Atomic, like CURRENT."""
+        if not 0.0 < share < 1.0:
+            raise ModelStoreError(f"canary share must be between 0 and 1 (exclusive), got {share}")
+        self.manifest(kind, version)  # refuse to point at something incomplete
+        pointer = CanaryPointer(version, stable_version, float(share), time.time())
+        kdir = self.kind_dir(kind)
+        fd, tmp = tempfile.mkstemp(prefix=".canary-", dir=kdir)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(pointer), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, kdir / CANARY)
+        return pointer
+
+    def clear_canary(self, kind: str) -> None:
+        """End the canary (a no-op when none runs)."""
+        (self.kind_dir(kind) / CANARY).unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,6 +11,11 @@ not blindly the one the event names: CURRENT moves before an event is
 published, so a stale or reordered event cannot move a replica back. A load
 that fails (corrupt files, a manifest that does not match the event) is
 logged and counted, and the replica keeps serving what it has.
+
+A follower given a ``canary`` callback (the policy's) also serves the store's
+CANARY pointer after every update: a canary start loads the candidate for its
+share of users beside CURRENT, a completion or rollback retires it. The
+pointer, like CURRENT, is the truth; the event is the signal to look.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable
 from shared import events, metrics
 from shared.events import ConsumedEvent
 from shared.kafka_io import ConsumerSettings, EventConsumerLoop
-from shared.model_store import ModelStore
+from shared.model_store import CanaryPointer, ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,16 @@ _KIND_ENUMS = {"policy": common_pb2.MODEL_KIND_POLICY, "reward": common_pb2.MODE
 
 # load(version, manifest_sha256): build the version and swap it in (raise to refuse it).
 LoadFn = Callable[[str, str], None]
+# canary(pointer or None, manifest_sha256 of its version): serve that canary, or none.
+CanaryFn = Callable[[CanaryPointer | None, str], None]
+_PROMOTE = events_pb2.MODEL_UPDATE_ACTION_PROMOTE
+_CANARY_ACTIONS = frozenset(
+    {
+        events_pb2.MODEL_UPDATE_ACTION_CANARY_START,
+        events_pb2.MODEL_UPDATE_ACTION_CANARY_COMPLETE,
+        events_pb2.MODEL_UPDATE_ACTION_CANARY_ROLLBACK,
+    }
+)
 
 
 class ModelUpdateFollower:
@@ -44,10 +59,13 @@ class ModelUpdateFollower:
         *,
         client_id: str = "",
         kafka_options: dict | None = None,
+        canary: CanaryFn | None = None,
+        serving_canary: Callable[[], tuple[str, float] | None] | None = None,
     ):
         if kind not in _KIND_ENUMS:
             raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_KIND_ENUMS)}")
         self.kind, self.store, self._load, self._serving = kind, store, load, serving_version
+        self._canary, self._serving_canary = canary, serving_canary or (lambda: None)
         self.loop = EventConsumerLoop(
             ConsumerSettings(
                 bootstrap=bootstrap,
@@ -59,7 +77,7 @@ class ModelUpdateFollower:
             ),
             self.on_update,
         )
-        self._wanted: tuple[str, str] | None = None  # (version, manifest sha256)
+        self._wanted: tuple[str, str, int] | None = None  # (version, manifest sha256, action)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -75,7 +93,7 @@ class ModelUpdateFollower:
             return
         log.info("model update received", extra={"kind": self.kind, "version": update.version, "action": update.action})
         with self._cond:
-            self._wanted = (update.version, update.manifest_sha256)
+            self._wanted = (update.version, update.manifest_sha256, update.action)
             self._cond.notify()
 
     def start(self) -> None:
@@ -101,24 +119,62 @@ class ModelUpdateFollower:
             if wanted is not None:
                 self.apply(*wanted)
 
-    def apply(self, announced: str, announced_sha256: str) -> None:
-        """Serve what CURRENT names after an update announcing ``announced``."""
+    def apply(self, announced: str, announced_sha256: str, action: int = _PROMOTE) -> None:
+        """Serve what CURRENT (and, with a canary callback, CANARY) names after an update announcing ``announced``."""
+        self._apply_current(announced, announced_sha256, action)
+        if self._canary is not None:
+            self.apply_canary(announced, announced_sha256)
+
+    def _apply_current(self, announced: str, announced_sha256: str, action: int) -> None:
         version = announced
         try:
-            version, sha = self.store.version_to_serve(self.kind, announced, announced_sha256)
-            if version != announced:
-                log.warning(
-                    "stale model update; serving CURRENT instead",
-                    extra={"kind": self.kind, "announced": announced, "current": version},
-                )
+            if action in _CANARY_ACTIONS:
+                # A canary event names the canary or the version it yields to; CURRENT is the stable one.
+                current = self.store.current(self.kind)
+                if current is None:
+                    return
+                version = current
+                sha = announced_sha256 if current == announced else self.store.manifest_sha256(self.kind, current)
+            else:
+                version, sha = self.store.version_to_serve(self.kind, announced, announced_sha256)
+                if version != announced:
+                    log.warning(
+                        "stale model update; serving CURRENT instead",
+                        extra={"kind": self.kind, "announced": announced, "current": version},
+                    )
             if version == self._serving():
                 return  # redelivery, a stale event, or we started on it: idempotent
             self._load(version, sha)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
-            metrics.MODEL_SWAPS.labels(self.kind, "failed").inc()
-            log.error(
-                "cannot swap model version; still serving the previous one",
-                extra={"kind": self.kind, "version": version, "error": f"{type(exc).__name__}: {exc}"},
-            )
+            self._failed(version, exc)
             return
         metrics.MODEL_SWAPS.labels(self.kind, "ok").inc()
+
+    def apply_canary(self, announced: str = "", announced_sha256: str = "") -> None:
+        """Serve the store's CANARY pointer (or none) if it differs from what is served."""
+        assert self._canary is not None
+        version = ""
+        try:
+            pointer = self.store.canary(self.kind)
+            if pointer is not None and pointer.version == self.store.current(self.kind):
+                pointer = None  # completing: the canary is CURRENT now
+            wanted = (pointer.version, pointer.share) if pointer else None
+            if wanted == self._serving_canary():
+                return
+            sha = ""
+            if pointer is not None:
+                version = pointer.version
+                same = pointer.version == announced and announced_sha256
+                sha = announced_sha256 if same else self.store.manifest_sha256(self.kind, pointer.version)
+            self._canary(pointer, sha)
+        except Exception as exc:  # noqa: BLE001 - keep serving what we serve
+            self._failed(version or "canary", exc)
+            return
+        metrics.MODEL_SWAPS.labels(self.kind, "ok").inc()
+
+    def _failed(self, version: str, exc: Exception) -> None:
+        metrics.MODEL_SWAPS.labels(self.kind, "failed").inc()
+        log.error(
+            "cannot swap model version; still serving the previous one",
+            extra={"kind": self.kind, "version": version, "error": f"{type(exc).__name__}: {exc}"},
+        )

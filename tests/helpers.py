@@ -62,16 +62,18 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def free_port_offset() -> int:
-    """An offset at which every service's gRPC and metrics port (rlhf_cli.stack) is
-    free. The range puts the gRPC ports above and the metrics ports below Linux's
-    ephemeral range (32768-60999), so no client connection can take them
-    between this check and the services binding them."""
-    from rlhf_cli.stack import SERVICE_PORTS
+def free_port_offset(policy_replicas: int = 1) -> int:
+    """An offset at which every service's gRPC and metrics port (rlhf_cli.stack), with
+    ``policy_replicas`` policy replicas, is free. The range puts the gRPC ports above
+    and the metrics ports below Linux's ephemeral range (32768-60999), so no client
+    connection can take them between this check and the services binding them."""
+    from rlhf_cli.stack import SERVICE_PORTS, policy_replica_ports
 
-    candidates = list(range(10950, 15480, 7))
+    ports = {p for pair in SERVICE_PORTS.values() for p in pair}
+    ports |= {p for i in range(policy_replicas) for p in policy_replica_ports(i)}
+    candidates = [offset for offset in range(10950, 15480, 7) if max(ports) + offset <= 65535]
     random.Random().shuffle(candidates)
     for offset in candidates:
-        if all(_port_free(p + offset) for pair in SERVICE_PORTS.values() for p in pair):
+        if all(_port_free(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port offset")

@@ -3,13 +3,15 @@
 Servicer methods stay short (after grpc's route_guide example): turn the
 request into a validated SamplingSpec, hand it to the engine, build the reply
 and publish one GenerationEvent per returned sequence. Batching, sampling and
-model swaps live in the engine.
+model swaps live in the engine; which engine answers (stable or canary, by
+the request's user_id) is the CanaryRouter's call.
 """
 
 from __future__ import annotations
 
 import logging
 
+from services.policy.canary import CanaryRouter
 from services.policy.config import PolicyConfig
 from services.policy.engine import GenerationEngine
 from services.policy.model import POLICY_KIND, ModelBundle, load_bundle, load_from_store
@@ -20,7 +22,7 @@ from shared.errors import Unavailable
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import BufferedEventPublisher
 from shared.logs import request_id_var
-from shared.model_store import ModelStore
+from shared.model_store import CanaryPointer, ModelStore
 from shared.model_updates import ModelUpdateFollower
 from shared.prompting import ChatMessage
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
@@ -71,7 +73,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.config = config
         self.defaults = config.sampling_defaults
         self.publisher = publisher
-        self.engine: GenerationEngine | None = None  # set once the model is loaded
+        self.engine: GenerationEngine | None = None  # the stable engine, set once the model is loaded
+        self.router: CanaryRouter | None = None
 
     def _engine(self) -> GenerationEngine:
         if self.engine is None:
@@ -81,9 +84,19 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def _submit(self, request, context, *, stream: bool) -> GenerationHandle:
         spec = spec_from_proto(request.sampling, self.defaults)
         messages = [ChatMessage(m.role, m.content) for m in request.messages]
-        handle = self._engine().submit(
-            request.prompt, spec, messages=messages, stream=stream, request_id=request_id_var.get()
-        )
+        router = self.router
+        engine = router.engine_for(request.user_id) if router is not None else self._engine()
+
+        def submit(to: GenerationEngine) -> GenerationHandle:
+            return to.submit(request.prompt, spec, messages=messages, stream=stream, request_id=request_id_var.get())
+
+        try:
+            handle = submit(engine)
+        except Unavailable:
+            rerouted = router.engine_for(request.user_id) if router is not None else engine
+            if rerouted is engine:
+                raise
+            handle = submit(rerouted)  # the canary ended between routing and submitting
         context.add_callback(handle.cancel)  # client gone → stop decoding its rows
         return handle
 
@@ -218,7 +231,8 @@ class PolicyService:
         self.metrics_port = metrics.start_metrics_server(self.config.metrics_port, self.config.metrics_bind_host)
         bundle = self.load_initial()
         self.engine = GenerationEngine(bundle, self.config.engine_settings).start()
-        self.servicer.engine = self.engine
+        self.router = CanaryRouter(self.engine)
+        self.servicer.engine, self.servicer.router = self.engine, self.router
         self._label_version(bundle)
         if self.config.watch_updates and not self.config.model_dir:
             self.updates = ModelUpdateFollower(
@@ -229,7 +243,10 @@ class PolicyService:
                 self.config.kafka,
                 client_id="policy-updates",
                 kafka_options=self.config.kafka_consumer_options(),
+                canary=self._serve_canary,
+                serving_canary=self.router.serving_canary,
             )
+            self.updates.apply_canary()  # a replica (re)starting during a canary rollout serves it too
             self.updates.start()
         self.grpc.set_serving(True)
         log.info("policy serving", extra={"version": bundle.version, "port": self.port})
@@ -240,6 +257,9 @@ class PolicyService:
         self.grpc.stop(grace_s)
         if self.updates is not None:
             self.updates.stop()
+        retired = self.router.clear() if self.router is not None else None
+        if retired is not None:
+            retired.stop()
         if self.engine is not None:
             self.engine.stop()
         self.publisher.close()
@@ -248,10 +268,41 @@ class PolicyService:
         metrics.MODEL_VERSION.info({"kind": "policy", "version": bundle.version, "architecture": bundle.architecture})
 
     def _swap_to(self, version: str, manifest_sha256: str) -> None:
-        """Load ``version`` (checked against the announced manifest) and serve it from the next batch."""
-        bundle = load_from_store(
-            self.config.model_store, version, device=self.config.device, expected_manifest_sha256=manifest_sha256
-        )
+        """Load ``version`` (checked against the announced manifest) and serve it from the next batch.
+        A canary that completes is already loaded: its bundle is reused."""
+        canary = self.router.canary if self.router is not None else None
+        if canary is not None and canary.bundle.version == version:
+            bundle = canary.bundle
+        else:
+            bundle = load_from_store(
+                self.config.model_store, version, device=self.config.device, expected_manifest_sha256=manifest_sha256
+            )
         assert self.engine is not None
         self.engine.swap(bundle)
         self._label_version(bundle)
+
+    def _serve_canary(self, pointer: CanaryPointer | None, manifest_sha256: str) -> None:
+        """Serve ``pointer``'s version to its share of users (a second engine), or retire the canary."""
+        assert self.router is not None and self.engine is not None
+        if pointer is None:
+            retired = self.router.clear()
+            if retired is not None:
+                log.info("canary retired", extra={"version": retired.bundle.version})
+                retired.stop()  # its queued requests finish first
+            return
+        current = self.router.canary
+        if current is not None and current.bundle.version == pointer.version:
+            self.router.set_share(pointer.share)
+            return
+        config = self.config
+        bundle = load_from_store(
+            config.model_store, pointer.version, device=config.device, expected_manifest_sha256=manifest_sha256
+        )
+        engine = GenerationEngine(bundle, self.config.engine_settings).start()
+        retired = self.router.set_canary(engine, pointer.share)
+        if retired is not None:
+            retired.stop()
+        log.info(
+            "canary serving",
+            extra={"version": pointer.version, "share": pointer.share, "stable": self.engine.bundle.version},
+        )

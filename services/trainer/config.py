@@ -127,6 +127,40 @@ class TrainerConfig(ServiceConfig):
     start_paused: bool = setting(
         False, "start with training rounds paused (consumption still runs)", env=env.TRAINER_START_PAUSED
     )
+    canary_share: float = setting(
+        0.0,
+        "share of users (by a hash of user_id, sticky) a policy that passed the gate serves first, judged "
+        "by their feedback against the stable version; 0 promotes at once (no canary)",
+        env=env.TRAINER_CANARY_SHARE,
+    )
+    canary_min_feedback: int = setting(
+        50,
+        "feedback events (ratings, flags, cross-version preferences) each version needs before a canary "
+        "is completed or rolled back",
+        env=env.TRAINER_CANARY_MIN_FEEDBACK,
+    )
+    canary_confidence_z: float = setting(
+        1.645,
+        "a canary is rolled back when (canary - stable mean feedback score) + z * standard error < 0",
+        env=env.TRAINER_CANARY_CONFIDENCE_Z,
+    )
+    canary_max_s: float = setting(
+        0.0,
+        "decide a canary on the feedback that arrived after this many seconds (0 = wait for --canary-min-feedback)",
+        env=env.TRAINER_CANARY_MAX_S,
+    )
+    dist_backend: str = setting(
+        "auto",
+        "torch.distributed backend under torchrun (WORLD_SIZE > 1): gloo (CPU), nccl (GPU), auto = nccl "
+        "when CUDA is available, else gloo",
+        env=env.TRAINER_DIST_BACKEND,
+        choices=("auto", "gloo", "nccl"),
+    )
+    dist_timeout_s: float = setting(
+        3600.0,
+        "longest a rank waits in a collective (rank 0 evaluating or idle beats a heartbeat every --round-check-s)",
+        env=env.TRAINER_DIST_TIMEOUT_S,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -180,6 +214,12 @@ class TrainerConfig(ServiceConfig):
             "reward_min_heldout_comparisons",
             f"must be >= 1, got {self.reward_min_heldout_comparisons}",
         )
+
+        check(0 <= self.canary_share < 1, "canary_share", f"must be in [0, 1) (0 disables), got {self.canary_share}")
+        check(self.canary_min_feedback >= 2, "canary_min_feedback", f"must be >= 2, got {self.canary_min_feedback}")
+        check(self.canary_confidence_z >= 0, "canary_confidence_z", f"must be >= 0, got {self.canary_confidence_z}")
+        check(self.canary_max_s >= 0, "canary_max_s", f"must be >= 0 (0 = no limit), got {self.canary_max_s}")
+        check(self.dist_timeout_s > 0, "dist_timeout_s", f"must be > 0, got {self.dist_timeout_s}")
 
     def ppo_config(self, max_positions: int | None = None) -> PPOConfig:
         """The PPO hyperparameters for a policy with a ``max_positions`` context:

@@ -42,6 +42,18 @@ PPO_STEPS = Counter("rlhf_ppo_steps_total", "PPO steps run")
 CANDIDATES = Counter("rlhf_candidates_total", "candidates evaluated at the gate", ["kind", "result", "reason"])
 PROMOTIONS = Counter("rlhf_promotions_total", "versions made current by promotion", ["kind", "trigger"])
 ROLLBACKS = Counter("rlhf_rollbacks_total", "rollbacks to an earlier version", ["kind"])
+CANARY_SHARE = Gauge("rlhf_canary_share", "share of users the policy canary serves (0 when no canary runs)")
+CANARY_DECISIONS = Counter(
+    "rlhf_canary_decisions_total",
+    "policy canary rollouts started and ended, by decision (started, completed, rolled_back, ended_by_operator)",
+    ["decision"],
+)
+CANARY_FEEDBACK = Gauge(
+    "rlhf_canary_feedback", "feedback events judged in the running canary, by role (canary, stable)", ["role"]
+)
+CANARY_SCORE = Gauge(
+    "rlhf_canary_score", "mean feedback score in the running canary, by role (canary, stable)", ["role"]
+)
 REWARD_HELDOUT_ACCURACY = Gauge("rlhf_reward_heldout_accuracy", "held-out pairwise accuracy, by version role", ["role"])
 
 

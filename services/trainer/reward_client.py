@@ -63,6 +63,8 @@ class RewardClient:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        # Several reward replicas (host1:port1,host2:port2, or a name with several
+        # addresses) are spread over with gRPC's round_robin (shared.channels).
         self.channel = open_channel(
             address,
             tls,

@@ -4,7 +4,11 @@ Start order: gRPC server (NOT_SERVING), ledger, consumer loop, hold-expiry
 timer, training thread; SERVING once the consumer has its partitions. Stop:
 NOT_SERVING, stop the consumer (its last batch is committed), stop the
 training thread at a step boundary (the checkpoint lets the next start finish
-the round).
+the round), then tell the other ranks to stop (under torchrun).
+
+Under torchrun (WORLD_SIZE > 1) :func:`main` hands over to
+services.trainer.parallel.launch: this server runs on rank 0 with a
+Coordinator, the other ranks only train.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Sequence
 from services.trainer.config import TrainerConfig
 from services.trainer.data.ingest import FeedbackIngest, consumer_lag
 from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.loop.canary import CanaryReport
 from services.trainer.loop.online import OnlineTrainer
 from services.trainer.loop.promotion import Promoter, kind_name
 from shared.grpc_server import GrpcServer, ServiceBinding
@@ -48,7 +53,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return self._status()
 
     def Promote(self, request, context):
-        return self.promoter.promote_existing(kind_name(request.kind), request.version, request.reason)
+        return self.promoter.promote_existing(
+            kind_name(request.kind), request.version, request.reason, canary_share=request.canary_share
+        )
 
     def Rollback(self, request, context):
         return self.promoter.rollback(kind_name(request.kind), request.to_version, request.reason)
@@ -99,14 +106,39 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 metrics=record.metrics,
             )
             report.decided_at.FromNanoseconds(int(record.decided_at * 1e9))
+        canary = self.trainer.canary.last
+        if canary is not None:
+            status.canary.CopyFrom(canary_status(canary))
         return status
+
+
+def canary_status(report: CanaryReport) -> trainer_pb2.CanaryStatus:
+    verdict = report.verdict
+    status = trainer_pb2.CanaryStatus(
+        version=report.pointer.version,
+        stable_version=report.pointer.stable_version,
+        share=report.pointer.share,
+        decision=report.decision,
+        detail=verdict.detail,
+        canary_feedback=verdict.canary.n,
+        stable_feedback=verdict.stable.n,
+        canary_score=verdict.canary.mean,
+        stable_score=verdict.stable.mean,
+        difference=verdict.difference,
+        standard_error=verdict.standard_error,
+        min_feedback=report.min_feedback,
+        active=report.active,
+    )
+    status.started_at.FromNanoseconds(int(report.pointer.started_at * 1e9))
+    return status
 
 
 class TrainerServer:
     """Ledger + consumer + training thread + gRPC server."""
 
-    def __init__(self, config: TrainerConfig, reward_fn: Callable | None = None):
+    def __init__(self, config: TrainerConfig, reward_fn: Callable | None = None, coordinator=None):
         self.config = config
+        self.coordinator = coordinator  # services.trainer.parallel.coordinator.Coordinator under torchrun
         self.store = ModelStore(config.model_store)
         self.producer = create_producer(config.kafka, client_id="rlhf-trainer", **config.kafka_client_options())
         self.promoter = Promoter(
@@ -125,7 +157,7 @@ class TrainerServer:
                 batch_size=config.reward_batch_size,
                 empty_response_score=config.reward_empty_response_score,
             )
-        self.online = OnlineTrainer(config, self.store, self.promoter, reward_fn)
+        self.online = OnlineTrainer(config, self.store, self.promoter, reward_fn, coordinator=coordinator)
         self.ledger = FeedbackLedger(config.ledger_path)  # the consumer thread's connection
         self.ingest = FeedbackIngest(
             self.ledger, DeadLetterProducer(self.producer, config.consumer_group), hold_s=config.feedback_hold_s
@@ -180,6 +212,11 @@ class TrainerServer:
         self.online.wake()
         for thread in self._threads:
             thread.join(timeout=30)
+        if self.coordinator is not None and not any(t.is_alive() for t in self._threads):
+            try:
+                self.coordinator.stop()  # only once the training thread is done with the process group
+            except Exception:  # noqa: BLE001 - a rank already gone; torchrun ends the others
+                log.exception("could not tell the other ranks to stop")
         self.producer.flush(timeout=10)
         self.producer.close(timeout=5)
         self.promoter.close()
@@ -188,4 +225,10 @@ class TrainerServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from services.trainer.parallel.group import world_size_from_env
+
+    if world_size_from_env() > 1:
+        from services.trainer.parallel.launch import run_data_parallel
+
+        return run_data_parallel(argv)
     return run_service(TrainerConfig, SERVICE_NAME, TrainerServer, argv)

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 CREATE INDEX IF NOT EXISTS generations_by_prompt ON generations(prompt);
 CREATE INDEX IF NOT EXISTS generations_by_time ON generations(created_at);
+CREATE INDEX IF NOT EXISTS generations_by_version ON generations(model_version, created_at);
 CREATE TABLE IF NOT EXISTS feedback (
     feedback_id   TEXT PRIMARY KEY,
     generation_id TEXT NOT NULL,
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     seq           INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_by_seq ON feedback(seq);
+CREATE INDEX IF NOT EXISTS feedback_by_generation ON feedback(generation_id);
 CREATE TABLE IF NOT EXISTS pending_feedback (
     feedback_id   TEXT PRIMARY KEY,
     generation_id TEXT NOT NULL,
@@ -83,6 +85,16 @@ class Demonstration:
 
     prompt: str
     response: str
+
+
+@dataclass(frozen=True)
+class VersionFeedback:
+    """A rating, flag or preference on a generation, with the versions that served it."""
+
+    kind: str  # "rating", "flag" or "preference"
+    score: float | None  # a rating's score (a thumb is +1 / -1); None otherwise
+    version: str  # the model_version of the rated (for a preference: the chosen) generation
+    other_version: str  # a preference's rejected generation's model_version ("" otherwise)
 
 
 @dataclass(frozen=True)
@@ -324,6 +336,19 @@ class FeedbackLedger:
                     better, worse = (resp_a, resp_b) if score_a > score_b else (resp_b, resp_a)
                     pairs.append(Comparison(prompt, better, worse))
         return pairs
+
+    def version_feedback(self, canary: str, stable: str, since: float) -> list[VersionFeedback]:
+        """Ratings, flags and preferences on generations of ``canary`` and ``stable`` created
+        since ``since`` (by the policy's clock): what a canary rollout is judged on."""
+        rows = self._db.execute(
+            "SELECT f.kind, f.score, g.model_version, COALESCE(o.model_version, '') FROM generations g "
+            "JOIN feedback f ON f.generation_id = g.generation_id "
+            "LEFT JOIN generations o ON o.generation_id = f.other_generation_id "
+            "WHERE f.kind IN ('rating', 'flag', 'preference') "
+            "AND g.model_version IN (?, ?) AND g.created_at >= ? ORDER BY f.seq",
+            (canary, stable, since),
+        )
+        return [VersionFeedback(kind, score, version, other) for kind, score, version, other in rows]
 
     def demonstrations(self, limit: int = 1000) -> list[Demonstration]:
         rows = self._db.execute(

@@ -61,3 +61,25 @@ class HeldoutSplit:
         for item in items:
             (held if self.is_heldout(prompt_of(item)) else train).append(item)
         return train, held
+
+
+def heldout_report(prompts: int, pairs: int, need_prompts: int, need_pairs: int) -> dict[str, int | str]:
+    """GetStatus's held-out sizes against what a promotion needs; ``waiting_for`` says
+    in words what is missing (empty when ready)."""
+    missing = []
+    if prompts < need_prompts:
+        missing.append(
+            f"{need_prompts - prompts} more held-out prompts from traffic before a policy promotion "
+            f"({prompts} of {need_prompts})"
+        )
+    if pairs < need_pairs:
+        missing.append(
+            f"{need_pairs - pairs} more held-out comparisons before a reward promotion ({pairs} of {need_pairs})"
+        )
+    return {
+        "gate_prompts": prompts,
+        "gate_prompts_required": need_prompts,
+        "reward_pairs": pairs,
+        "reward_pairs_required": need_pairs,
+        "waiting_for": "; ".join(missing),
+    }

@@ -11,7 +11,10 @@ unless paused:
    from real traffic (services.trainer.loop.heldout: a hash slice of the
    ledger's prompts, never trained on) and promotes it only if the gate
    (services.trainer.loop.gate) passes; an optional judge plug-in
-   (``--gate-judge module:function``) gives a second opinion.
+   (``--gate-judge module:function``) gives a second opinion. With
+   ``--canary-share`` the promoted candidate first serves that share of users
+   (services.trainer.loop.canary): every check judges it on their feedback and
+   completes or rolls it back; no policy round starts while it runs.
 
 It reads the ledger through its own SQLite connection (WAL: readers see
 committed data and never block the consumer). No grpc here: the reward
@@ -30,9 +33,10 @@ from pathlib import Path
 
 from services.trainer import metrics as tm
 from services.trainer.config import TrainerConfig
-from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.data.ledger import FeedbackLedger, VersionFeedback
+from services.trainer.loop.canary import CanaryMonitor, CanarySettings
 from services.trainer.loop.gate import GateBudget, GateDecision, promote_if_better
-from services.trainer.loop.heldout import HeldoutSplit
+from services.trainer.loop.heldout import HeldoutSplit, heldout_report
 from services.trainer.loop.judge_plugin import JudgeFn, load_judge
 from services.trainer.loop.policy_round import PolicyRounds, RewardFn, write_json_atomic
 from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
@@ -73,15 +77,16 @@ class Progress:
 class OnlineTrainer:
     """Training rounds in a background thread, plus the state GetStatus reports."""
 
-    def __init__(self, config: TrainerConfig, store, promoter, reward_fn: RewardFn):
+    def __init__(self, config: TrainerConfig, store, promoter, reward_fn: RewardFn, coordinator=None):
         self.config = config
+        self.coordinator = coordinator  # under torchrun: the other ranks take part in every update
         self.store = store
         self.promoter = promoter
         self.state_file = Path(config.state_dir) / STATE_FILE
         Path(config.state_dir).mkdir(parents=True, exist_ok=True)
         self.ledger = FeedbackLedger(config.ledger_path)  # the training thread's own connection
         self._ledger_lock = threading.Lock()
-        self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config)
+        self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config, coordinator=coordinator)
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
         tm.GATE_KL_BUDGET.set(self.budget.kl_budget)
         self.reward_settings = RewardUpdateSettings(
@@ -91,6 +96,10 @@ class OnlineTrainer:
             min_heldout_pairs=config.reward_min_heldout_comparisons,
         )
         self.split = HeldoutSplit(config.gate_heldout_one_in)
+        canary = CanarySettings(
+            config.canary_share, config.canary_min_feedback, config.canary_confidence_z, config.canary_max_s
+        )
+        self.canary = CanaryMonitor(store, promoter, canary, self._version_feedback)
         self.judge: JudgeFn | None = load_judge(config.gate_judge) if config.gate_judge else None
         self.progress = self._load_progress()
         if config.start_paused and not self.progress.paused:
@@ -124,16 +133,22 @@ class OnlineTrainer:
                 tm.ROUND_FAILURES.inc()
                 log.exception("training round failed; will retry", extra={"error": self.error})
             self._set_state(IDLE)
+            if self.coordinator is not None:
+                self.coordinator.heartbeat()
             self._wake.wait(self.config.round_check_s)
             self._wake.clear()
 
     def run_once(self, stop: threading.Event | None = None) -> None:
-        """One check: reward update if due, then a PPO round if due (or unfinished)."""
+        """One check: judge a running canary (even when paused: a bad one must go), then
+        a reward update if due, then a PPO round if due (or unfinished) and no canary runs."""
         self.promoter.announce_pending()
+        self.canary.check()
         if self.progress.paused:
             return
         if self._reward_update_due():
             self._update_reward(stop)
+        if self.canary.active():
+            return  # one policy rollout at a time: the next candidate trains from the version that wins
         if self.rounds.round_active or self._saved_round_active() or self._policy_round_due():
             self._policy_round(stop)
 
@@ -187,24 +202,7 @@ class OnlineTrainer:
         prompts = len(self._gate_prompts())
         with self._ledger_lock:
             pairs = len(self.split.split_pairs(self.ledger.comparisons(), lambda c: c.prompt)[1])
-        need_prompts, need_pairs = self.config.gate_min_prompts, self.config.reward_min_heldout_comparisons
-        missing = []
-        if prompts < need_prompts:
-            missing.append(
-                f"{need_prompts - prompts} more held-out prompts from traffic before a policy promotion "
-                f"({prompts} of {need_prompts})"
-            )
-        if pairs < need_pairs:
-            missing.append(
-                f"{need_pairs - pairs} more held-out comparisons before a reward promotion ({pairs} of {need_pairs})"
-            )
-        return {
-            "gate_prompts": prompts,
-            "gate_prompts_required": need_prompts,
-            "reward_pairs": pairs,
-            "reward_pairs_required": need_pairs,
-            "waiting_for": "; ".join(missing),
-        }
+        return heldout_report(prompts, pairs, self.config.gate_min_prompts, self.config.reward_min_heldout_comparisons)
 
     def _reward_update_due(self) -> bool:
         if self.store.current("reward") is None:
@@ -248,6 +246,7 @@ class OnlineTrainer:
             self.split,
             threads=self.config.torch_threads,
             should_stop=stop.is_set if stop is not None else None,
+            coordinator=self.coordinator,
         )
         if outcome.reason in ("interrupted", "heldout_too_small"):
             return  # the same comparisons are used again (after a restart, or once enough are held out)
@@ -308,6 +307,10 @@ class OnlineTrainer:
             prompts = self.ledger.recent_prompts(limit=512)
             demos = [(d.prompt, d.response) for d in self.ledger.demonstrations(limit=256)]
         return self.split.training(prompts), [d for d in demos if not self.split.is_heldout(d[0])]
+
+    def _version_feedback(self, canary: str, stable: str, since: float) -> list[VersionFeedback]:
+        with self._ledger_lock:
+            return self.ledger.version_feedback(canary, stable, since)
 
     def _gate_prompts(self) -> list[str]:
         with self._ledger_lock:
@@ -373,6 +376,7 @@ class OnlineTrainer:
                 reason=f"gate passed: {decision.detail}",
                 notes={"source": "rlhf trainer PPO"},
                 expected_current=current,
+                canary_share=config.canary_share,
             )
             version = update.version
         log.info(

@@ -69,9 +69,16 @@ class PolicyRounds:
     """Owns the PPOTrainer between rounds; not thread-safe (the training thread's)."""
 
     def __init__(
-        self, store, checkpoint_dir: Path, reward_fn: RewardFn, ppo_config: Callable[[int], PPOConfig], seed: int = 0
+        self,
+        store,
+        checkpoint_dir: Path,
+        reward_fn: RewardFn,
+        ppo_config: Callable[[int], PPOConfig],
+        seed: int = 0,
+        coordinator=None,
     ):
         self.store = store
+        self.coordinator = coordinator  # under torchrun: every rank takes part in each step
         self.checkpoint_dir = Path(checkpoint_dir)
         self.reward_fn = reward_fn
         self.ppo_config = ppo_config  # context window -> PPOConfig
@@ -189,6 +196,8 @@ class PolicyRounds:
         """One PPO step on ``batch_size`` prompts drawn from ``prompts``; checkpointed."""
         trainer = self.ensure_trainer()
         batch = [self.rng.choice(list(prompts)) for _ in range(trainer.config.batch_size)]
+        if self.coordinator is not None:
+            self.coordinator.ppo_step(trainer, self.state.policy_version, batch, list(demonstrations))
         stats = trainer.step(batch, list(demonstrations) or None)
         trainer.checkpoint(self.checkpoint_dir)
         return stats

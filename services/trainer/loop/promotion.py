@@ -9,6 +9,13 @@ If the broker does not acknowledge the event, the change has still happened
 (CURRENT moved): the event is kept and re-published by announce_pending(),
 which the trainer calls on every check, and before any later change. It is
 never redone as a new version.
+
+Canary rollouts (services.trainer.loop.canary) take the same path with the
+store's CANARY pointer: a start writes the version and the pointer (CURRENT
+stays: the stable version), a completion moves CURRENT to the canary and
+removes the pointer, a rollback removes the pointer; each publishes its
+ModelUpdateEvent (CANARY_START / CANARY_COMPLETE / CANARY_ROLLBACK). An
+operator's Promote or Rollback ends a running canary first.
 """
 
 from __future__ import annotations
@@ -89,8 +96,10 @@ class Promoter:
         reason: str,
         notes: dict[str, str] | None = None,
         expected_current: str | None = None,
+        canary_share: float = 0.0,
     ) -> events_pb2.ModelUpdateEvent:
-        """Store a new version made by ``fill`` and make it current.
+        """Store a new version made by ``fill`` and make it current, or with ``canary_share``
+        > 0 start it as a canary for that share of users.
 
         ``expected_current``: refuse (FailedPrecondition) if an operator moved
         CURRENT since the candidate was trained from it."""
@@ -101,23 +110,41 @@ class Promoter:
                 raise FailedPrecondition(
                     f"{kind} current moved from {expected_current} to {previous} while the candidate was trained"
                 )
+            if canary_share and self.store.canary(kind) is not None:
+                raise FailedPrecondition(f"a {kind} canary rollout is in progress; one rollout at a time")
             manifest = self.store.write_version(
                 kind, fill, parent_version=parent_version, eval_metrics=eval_metrics, notes=notes
             )
-            # Not announced yet is fine here: the version is current and
+            # Not announced yet is fine here: the version is current (or the canary) and
             # announce_pending() keeps publishing it; retrying would store a duplicate.
+            if canary_share:
+                update, _announced = self._start_canary(
+                    kind, manifest.version, previous, canary_share, reason, manifest.eval_metrics
+                )
+                return update
             update, _announced = self._switch(
                 kind, manifest.version, previous, events_pb2.MODEL_UPDATE_ACTION_PROMOTE, reason, manifest.eval_metrics
             )
         tm.PROMOTIONS.labels(kind, "gate").inc()
         return update
 
-    def promote_existing(self, kind: str, version: str, reason: str) -> events_pb2.ModelUpdateEvent:
-        """Operator override: make a stored version current, bypassing the gate."""
+    def promote_existing(
+        self, kind: str, version: str, reason: str, canary_share: float = 0.0
+    ) -> events_pb2.ModelUpdateEvent:
+        """Operator override: make a stored version current, bypassing the gate; with
+        ``canary_share`` > 0, serve it first as a canary judged by live feedback."""
         with self._lock:
             self._announce_pending_locked()
             manifest = self._manifest(kind, version, "version")
             previous = self.store.current(kind) or ""
+            if canary_share:
+                self._check_canary_request(kind, version, previous, canary_share)
+            self._end_canary_by_operator(kind)
+            if canary_share:
+                update, announced = self._start_canary(
+                    kind, version, previous, canary_share, reason or "operator canary", manifest.eval_metrics
+                )
+                return self._require_announced(update, announced)
             update, announced = self._switch(
                 kind,
                 version,
@@ -130,12 +157,26 @@ class Promoter:
         return self._require_announced(update, announced)
 
     def rollback(self, kind: str, to_version: str, reason: str) -> events_pb2.ModelUpdateEvent:
-        """Make ``to_version`` (empty: the version before the current one) current again."""
+        """Make ``to_version`` (empty: the version before the current one) current again.
+        During a canary rollout, an empty ``to_version`` only ends the canary (CURRENT,
+        the stable version, stays)."""
         with self._lock:
             self._announce_pending_locked()
             current = self.store.current(kind)
             if current is None:
                 raise FailedPrecondition(f"the model store holds no {kind} version yet")
+            canary = self._end_canary_by_operator(kind)
+            if canary is not None and not to_version:
+                update, announced = self._announce(
+                    kind,
+                    current,
+                    canary.version,
+                    events_pb2.MODEL_UPDATE_ACTION_CANARY_ROLLBACK,
+                    reason or "operator rollback of the canary",
+                    self.store.manifest(kind, current).eval_metrics,
+                )
+                tm.ROLLBACKS.labels(kind).inc()
+                return self._require_announced(update, announced)
             target = to_version or self._previous(kind, current)
             manifest = self._manifest(kind, target, "to_version")
             if target == current:
@@ -150,6 +191,71 @@ class Promoter:
             )
         tm.ROLLBACKS.labels(kind).inc()
         return self._require_announced(update, announced)
+
+    # --- canary rollouts ------------------------------------------------------------------
+    def complete_canary(
+        self, kind: str, version: str, reason: str, metrics: dict[str, float]
+    ) -> events_pb2.ModelUpdateEvent:
+        """The canary ``version`` proved itself: make it CURRENT, remove the pointer, publish CANARY_COMPLETE."""
+        with self._lock:
+            self._announce_pending_locked()
+            stable = self._running_canary(kind, version).stable_version
+            self.store.set_current(kind, version)
+            self.store.clear_canary(kind)
+            update, _ = self._announce(
+                kind, version, stable, events_pb2.MODEL_UPDATE_ACTION_CANARY_COMPLETE, reason, metrics
+            )
+        tm.PROMOTIONS.labels(kind, "canary").inc()
+        return update
+
+    def rollback_canary(
+        self, kind: str, version: str, reason: str, metrics: dict[str, float]
+    ) -> events_pb2.ModelUpdateEvent:
+        """Withdraw the canary ``version``: remove the pointer, publish CANARY_ROLLBACK (CURRENT stays)."""
+        with self._lock:
+            self._announce_pending_locked()
+            self._running_canary(kind, version)
+            self.store.clear_canary(kind)
+            stable = self.store.current(kind) or ""
+            update, _ = self._announce(
+                kind, stable, version, events_pb2.MODEL_UPDATE_ACTION_CANARY_ROLLBACK, reason, metrics
+            )
+        tm.ROLLBACKS.labels(kind).inc()
+        return update
+
+    def _running_canary(self, kind: str, version: str):
+        pointer = self.store.canary(kind)
+        if pointer is None or pointer.version != version:
+            raise FailedPrecondition(f"the {kind} canary {version} is no longer running (an operator ended it)")
+        return pointer
+
+    def _check_canary_request(self, kind: str, version: str, current: str, share: float) -> None:
+        if kind != "policy":
+            raise InvalidArgument("canary_share", "only a policy can be served as a canary (users are routed to it)")
+        if not 0.0 < share < 1.0:
+            raise InvalidArgument("canary_share", f"must be between 0 and 1 (exclusive), got {share}")
+        if version == current:
+            raise InvalidArgument("version", f"{version} is already the current {kind} version")
+
+    def _start_canary(
+        self, kind: str, version: str, stable: str, share: float, reason: str, eval_metrics: dict[str, float]
+    ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
+        """Point CANARY at ``version`` and publish CANARY_START; returns the event and whether Kafka acknowledged it."""
+        self.store.set_canary(kind, version, share, stable)
+        announced = self._announce(
+            kind, version, stable, events_pb2.MODEL_UPDATE_ACTION_CANARY_START, reason, eval_metrics, share
+        )
+        tm.CANARY_DECISIONS.labels("started").inc()
+        return announced
+
+    def _end_canary_by_operator(self, kind: str):
+        """Remove a running canary's pointer (an operator's change supersedes it); returns it, or None."""
+        pointer = self.store.canary(kind)
+        if pointer is not None:
+            self.store.clear_canary(kind)
+            tm.CANARY_DECISIONS.labels("ended_by_operator").inc()
+            log.info("canary ended by an operator's change", extra={"kind": kind, "version": pointer.version})
+        return pointer
 
     @staticmethod
     def _require_announced(update: events_pb2.ModelUpdateEvent, announced: bool) -> events_pb2.ModelUpdateEvent:
@@ -208,6 +314,19 @@ class Promoter:
     ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
         """Move CURRENT and publish; returns the event and whether Kafka acknowledged it."""
         self.store.set_current(kind, version)
+        return self._announce(kind, version, previous, action, reason, eval_metrics)
+
+    def _announce(
+        self,
+        kind: str,
+        version: str,
+        previous: str,
+        action: int,
+        reason: str,
+        eval_metrics: dict[str, float],
+        canary_share: float = 0.0,
+    ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
+        """Publish the event of a change the store already shows; returns it and whether Kafka acknowledged it."""
         update = events_pb2.ModelUpdateEvent(
             event_id=events.new_id(),
             kind=_KIND_ENUM[kind],
@@ -218,6 +337,7 @@ class Promoter:
             reason=reason,
             eval_metrics=eval_metrics,
             manifest_sha256=self.store.manifest_sha256(kind, version),
+            canary_share=canary_share,
         )
         try:
             self._publish(update)

@@ -60,9 +60,11 @@ def update_reward_model(
     split: HeldoutSplit,
     threads: int = 2,
     should_stop: Callable[[], bool] | None = None,
+    coordinator=None,
 ) -> RewardCandidate:
     """Fine-tune the current reward version; promote it through ``promoter`` if it holds up.
-    Returns reason "interrupted" (nothing stored) when ``should_stop`` fires."""
+    Returns reason "interrupted" (nothing stored) when ``should_stop`` fires. Under
+    torchrun (``coordinator``) every rank takes part in the fine-tuning."""
     import torch
 
     from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
@@ -80,20 +82,25 @@ def update_reward_model(
         return RewardCandidate("", False, "heldout_too_small", {"heldout_pairs": float(len(heldout))})
     model, tokenizer = load_reward_model(store.open_version("reward", current))
     current_accuracy = pairwise_accuracy(model, tokenizer, heldout)
-    trainable = min(settings.trainable_layers, model.n_layers)
+    training = dict(
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        head_lr=settings.head_lr,
+        trainable_layers=min(settings.trainable_layers, model.n_layers),
+        warmup_steps=max(1, settings.steps // 10),
+    )
+    if coordinator is not None:
+        coordinator.reward_training(current, train, training)
     try:
         train_metrics = train_reward_model(
             model,
             tokenizer,
             train,
-            steps=settings.steps,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            head_lr=settings.head_lr,
-            trainable_layers=trainable,
-            warmup_steps=max(1, settings.steps // 10),
             progress=False,
             should_stop=should_stop,
+            parallel=coordinator.group if coordinator is not None else None,
+            **training,
         )
     except TrainingInterrupted as exc:
         log.info("reward update interrupted", extra={"why": str(exc)})

@@ -14,6 +14,10 @@ One :meth:`PPOTrainer.step` is:
 
 The reward function is any ``(prompts, responses) -> scores`` callable: in
 production an adapter over RewardService.ScoreBatch, in tests a Python rule.
+
+With a process group (:meth:`PPOTrainer.enable_data_parallel`, under
+torchrun) the step runs data-parallel: services.trainer.ppo.ppo_parallel says
+how; without one (the default) nothing here communicates.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from services.trainer.parallel.group import DataParallel
 from services.trainer.ppo import ppo_math as pm
+from services.trainer.ppo import ppo_parallel
 from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
 from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.ppo.ppo_model import CausalLM, PolicyWithValue, disable_dropout, response_logits
 from services.trainer.ppo.ppo_rollout import (
+    DemonstrationBatch,
     Rollout,
     decode_responses,
     demonstration_batch,
@@ -128,6 +135,18 @@ class PPOTrainer:
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
         self._ptx_cursor = 0
+        self.parallel: DataParallel | None = None
+
+    def enable_data_parallel(self, group: DataParallel) -> None:
+        """Run every later step data-parallel over ``group`` (every rank calls it, on
+        trainers in the same state: see services.trainer.parallel.coordinator)."""
+        cfg = self.config
+        if cfg.mini_batch_size < group.world_size:
+            raise ValueError(
+                f"--ppo-mini-batch-size ({cfg.mini_batch_size}) must be at least the number of ranks "
+                f"({group.world_size}): every rank takes part of every minibatch"
+            )
+        self.parallel = group
 
     @property
     def policy(self) -> CausalLM:
@@ -199,6 +218,9 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(rollout), generator=self.shuffle_generator)
             for index in order.split(cfg.mini_batch_size):
+                share = 1.0  # this rank's part of the minibatch's token mean (ppo_parallel.my_rows)
+                if self.parallel is not None:
+                    index, share = ppo_parallel.my_rows(self.parallel, index, rollout.response_mask)
                 mb = rollout.select(index)
                 width = mb.response_ids.shape[1]
                 mb_adv, mb_ret = adv.advantages[index][:, :width], adv.returns[index][:, :width]
@@ -209,44 +231,81 @@ class PPOTrainer:
                 pol = pm.clipped_policy_loss(logprobs, mb.logprobs, mb_adv, mask, cfg.cliprange)
                 val = pm.clipped_value_loss(values, mb.values, mb_ret, mask, cfg.cliprange_value)
                 loss = cfg.policy_loss_coef * pol.loss + cfg.vf_coef * val.loss
-                ptx = self._ptx_loss(demonstrations)
+                ptx, ptx_share = self._ptx_loss(demonstrations)
+                if self.parallel is not None:
+                    loss = share * loss
                 if ptx is not None:
-                    loss = loss + cfg.ptx_coef * ptx
+                    loss = loss + (cfg.ptx_coef * ptx_share) * ptx
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.parallel is not None:
+                    self.parallel.average_gradients(self.model.parameters())
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
                     entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask)
-                for name, value in (
-                    ("policy_loss", pol.loss), ("value_loss", val.loss), ("clipfrac", pol.clipfrac),
-                    ("value_clipfrac", val.clipfrac), ("approx_kl", pol.approx_kl), ("entropy", entropy),
-                    ("ptx_loss", ptx if ptx is not None else torch.tensor(math.nan)),
-                ):  # fmt: skip
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                stats = {
+                    "policy_loss": float(pol.loss.detach()), "value_loss": float(val.loss.detach()),
+                    "clipfrac": float(pol.clipfrac), "value_clipfrac": float(val.clipfrac),
+                    "approx_kl": float(pol.approx_kl), "entropy": float(entropy),
+                    "ptx_loss": float(ptx.detach()) if ptx is not None else math.nan,
+                }  # fmt: skip
+                if self.parallel is not None:
+                    with_ptx = bool(demonstrations) and cfg.ptx_coef != 0
+                    stats = ppo_parallel.global_stats(self.parallel, stats, share, ptx_share, with_ptx)
+                for name, value in stats.items():
+                    sums[name] = sums.get(name, 0.0) + value
                 n_updates += 1
         return {k: v / n_updates for k, v in sums.items()}
 
-    def _ptx_loss(self, demonstrations: Sequence[tuple[str, str]] | None) -> Tensor | None:
-        """SFT loss on the next ``ptx_batch_size`` demonstrations, cycling through them."""
+    def _ptx_loss(self, demonstrations: Sequence[tuple[str, str]] | None) -> tuple[Tensor | None, float]:
+        """SFT loss on the next ``ptx_batch_size`` demonstrations, cycling through them, and its
+        scale (1 in one process; with a process group, this rank's part of the picked ones)."""
         if not demonstrations or self.config.ptx_coef == 0:
-            return None
+            return None, 0.0
         n = min(self.config.ptx_batch_size, len(demonstrations))
         picked = [demonstrations[(self._ptx_cursor + i) % len(demonstrations)] for i in range(n)]
         self._ptx_cursor = (self._ptx_cursor + n) % len(demonstrations)
         batch = demonstration_batch(self.tokenizer, picked, self.config.max_prompt_length, self.config.max_new_tokens)
-        return demonstration_loss(self.policy, batch)
+        if self.parallel is None:
+            return demonstration_loss(self.policy, batch), 1.0
+        rows, share = ppo_parallel.my_rows(self.parallel, torch.arange(n), batch.labels[:, 1:] != -100)
+        if len(rows) == 0:
+            return None, 0.0
+        mine = DemonstrationBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.labels[rows])
+        return demonstration_loss(self.policy, mine), share
 
     # --- the whole step -------------------------------------------------------
     def step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]] | None = None) -> PPOStats:
         """One PPO iteration on ``prompts`` (len == batch_size); ``demonstrations``
-        are (prompt, better response) pairs trained with the ptx SFT loss."""
+        are (prompt, better response) pairs trained with the ptx SFT loss. Data-parallel,
+        every rank passes the same global ``prompts`` and rolls out its shard of them."""
         if len(prompts) != self.config.batch_size:
             raise ValueError(f"step needs batch_size={self.config.batch_size} prompts, got {len(prompts)}")
         start = time.perf_counter()
-        rollout = self.rollout(prompts)
-        scores = self.score(rollout)
+        if self.parallel is None:
+            rollout = self.rollout(prompts)
+            scores = self.score(rollout)
+        else:
+            torch.manual_seed(ppo_parallel.rollout_seed(self.config.seed, self.step_count, self.parallel.rank))
+            rollout = self.rollout(list(prompts)[self.parallel.shard(len(prompts))])
+            scores = ppo_parallel.score_together(self.parallel, self.score, rollout)
+        return self.learn(rollout, scores, demonstrations, started=start)
+
+    def learn(
+        self,
+        rollout: Rollout,
+        scores: Tensor,
+        demonstrations: Sequence[tuple[str, str]] | None = None,
+        *,
+        started: float | None = None,
+    ) -> PPOStats:
+        """Advantages, the PPO update and the KL controller on a scored rollout (steps 3-5).
+        Data-parallel, ``rollout`` and ``scores`` are this rank's shard; they are gathered first."""
+        start = time.perf_counter() if started is None else started
+        if self.parallel is not None:
+            rollout, scores = ppo_parallel.gather_rollout(self.parallel, rollout, scores, self.tokenizer.pad_token_id)
         adv = self.compute_advantages(rollout, scores)
         rollout_done = time.perf_counter()
         losses = self.update(rollout, adv, demonstrations)
@@ -260,12 +319,12 @@ class PPOTrainer:
             kl=kl_per_response,
             kl_coef=self.kl_controller.value,
             response_length=float(mask.sum(1).mean()),
-            samples_per_s=len(prompts) / (end - start),
+            samples_per_s=len(rollout) / (end - start),
             rollout_s=rollout_done - start,
             update_s=end - rollout_done,
             **losses,
         )
-        self.kl_controller.update(kl_per_response, len(prompts))
+        self.kl_controller.update(kl_per_response, len(rollout))
         self.step_count += 1
         return stats
 

@@ -4,17 +4,24 @@ mean of its first and last tenth (what the manifests record)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 
 def clipped_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float = 1.0
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    max_grad_norm: float = 1.0,
+    reduce_gradients: Callable[[Iterable[torch.nn.Parameter]], None] | None = None,
 ) -> float:
-    """Backward, clip the global grad norm, step; returns the loss value."""
+    """Backward, clip the global grad norm, step; returns the loss value. Data-parallel,
+    ``reduce_gradients`` averages the gradients over the ranks before the clip."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if reduce_gradients is not None:
+        reduce_gradients(model.parameters())
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return loss.item()

@@ -13,6 +13,11 @@ sequence-classification model, shared.reward_adapter) trains the top
 ``trainable_layers`` blocks and everything above them (final norm, pooler,
 score head) with a full forward pass per step; all parameters when
 ``trainable_layers`` is None or its blocks cannot be found.
+
+Data-parallel (``parallel``, under torchrun), every rank draws the same batch
+and scores its contiguous shard of it; the loss is scaled by the shard's size
+times W over the batch's, and gradients are averaged over the ranks before
+the clip: the step one process would take on the whole batch.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from services.trainer.parallel.group import DataParallel
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
 from services.trainer.supervised.pretrain import lr_at
 from shared.reward_model import RewardModel, encode_pairs, pairwise_accuracy
@@ -109,6 +115,7 @@ def train_reward_model(
     seed: int = 0,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    parallel: DataParallel | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place; returns loss and accuracy on the training pairs
     (first and last tenth of steps). ``should_stop`` is checked every step:
@@ -121,6 +128,8 @@ def train_reward_model(
     affordable on a CPU. Other models run the frozen layers every step."""
     if not pairs:
         raise ValueError("train_reward_model needs at least one (prompt, chosen, rejected) pair")
+    if parallel is not None and batch_size < parallel.world_size:
+        raise ValueError(f"batch_size ({batch_size}) must be at least the number of ranks ({parallel.world_size})")
     max_length = max_length or model.head_config.max_length
     n_frozen = 0  # frozen MiniLM layers whose output is cached
     if trainable_layers is not None and trainable_layers < model.n_layers:
@@ -130,8 +139,10 @@ def train_reward_model(
     cache = None
     if n_frozen:
         texts = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+        # Data-parallel, only the step loop stops (every rank at the same step).
+        cache_stop = should_stop if parallel is None else None
         cache = cache_frozen_hidden(
-            model, tokenizer, texts, n_frozen, max_length, progress=progress, should_stop=should_stop
+            model, tokenizer, texts, n_frozen, max_length, progress=progress, should_stop=cache_stop
         )
     head_params = model.head_parameters()
     head_ids = {id(p) for p in head_params}
@@ -150,7 +161,10 @@ def train_reward_model(
     model.train()
     bar = tqdm(range(steps), desc="reward model", disable=not progress, leave=False)
     for step in bar:
-        if should_stop is not None and should_stop():
+        stop_now = should_stop is not None and should_stop()
+        if parallel is not None:
+            stop_now = parallel.main_says(stop_now)
+        if stop_now:
             raise TrainingInterrupted(f"stopped at step {step} of {steps}")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, group["peak"], warmup_steps)
@@ -160,6 +174,10 @@ def train_reward_model(
             order.extend(fresh)
         batch = [pairs[i] for i in order[:batch_size]]
         del order[:batch_size]
+        share = 1.0
+        if parallel is not None:
+            whole, batch = len(batch), batch[parallel.shard(len(batch))]
+            share = len(batch) * parallel.world_size / whole
         if cache is not None:
             keys = [(p, c) for p, c, _ in batch] + [(p, r) for p, _, r in batch]
             scores = _cached_scores(model, cache, keys, n_frozen)
@@ -167,8 +185,15 @@ def train_reward_model(
         else:
             chosen, rejected = _pair_scores(model, tokenizer, batch, max_length)
         loss = bradley_terry_loss(chosen, rejected)
-        losses.append(clipped_step(model, optimizer, loss))
-        accuracies.append((chosen > rejected).float().mean().item())
+        accuracy = (chosen > rejected).float().mean().item()
+        if parallel is None:
+            losses.append(clipped_step(model, optimizer, loss))
+        else:
+            value = clipped_step(model, optimizer, share * loss, reduce_gradients=parallel.average_gradients)
+            totals = parallel.all_reduce_sum_(torch.tensor([value, accuracy * share], dtype=torch.float64))
+            losses.append(float(totals[0]) / parallel.world_size)
+            accuracy = float(totals[1]) / parallel.world_size
+        accuracies.append(accuracy)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return {

@@ -44,6 +44,9 @@ class ModelUpdateAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_UPDATE_ACTION_UNSPECIFIED: _ClassVar[ModelUpdateAction]
     MODEL_UPDATE_ACTION_PROMOTE: _ClassVar[ModelUpdateAction]
     MODEL_UPDATE_ACTION_ROLLBACK: _ClassVar[ModelUpdateAction]
+    MODEL_UPDATE_ACTION_CANARY_START: _ClassVar[ModelUpdateAction]
+    MODEL_UPDATE_ACTION_CANARY_COMPLETE: _ClassVar[ModelUpdateAction]
+    MODEL_UPDATE_ACTION_CANARY_ROLLBACK: _ClassVar[ModelUpdateAction]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -63,6 +66,9 @@ FLAG_CATEGORY_OTHER: FlagCategory
 MODEL_UPDATE_ACTION_UNSPECIFIED: ModelUpdateAction
 MODEL_UPDATE_ACTION_PROMOTE: ModelUpdateAction
 MODEL_UPDATE_ACTION_ROLLBACK: ModelUpdateAction
+MODEL_UPDATE_ACTION_CANARY_START: ModelUpdateAction
+MODEL_UPDATE_ACTION_CANARY_COMPLETE: ModelUpdateAction
+MODEL_UPDATE_ACTION_CANARY_ROLLBACK: ModelUpdateAction
 
 class GenerationEvent(_message.Message):
     __slots__ = ("event_id", "generation_id", "request_id", "prompt", "response", "model_version", "sampling", "created_at", "prompt_tokens", "completion_tokens", "finish_reason", "sequence_index", "user_id", "metadata", "messages")
@@ -167,7 +173,7 @@ class FeedbackEvent(_message.Message):
     def __init__(self, feedback_id: _Optional[str] = ..., generation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., comment: _Optional[str] = ..., rating: _Optional[_Union[Rating, _Mapping]] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., correction: _Optional[_Union[Correction, _Mapping]] = ..., flag: _Optional[_Union[Flag, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelUpdateEvent(_message.Message):
-    __slots__ = ("event_id", "kind", "version", "previous_version", "action", "created_at", "reason", "eval_metrics", "manifest_sha256")
+    __slots__ = ("event_id", "kind", "version", "previous_version", "action", "created_at", "reason", "eval_metrics", "manifest_sha256", "canary_share")
     class EvalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +190,7 @@ class ModelUpdateEvent(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVAL_METRICS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     kind: _common_pb2.ModelKind
     version: str
@@ -193,7 +200,8 @@ class ModelUpdateEvent(_message.Message):
     reason: str
     eval_metrics: _containers.ScalarMap[str, float]
     manifest_sha256: str
-    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., action: _Optional[_Union[ModelUpdateAction, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., manifest_sha256: _Optional[str] = ...) -> None: ...
+    canary_share: float
+    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., action: _Optional[_Union[ModelUpdateAction, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., manifest_sha256: _Optional[str] = ..., canary_share: _Optional[float] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("source_topic", "source_partition", "source_offset", "key", "value", "reason", "error", "consumer_group", "failed_at", "headers")

@@ -34,14 +34,16 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PromoteRequest(_message.Message):
-    __slots__ = ("kind", "version", "reason")
+    __slots__ = ("kind", "version", "reason", "canary_share")
     KIND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
     kind: _common_pb2.ModelKind
     version: str
     reason: str
-    def __init__(self, kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    canary_share: float
+    def __init__(self, kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., canary_share: _Optional[float] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("kind", "to_version", "reason")
@@ -125,7 +127,7 @@ class HeldoutStatus(_message.Message):
     def __init__(self, gate_prompts: _Optional[int] = ..., gate_prompts_required: _Optional[int] = ..., reward_pairs: _Optional[int] = ..., reward_pairs_required: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
 
 class TrainerStatus(_message.Message):
-    __slots__ = ("state", "policy_version", "reward_version", "feedback_counts", "generations_seen", "feedback_pending_join", "last_ppo", "recent_candidates", "pause_reason", "consumer_lag", "heldout")
+    __slots__ = ("state", "policy_version", "reward_version", "feedback_counts", "generations_seen", "feedback_pending_join", "last_ppo", "recent_candidates", "pause_reason", "consumer_lag", "heldout", "canary")
     class FeedbackCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +153,7 @@ class TrainerStatus(_message.Message):
     PAUSE_REASON_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_LAG_FIELD_NUMBER: _ClassVar[int]
     HELDOUT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
     state: TrainerState
     policy_version: str
     reward_version: str
@@ -162,4 +165,37 @@ class TrainerStatus(_message.Message):
     pause_reason: str
     consumer_lag: _containers.ScalarMap[str, int]
     heldout: HeldoutStatus
-    def __init__(self, state: _Optional[_Union[TrainerState, str]] = ..., policy_version: _Optional[str] = ..., reward_version: _Optional[str] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., generations_seen: _Optional[int] = ..., feedback_pending_join: _Optional[int] = ..., last_ppo: _Optional[_Union[PPOStats, _Mapping]] = ..., recent_candidates: _Optional[_Iterable[_Union[CandidateReport, _Mapping]]] = ..., pause_reason: _Optional[str] = ..., consumer_lag: _Optional[_Mapping[str, int]] = ..., heldout: _Optional[_Union[HeldoutStatus, _Mapping]] = ...) -> None: ...
+    canary: CanaryStatus
+    def __init__(self, state: _Optional[_Union[TrainerState, str]] = ..., policy_version: _Optional[str] = ..., reward_version: _Optional[str] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., generations_seen: _Optional[int] = ..., feedback_pending_join: _Optional[int] = ..., last_ppo: _Optional[_Union[PPOStats, _Mapping]] = ..., recent_candidates: _Optional[_Iterable[_Union[CandidateReport, _Mapping]]] = ..., pause_reason: _Optional[str] = ..., consumer_lag: _Optional[_Mapping[str, int]] = ..., heldout: _Optional[_Union[HeldoutStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ...) -> None: ...
+
+class CanaryStatus(_message.Message):
+    __slots__ = ("version", "stable_version", "share", "decision", "detail", "canary_feedback", "stable_feedback", "canary_score", "stable_score", "difference", "standard_error", "min_feedback", "started_at", "active")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    STABLE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    STANDARD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MIN_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    stable_version: str
+    share: float
+    decision: str
+    detail: str
+    canary_feedback: int
+    stable_feedback: int
+    canary_score: float
+    stable_score: float
+    difference: float
+    standard_error: float
+    min_feedback: int
+    started_at: _timestamp_pb2.Timestamp
+    active: bool
+    def __init__(self, version: _Optional[str] = ..., stable_version: _Optional[str] = ..., share: _Optional[float] = ..., decision: _Optional[str] = ..., detail: _Optional[str] = ..., canary_feedback: _Optional[int] = ..., stable_feedback: _Optional[int] = ..., canary_score: _Optional[float] = ..., stable_score: _Optional[float] = ..., difference: _Optional[float] = ..., standard_error: _Optional[float] = ..., min_feedback: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ...) -> None: ...

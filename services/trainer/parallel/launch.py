@@ -1,0 +1,43 @@
+"""``python -m services.trainer`` under torchrun (WORLD_SIZE > 1): join the
+process group, then rank 0 runs the whole trainer service with a Coordinator
+and every other rank runs a Worker. Without torchrun, services.trainer.server
+runs as one process, as before.
+
+    torchrun --nproc-per-node 2 -m services.trainer --model-store ... --kafka ...
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from services.trainer.config import TrainerConfig
+from services.trainer.parallel.coordinator import Coordinator
+from services.trainer.parallel.group import DataParallel
+from services.trainer.parallel.worker import run_worker
+from shared.config import ConfigError, load_config
+from shared.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def run_data_parallel(argv: Sequence[str] | None = None) -> int:
+    """Run this rank of a data-parallel trainer; returns the process exit code."""
+    try:
+        config = load_config(TrainerConfig, argv, prog="python -m services.trainer")
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    group = DataParallel.from_env(config.dist_backend, config.dist_timeout_s)
+    try:
+        if group.is_main:
+            from services.trainer.server import SERVICE_NAME, TrainerServer
+            from shared.service_main import run_service
+
+            coordinator = Coordinator(group)
+            return run_service(TrainerConfig, SERVICE_NAME, lambda c: TrainerServer(c, coordinator=coordinator), argv)
+        setup_logging(f"trainer-rank{group.rank}", config.log_level, config.log_format)
+        return run_worker(config, group)
+    finally:
+        group.close()
