@@ -55,12 +55,15 @@ class ServiceProcess:
     metrics_port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    # How it was last started, so restart() can start it the same way.
+    launch: tuple[dict[str, str], list[str]] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, base_env: dict[str, str], extra_args: list[str]) -> None:
+        self.launch = (dict(base_env), list(extra_args))
         child_env = dict(base_env)
         child_env[env.PORT] = str(self.port)
         child_env[env.METRICS_PORT] = str(self.metrics_port)
@@ -76,6 +79,15 @@ class ServiceProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def restart(self, note: str = "restarted") -> None:
+        """Start the service again as it was last started (it must have exited);
+        ``note`` marks the place in its log."""
+        if self.launch is None or self.running():
+            raise RuntimeError(f"{self.name}: restart() needs a service that was started and has exited")
+        with open(self.log_path, "ab") as log:
+            log.write(f"----- {note} -----\n".encode())
+        self.start(*self.launch)
 
     def stop(self, timeout_s: float) -> int | None:
         if not self.running():
