@@ -67,6 +67,14 @@ def http_health_status(address: str, timeout_s: float = 1.0) -> str:
         return "UNREACHABLE"
 
 
+def service_status(proc: ServiceProcess, timeout_s: float = 1.0) -> str:
+    """SERVING / NOT_SERVING / UNREACHABLE of a started service: HTTP /health for the front
+    door, gRPC health (over TLS when RLHF_TLS_* says so, as the services inherit it) for the rest."""
+    if (proc.module or proc.name) in HTTP_SERVICES:
+        return http_health_status(proc.address, timeout_s)
+    return health_status(proc.address, timeout_s, tls=client_tls_from_env(os.environ))
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -75,12 +83,15 @@ class ServiceProcess:
     log_path: Path
     proc: subprocess.Popen | None = None
     module: str = ""  # services.<module>; default: the name (replicas share one module)
+    # How it was last started, so restart() can start it the same way.
+    launch: tuple[dict[str, str], list[str]] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, base_env: dict[str, str], extra_args: list[str]) -> None:
+        self.launch = (dict(base_env), list(extra_args))
         child_env = dict(base_env)
         child_env[env.PORT] = str(self.port)
         child_env[env.METRICS_PORT] = str(self.metrics_port)
@@ -97,6 +108,15 @@ class ServiceProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def restart(self, note: str = "restarted") -> None:
+        """Start the service again as it was last started (it must have exited);
+        ``note`` marks the place in its log."""
+        if self.launch is None or self.running():
+            raise RuntimeError(f"{self.name}: restart() needs a service that was started and has exited")
+        with open(self.log_path, "ab") as log:
+            log.write(f"----- {note} -----\n".encode())
+        self.start(*self.launch)
 
     def stop(self, timeout_s: float) -> int | None:
         if not self.running():
@@ -196,12 +216,7 @@ class Stack:
             if not proc.running():
                 tail = proc.log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{proc.name} exited with code {proc.proc.returncode}; its log ends:\n{tail}")
-            # The services inherit RLHF_TLS_* from this environment; their health is checked the same way.
-            status = (
-                http_health_status(proc.address)
-                if proc.name in HTTP_SERVICES
-                else health_status(proc.address, tls=client_tls_from_env(os.environ))
-            )
+            status = service_status(proc)
             if on_progress:
                 on_progress(proc.name, status)
             if status == "SERVING":

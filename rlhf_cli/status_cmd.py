@@ -50,7 +50,8 @@ def call_trainer(args, method: str, request):
 
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
     try:
-        channel = open_channel(args.trainer, client_tls_from_args(args))
+        # One trainer, asked directly: an operator must reach it even while it reports NOT_SERVING.
+        channel = open_channel(args.trainer, client_tls_from_args(args), balanced=False)
     except ValueError as exc:  # an unreadable certificate file, named by its flag
         return None, str(exc)
     with channel:

@@ -16,6 +16,13 @@ def add_parser(subparsers) -> None:
         "up", help="start the broker and all services; Ctrl-C stops them", description=__doc__
     )
     add_stack_arguments(parser)
+    parser.add_argument("--port-offset", type=int, default=0, help="add this to every service port")
+    restart = parser.add_argument_group("restarts (a crashed service is started again, with exponential backoff)")
+    restart.add_argument("--restart-backoff-s", type=float, default=1.0, help="wait before the first restart")
+    restart.add_argument(
+        "--restart-backoff-max-s", type=float, default=60.0, help="longest wait; it doubles with each quick crash"
+    )
+    restart.add_argument("--no-restart", action="store_true", help="stop the whole stack when a service exits instead")
     parser.set_defaults(func=run)
 
 
@@ -76,6 +83,7 @@ def start_stack(args, console):
         kafka=args.kafka,
         broker_port=args.broker_port,
         policy_replicas=args.policy_replicas,
+        port_offset=getattr(args, "port_offset", 0),
     )
     stack.start_broker()
     console.print(f"broker: {stack.bootstrap}" + (" (embedded Tansu)" if stack.broker else ""))
@@ -91,11 +99,19 @@ def start_stack(args, console):
     return stack
 
 
-def wait_for_interrupt(stack, console) -> int:
+def wait_for_interrupt(stack, console, restart_policy=None) -> int:
+    """Until Ctrl-C or SIGTERM: restart services that exit (with ``restart_policy``),
+    or, without one, stop the stack when one exits. Then stop everything."""
+    from rlhf_cli.supervisor import Supervisor
+
     stopped = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    while not stopped.wait(1.0):
+    supervisor = Supervisor(stack, restart_policy, say=console.print) if restart_policy else None
+    while not stopped.wait(0.5):
+        if supervisor is not None:
+            supervisor.tick()
+            continue
         dead = stack.check_alive()
         if dead:
             console.print(f"[red]{', '.join(dead)} exited; stopping the stack[/red]")
@@ -103,13 +119,23 @@ def wait_for_interrupt(stack, console) -> int:
     console.print("stopping…")
     codes = stack.stop()
     console.print("stopped: " + ", ".join(f"{n} ({c})" for n, c in codes.items()))
+    if supervisor is not None:
+        console.print("restarts: " + ", ".join(f"{n} {k}" for n, k in supervisor.restart_counts().items()))
     return 1 if any(codes.values()) else 0
 
 
 def run(args) -> int:
     from rich.console import Console
 
+    from rlhf_cli.supervisor import RestartPolicy
+
     console = Console()
     stack = start_stack(args, console)
-    console.print("[green]stack is up[/green]; Ctrl-C stops it")
-    return wait_for_interrupt(stack, console)
+    restart_policy = None
+    if not args.no_restart:
+        restart_policy = RestartPolicy(args.restart_backoff_s, max(args.restart_backoff_s, args.restart_backoff_max_s))
+    console.print(
+        "[green]stack is up[/green]; Ctrl-C stops it"
+        + ("" if restart_policy is None else "; a service that exits is restarted")
+    )
+    return wait_for_interrupt(stack, console, restart_policy)

@@ -112,6 +112,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The tansu process id while it runs (fault-injection tests pause it)."""
+        return self._proc.pid if self.running() and self._proc else None
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 

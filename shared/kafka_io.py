@@ -86,11 +86,23 @@ def produce_event(producer: KafkaProducer, topic: str, key: str | bytes, message
 
 
 class DeadLetterProducer:
-    """Sends records a consumer could not accept to rlhf.deadletter.v1."""
+    """Sends records a consumer could not accept to rlhf.deadletter.v1.
 
-    def __init__(self, producer: KafkaProducer, consumer_group: str = ""):
+    With ``new_producer``, a send that fails replaces the producer before the
+    error reaches the consumer loop (which retries the batch): kafka-python's
+    idempotent producer can stay broken for good once the broker has
+    forgotten its producer id (a broker that restarted empty, or expired
+    producer state), and dead letters are rare enough to build one each time."""
+
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        consumer_group: str = "",
+        new_producer: Callable[[], KafkaProducer] | None = None,
+    ):
         self.producer = producer
         self.consumer_group = consumer_group
+        self.new_producer = new_producer
 
     def send(self, record, reason: str, detail: str, timeout_s: float = 10.0) -> None:
         letter = events_pb2.DeadLetter(
@@ -105,7 +117,20 @@ class DeadLetterProducer:
             failed_at=events.now_timestamp(),
             headers={k: v.decode("utf-8", "replace") for k, v in (record.headers or [])},
         )
-        produce_event(self.producer, events.DEADLETTER_TOPIC, record.topic, letter).get(timeout=timeout_s)
+        producer = self.producer
+        try:
+            produce_event(producer, events.DEADLETTER_TOPIC, record.topic, letter).get(timeout=timeout_s)
+        except KafkaError as exc:
+            if self.new_producer is not None:
+                log.warning(
+                    "dead-letter producer failed; replacing it", extra={"error": f"{type(exc).__name__}: {exc}"}
+                )
+                self.producer = self.new_producer()
+                try:
+                    producer.close(timeout=0)
+                except KafkaError:
+                    pass  # kafka-python raises from its flush when a record is still pending
+            raise  # the consumer loop retries the batch
         metrics.EVENTS_DEADLETTERED.labels(record.topic, reason).inc()
         log.warning(
             "dead-lettered event",
@@ -243,6 +268,13 @@ class EventConsumerLoop:
                 continue
             try:
                 self._poll_until(stop)
+            except Exception:  # noqa: BLE001 - a consumer thread that dies silently stops the service for good
+                # E.g. CommitFailedError after the group lost this member (a
+                # broker that restarted or forgot the group). The batch was
+                # handled but its offsets not committed: a new consumer
+                # resumes from the last commit and handlers are idempotent.
+                log.exception("consumer failed; reconnecting", extra={"group": self.settings.group_id or ""})
+                stop.wait(1.0)
             finally:
                 self._consumer.close(autocommit=False)
                 self._consumer = None

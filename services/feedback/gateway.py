@@ -15,11 +15,12 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from prometheus_client import Counter
 
 from shared import events, metrics
@@ -34,6 +35,7 @@ FEEDBACK_ACCEPTED = Counter(
     "rlhf_feedback_accepted_total", "feedback events acknowledged by the broker, by kind", ["kind"]
 )
 FEEDBACK_DUPLICATES = Counter("rlhf_feedback_duplicates_total", "resubmitted feedback ids answered from the cache")
+PRODUCER_REPLACED = Counter("rlhf_feedback_producer_replaced_total", "Kafka producers replaced after failed sends")
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,14 @@ class FeedbackGateway:
         limiter: ClientRateLimiter,
         *,
         ack_timeout_s: float = 10.0,
+        new_producer: Callable[[], KafkaProducer] | None = None,
     ):
         self.producer = producer
+        # Builds a replacement when the producer fails (see _replace_failed_producer).
+        self.new_producer = new_producer
+        self._producer_lock = threading.Lock()
+        self._producer_built_at = time.monotonic()
+        self._rebuilding = False
         self.limits = limits
         self.answers = answers
         self.limiter = limiter
@@ -185,16 +193,18 @@ class FeedbackGateway:
         # Claim every id first, then send all owned events before waiting for
         # any ack, so a batch costs one round trip to the broker, not one per item.
         claims = [self.answers.claim(e.feedback_id) for e in batch]
+        producer = self.producer
         sends = []
         for event, (_stored, _future, owner) in zip(batch, claims):
             if owner:
                 try:
-                    sent = produce_event(self.producer, events.FEEDBACK_TOPIC, event.generation_id, event)
+                    sent = produce_event(producer, events.FEEDBACK_TOPIC, event.generation_id, event)
                     sends.append((event, sent))
                 except Exception as exc:  # noqa: BLE001 - e.g. buffer full: the send never started
                     sends.append((event, exc))
-        for event, sent in sends:
-            self._settle(event, sent)
+        failures = [exc for exc in (self._settle(event, sent) for event, sent in sends) if exc is not None]
+        if failures:
+            self._replace_failed_producer(producer, failures[0])
         receipts = []
         for stored, future, owner in claims:
             if stored is not None:
@@ -211,8 +221,9 @@ class FeedbackGateway:
             receipts.append(receipt if owner else _as_duplicate(receipt))
         return receipts
 
-    def _settle(self, event: events_pb2.FeedbackEvent, sent) -> None:
-        """Wait for one ack and publish the answer (or the failure) to waiters."""
+    def _settle(self, event: events_pb2.FeedbackEvent, sent) -> Exception | None:
+        """Wait for one ack and publish the answer (or the failure) to waiters;
+        returns the failure, if any."""
         try:
             if isinstance(sent, Exception):
                 raise sent
@@ -226,11 +237,54 @@ class FeedbackGateway:
                     "feedback_id"
                 ),
             )
-            return
+            return exc
         receipt = FeedbackReceipt(event.feedback_id, False, time.time_ns(), meta.partition, meta.offset)
         self._produced.inc()
         self._accepted[event.WhichOneof("kind")].inc()
         self.answers.finish(event.feedback_id, receipt)
+        return None
+
+    def _replace_failed_producer(self, failed: KafkaProducer, exc: Exception) -> None:
+        """After a failed send, build a new producer in the background (at most
+        one per ``ack_timeout_s``) and use it from then on.
+
+        kafka-python's idempotent producer can stay broken for good once the
+        broker has forgotten its producer id (a broker that restarted empty,
+        or producer state that expired): it either fails every send with a
+        fatal error or retries them forever. A new producer gets a new id.
+        During a plain outage this costs one new producer per ack timeout.
+        Callers of the failed sends already got UNAVAILABLE and retry with the
+        same feedback_id; the trainer's ledger drops any duplicate."""
+        if self.new_producer is None:
+            return
+        with self._producer_lock:
+            young = time.monotonic() - self._producer_built_at < self.ack_timeout_s
+            if self.producer is not failed or self._rebuilding or young:
+                return
+            self._rebuilding = True
+        reason = f"{type(exc).__name__}: {exc}"
+        threading.Thread(target=self._rebuild, args=(failed, reason), name="producer-rebuild", daemon=True).start()
+
+    def _rebuild(self, failed: KafkaProducer, reason: str) -> None:
+        assert self.new_producer is not None
+        try:
+            fresh = self.new_producer()
+        except Exception as exc:  # noqa: BLE001 - broker unreachable: a later failure tries again
+            log.warning("cannot build a new Kafka producer yet", extra={"error": str(exc)})
+            return
+        finally:
+            with self._producer_lock:
+                self._rebuilding = False
+                self._producer_built_at = time.monotonic()
+        with self._producer_lock:
+            self.producer = fresh
+        PRODUCER_REPLACED.inc()
+        log.warning("Kafka producer replaced after a failed send", extra={"error": reason})
+        try:
+            # Waits for the sends still in it; their callers wait as long for their acks.
+            failed.close(timeout=self.ack_timeout_s)
+        except KafkaError as exc:  # kafka-python raises from its flush when records are still pending
+            log.warning("the replaced Kafka producer did not close cleanly", extra={"error": str(exc)})
 
 
 def bind_user_id(event: events_pb2.FeedbackEvent, subject: str, field: str) -> None:

@@ -76,17 +76,21 @@ class FeedbackGatewayServer:
 
     def __init__(self, config: FeedbackConfig):
         self.config = config
+
         # linger 0: every caller waits for its own ack, so latency bounds
         # throughput; records still batch while earlier requests are in flight.
-        self.producer = create_producer(
-            config.kafka, client_id="rlhf-feedback-gateway", linger_ms=0, **config.kafka_client_options()
-        )
+        def new_producer():
+            return create_producer(
+                config.kafka, client_id="rlhf-feedback-gateway", linger_ms=0, **config.kafka_client_options()
+            )
+
         self.gateway = FeedbackGateway(
-            self.producer,
+            new_producer(),
             config.limits,
             FirstAnswerCache(config.dedup_ttl_s, config.dedup_capacity),
             ClientRateLimiter(config.rate_limit, config.rate_burst),
             ack_timeout_s=config.ack_timeout_s,
+            new_producer=new_producer,
         )
         self.grpc = GrpcServer(
             config,
@@ -110,6 +114,11 @@ class FeedbackGatewayServer:
         # In-flight calls have finished; anything still buffered gets its ack wait.
         self.producer.flush(timeout=self.config.ack_timeout_s)
         self.producer.close(timeout=self.config.ack_timeout_s)
+
+    @property
+    def producer(self):
+        """The gateway's producer now (it is replaced after a fatal error)."""
+        return self.gateway.producer
 
 
 def _build(config: FeedbackConfig) -> FeedbackGatewayServer:

@@ -159,9 +159,14 @@ class TrainerServer:
             )
         self.online = OnlineTrainer(config, self.store, self.promoter, reward_fn, coordinator=coordinator)
         self.ledger = FeedbackLedger(config.ledger_path)  # the consumer thread's connection
-        self.ingest = FeedbackIngest(
-            self.ledger, DeadLetterProducer(self.producer, config.consumer_group), hold_s=config.feedback_hold_s
+        dead_letters = DeadLetterProducer(
+            self.producer,
+            config.consumer_group,
+            new_producer=lambda: create_producer(
+                config.kafka, client_id="rlhf-trainer", **config.kafka_client_options()
+            ),
         )
+        self.ingest = FeedbackIngest(self.ledger, dead_letters, hold_s=config.feedback_hold_s)
         self.consumer = self.ingest.consumer_loop(
             config.kafka, config.kafka_consumer_options(), group=config.consumer_group
         )
@@ -217,8 +222,9 @@ class TrainerServer:
                 self.coordinator.stop()  # only once the training thread is done with the process group
             except Exception:  # noqa: BLE001 - a rank already gone; torchrun ends the others
                 log.exception("could not tell the other ranks to stop")
-        self.producer.flush(timeout=10)
-        self.producer.close(timeout=5)
+        producer = self.ingest.dead_letters.producer  # replaced after a fatal error
+        producer.flush(timeout=10)
+        producer.close(timeout=5)
         self.promoter.close()
         if self._reward_client is not None:
             self._reward_client.close()

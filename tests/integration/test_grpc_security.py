@@ -142,7 +142,7 @@ def test_plaintext_health_port_serves_only_health_for_probes_that_cannot_speak_t
     server.start()
     try:
         assert server.health_port and server.health_port != server.port
-        with open_channel(f"127.0.0.1:{server.health_port}") as channel:
+        with open_channel(f"127.0.0.1:{server.health_port}", balanced=False) as channel:  # sees NOT_SERVING
             health = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=TRAINER)
             assert health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
