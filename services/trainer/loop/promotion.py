@@ -9,12 +9,18 @@ If the broker does not acknowledge the event, the change has still happened
 (CURRENT moved): the event is kept and re-published by announce_pending(),
 which the trainer calls on every check, and before any later change. It is
 never redone as a new version.
+
+Every move of CURRENT is also appended to the model store's history (who or
+what moved it, when, why, the event id), and a version the trainer writes
+carries its promotion in the manifest notes (``promoted_by``,
+``promotion_event_id``): `rlhf lineage` reads both.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,11 +95,13 @@ class Promoter:
         reason: str,
         notes: dict[str, str] | None = None,
         expected_current: str | None = None,
+        actor: str = "trainer gate",
     ) -> events_pb2.ModelUpdateEvent:
         """Store a new version made by ``fill`` and make it current.
 
         ``expected_current``: refuse (FailedPrecondition) if an operator moved
-        CURRENT since the candidate was trained from it."""
+        CURRENT since the candidate was trained from it. ``actor``: who or what
+        promotes it, for the manifest and the history."""
         with self._lock:
             self._announce_pending_locked()
             previous = self.store.current(kind) or ""
@@ -101,18 +109,29 @@ class Promoter:
                 raise FailedPrecondition(
                     f"{kind} current moved from {expected_current} to {previous} while the candidate was trained"
                 )
+            event_id = events.new_id()
+            lineage = {"promoted_by": actor, "promotion_reason": reason, "promotion_event_id": event_id}
             manifest = self.store.write_version(
-                kind, fill, parent_version=parent_version, eval_metrics=eval_metrics, notes=notes
+                kind, fill, parent_version=parent_version, eval_metrics=eval_metrics, notes={**(notes or {}), **lineage}
             )
             # Not announced yet is fine here: the version is current and
             # announce_pending() keeps publishing it; retrying would store a duplicate.
             update, _announced = self._switch(
-                kind, manifest.version, previous, events_pb2.MODEL_UPDATE_ACTION_PROMOTE, reason, manifest.eval_metrics
+                kind,
+                manifest.version,
+                previous,
+                events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
+                reason,
+                manifest.eval_metrics,
+                actor=actor,
+                event_id=event_id,
             )
         tm.PROMOTIONS.labels(kind, "gate").inc()
         return update
 
-    def promote_existing(self, kind: str, version: str, reason: str) -> events_pb2.ModelUpdateEvent:
+    def promote_existing(
+        self, kind: str, version: str, reason: str, actor: str = "operator"
+    ) -> events_pb2.ModelUpdateEvent:
         """Operator override: make a stored version current, bypassing the gate."""
         with self._lock:
             self._announce_pending_locked()
@@ -125,11 +144,12 @@ class Promoter:
                 events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
                 reason or "operator promote",
                 manifest.eval_metrics,
+                actor=actor,
             )
         tm.PROMOTIONS.labels(kind, "operator").inc()
         return self._require_announced(update, announced)
 
-    def rollback(self, kind: str, to_version: str, reason: str) -> events_pb2.ModelUpdateEvent:
+    def rollback(self, kind: str, to_version: str, reason: str, actor: str = "operator") -> events_pb2.ModelUpdateEvent:
         """Make ``to_version`` (empty: the version before the current one) current again."""
         with self._lock:
             self._announce_pending_locked()
@@ -147,6 +167,7 @@ class Promoter:
                 events_pb2.MODEL_UPDATE_ACTION_ROLLBACK,
                 reason or "operator rollback",
                 manifest.eval_metrics,
+                actor=actor,
             )
         tm.ROLLBACKS.labels(kind).inc()
         return self._require_announced(update, announced)
@@ -204,12 +225,24 @@ class Promoter:
         )
 
     def _switch(
-        self, kind: str, version: str, previous: str, action: int, reason: str, eval_metrics: dict[str, float]
+        self,
+        kind: str,
+        version: str,
+        previous: str,
+        action: int,
+        reason: str,
+        eval_metrics: dict[str, float],
+        *,
+        actor: str,
+        event_id: str = "",
     ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
-        """Move CURRENT and publish; returns the event and whether Kafka acknowledged it."""
+        """Move CURRENT, record it in the history and publish; returns the event and
+        whether Kafka acknowledged it."""
         self.store.set_current(kind, version)
+        event_id = event_id or events.new_id()
+        self._record_history(kind, version, previous, action, reason, actor, event_id)
         update = events_pb2.ModelUpdateEvent(
-            event_id=events.new_id(),
+            event_id=event_id,
             kind=_KIND_ENUM[kind],
             version=version,
             previous_version=previous,
@@ -229,3 +262,20 @@ class Promoter:
             self._unannounced = update
             return update, False
         return update, True
+
+    def _record_history(
+        self, kind: str, version: str, previous: str, action: int, reason: str, actor: str, event_id: str
+    ) -> None:
+        entry = {
+            "at": time.time(),
+            "action": events_pb2.ModelUpdateAction.Name(action).removeprefix("MODEL_UPDATE_ACTION_").lower(),
+            "version": version,
+            "previous_version": previous,
+            "reason": reason,
+            "actor": actor,
+            "event_id": event_id,
+        }
+        try:
+            self.store.append_history(kind, entry)
+        except OSError as exc:  # the audit trail must not undo a switch that happened; say so loudly
+            log.error("could not append to the model store history", extra={"entry": entry, "error": str(exc)})
