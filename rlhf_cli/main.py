@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "status_cmd",
     "promote_cmd",
     "rollback_cmd",
+    "lineage_cmd",
 ]
 
 

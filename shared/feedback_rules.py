@@ -69,19 +69,23 @@ def feedback_problems(
         elif len(value) > limits.max_id_chars:
             out.append((p + name, f"is {len(value)} characters; the limit is {limits.max_id_chars}"))
 
+    kind = event.WhichOneof("kind")
+    deletion = kind == "deletion"
     text_id("feedback_id", event.feedback_id, required=True)
-    text_id("generation_id", event.generation_id, required=True)
-    text_id("user_id", event.user_id, required=False)
+    if deletion and event.generation_id:
+        out.append((p + "generation_id", "must be empty in a deletion request: it is about a user, not a generation"))
+    else:
+        text_id("generation_id", event.generation_id, required=not deletion)
+    text_id("user_id", event.user_id, required=deletion)
     if event.source not in _KNOWN_SOURCES:
         out.append((p + "source", f"unknown FeedbackSource {event.source}"))
     if len(event.comment) > limits.max_comment_chars:
         out.append((p + "comment", f"is {len(event.comment)} characters; the limit is {limits.max_comment_chars}"))
-    if event.HasField("created_at") and event.created_at.seconds < 0:
-        out.append((p + "created_at", "must not be before 1970"))
+    if event.HasField("created_at"):
+        out.extend(timestamp_problems(event.created_at, p + "created_at"))
 
-    kind = event.WhichOneof("kind")
     if kind is None:
-        out.append((p + "kind", "set exactly one of rating, preference, correction or flag"))
+        out.append((p + "kind", "set exactly one of rating, preference, correction, flag or deletion"))
     elif kind == "rating":
         out.extend(_rating_problems(event.rating, p + "rating."))
     elif kind == "preference":
@@ -98,6 +102,13 @@ def feedback_problems(
         if event.flag.category not in _KNOWN_FLAGS:
             names = ", ".join(v.name for v in events_pb2.FlagCategory.DESCRIPTOR.values if v.number in _KNOWN_FLAGS)
             out.append((p + "flag.category", f"unknown category {event.flag.category}; use one of {names}"))
+    elif deletion and len(event.deletion.reason) > limits.max_comment_chars:
+        out.append(
+            (
+                p + "deletion.reason",
+                f"is {len(event.deletion.reason)} characters; the limit is {limits.max_comment_chars}",
+            )
+        )
 
     if len(event.metadata) > limits.max_metadata_entries:
         out.append((p + "metadata", f"has {len(event.metadata)} entries; the limit is {limits.max_metadata_entries}"))
@@ -112,6 +123,19 @@ def feedback_problems(
                 )
                 break
     return out
+
+
+# The range google.protobuf.Timestamp allows (0001-01-01 to 9999-12-31); before 1970 is refused too.
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+
+def timestamp_problems(ts, field: str) -> list[Problem]:
+    """A created_at must be a real time: from 1970 to the year 9999, nanos in [0, 1e9)."""
+    if ts.seconds < 0:
+        return [(field, "must not be before 1970")]
+    if ts.seconds > _MAX_TIMESTAMP_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        return [(field, f"is not a valid timestamp (seconds {ts.seconds}, nanos {ts.nanos}); send a real time")]
+    return []
 
 
 def _rating_problems(rating: events_pb2.Rating, p: str) -> list[Problem]:

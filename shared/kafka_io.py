@@ -85,6 +85,12 @@ def produce_event(producer: KafkaProducer, topic: str, key: str | bytes, message
     return producer.send(topic, key=key_bytes, value=value, headers=headers)
 
 
+# A dead letter carries the record's value; beyond this it carries the first
+# bytes only (and says so), so a record near the broker's size limit still fits
+# in its dead letter (which adds the key, headers and the error).
+MAX_DEAD_LETTER_VALUE_BYTES = 512 * 1024
+
+
 class DeadLetterProducer:
     """Sends records a consumer could not accept to rlhf.deadletter.v1.
 
@@ -105,17 +111,22 @@ class DeadLetterProducer:
         self.new_producer = new_producer
 
     def send(self, record, reason: str, detail: str, timeout_s: float = 10.0) -> None:
+        value = record.value or b""
+        if len(value) > MAX_DEAD_LETTER_VALUE_BYTES:
+            detail = f"{detail} [value truncated from {len(value)} to {MAX_DEAD_LETTER_VALUE_BYTES} bytes]"
+            value = value[:MAX_DEAD_LETTER_VALUE_BYTES]
         letter = events_pb2.DeadLetter(
             source_topic=record.topic,
             source_partition=record.partition,
             source_offset=record.offset,
-            key=record.key or b"",
-            value=record.value or b"",
+            key=(record.key or b"")[:MAX_DEAD_LETTER_VALUE_BYTES],
+            value=value,
             reason=reason,
             error=detail,
             consumer_group=self.consumer_group,
             failed_at=events.now_timestamp(),
-            headers={k: v.decode("utf-8", "replace") for k, v in (record.headers or [])},
+            # Kafka allows null header values (kafka-python hands them over as None).
+            headers={str(k): (v or b"").decode("utf-8", "replace") for k, v in (record.headers or [])},
         )
         producer = self.producer
         try:
@@ -258,7 +269,10 @@ class EventConsumerLoop:
         return consumer
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; reconnects if the broker is down."""
+        """Consume until ``stop`` is set; reconnects if the broker is down, and
+        after any failure of a batch (a dead letter the broker did not take, a
+        commit refused after a rebalance, a before_commit error): the batch's
+        offsets were not committed, so it is consumed again, never lost."""
         while not stop.is_set():
             try:
                 self._consumer = self._connect()
@@ -268,12 +282,14 @@ class EventConsumerLoop:
                 continue
             try:
                 self._poll_until(stop)
-            except Exception:  # noqa: BLE001 - a consumer thread that dies silently stops the service for good
+            except Exception as exc:  # noqa: BLE001 - a consumer thread that dies silently stops the service for good
                 # E.g. CommitFailedError after the group lost this member (a
-                # broker that restarted or forgot the group). The batch was
-                # handled but its offsets not committed: a new consumer
-                # resumes from the last commit and handlers are idempotent.
-                log.exception("consumer failed; reconnecting", extra={"group": self.settings.group_id or ""})
+                # broker that restarted or forgot the group), a dead letter the
+                # broker refused, a failing before_commit. The batch's offsets were
+                # not committed: a new consumer resumes from the last commit and
+                # handlers are idempotent.
+                log.exception("consumer batch failed; reconnecting to consume it again", extra={"error": str(exc)})
+                metrics.CONSUMER_RESTARTS.labels(self.settings.group_id or "").inc()
                 stop.wait(1.0)
             finally:
                 self._consumer.close(autocommit=False)

@@ -36,6 +36,9 @@ EVENTS_DEADLETTERED = Counter(
     "rlhf_events_deadlettered_total", "events sent to the dead-letter topic, by reason", ["topic", "reason"]
 )
 CONSUMER_LAG = Gauge("rlhf_consumer_lag", "records behind the end of the partition", ["topic", "partition", "group"])
+CONSUMER_RESTARTS = Counter(
+    "rlhf_consumer_restarts_total", "consumer loops that reconnected after a failed batch (consumed again)", ["group"]
+)
 
 MODEL_VERSION = Info("rlhf_model", "model version being served")
 MODEL_SWAPS = Counter("rlhf_model_swaps_total", "model versions swapped in by this replica", ["kind", "result"])

@@ -13,6 +13,10 @@ loads what the last ModelUpdateEvent announced. ``<root>/<kind>/CANARY``
 canary rollout runs, names a candidate that serves a share of the users
 beside CURRENT; it too is replaced atomically, and removed when the canary
 completes (CURRENT moves to it) or is rolled back.
+
+``<root>/<kind>/HISTORY.jsonl`` is the append-only record of every move of
+CURRENT (who or what moved it, when, why, the update event's id): a manifest
+says what made a version, the history when and by whom it was served.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ KINDS = ("policy", "reward")
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 CANARY = "CANARY"
+HISTORY = "HISTORY.jsonl"
 # Formats that unpickle on load: refused so loading a model never runs code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_VERSION_RE = re.compile(r"^v(\d+)$")
+# ASCII digits to the very end: "v1\n" and "v\u0663" are not versions (\d and $ would let them be).
+_VERSION_RE = re.compile(r"^v([0-9]+)\Z")
 
 
 class ModelStoreError(Exception):
@@ -279,6 +285,32 @@ class ModelStore:
     def clear_canary(self, kind: str) -> None:
         """End the canary (a no-op when none runs)."""
         (self.kind_dir(kind) / CANARY).unlink(missing_ok=True)
+
+    def append_history(self, kind: str, entry: dict) -> None:
+        """Append one JSON line to the kind's history (durably: fsync before return)."""
+        kdir = self.kind_dir(kind)
+        kdir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        with open(kdir / HISTORY, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def history(self, kind: str, version: str | None = None) -> list[dict]:
+        """History entries, oldest first (those naming ``version`` as the new or the
+        previous version, when given). A torn last line (a crash mid-append) is skipped."""
+        path = self.kind_dir(kind) / HISTORY
+        if not path.is_file():
+            return []
+        entries = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and version in (None, entry.get("version"), entry.get("previous_version")):
+                entries.append(entry)
+        return entries
 
 
 def _fsync_dir(path: Path) -> None:

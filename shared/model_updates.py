@@ -16,6 +16,12 @@ A follower given a ``canary`` callback (the policy's) also serves the store's
 CANARY pointer after every update: a canary start loads the candidate for its
 share of users beside CURRENT, a completion or rollback retires it. The
 pointer, like CURRENT, is the truth; the event is the signal to look.
+
+An update that is not one (undecodable bytes, a wrong content-type, an
+unknown kind, a version that is not v<N>) is dead-lettered with the
+reason, by every replica that reads it (``consumer_group`` in the dead letter
+names the replica's updates consumer). The dead-letter producer is made on
+first use, so a replica starts and serves while the broker is down.
 """
 
 from __future__ import annotations
@@ -24,15 +30,18 @@ import logging
 import threading
 from collections.abc import Callable
 
+from kafka import KafkaProducer
+
 from shared import events, metrics
 from shared.events import ConsumedEvent
-from shared.kafka_io import ConsumerSettings, EventConsumerLoop
-from shared.model_store import CanaryPointer, ModelStore
+from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent, create_producer
+from shared.model_store import CanaryPointer, ModelStore, ModelStoreError, version_number
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
 
 log = logging.getLogger(__name__)
 
 _KIND_ENUMS = {"policy": common_pb2.MODEL_KIND_POLICY, "reward": common_pb2.MODEL_KIND_REWARD}
+INVALID_UPDATE_REASON = "invalid_field"
 
 # load(version, manifest_sha256): build the version and swap it in (raise to refuse it).
 LoadFn = Callable[[str, str], None]
@@ -66,16 +75,20 @@ class ModelUpdateFollower:
             raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_KIND_ENUMS)}")
         self.kind, self.store, self._load, self._serving = kind, store, load, serving_version
         self._canary, self._serving_canary = canary, serving_canary or (lambda: None)
+        client_id = client_id or f"rlhf-{kind}-updates"
+        self.dead_letter_group = f"{client_id}/{events.new_id()[:8]}"  # this replica, in its dead letters
+        self._dead_letter_producer = _LazyProducer(bootstrap, client_id, dict(kafka_options or {}))
         self.loop = EventConsumerLoop(
             ConsumerSettings(
                 bootstrap=bootstrap,
                 topics={events.MODEL_UPDATES_TOPIC: events_pb2.ModelUpdateEvent},
                 group_id=None,
                 from_beginning=False,
-                client_id=client_id or f"rlhf-{kind}-updates",
+                client_id=client_id,
                 extra=dict(kafka_options or {}),
             ),
             self.on_update,
+            dead_letters=DeadLetterProducer(self._dead_letter_producer, self.dead_letter_group),
         )
         self._wanted: tuple[str, str, int] | None = None  # (version, manifest sha256, action)
         self._cond = threading.Condition()
@@ -89,6 +102,9 @@ class ModelUpdateFollower:
 
     def on_update(self, event: ConsumedEvent) -> None:
         update = event.message
+        problems = update_problems(update)
+        if problems:
+            raise InvalidEvent(INVALID_UPDATE_REASON, "; ".join(problems))
         if update.kind != _KIND_ENUMS[self.kind]:
             return
         log.info("model update received", extra={"kind": self.kind, "version": update.version, "action": update.action})
@@ -109,6 +125,7 @@ class ModelUpdateFollower:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=5)
+        self._dead_letter_producer.close()
 
     def _load_wanted(self) -> None:
         while not self._stop.is_set():
@@ -178,3 +195,44 @@ class ModelUpdateFollower:
             "cannot swap model version; still serving the previous one",
             extra={"kind": self.kind, "version": version, "error": f"{type(exc).__name__}: {exc}"},
         )
+
+
+def update_problems(update: events_pb2.ModelUpdateEvent) -> list[str]:
+    """Why ``update`` is not a model update a replica can act on (empty when it is one):
+    it must name a kind and a version (its action is informational: CURRENT decides)."""
+    out = []
+    if update.kind not in _KIND_ENUMS.values():
+        out.append(f"kind: unknown ModelKind {update.kind}; expected MODEL_KIND_POLICY or MODEL_KIND_REWARD")
+    try:
+        version_number(update.version)
+    except ModelStoreError as exc:
+        out.append(f"version: {exc}")
+    return out
+
+
+class _LazyProducer:
+    """The parts of a KafkaProducer a DeadLetterProducer uses, connected on first
+    send (a replica must start while the broker is down)."""
+
+    def __init__(self, bootstrap: str, client_id: str, options: dict):
+        self._args = (bootstrap, client_id, options)
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def send(self, *args, **kwargs):
+        with self._lock:
+            if self._producer is None:
+                bootstrap, client_id, options = self._args
+                self._producer = create_producer(bootstrap, client_id=f"{client_id}-deadletters", **options)
+            producer = self._producer
+        return producer.send(*args, **kwargs)
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=1)
+                self._producer = None

@@ -404,12 +404,26 @@ def export_onnx(model: ScalarReward, tokenizer, out_dir: str | Path, *, opset: i
 
 @torch.no_grad()
 def pairwise_accuracy(
-    model: ScalarReward, tokenizer, pairs: Sequence[tuple[str, str, str]], *, batch_size: int = 64
+    model: ScalarReward,
+    tokenizer,
+    pairs: Sequence[tuple[str, str, str]],
+    *,
+    batch_size: int = 64,
+    weights: Sequence[float] | None = None,
 ) -> float:
-    """Share of (prompt, chosen, rejected) where chosen scores higher."""
+    """Share of (prompt, chosen, rejected) where chosen scores higher; with
+    ``weights`` (one per pair), the weighted share."""
     if not pairs:
         raise ValueError("pairwise_accuracy needs at least one pair")
+    if weights is not None and len(weights) != len(pairs):
+        raise ValueError(f"weights has {len(weights)} entries for {len(pairs)} pairs")
     prompts = [p for p, _, _ in pairs]
     chosen = score_texts(model, tokenizer, prompts, [c for _, c, _ in pairs], batch_size=batch_size)
     rejected = score_texts(model, tokenizer, prompts, [r for _, _, r in pairs], batch_size=batch_size)
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+    wins = [float(c > r) for c, r in zip(chosen, rejected)]
+    if weights is None:
+        return sum(wins) / len(pairs)
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights are all 0")
+    return sum(w * x for w, x in zip(weights, wins)) / total

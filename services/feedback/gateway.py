@@ -166,7 +166,7 @@ class FeedbackGateway:
         self.limiter = limiter
         self.ack_timeout_s = ack_timeout_s
         self._accepted = {
-            kind: FEEDBACK_ACCEPTED.labels(kind) for kind in ("rating", "preference", "correction", "flag")
+            kind: FEEDBACK_ACCEPTED.labels(kind) for kind in ("rating", "preference", "correction", "flag", "deletion")
         }
         self._produced = metrics.EVENTS_PRODUCED.labels(events.FEEDBACK_TOPIC)
 
@@ -198,7 +198,9 @@ class FeedbackGateway:
         for event, (_stored, _future, owner) in zip(batch, claims):
             if owner:
                 try:
-                    sent = produce_event(producer, events.FEEDBACK_TOPIC, event.generation_id, event)
+                    # A deletion request names no generation: it is keyed by its user.
+                    key = event.generation_id or event.user_id
+                    sent = produce_event(producer, events.FEEDBACK_TOPIC, key, event)
                     sends.append((event, sent))
                 except Exception as exc:  # noqa: BLE001 - e.g. buffer full: the send never started
                     sends.append((event, exc))

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.trainer.data.fair_share import UserCaps
 from services.trainer.ppo.ppo_config import PPOConfig
 from shared import env
 from shared.config import ServiceConfig, check, nested, setting
@@ -70,6 +71,24 @@ class TrainerConfig(ServiceConfig):
         0.02,
         "a new reward version may lose at most this much held-out pairwise accuracy",
         env=env.TRAINER_REWARD_ACCURACY_TOLERANCE,
+    )
+    user_max_share: float = setting(
+        0.1,
+        "most of one training set (a reward update's comparisons, a round's corrections) one user's feedback "
+        "may weigh; heavier users are weighted down to it (1 = off; applies once at least 1/share users gave "
+        "feedback)",
+        env=env.TRAINER_USER_MAX_SHARE,
+    )
+    user_window_s: float = setting(
+        3600.0,
+        "window of the per-user feedback limit, in seconds of the trainer's receipt time",
+        env=env.TRAINER_USER_WINDOW_S,
+    )
+    user_max_per_window: int = setting(
+        1000,
+        "feedback events of one user per window that may be trained on; later ones stay in the ledger, "
+        "unused (0 = no limit)",
+        env=env.TRAINER_USER_MAX_PER_WINDOW,
     )
     ppo_min_prompts: int = setting(
         32, "distinct recent prompts needed before a PPO round starts", env=env.TRAINER_PPO_MIN_PROMPTS
@@ -180,6 +199,13 @@ class TrainerConfig(ServiceConfig):
             "reward_accuracy_tolerance",
             f"must be in [0, 1], got {self.reward_accuracy_tolerance}",
         )
+        check(self.user_max_share > 0, "user_max_share", f"must be > 0 (1 = off), got {self.user_max_share}")
+        check(self.user_window_s > 0, "user_window_s", f"must be > 0, got {self.user_window_s}")
+        check(
+            self.user_max_per_window >= 0,
+            "user_max_per_window",
+            f"must be >= 0 (0 = no limit), got {self.user_max_per_window}",
+        )
         check(self.ppo_min_prompts >= 1, "ppo_min_prompts", f"must be >= 1, got {self.ppo_min_prompts}")
         check(self.ppo_min_new_feedback >= 0, "ppo_min_new_feedback", f"must be >= 0, got {self.ppo_min_new_feedback}")
         check(self.ppo_steps_per_round >= 1, "ppo_steps_per_round", f"must be >= 1, got {self.ppo_steps_per_round}")
@@ -228,6 +254,11 @@ class TrainerConfig(ServiceConfig):
         if max_positions:
             prompt_limit = max(1, min(prompt_limit, max_positions - self.ppo.max_new_tokens))
         return dataclasses.replace(self.ppo, max_prompt_length=prompt_limit, num_threads=self.torch_threads)
+
+    @property
+    def user_caps(self) -> UserCaps:
+        """The per-user limits every training set is built under."""
+        return UserCaps(self.user_max_share, self.user_window_s, self.user_max_per_window)
 
     @property
     def ledger_path(self) -> Path:

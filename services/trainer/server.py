@@ -40,6 +40,15 @@ _STATES = {
 _KINDS = {"policy": common_pb2.MODEL_KIND_POLICY, "reward": common_pb2.MODEL_KIND_REWARD}
 
 
+def operator(context, rpc: str) -> str:
+    """Who asked, for the model store's history: the RPC, the caller's x-client-id
+    if it sent one, and its address (never its token)."""
+    metadata = dict(context.invocation_metadata() or ())
+    client = str(metadata.get("x-client-id", ""))[:128]
+    who = f"operator via TrainerService.{rpc}"
+    return f"{who} ({client}, {context.peer()})" if client else f"{who} ({context.peer()})"
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """Operator API: status, promote, rollback, pause, resume."""
 
@@ -54,11 +63,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def Promote(self, request, context):
         return self.promoter.promote_existing(
-            kind_name(request.kind), request.version, request.reason, canary_share=request.canary_share
+            kind_name(request.kind),
+            request.version,
+            request.reason,
+            canary_share=request.canary_share,
+            actor=operator(context, "Promote"),
         )
 
     def Rollback(self, request, context):
-        return self.promoter.rollback(kind_name(request.kind), request.to_version, request.reason)
+        return self.promoter.rollback(
+            kind_name(request.kind), request.to_version, request.reason, actor=operator(context, "Rollback")
+        )
 
     def Pause(self, request, context):
         self.trainer.pause(request.reason)

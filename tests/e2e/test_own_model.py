@@ -187,7 +187,11 @@ def test_own_llama_policy_learns_from_chat_feedback_and_is_hot_swapped(broker, t
             interval_s=0.5,
             message=f"serving {decided.version}",
         )
-        assert store.manifest("policy", decided.version).parent_version == "v1"
+        manifest = store.manifest("policy", decided.version)
+        assert manifest.parent_version == "v1"
+        # Lineage: the reward service named the version that scored the candidate.
+        assert manifest.notes["reward_version"] in store.versions("reward")
+        assert manifest.notes["promoted_by"] == "trainer gate"
     finally:
         codes = stack.stop()
     assert all(code == 0 for code in codes.values()), codes

@@ -99,6 +99,22 @@ def test_every_kind_is_accepted_and_ids_are_assigned(broker, gateway):
     assert pref.generation_id == "gen-a" and pref_record.key == b"gen-a"
 
 
+def test_a_deletion_request_is_accepted_and_keyed_by_its_user(broker, gateway):
+    stub, _ = gateway
+    user = f"leaving-{new_id()}"
+    event = ev.FeedbackEvent(user_id=user, deletion=ev.DataDeletionRequest(reason="please forget me"))
+    reply = stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(feedback=event), metadata=AUTH)
+    [(record, message)] = feedback_on_topic(broker, [reply.feedback_id])
+    assert record.key == user.encode() and message.WhichOneof("kind") == "deletion"
+    assert message.deletion.reason == "please forget me" and message.generation_id == ""
+    with pytest.raises(grpc.RpcError) as err:  # whose data? a deletion must name its user
+        stub.SubmitFeedback(
+            feedback_pb2.SubmitFeedbackRequest(feedback=ev.FeedbackEvent(deletion=ev.DataDeletionRequest())),
+            metadata=AUTH,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "feedback.user_id" in err.value.details()
+
+
 @pytest.mark.parametrize(
     "event,field",
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import types
 
 from kafka import KafkaConsumer
 
@@ -243,3 +244,54 @@ def test_buffered_publisher_recovers_when_the_broker_restarts_empty(unique_name)
         got = read_topic(second.bootstrap, topic, events_pb2.GenerationEvent, min_count=1, timeout_s=30)
         assert [m.generation_id for _, m in got] == [f"after-{unique_name}"]
         publisher.close()
+
+
+def test_a_failed_batch_is_consumed_again_and_the_loop_lives_on(broker, unique_name):
+    # Found while fuzzing the topics: any exception out of a batch (a dead letter the broker refused,
+    # a commit refused after a rebalance, a failing before_commit) ended the consumer thread.
+    topic = _topic(broker, f"t-{unique_name}", partitions=1)
+    _produce(broker, topic, 1, prefix="again")
+    handled: list[str] = []
+    commits: list[int] = []
+
+    def before_commit():
+        commits.append(len(handled))
+        if len(commits) == 1:
+            raise OSError("disk full for a moment")
+
+    settings = ConsumerSettings(broker.bootstrap, {topic: events_pb2.GenerationEvent}, group_id=f"g-{unique_name}")
+    loop = EventConsumerLoop(settings, lambda e: handled.append(e.message.generation_id), before_commit=before_commit)
+    stop = threading.Event()
+    thread = loop.start(stop)
+    wait_until(lambda: len(commits) >= 2, 60, message="the batch consumed again after the failure")
+    assert thread.is_alive()
+    stop.set()
+    thread.join(10)
+    assert handled[:2] == ["again0", "again0"], "not committed the first time, so handled again (at least once)"
+
+
+def test_dead_letters_carry_null_headers_and_a_huge_value(broker, unique_name):
+    # Found while fuzzing the topics: a null header value (legal in Kafka; kafka-python hands it over
+    # as None) crashed DeadLetterProducer.send, and a record near the size limit made a
+    # dead letter too large to produce.
+    topic = f"t-{unique_name}"
+    record = types.SimpleNamespace(
+        topic=topic,
+        partition=0,
+        offset=7,
+        key=b"k",
+        value=b"x" * (kafka_io.MAX_DEAD_LETTER_VALUE_BYTES + 600_000),
+        headers=[("content-type", None), ("x-trace", b"\xff\xfe")],
+    )
+    producer = kafka_io.create_producer(broker.bootstrap)
+    try:
+        kafka_io.DeadLetterProducer(producer, "g").send(record, "decode_error", "not protobuf")
+    finally:
+        producer.close()
+    [letter] = [
+        m
+        for _, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, events_pb2.DeadLetter)
+        if m.source_topic == topic
+    ]
+    assert letter.headers == {"content-type": "", "x-trace": "\ufffd\ufffd"}
+    assert len(letter.value) == kafka_io.MAX_DEAD_LETTER_VALUE_BYTES and "value truncated from" in letter.error

@@ -13,8 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.trainer.config import TrainerConfig
+from services.trainer.data.ledger import read_user_rows
 from services.trainer.loop.gate import GateBudget
 from services.trainer.loop.heldout import HeldoutSplit
+from services.trainer.loop.lineage import in_ranges, parse_ranges
 from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.server import TrainerServer
 from shared import events
@@ -110,6 +112,14 @@ def feedback(fid: str, gid: str, user: str = "u1", **kind) -> events_pb2.Feedbac
 
 def send(producer, topic, key, message):
     produce_event(producer, topic, key, message).get(timeout=10)
+
+
+def ledger_seq(server, feedback_id: str) -> int:
+    db = sqlite3.connect(server.config.ledger_path)
+    try:
+        return db.execute("SELECT seq FROM feedback WHERE feedback_id = ?", (feedback_id,)).fetchone()[0]
+    finally:
+        db.close()
 
 
 def ledger_ids(server) -> list[str]:
@@ -215,6 +225,14 @@ def test_pause_resume_promote_and_rollback(trainer, broker):
     published = read_topic(broker.bootstrap, events.MODEL_UPDATES_TOPIC, events_pb2.ModelUpdateEvent, min_count=2)
     ids = {update.event_id for _, update in published}
     assert promoted.event_id in ids and rolled.event_id in ids
+    # Lineage: the store's history says who moved CURRENT, when, why, with which event.
+    history = store.history("policy")
+    assert [(h["action"], h["version"], h["event_id"]) for h in history] == [
+        ("promote", "v2", promoted.event_id),
+        ("rollback", "v1", rolled.event_id),
+    ]
+    assert history[0]["actor"].startswith("operator via TrainerService.Promote (")
+    assert history[0]["reason"] == "canary looks good" and history[1]["reason"] == "bad answers"
 
 
 def test_training_round_promotes_keeps_training_then_discards(trainer, producer, unique_name):
@@ -272,6 +290,15 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
         "gate_z",
     } <= set(manifest.eval_metrics)
     assert manifest.eval_metrics["gate_test"] == 1.0 and manifest.eval_metrics["gate_prompts"] == before + 2
+    # Lineage: what made v2 and who promoted it.
+    notes = manifest.notes
+    assert notes["promoted_by"] == "trainer gate" and notes["promotion_reason"].startswith("gate passed")
+    assert notes["reward_version"] == "unversioned reward callable" and notes["rounds"] == "1-2"
+    correction_seq = ledger_seq(server, f"{unique_name}-c")
+    assert in_ranges(correction_seq, parse_ranges(notes["corrections_seqs"]))
+    assert int(notes["feedback_seq_to"]) >= correction_seq
+    [promotion] = store.history("policy", "v2")
+    assert promotion["event_id"] == notes["promotion_event_id"] and promotion["actor"] == "trainer gate"
     status = stub.GetStatus(trainer_pb2.GetStatusRequest())
     assert status.last_ppo.step == 3 and status.recent_candidates[-1].promoted
     assert status.recent_candidates[-1].version == "v2" and status.recent_candidates[-1].reason == "passed"
@@ -352,6 +379,8 @@ def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path)
         if u.kind == common_pb2.MODEL_KIND_REWARD and u.manifest_sha256 == store.manifest_sha256("reward", "v2")
     ]
     assert mine and mine[0].action == events_pb2.MODEL_UPDATE_ACTION_PROMOTE and mine[0].previous_version == "v1"
+    notes = store.manifest("reward", "v2").notes
+    assert notes["promotion_event_id"] == mine[0].event_id and notes["promoted_by"] == "trainer gate"
 
 
 def test_the_gate_prompts_are_never_trained_on(trainer, producer, unique_name):
@@ -378,3 +407,30 @@ def test_the_gate_prompts_are_never_trained_on(trainer, producer, unique_name):
     with server.online._ledger_lock:
         seen = server.online.ledger.distinct_prompts()
     assert PROMPT_FRAME.format(question=held_out) in server.online.split.heldout(seen)
+
+
+def test_a_deletion_request_on_the_topic_excludes_the_user_from_training(trainer, producer, unique_name):
+    server, _, _ = trainer
+    user = f"{unique_name}-leaving"
+    question = TRAINING_QUESTIONS[1]
+    gid = f"{unique_name}-g"
+    send(producer, events.GENERATIONS_TOPIC, gid, generation(gid, question, "An answer."))
+    fid = f"{unique_name}-c"
+    send(
+        producer,
+        events.FEEDBACK_TOPIC,
+        gid,
+        feedback(fid, gid, user, correction=events_pb2.Correction(response="Mine.")),
+    )
+    wait_until(lambda: fid in ledger_ids(server), timeout_s=180, message="the user's correction in the ledger")
+    assert "Mine." in [r for _, r in server.online._training_data()[1]]
+
+    request = events_pb2.FeedbackEvent(
+        feedback_id=f"{unique_name}-d", user_id=user, deletion=events_pb2.DataDeletionRequest(reason="forget me")
+    )
+    send(producer, events.FEEDBACK_TOPIC, user, request)
+    wait_until(
+        lambda: read_user_rows(server.config.ledger_path, user)[1], timeout_s=180, message="the deletion in the ledger"
+    )
+    assert "Mine." not in [r for _, r in server.online._training_data()[1]]
+    assert fid in ledger_ids(server), "the row stays, for lineage; it is only excluded"

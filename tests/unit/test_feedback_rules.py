@@ -162,3 +162,17 @@ def test_consumer_wrapper_refuses_invalid_events_and_passes_good_ones():
         handle(ConsumedEvent("t", 0, 2, b"g", rating(score=3.0)))
     assert info.value.reason == INVALID_FEEDBACK_REASON and "rating.score" in info.value.detail
     assert len(handled) == 1
+
+
+def test_a_deletion_request_names_its_user_and_no_generation():
+    ok = ev.FeedbackEvent(feedback_id="d", user_id="u", deletion=ev.DataDeletionRequest(reason="please"))
+    fill_defaults(ok)
+    assert feedback_problems(ok, LIMITS) == []
+    assert first_field(ev.FeedbackEvent(feedback_id="d", deletion=ev.DataDeletionRequest())) == "user_id"
+    with_generation = ev.FeedbackEvent(
+        feedback_id="d", user_id="u", generation_id="g", deletion=ev.DataDeletionRequest()
+    )
+    assert first_field(with_generation) == "generation_id"
+    assert "about a user" in feedback_problems(with_generation, LIMITS)[0][1]
+    long_reason = ev.FeedbackEvent(feedback_id="d", user_id="u", deletion=ev.DataDeletionRequest(reason="x" * 11))
+    assert first_field(long_reason) == "deletion.reason"

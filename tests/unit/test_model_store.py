@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from shared.model_store import MANIFEST, ModelStore, ModelStoreError
+from shared.model_store import MANIFEST, ModelStore, ModelStoreError, version_number
 
 
 def write_files(files: dict[str, bytes]):
@@ -104,3 +104,11 @@ def test_a_replica_serves_current_even_when_an_update_event_is_stale(tmp_path):
     assert store.version_to_serve("policy", "v3", sha["v3"]) == ("v3", sha["v3"])
     # an event for v2 arriving after CURRENT moved on to v3 must not move the replica back
     assert store.version_to_serve("policy", "v2", sha["v2"]) == ("v3", sha["v3"])
+
+
+@pytest.mark.parametrize("name", ["v1\n", "v\u0663", "v", "v-1", "V1", "v1.0", " v1"])
+def test_only_ascii_v_numbers_are_versions(name):
+    # Noticed while fuzzing Promote and the update topic: "v1\n" and "v" + an Arabic-Indic digit were versions.
+    with pytest.raises(ModelStoreError, match="bad version name"):
+        version_number(name)
+    assert version_number("v12") == 12

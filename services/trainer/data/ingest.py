@@ -1,7 +1,9 @@
 """The consumer side of the trainer: generations and feedback into the ledger.
 
 One EventConsumerLoop (group rlhf-trainer) reads both topics. Feedback is
-validated with shared.feedback_rules (invalid → dead letter), then joined to
+validated with shared.feedback_rules, generations by
+:func:`generation_problems` (invalid → dead letter: a generation without an
+id or a prompt would sit in the ledger and poison every later round), then joined to
 its generation(s) by the ledger; feedback that arrives first is held and,
 after ``hold_s`` without its generation, dead-lettered as
 ``unknown_generation`` with its source offset.
@@ -25,8 +27,13 @@ from services.trainer import metrics as tm
 from services.trainer.data.ledger import FeedbackLedger
 from shared import events, metrics
 from shared.events import ConsumedEvent
-from shared.feedback_rules import FeedbackLimits, validating_feedback_handler
-from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop
+from shared.feedback_rules import (
+    INVALID_FEEDBACK_REASON,
+    FeedbackLimits,
+    timestamp_problems,
+    validating_feedback_handler,
+)
+from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent
 from shared.proto.rlhf.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,7 @@ class FeedbackIngest:
         self._verdicts: Tally[tuple[str, str]] = Tally()  # (model version, verdict)
         self._duplicates = 0
         self._gauges_at = 0.0
+        self._limits = limits
         self._handle_feedback = validating_feedback_handler(self._record_feedback, limits)
 
     def consumer_loop(
@@ -89,6 +97,9 @@ class FeedbackIngest:
     def handle(self, event: ConsumedEvent) -> None:
         with self._lock:
             if event.topic == events.GENERATIONS_TOPIC:
+                problems = generation_problems(event.message, self._limits)
+                if problems:
+                    raise InvalidEvent(INVALID_FEEDBACK_REASON, "; ".join(f"{f}: {m}" for f, m in problems))
                 for joined in self.ledger.record_generation(event.message):
                     self._count_accepted(joined, event.message.model_version)
             else:
@@ -191,6 +202,22 @@ def feedback_verdict(feedback: events_pb2.FeedbackEvent) -> str:
         )
         return "satisfied" if value > 0 else "unsatisfied" if value < 0 else ""
     return "unsatisfied" if kind in ("flag", "correction") else ""
+
+
+def generation_problems(event: events_pb2.GenerationEvent, limits: FeedbackLimits) -> list[tuple[str, str]]:
+    """What makes a GenerationEvent unusable for training (empty when it is fine).
+    An empty response is fine: a policy can sample end-of-sequence first."""
+    out = []
+    if not event.generation_id.strip():
+        out.append(("generation_id", "is required"))
+    for name in ("generation_id", "request_id", "user_id", "model_version"):
+        if len(getattr(event, name)) > limits.max_id_chars:
+            out.append((name, f"is {len(getattr(event, name))} characters; the limit is {limits.max_id_chars}"))
+    if not event.prompt.strip():
+        out.append(("prompt", "must not be empty: a generation is trained on by its prompt"))
+    if event.HasField("created_at"):
+        out.extend(timestamp_problems(event.created_at, "created_at"))
+    return out
 
 
 def consumer_lag(group: str = CONSUMER_GROUP) -> dict[str, int]:

@@ -13,6 +13,12 @@ arrives, or handed back for dead-lettering after ``hold_s``.
 A user's repeated votes on one generation count once: a later rating by the
 same user on the same generation replaces the earlier one; a repeated
 preference for the same pair is ignored.
+
+A deletion request (FeedbackEvent kind ``deletion``) is recorded in
+``deletions``: from then on every training-set query
+(services.trainer.data.training_sets) skips that user's rows, and the caps of
+services.trainer.data.fair_share keep any one user from steering training.
+The rows stay, so `rlhf lineage --user` can say which versions they shaped.
 """
 
 from __future__ import annotations
@@ -22,7 +28,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.trainer.data import training_sets
+from services.trainer.data.fair_share import UserCaps
+from services.trainer.data.training_sets import Comparison, Demonstration
 from shared.proto.rlhf.v1 import events_pb2
+
+__all__ = ["Comparison", "Demonstration", "ExpiredFeedback", "FeedbackLedger", "UserCaps"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
@@ -50,7 +61,9 @@ CREATE TABLE IF NOT EXISTS feedback (
     flag          TEXT,
     source        TEXT NOT NULL,
     created_at    REAL NOT NULL,
-    seq           INTEGER NOT NULL
+    seq           INTEGER NOT NULL,
+    -- when the trainer recorded it (its clock, not the client's): the per-user window limit counts by it
+    received_at   REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS feedback_by_seq ON feedback(seq);
 CREATE INDEX IF NOT EXISTS feedback_by_generation ON feedback(generation_id);
@@ -65,26 +78,27 @@ CREATE TABLE IF NOT EXISTS pending_feedback (
 );
 CREATE INDEX IF NOT EXISTS pending_by_generation ON pending_feedback(generation_id);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deletions (
+    feedback_id   TEXT PRIMARY KEY,  -- the request's idempotency key
+    user_id       TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    requested_at  REAL NOT NULL,
+    received_at   REAL NOT NULL,
+    seq           INTEGER NOT NULL   -- the ledger's last feedback seq when it arrived
+);
+CREATE INDEX IF NOT EXISTS deletions_by_user ON deletions(user_id);
+"""
+
+# Indexes on columns that older ledgers gain in _migrate().
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS feedback_by_user ON feedback(user_id);
 """
 
 FEEDBACK_KINDS = ("rating", "preference", "correction", "flag")
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """A preference pair for reward-model training."""
-
-    prompt: str
-    chosen: str
-    rejected: str
-
-
-@dataclass(frozen=True)
-class Demonstration:
-    """A correction: the better response a user wrote, for SFT / PPO-ptx."""
-
-    prompt: str
-    response: str
+_FEEDBACK_COLUMNS = (
+    "feedback_id, generation_id, user_id, kind, vote_key, score, other_generation_id, text, flag, source, "
+    "created_at, seq, received_at"
+)
 
 
 @dataclass(frozen=True)
@@ -109,16 +123,29 @@ class ExpiredFeedback:
 
 
 class FeedbackLedger:
-    """SQLite ledger used from one thread (the consumer loop's)."""
+    """SQLite ledger used from one thread (the consumer loop's).
 
-    def __init__(self, path: str | Path):
+    ``caps``: the per-user limits every training-set read applies."""
+
+    def __init__(self, path: str | Path, caps: UserCaps = UserCaps()):
         self.path = Path(path)
+        self.caps = caps
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._db.executescript(_INDEXES)
         self._db.commit()
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an older trainer up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(feedback)")}
+        if "received_at" not in columns:
+            self._db.execute("ALTER TABLE feedback ADD COLUMN received_at REAL NOT NULL DEFAULT 0")
+            # Its best estimate for old rows: when the client said it was sent.
+            self._db.execute("UPDATE feedback SET received_at = created_at")
 
     def close(self) -> None:
         self._db.close()
@@ -166,7 +193,10 @@ class FeedbackLedger:
         """Store feedback whose generation(s) are known, else hold it.
 
         Returns "recorded", "duplicate" (feedback_id or vote seen before) or "held".
+        A deletion request is recorded at once (it names no generation).
         """
+        if event.WhichOneof("kind") == "deletion":
+            return self._record_deletion(event)
         if self._db.execute("SELECT 1 FROM feedback WHERE feedback_id = ?", (event.feedback_id,)).fetchone():
             return "duplicate"
         if not self._all_generations_known(event):
@@ -184,6 +214,20 @@ class FeedbackLedger:
             )
             return "held"
         return "recorded" if self._insert_feedback(event) else "duplicate"
+
+    def _record_deletion(self, event: events_pb2.FeedbackEvent) -> str:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO deletions VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event.feedback_id,
+                event.user_id,
+                event.deletion.reason,
+                event.created_at.ToNanoseconds() / 1e9,
+                time.time(),
+                self.max_seq(),
+            ),
+        )
+        return "recorded" if cur.rowcount > 0 else "duplicate"
 
     def expire_pending(self, hold_s: float, now: float | None = None) -> list[ExpiredFeedback]:
         """Remove and return feedback held longer than ``hold_s``."""
@@ -249,17 +293,19 @@ class FeedbackLedger:
             events_pb2.FeedbackSource.Name(event.source),
             event.created_at.ToNanoseconds() / 1e9,
             seq,
+            time.time(),
         )
+        insert = f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
         if kind == "rating":
             # The user's latest rating of this generation replaces the earlier one.
             cur = self._db.execute(
-                "INSERT INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(vote_key) DO UPDATE SET "
+                insert + " ON CONFLICT(vote_key) DO UPDATE SET "
                 "feedback_id=excluded.feedback_id, score=excluded.score, created_at=excluded.created_at, "
-                "seq=excluded.seq",
+                "seq=excluded.seq, received_at=excluded.received_at",
                 values,
             )
             return cur.rowcount > 0
-        cur = self._db.execute("INSERT OR IGNORE INTO feedback VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+        cur = self._db.execute(insert.replace("INSERT", "INSERT OR IGNORE", 1), values)
         return cur.rowcount > 0
 
     def model_version(self, generation_id: str) -> str:
@@ -287,9 +333,11 @@ class FeedbackLedger:
     # --- reads ------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
+        """Rows per feedback kind, and deletion requests (``deletion``)."""
         out = {kind: 0 for kind in FEEDBACK_KINDS}
         for kind, n in self._db.execute("SELECT kind, COUNT(*) FROM feedback GROUP BY kind"):
             out[kind] = n
+        out["deletion"] = int(self._db.execute("SELECT COUNT(*) FROM deletions").fetchone()[0])
         return out
 
     def generations_seen(self) -> int:
@@ -305,37 +353,9 @@ class FeedbackLedger:
         return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM feedback").fetchone()[0])
 
     def comparisons(self, after_seq: int = 0) -> list[Comparison]:
-        """Preference pairs, plus pairs made from ratings: two responses to the
-        same prompt whose mean ratings differ give a (better, worse) pair."""
-        rows = self._db.execute(
-            "SELECT c.prompt, c.response, r.response FROM feedback f "
-            "JOIN generations c ON c.generation_id = f.generation_id "
-            "JOIN generations r ON r.generation_id = f.other_generation_id "
-            "WHERE f.kind = 'preference' AND f.seq > ? ORDER BY f.seq",
-            (after_seq,),
-        )
-        pairs = [Comparison(prompt, chosen, rejected) for prompt, chosen, rejected in rows]
-        pairs.extend(self._rating_pairs(after_seq))
-        return pairs
-
-    def _rating_pairs(self, after_seq: int) -> list[Comparison]:
-        rows = self._db.execute(
-            "SELECT g.prompt, g.response, AVG(f.score), MAX(f.seq) FROM feedback f "
-            "JOIN generations g ON g.generation_id = f.generation_id "
-            "WHERE f.kind = 'rating' GROUP BY g.generation_id ORDER BY g.prompt"
-        ).fetchall()
-        by_prompt: dict[str, list[tuple[str, float, int]]] = {}
-        for prompt, response, score, seq in rows:
-            by_prompt.setdefault(prompt, []).append((response, score, seq))
-        pairs = []
-        for prompt, rated in by_prompt.items():
-            for i, (resp_a, score_a, seq_a) in enumerate(rated):
-                for resp_b, score_b, seq_b in rated[i + 1 :]:
-                    if max(seq_a, seq_b) <= after_seq or score_a == score_b or resp_a == resp_b:
-                        continue
-                    better, worse = (resp_a, resp_b) if score_a > score_b else (resp_b, resp_a)
-                    pairs.append(Comparison(prompt, better, worse))
-        return pairs
+        """Preference and rating pairs newer than ``after_seq`` that may be trained
+        on, weighted by the per-user caps (services.trainer.data.training_sets)."""
+        return training_sets.comparisons(self._db, self.caps, after_seq)
 
     def version_feedback(self, canary: str, stable: str, since: float) -> list[VersionFeedback]:
         """Ratings, flags and preferences on generations of ``canary`` and ``stable`` created
@@ -351,23 +371,42 @@ class FeedbackLedger:
         return [VersionFeedback(kind, score, version, other) for kind, score, version, other in rows]
 
     def demonstrations(self, limit: int = 1000) -> list[Demonstration]:
-        rows = self._db.execute(
-            "SELECT g.prompt, f.text FROM feedback f JOIN generations g ON g.generation_id = f.generation_id "
-            "WHERE f.kind = 'correction' ORDER BY f.seq DESC LIMIT ?",
-            (limit,),
-        )
-        return [Demonstration(p, t) for p, t in rows]
+        return training_sets.demonstrations(self._db, self.caps, limit)
 
     def distinct_prompts(self) -> list[str]:
-        """Every distinct prompt seen (a walk of the prompt index): the gate's held-out
-        slice is drawn from these."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT prompt FROM generations")]
+        """Every distinct prompt seen (a walk of the prompt index) of users who may be
+        trained on: the gate's held-out slice is drawn from these."""
+        return training_sets.distinct_prompts(self._db)
 
     def recent_prompts(self, limit: int = 512) -> list[str]:
         """Distinct prompts of the most recent generations: what users ask now."""
-        rows = self._db.execute(
-            "SELECT prompt FROM (SELECT prompt, MAX(created_at) AS t FROM generations GROUP BY prompt) "
-            "ORDER BY t DESC LIMIT ?",
-            (limit,),
-        )
-        return [r[0] for r in rows]
+        return training_sets.recent_prompts(self._db, limit)
+
+    # --- lineage and deletion requests -----------------------------------------------
+    def excluded_users(self) -> int:
+        """How many users asked for their data to be excluded (read_user_rows: who, and what they sent)."""
+        return int(self._db.execute("SELECT COUNT(DISTINCT user_id) FROM deletions").fetchone()[0])
+
+
+def read_user_rows(path: str | Path, user_id: str) -> tuple[list[tuple[int, str, str]], list[tuple[str, float, str]]]:
+    """One user's feedback rows ``(seq, kind, feedback_id)`` by seq, and deletion
+    requests ``(feedback_id, received_at, reason)``, from a ledger opened
+    read-only (a live trainer may be writing it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trainer ledger at {path}; pass --state-dir (the trainer's state directory)")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT seq, kind, feedback_id FROM feedback WHERE user_id = ? ORDER BY seq", (user_id,)
+        ).fetchall()
+        try:
+            deletions = db.execute(
+                "SELECT feedback_id, received_at, reason FROM deletions WHERE user_id = ? ORDER BY received_at",
+                (user_id,),
+            ).fetchall()
+        except sqlite3.OperationalError:  # a ledger from before deletion requests existed
+            deletions = []
+    finally:
+        db.close()
+    return [tuple(r) for r in rows], [tuple(d) for d in deletions]  # type: ignore[misc]

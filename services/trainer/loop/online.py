@@ -17,7 +17,9 @@ unless paused:
    completes or rolls it back; no policy round starts while it runs.
 
 It reads the ledger through its own SQLite connection (WAL: readers see
-committed data and never block the consumer). No grpc here: the reward
+committed data and never block the consumer), under the per-user caps of
+services.trainer.data.fair_share; what each version trained on goes into its
+manifest notes (services.trainer.loop.lineage). No grpc here: the reward
 callable and the promoter are injected.
 """
 
@@ -38,6 +40,7 @@ from services.trainer.loop.canary import CanaryMonitor, CanarySettings
 from services.trainer.loop.gate import GateBudget, GateDecision, promote_if_better
 from services.trainer.loop.heldout import HeldoutSplit, heldout_report
 from services.trainer.loop.judge_plugin import JudgeFn, load_judge
+from services.trainer.loop.lineage import UNVERSIONED_REWARD, CandidateLineage, reward_lineage
 from services.trainer.loop.policy_round import PolicyRounds, RewardFn, write_json_atomic
 from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
 
@@ -72,6 +75,8 @@ class Progress:
     last_reward_seq: int = 0  # ledger seq of the last comparisons used for the reward model
     paused_reason: str = ""
     paused: bool = False
+    # What the policy candidate in training has used so far (lineage.CandidateLineage), across rounds.
+    candidate: dict = field(default_factory=dict)
 
 
 class OnlineTrainer:
@@ -84,7 +89,9 @@ class OnlineTrainer:
         self.promoter = promoter
         self.state_file = Path(config.state_dir) / STATE_FILE
         Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-        self.ledger = FeedbackLedger(config.ledger_path)  # the training thread's own connection
+        # The training thread's own connection; its reads apply the per-user caps.
+        self.ledger = FeedbackLedger(config.ledger_path, caps=config.user_caps)
+        self.reward_fn = reward_fn
         self._ledger_lock = threading.Lock()
         self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config, coordinator=coordinator)
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
@@ -102,6 +109,7 @@ class OnlineTrainer:
         self.canary = CanaryMonitor(store, promoter, canary, self._version_feedback)
         self.judge: JudgeFn | None = load_judge(config.gate_judge) if config.gate_judge else None
         self.progress = self._load_progress()
+        self._step_data: tuple[int, list[int]] = (0, [])  # (ledger seq, correction seqs) of the last step's data
         if config.start_paused and not self.progress.paused:
             self.progress.paused, self.progress.paused_reason = True, "started with --start-paused"
         self.last_ppo = None
@@ -237,6 +245,8 @@ class OnlineTrainer:
             upto = self.ledger.max_seq()
             new = self.ledger.comparisons(after_seq=self.progress.last_reward_seq)
             everything = self.ledger.comparisons()
+            excluded = self.ledger.excluded_users()
+        lineage = reward_lineage(self.progress.last_reward_seq, upto, new, self.config.user_caps, excluded)
         outcome = update_reward_model(
             self.store,
             self.promoter,
@@ -247,6 +257,7 @@ class OnlineTrainer:
             threads=self.config.torch_threads,
             should_stop=stop.is_set if stop is not None else None,
             coordinator=self.coordinator,
+            lineage=lineage,
         )
         if outcome.reason in ("interrupted", "heldout_too_small"):
             return  # the same comparisons are used again (after a restart, or once enough are held out)
@@ -286,6 +297,7 @@ class OnlineTrainer:
                 log.warning("every recent prompt is a held-out gate prompt; waiting for others")
                 return
             stats = rounds.run_step(prompts, demos)
+            self._note_step(rounds.state.policy_version, rounds.state.round_number)
             tm.export_ppo_stats(stats)
             self.last_ppo = stats
             log.info(
@@ -305,8 +317,18 @@ class OnlineTrainer:
         policy trained on the prompts it is judged on would pass the gate on memory."""
         with self._ledger_lock:
             prompts = self.ledger.recent_prompts(limit=512)
-            demos = [(d.prompt, d.response) for d in self.ledger.demonstrations(limit=256)]
-        return self.split.training(prompts), [d for d in demos if not self.split.is_heldout(d[0])]
+            demos = [d for d in self.ledger.demonstrations(limit=256) if not self.split.is_heldout(d.prompt)]
+            self._step_data = (self.ledger.max_seq(), [d.seq for d in demos])
+        return self.split.training(prompts), [(d.prompt, d.response) for d in demos]
+
+    def _note_step(self, parent_version: str, round_number: int) -> None:
+        """Add a finished step's data to the candidate's lineage (persisted with the progress)."""
+        seq_to, correction_seqs = self._step_data
+        reward_version = getattr(self.reward_fn, "last_version", "") or UNVERSIONED_REWARD
+        self.progress.candidate = CandidateLineage.load(self.progress.candidate).add_step(
+            parent_version, round_number, seq_to, correction_seqs, reward_version
+        )
+        self._save_progress()
 
     def _version_feedback(self, canary: str, stable: str, since: float) -> list[VersionFeedback]:
         with self._ledger_lock:
@@ -368,17 +390,22 @@ class OnlineTrainer:
                 )
         version = ""
         if decision.promote:
+            lineage = CandidateLineage.load(self.progress.candidate)
+            gate_reward = getattr(self.reward_fn, "last_version", "") or UNVERSIONED_REWARD
             update = self.promoter.promote_new(
                 "policy",
                 rounds.save_policy,
                 parent_version=current,
                 eval_metrics=candidate_metrics,
                 reason=f"gate passed: {decision.detail}",
-                notes={"source": "rlhf trainer PPO"},
+                notes={"source": "rlhf trainer PPO", **lineage.notes(gate_reward, self.config.user_caps)},
                 expected_current=current,
                 canary_share=config.canary_share,
             )
             version = update.version
+        if decision.promote or not decision.keep_training:
+            self.progress.candidate = {}  # the next candidate starts a new lineage
+            self._save_progress()
         log.info(
             "policy candidate decided",
             extra={

@@ -16,12 +16,18 @@ stays: the stable version), a completion moves CURRENT to the canary and
 removes the pointer, a rollback removes the pointer; each publishes its
 ModelUpdateEvent (CANARY_START / CANARY_COMPLETE / CANARY_ROLLBACK). An
 operator's Promote or Rollback ends a running canary first.
+
+Every announced change is also appended to the model store's history (who or
+what made it, when, why, the event id), and a version the trainer writes
+carries its promotion in the manifest notes (``promoted_by``,
+``promotion_event_id``): `rlhf lineage` reads both.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,12 +103,14 @@ class Promoter:
         notes: dict[str, str] | None = None,
         expected_current: str | None = None,
         canary_share: float = 0.0,
+        actor: str = "trainer gate",
     ) -> events_pb2.ModelUpdateEvent:
         """Store a new version made by ``fill`` and make it current, or with ``canary_share``
         > 0 start it as a canary for that share of users.
 
         ``expected_current``: refuse (FailedPrecondition) if an operator moved
-        CURRENT since the candidate was trained from it."""
+        CURRENT since the candidate was trained from it. ``actor``: who or what
+        promotes it, for the manifest and the history."""
         with self._lock:
             self._announce_pending_locked()
             previous = self.store.current(kind) or ""
@@ -112,24 +120,40 @@ class Promoter:
                 )
             if canary_share and self.store.canary(kind) is not None:
                 raise FailedPrecondition(f"a {kind} canary rollout is in progress; one rollout at a time")
+            event_id = events.new_id()
+            lineage = {"promoted_by": actor, "promotion_reason": reason, "promotion_event_id": event_id}
             manifest = self.store.write_version(
-                kind, fill, parent_version=parent_version, eval_metrics=eval_metrics, notes=notes
+                kind, fill, parent_version=parent_version, eval_metrics=eval_metrics, notes={**(notes or {}), **lineage}
             )
             # Not announced yet is fine here: the version is current (or the canary) and
             # announce_pending() keeps publishing it; retrying would store a duplicate.
             if canary_share:
                 update, _announced = self._start_canary(
-                    kind, manifest.version, previous, canary_share, reason, manifest.eval_metrics
+                    kind,
+                    manifest.version,
+                    previous,
+                    canary_share,
+                    reason,
+                    manifest.eval_metrics,
+                    actor=actor,
+                    event_id=event_id,
                 )
                 return update
             update, _announced = self._switch(
-                kind, manifest.version, previous, events_pb2.MODEL_UPDATE_ACTION_PROMOTE, reason, manifest.eval_metrics
+                kind,
+                manifest.version,
+                previous,
+                events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
+                reason,
+                manifest.eval_metrics,
+                actor=actor,
+                event_id=event_id,
             )
         tm.PROMOTIONS.labels(kind, "gate").inc()
         return update
 
     def promote_existing(
-        self, kind: str, version: str, reason: str, canary_share: float = 0.0
+        self, kind: str, version: str, reason: str, canary_share: float = 0.0, actor: str = "operator"
     ) -> events_pb2.ModelUpdateEvent:
         """Operator override: make a stored version current, bypassing the gate; with
         ``canary_share`` > 0, serve it first as a canary judged by live feedback."""
@@ -142,7 +166,13 @@ class Promoter:
             self._end_canary_by_operator(kind)
             if canary_share:
                 update, announced = self._start_canary(
-                    kind, version, previous, canary_share, reason or "operator canary", manifest.eval_metrics
+                    kind,
+                    version,
+                    previous,
+                    canary_share,
+                    reason or "operator canary",
+                    manifest.eval_metrics,
+                    actor=actor,
                 )
                 return self._require_announced(update, announced)
             update, announced = self._switch(
@@ -152,11 +182,12 @@ class Promoter:
                 events_pb2.MODEL_UPDATE_ACTION_PROMOTE,
                 reason or "operator promote",
                 manifest.eval_metrics,
+                actor=actor,
             )
         tm.PROMOTIONS.labels(kind, "operator").inc()
         return self._require_announced(update, announced)
 
-    def rollback(self, kind: str, to_version: str, reason: str) -> events_pb2.ModelUpdateEvent:
+    def rollback(self, kind: str, to_version: str, reason: str, actor: str = "operator") -> events_pb2.ModelUpdateEvent:
         """Make ``to_version`` (empty: the version before the current one) current again.
         During a canary rollout, an empty ``to_version`` only ends the canary (CURRENT,
         the stable version, stays)."""
@@ -174,6 +205,7 @@ class Promoter:
                     events_pb2.MODEL_UPDATE_ACTION_CANARY_ROLLBACK,
                     reason or "operator rollback of the canary",
                     self.store.manifest(kind, current).eval_metrics,
+                    actor=actor,
                 )
                 tm.ROLLBACKS.labels(kind).inc()
                 return self._require_announced(update, announced)
@@ -188,6 +220,7 @@ class Promoter:
                 events_pb2.MODEL_UPDATE_ACTION_ROLLBACK,
                 reason or "operator rollback",
                 manifest.eval_metrics,
+                actor=actor,
             )
         tm.ROLLBACKS.labels(kind).inc()
         return self._require_announced(update, announced)
@@ -203,7 +236,13 @@ class Promoter:
             self.store.set_current(kind, version)
             self.store.clear_canary(kind)
             update, _ = self._announce(
-                kind, version, stable, events_pb2.MODEL_UPDATE_ACTION_CANARY_COMPLETE, reason, metrics
+                kind,
+                version,
+                stable,
+                events_pb2.MODEL_UPDATE_ACTION_CANARY_COMPLETE,
+                reason,
+                metrics,
+                actor="trainer canary judge",
             )
         tm.PROMOTIONS.labels(kind, "canary").inc()
         return update
@@ -218,7 +257,13 @@ class Promoter:
             self.store.clear_canary(kind)
             stable = self.store.current(kind) or ""
             update, _ = self._announce(
-                kind, stable, version, events_pb2.MODEL_UPDATE_ACTION_CANARY_ROLLBACK, reason, metrics
+                kind,
+                stable,
+                version,
+                events_pb2.MODEL_UPDATE_ACTION_CANARY_ROLLBACK,
+                reason,
+                metrics,
+                actor="trainer canary judge",
             )
         tm.ROLLBACKS.labels(kind).inc()
         return update
@@ -238,12 +283,29 @@ class Promoter:
             raise InvalidArgument("version", f"{version} is already the current {kind} version")
 
     def _start_canary(
-        self, kind: str, version: str, stable: str, share: float, reason: str, eval_metrics: dict[str, float]
+        self,
+        kind: str,
+        version: str,
+        stable: str,
+        share: float,
+        reason: str,
+        eval_metrics: dict[str, float],
+        *,
+        actor: str,
+        event_id: str = "",
     ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
         """Point CANARY at ``version`` and publish CANARY_START; returns the event and whether Kafka acknowledged it."""
         self.store.set_canary(kind, version, share, stable)
         announced = self._announce(
-            kind, version, stable, events_pb2.MODEL_UPDATE_ACTION_CANARY_START, reason, eval_metrics, share
+            kind,
+            version,
+            stable,
+            events_pb2.MODEL_UPDATE_ACTION_CANARY_START,
+            reason,
+            eval_metrics,
+            share,
+            actor=actor,
+            event_id=event_id,
         )
         tm.CANARY_DECISIONS.labels("started").inc()
         return announced
@@ -310,11 +372,20 @@ class Promoter:
         )
 
     def _switch(
-        self, kind: str, version: str, previous: str, action: int, reason: str, eval_metrics: dict[str, float]
+        self,
+        kind: str,
+        version: str,
+        previous: str,
+        action: int,
+        reason: str,
+        eval_metrics: dict[str, float],
+        *,
+        actor: str,
+        event_id: str = "",
     ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
         """Move CURRENT and publish; returns the event and whether Kafka acknowledged it."""
         self.store.set_current(kind, version)
-        return self._announce(kind, version, previous, action, reason, eval_metrics)
+        return self._announce(kind, version, previous, action, reason, eval_metrics, actor=actor, event_id=event_id)
 
     def _announce(
         self,
@@ -325,10 +396,16 @@ class Promoter:
         reason: str,
         eval_metrics: dict[str, float],
         canary_share: float = 0.0,
+        *,
+        actor: str,
+        event_id: str = "",
     ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
-        """Publish the event of a change the store already shows; returns it and whether Kafka acknowledged it."""
+        """Record the change the store already shows in its history and publish its event;
+        returns the event and whether Kafka acknowledged it."""
+        event_id = event_id or events.new_id()
+        self._record_history(kind, version, previous, action, reason, actor, event_id)
         update = events_pb2.ModelUpdateEvent(
-            event_id=events.new_id(),
+            event_id=event_id,
             kind=_KIND_ENUM[kind],
             version=version,
             previous_version=previous,
@@ -349,3 +426,20 @@ class Promoter:
             self._unannounced = update
             return update, False
         return update, True
+
+    def _record_history(
+        self, kind: str, version: str, previous: str, action: int, reason: str, actor: str, event_id: str
+    ) -> None:
+        entry = {
+            "at": time.time(),
+            "action": events_pb2.ModelUpdateAction.Name(action).removeprefix("MODEL_UPDATE_ACTION_").lower(),
+            "version": version,
+            "previous_version": previous,
+            "reason": reason,
+            "actor": actor,
+            "event_id": event_id,
+        }
+        try:
+            self.store.append_history(kind, entry)
+        except OSError as exc:  # the audit trail must not undo a switch that happened; say so loudly
+            log.error("could not append to the model store history", extra={"entry": entry, "error": str(exc)})

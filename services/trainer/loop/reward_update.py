@@ -8,6 +8,12 @@ held-out pairs are the comparisons of the gate's held-out prompts
 (services.trainer.loop.heldout: a hash slice, so a pair is never trained on
 later), and no reward version is promoted before there are
 ``min_heldout_pairs`` of them.
+
+Comparisons carry weights from the ledger's per-user caps
+(services.trainer.data.fair_share): the Bradley-Terry loss and the held-out
+accuracy are both weighted, so a user flooding contradicting preferences
+counts at most their share in training and in the check that keeps or
+discards the result.
 """
 
 from __future__ import annotations
@@ -51,6 +57,55 @@ def as_pairs(comparisons: Sequence[Comparison]) -> list[Pair]:
     return [(c.prompt, c.chosen, c.rejected) for c in comparisons]
 
 
+def pair_weights(comparisons: Sequence[Comparison]) -> list[float] | None:
+    """The comparisons' weights, or None when every one counts fully."""
+    weights = [c.weight for c in comparisons]
+    return None if all(w == 1.0 for w in weights) else weights
+
+
+def heldout_accuracy(model, tokenizer, heldout: Sequence[Comparison]) -> float:
+    """Weighted pairwise accuracy on held-out comparisons."""
+    from shared.reward_model import pairwise_accuracy
+
+    return pairwise_accuracy(model, tokenizer, as_pairs(heldout), weights=pair_weights(heldout))
+
+
+def fine_tune(
+    model,
+    tokenizer,
+    train: Sequence[Comparison],
+    settings: RewardUpdateSettings,
+    should_stop=None,
+    *,
+    version: str = "",
+    coordinator=None,
+) -> dict[str, float]:
+    """One update's training: weighted Bradley-Terry on ``train`` (raises TrainingInterrupted).
+    Under torchrun (``coordinator``) every rank takes part, on the same pairs and weights."""
+    from services.trainer.supervised.reward_training import train_reward_model
+
+    training = dict(
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        head_lr=settings.head_lr,
+        trainable_layers=min(settings.trainable_layers, model.n_layers),
+        warmup_steps=max(1, settings.steps // 10),
+        weights=pair_weights(train),
+    )
+    if coordinator is not None:
+        coordinator.reward_training(version, as_pairs(train), training)
+    return train_reward_model(
+        model,
+        tokenizer,
+        as_pairs(train),
+        progress=False,
+        should_stop=should_stop,
+        parallel=coordinator.group if coordinator is not None else None,
+        **training,
+    )
+
+
 def update_reward_model(
     store,
     promoter,
@@ -60,20 +115,22 @@ def update_reward_model(
     split: HeldoutSplit,
     threads: int = 2,
     should_stop: Callable[[], bool] | None = None,
+    lineage: dict[str, str] | None = None,
     coordinator=None,
 ) -> RewardCandidate:
     """Fine-tune the current reward version; promote it through ``promoter`` if it holds up.
-    Returns reason "interrupted" (nothing stored) when ``should_stop`` fires. Under
-    torchrun (``coordinator``) every rank takes part in the fine-tuning."""
+    Returns reason "interrupted" (nothing stored) when ``should_stop`` fires.
+    ``lineage``: what the caller knows of the data (ledger ranges), kept in the manifest notes.
+    Under torchrun (``coordinator``) every rank takes part in the fine-tuning."""
     import torch
 
-    from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
-    from shared.reward_model import ONNX_FILE, load_reward_model, pairwise_accuracy, save_reward_model
+    from services.trainer.supervised.reward_training import TrainingInterrupted
+    from shared.reward_model import ONNX_FILE, load_reward_model, save_reward_model
     from shared.reward_onnx import export_verified_onnx
 
     torch.set_num_threads(threads)
-    train = split.split_pairs(as_pairs(new_comparisons), lambda pair: pair[0])[0]
-    heldout = split.split_pairs(as_pairs(all_comparisons), lambda pair: pair[0])[1]
+    train = split.split_pairs(list(new_comparisons), lambda c: c.prompt)[0]
+    heldout = split.split_pairs(list(all_comparisons), lambda c: c.prompt)[1]
     current = store.current("reward")
     if not train or current is None:
         return RewardCandidate("", False, "no_training_pairs" if current else "no_current_version", {})
@@ -81,38 +138,24 @@ def update_reward_model(
         # Not trained yet: the same comparisons are used once enough held-out ones exist.
         return RewardCandidate("", False, "heldout_too_small", {"heldout_pairs": float(len(heldout))})
     model, tokenizer = load_reward_model(store.open_version("reward", current))
-    current_accuracy = pairwise_accuracy(model, tokenizer, heldout)
-    training = dict(
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        head_lr=settings.head_lr,
-        trainable_layers=min(settings.trainable_layers, model.n_layers),
-        warmup_steps=max(1, settings.steps // 10),
-    )
-    if coordinator is not None:
-        coordinator.reward_training(current, train, training)
+    current_accuracy = heldout_accuracy(model, tokenizer, heldout)
     try:
-        train_metrics = train_reward_model(
-            model,
-            tokenizer,
-            train,
-            progress=False,
-            should_stop=should_stop,
-            parallel=coordinator.group if coordinator is not None else None,
-            **training,
+        train_metrics = fine_tune(
+            model, tokenizer, train, settings, should_stop, version=current, coordinator=coordinator
         )
     except TrainingInterrupted as exc:
         log.info("reward update interrupted", extra={"why": str(exc)})
         return RewardCandidate("", False, "interrupted", {})
     model.requires_grad_(False)
-    accuracy = pairwise_accuracy(model, tokenizer, heldout)
+    accuracy = heldout_accuracy(model, tokenizer, heldout)
     metrics = {
         **train_metrics,
         "pairwise_accuracy": accuracy,
         "previous_pairwise_accuracy": current_accuracy,
         "heldout_pairs": float(len(heldout)),
         "new_comparisons": float(len(new_comparisons)),
+        # How much the per-user caps took away: 1 - (weight kept / pairs).
+        "train_weight_capped_share": 1.0 - sum(c.weight for c in train) / len(train),
     }
     if accuracy < current_accuracy - settings.tolerance:
         log.warning(
@@ -138,6 +181,12 @@ def update_reward_model(
             eval_metrics=metrics,
             reason=f"reward fine-tuned on {len(train)} new comparisons",
             expected_current=current,
-            notes={"source": "rlhf trainer", "scoring_backend": onnx.backend, "scoring_backend_reason": onnx.reason},
+            notes={
+                "source": "rlhf trainer",
+                "scoring_backend": onnx.backend,
+                "scoring_backend_reason": onnx.reason,
+                "train_comparisons": str(len(train)),
+                **(lineage or {}),
+            },
         )
     return RewardCandidate(update.version, True, "passed", metrics)

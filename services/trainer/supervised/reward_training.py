@@ -1,7 +1,9 @@
 """Reward-model training with the Bradley-Terry loss on pairwise comparisons.
 
 loss = -log sigmoid(r(prompt, chosen) - r(prompt, rejected)), as in TRL's
-reward trainer. Used by the bootstrap (step 3) and by the online trainer on
+reward trainer; optionally weighted per pair (the online trainer down-weights
+users who send more than their share of the feedback,
+services.trainer.data.fair_share). Used by the bootstrap (step 3) and by the online trainer on
 preferences from the feedback ledger: both call :func:`train_reward_model`
 with a reward model of either format (shared.reward_model) and a list of
 (prompt, chosen, rejected).
@@ -22,6 +24,7 @@ the clip: the step one process would take on the whole batch.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -36,8 +39,17 @@ from shared.reward_model import RewardModel, encode_pairs, pairwise_accuracy
 Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
 
 
-def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
-    return -torch.nn.functional.logsigmoid(chosen_scores - rejected_scores).mean()
+def bradley_terry_loss(
+    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of -log sigmoid(chosen - rejected), each pair times its weight when given.
+    Weights are normalised to mean 1 over the whole training set (see
+    :func:`train_reward_model`), so a batch's loss is an unbiased estimate of
+    the weighted mean and a batch of light pairs takes a small step, not a full one."""
+    losses = -torch.nn.functional.logsigmoid(chosen_scores - rejected_scores)
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).mean()
 
 
 def _pair_scores(
@@ -116,6 +128,7 @@ def train_reward_model(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     parallel: DataParallel | None = None,
+    weights: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place; returns loss and accuracy on the training pairs
     (first and last tenth of steps). ``should_stop`` is checked every step:
@@ -125,11 +138,15 @@ def train_reward_model(
     ``trainable_layers`` < all: embeddings and lower layers are frozen; for the
     MiniLM RewardModel their output is also cached per text
     (:func:`cache_frozen_hidden`), which is what makes MiniLM fine-tuning
-    affordable on a CPU. Other models run the frozen layers every step."""
+    affordable on a CPU. Other models run the frozen layers every step.
+
+    ``weights`` (one per pair, >= 0, not all 0): how much each pair counts in
+    the loss; rescaled here to mean 1."""
     if not pairs:
         raise ValueError("train_reward_model needs at least one (prompt, chosen, rejected) pair")
     if parallel is not None and batch_size < parallel.world_size:
         raise ValueError(f"batch_size ({batch_size}) must be at least the number of ranks ({parallel.world_size})")
+    pair_weights = _normalised_weights(weights, len(pairs))
     max_length = max_length or model.head_config.max_length
     n_frozen = 0  # frozen MiniLM layers whose output is cached
     if trainable_layers is not None and trainable_layers < model.n_layers:
@@ -172,11 +189,13 @@ def train_reward_model(
             fresh = list(range(len(pairs)))
             rng.shuffle(fresh)
             order.extend(fresh)
-        batch = [pairs[i] for i in order[:batch_size]]
+        order_used = order[:batch_size]
+        batch = [pairs[i] for i in order_used]
         del order[:batch_size]
         share = 1.0
         if parallel is not None:
-            whole, batch = len(batch), batch[parallel.shard(len(batch))]
+            whole, mine = len(batch), parallel.shard(len(batch))
+            batch, order_used = batch[mine], order_used[mine]
             share = len(batch) * parallel.world_size / whole
         if cache is not None:
             keys = [(p, c) for p, c, _ in batch] + [(p, r) for p, _, r in batch]
@@ -184,7 +203,10 @@ def train_reward_model(
             chosen, rejected = scores[: len(batch)], scores[len(batch) :]
         else:
             chosen, rejected = _pair_scores(model, tokenizer, batch, max_length)
-        loss = bradley_terry_loss(chosen, rejected)
+        batch_weights = None
+        if pair_weights is not None:
+            batch_weights = torch.tensor([pair_weights[i] for i in order_used], dtype=chosen.dtype)
+        loss = bradley_terry_loss(chosen, rejected, batch_weights)
         accuracy = (chosen > rejected).float().mean().item()
         if parallel is None:
             losses.append(clipped_step(model, optimizer, loss))
@@ -201,6 +223,21 @@ def train_reward_model(
         "reward_train_accuracy_final": first_and_final(accuracies, "acc")["acc_final"],
         "reward_train_pairs": float(len(pairs)),
     }
+
+
+def _normalised_weights(weights: Sequence[float] | None, n_pairs: int) -> list[float] | None:
+    """``weights`` scaled to mean 1 (None stays None); ValueError naming what is wrong."""
+    if weights is None:
+        return None
+    values = [float(w) for w in weights]
+    if len(values) != n_pairs:
+        raise ValueError(f"weights has {len(values)} entries for {n_pairs} pairs; give one weight per pair")
+    if any(not math.isfinite(w) or w < 0 for w in values):
+        raise ValueError("weights must be finite and >= 0")
+    total = sum(values)
+    if total <= 0:
+        raise ValueError("weights are all 0: nothing to train on")
+    return [w * n_pairs / total for w in values]
 
 
 __all__ = ["Pair", "TrainingInterrupted", "bradley_terry_loss", "pairwise_accuracy", "train_reward_model"]

@@ -139,8 +139,14 @@ class Flag(_message.Message):
     category: FlagCategory
     def __init__(self, category: _Optional[_Union[FlagCategory, str]] = ...) -> None: ...
 
+class DataDeletionRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
 class FeedbackEvent(_message.Message):
-    __slots__ = ("feedback_id", "generation_id", "user_id", "created_at", "source", "comment", "rating", "preference", "correction", "flag", "metadata")
+    __slots__ = ("feedback_id", "generation_id", "user_id", "created_at", "source", "comment", "rating", "preference", "correction", "flag", "deletion", "metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +164,7 @@ class FeedbackEvent(_message.Message):
     PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     CORRECTION_FIELD_NUMBER: _ClassVar[int]
     FLAG_FIELD_NUMBER: _ClassVar[int]
+    DELETION_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     feedback_id: str
     generation_id: str
@@ -169,8 +176,9 @@ class FeedbackEvent(_message.Message):
     preference: Preference
     correction: Correction
     flag: Flag
+    deletion: DataDeletionRequest
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, feedback_id: _Optional[str] = ..., generation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., comment: _Optional[str] = ..., rating: _Optional[_Union[Rating, _Mapping]] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., correction: _Optional[_Union[Correction, _Mapping]] = ..., flag: _Optional[_Union[Flag, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, feedback_id: _Optional[str] = ..., generation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., comment: _Optional[str] = ..., rating: _Optional[_Union[Rating, _Mapping]] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., correction: _Optional[_Union[Correction, _Mapping]] = ..., flag: _Optional[_Union[Flag, _Mapping]] = ..., deletion: _Optional[_Union[DataDeletionRequest, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelUpdateEvent(_message.Message):
     __slots__ = ("event_id", "kind", "version", "previous_version", "action", "created_at", "reason", "eval_metrics", "manifest_sha256", "canary_share")
