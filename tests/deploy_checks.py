@@ -72,18 +72,135 @@ def validate(doc: dict) -> None:
         if schema is None:
             raise LookupError(f"no schema for {doc['apiVersion']} {doc['kind']} in {CRD_SCHEMAS}")
         jsonschema.Draft202012Validator(schema).validate(doc)
+        for template in _custom_resource_pod_templates(doc).values():
+            # A CRD's copy of the pod schema may lag behind Kubernetes': check the pods as Kubernetes will.
+            validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template})
         return
     for k8s in KUBERNETES_VERSIONS:
         kubernetes_validate.validate(doc, k8s, strict=True)
 
 
+def _custom_resource_pod_templates(doc: dict) -> dict[str, dict]:
+    """Replica type -> pod template of an operator's job (Kubeflow PyTorchJob)."""
+    if doc["kind"] == "PyTorchJob":
+        return {rtype: spec["template"] for rtype, spec in doc["spec"]["pytorchReplicaSpecs"].items()}
+    return {}
+
+
 def pod_templates(docs) -> dict[str, dict]:
-    """'Kind/name' -> pod spec of every workload."""
+    """'Kind/name' (and '/ReplicaType' for an operator's job) -> pod template of every workload."""
     out = {}
     for d in docs:
+        name = f"{d['kind']}/{d['metadata']['name']}"
         if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
-            out[f"{d['kind']}/{d['metadata']['name']}"] = d["spec"]["template"]
+            out[name] = d["spec"]["template"]
+        for rtype, template in _custom_resource_pod_templates(d).items():
+            out[f"{name}/{rtype}"] = template
     return out
+
+
+def deployments(overlay: str) -> dict[str, dict]:
+    """Name -> Deployment of an overlay."""
+    return by_kind(render(f"overlays/{overlay}"), "Deployment")
+
+
+def trainer_ranks(overlay: str = "production") -> dict[str, dict]:
+    """Replica type (Master, Worker) -> pod template of the trainer's PyTorchJob."""
+    job = by_kind(render(f"overlays/{overlay}"), "PyTorchJob")["trainer"]
+    return {rtype: spec["template"] for rtype, spec in job["spec"]["pytorchReplicaSpecs"].items()}
+
+
+def serving_pods(overlay: str) -> dict[str, dict]:
+    """Service name -> the pod template that serves it: its Deployment, or the trainer's
+    PyTorchJob Master (rank 0, the whole trainer service) where the overlay has one."""
+    docs = render(f"overlays/{overlay}")
+    pods = {name: dep["spec"]["template"] for name, dep in by_kind(docs, "Deployment").items()}
+    if "trainer" in by_kind(docs, "PyTorchJob"):
+        pods["trainer"] = trainer_ranks(overlay)["Master"]
+    return pods
+
+
+def container(pod: dict) -> dict:
+    """The main (first) container of a pod template."""
+    return pod["spec"]["containers"][0]
+
+
+def config_data(overlay: str) -> dict[str, str]:
+    """The settings every service reads (ConfigMap rlhf-common)."""
+    return by_kind(render(f"overlays/{overlay}"), "ConfigMap")["rlhf-common"]["data"]
+
+
+# --- network policies ---------------------------------------------------------------
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) picks a pod with ``labels``."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _container_ports(pod: dict) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", []) if "name" in p}
+
+
+def _port_allowed(rule: dict, port: int, destination: dict) -> bool:
+    if not rule.get("ports"):
+        return True  # a rule without ports allows every port
+    named = _container_ports(destination)
+    for p in rule["ports"]:
+        if p.get("protocol", "TCP") != "TCP":
+            continue
+        if "port" not in p:
+            return True  # every port of the protocol
+        first = named.get(p["port"]) if isinstance(p["port"], str) else p["port"]
+        if first is not None and first <= port <= p.get("endPort", first):
+            return True
+    return False
+
+
+def _peer_allowed(rule: dict, key: str, peer: dict) -> bool:
+    """Peers in the same namespace: only podSelector entries can match (namespaceSelector names others)."""
+    if key not in rule:
+        return True  # no from/to: every peer
+    labels = peer["metadata"].get("labels", {})
+    return any(set(entry) == {"podSelector"} and selects(entry["podSelector"], labels) for entry in rule[key])
+
+
+def _side_allows(policies, direction: str, own: dict, peer: dict, port: int, destination: dict) -> bool:
+    key, rules_key = ("from", "ingress") if direction == "Ingress" else ("to", "egress")
+    selecting = [
+        p["spec"]
+        for p in policies
+        if direction in p["spec"].get("policyTypes", ["Ingress"])
+        and selects(p["spec"]["podSelector"], own["metadata"].get("labels", {}))
+    ]
+    if not selecting:
+        return True  # a pod no policy selects for this direction is not isolated
+    return any(
+        _peer_allowed(rule, key, peer) and _port_allowed(rule, port, destination)
+        for spec in selecting
+        for rule in spec.get(rules_key, [])
+    )
+
+
+def network_allows(policies, source: dict, destination: dict, port: int) -> bool:
+    """Whether NetworkPolicies let pod ``source`` open a TCP connection to ``port`` of pod
+    ``destination`` in the same namespace (pods as templates: metadata.labels, spec.containers):
+    the source's egress and the destination's ingress must both allow it."""
+    return _side_allows(policies, "Egress", source, destination, port, destination) and _side_allows(
+        policies, "Ingress", destination, source, port, destination
+    )
 
 
 # --- metrics ------------------------------------------------------------------------

@@ -180,6 +180,12 @@ class TrainerConfig(ServiceConfig):
         "longest a rank waits in a collective (rank 0 evaluating or idle beats a heartbeat every --round-check-s)",
         env=env.TRAINER_DIST_TIMEOUT_S,
     )
+    dist_master_addr: str = setting(
+        "",
+        "host of rank 0's rendezvous instead of MASTER_ADDR (e.g. a Service that lists rank 0 before it is ready; "
+        "the port stays MASTER_PORT)",
+        env=env.TRAINER_DIST_MASTER_ADDR,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

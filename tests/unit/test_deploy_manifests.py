@@ -13,7 +13,19 @@ import yaml
 from shared import env, events
 from shared.config import ConfigError, ServiceConfig, load_config
 from shared.model_store import CURRENT
-from tests.deploy_checks import OVERLAYS, ROOT, by_kind, pod_templates, render, validate
+from tests.deploy_checks import (
+    OVERLAYS,
+    ROOT,
+    by_kind,
+    config_data,
+    container,
+    deployments,
+    pod_templates,
+    render,
+    serving_pods,
+    trainer_ranks,
+    validate,
+)
 
 SERVICES = ("policy", "reward", "feedback", "trainer")
 # What each service does on Kafka (DESIGN.md's topic table): its KafkaUser must allow exactly this.
@@ -31,18 +43,6 @@ KAFKA_NEEDS = {
 }
 # The model kinds each workload needs in the store before it starts.
 NEEDS_MODELS = {"policy": ["policy"], "reward": ["reward"], "trainer": ["policy", "reward"], "feedback": []}
-
-
-def deployments(overlay: str) -> dict[str, dict]:
-    return by_kind(render(f"overlays/{overlay}"), "Deployment")
-
-
-def container(dep: dict) -> dict:
-    return dep["spec"]["template"]["spec"]["containers"][0]
-
-
-def config_data(overlay: str) -> dict[str, str]:
-    return by_kind(render(f"overlays/{overlay}"), "ConfigMap")["rlhf-common"]["data"]
 
 
 @pytest.mark.parametrize("path", [f"overlays/{o}" for o in OVERLAYS] + ["observability"])
@@ -65,7 +65,11 @@ def test_the_validation_refuses_an_unknown_field_and_a_wrong_type():
     bad_topic["spec"]["partitions"] = "twelve"
     bad_user = copy.deepcopy(by_kind(docs, "KafkaUser")["rlhf-trainer"])
     bad_user["spec"]["authorization"]["acls"][0]["operation"] = "Read"  # v1beta2's field, gone in v1
-    for bad in (bad_pod, bad_topic, bad_user):
+    bad_job = copy.deepcopy(by_kind(docs, "PyTorchJob")["trainer"])
+    bad_job["spec"]["pytorchReplicaSpecs"]["Worker"]["replica"] = 2  # for "replicas"
+    bad_rank = copy.deepcopy(by_kind(docs, "PyTorchJob")["trainer"])
+    bad_rank["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["ports"][0]["port"] = 1
+    for bad in (bad_pod, bad_topic, bad_user, bad_job, bad_rank):
         with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
             validate(bad)
 
@@ -113,15 +117,17 @@ def test_pods_meet_the_restricted_pod_security_standard(overlay):
     assert account["automountServiceAccountToken"] is False
 
 
-def test_probes_use_grpc_health_on_the_grpc_port():
-    for name, dep in deployments("local").items():
-        c = container(dep)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_use_grpc_health_on_the_grpc_port(overlay):
+    pods = serving_pods(overlay)
+    for name, pod in pods.items():
+        c = container(pod)
         grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
         env_values = {e["name"]: e.get("value") for e in c["env"]}
         assert env_values["RLHF_PORT"] == str(grpc_port), name
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == grpc_port, name
-    assert set(deployments("local")) == set(SERVICES)
+    assert set(pods) == set(SERVICES)
 
 
 def test_shutdown_fits_in_the_termination_grace_period():
@@ -130,28 +136,41 @@ def test_shutdown_fits_in_the_termination_grace_period():
     # TrainerServer.stop after the gRPC server: joins the training thread (30 s),
     # flushes (10 s) and closes (5 s) its producer.
     trainer_after_serving = 30 + 10 + 5
-    for name, dep in deployments("production").items():
+    pods = serving_pods("production")
+    for name, pod in pods.items():
         needed = serving + (trainer_after_serving if name == "trainer" else 0)
-        assert needed < dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], name
+        assert needed < pod["spec"]["terminationGracePeriodSeconds"], name
+    # A worker waits for rank 0's `stop`, sent once rank 0 has stopped training: it must not be killed first.
+    master_grace = pods["trainer"]["spec"]["terminationGracePeriodSeconds"]
+    assert trainer_ranks()["Worker"]["spec"]["terminationGracePeriodSeconds"] >= master_grace
 
 
 def test_trainer_state_lives_on_its_persistent_volume():
     for overlay in OVERLAYS:
-        spec = deployments(overlay)["trainer"]["spec"]["template"]["spec"]
+        spec = serving_pods(overlay)["trainer"]["spec"]
         state_dir = next(e["value"] for e in spec["containers"][0]["env"] if e["name"] == env.TRAINER_STATE_DIR)
         mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == state_dir)
         volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
         claim = volume["persistentVolumeClaim"]["claimName"]
         assert claim in by_kind(render(f"overlays/{overlay}"), "PersistentVolumeClaim")
-    assert deployments("production")["trainer"]["spec"]["strategy"]["type"] == "Recreate"
+    # One writer of the ledger: never two trainers at once.
+    assert deployments("local")["trainer"]["spec"]["strategy"]["type"] == "Recreate"
+    job = by_kind(render("overlays/production"), "PyTorchJob")["trainer"]
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
+    worker = trainer_ranks()["Worker"]["spec"]
+    assert not any(
+        "persistentVolumeClaim" in v and v["persistentVolumeClaim"]["claimName"] == claim for v in worker["volumes"]
+    ), "the state claim is ReadWriteOnce and the master's alone"
 
 
 def test_services_wait_for_the_bootstrap_jobs_models():
     """Ordering without crash loops: the init container waits for the store's CURRENT pointers."""
     docs = render("overlays/production")
     assert "rlhf-bootstrap" in by_kind(docs, "Job")
-    for name, dep in by_kind(docs, "Deployment").items():
-        inits = dep["spec"]["template"]["spec"].get("initContainers", [])
+    pods = list(serving_pods("production").items())
+    pods.append(("trainer", trainer_ranks()["Worker"]))
+    for name, pod in pods:
+        inits = pod["spec"].get("initContainers", [])
         script = " ".join(" ".join(c["command"]) for c in inits)
         for kind in NEEDS_MODELS[name]:
             assert f"/models/{kind}/{CURRENT}" in script, f"{name} does not wait for {kind}"
@@ -244,7 +263,7 @@ def test_each_service_starts_with_the_production_kafka_settings(name, monkeypatc
     """The settings a production pod gets, read by the real config loader: it must accept them,
     and the consumer settings must be ones Apache Kafka accepts."""
     docs = render("overlays/production")
-    pod = by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]
+    pod = serving_pods("production")[name]["spec"]
     c = pod["containers"][0]
     variables = dict(config_data("production"))
     for e in c["env"]:

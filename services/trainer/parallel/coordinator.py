@@ -16,16 +16,18 @@ Before each collective piece of work rank 0 broadcasts one JSON message
 
 All of it comes from the training thread, one message at a time. A failure
 the ranks agree on (scoring a rollout) is raised on every rank at the same
-point and the next check tries again; any other failure of one rank leaves
-the others waiting until the collective timeout, and then torchrun (or the
-PyTorchJob's restart policy) restarts every rank; the PPO checkpoint resumes
-the round.
+point and the next check tries again; any other failure of one rank breaks
+the group (the others fail their next collective, at the latest after the
+collective timeout). A broken group cannot be rejoined in-process: the other
+ranks exit, and rank 0, at its next order, calls ``on_broken`` (the launcher
+stops the service gracefully), so that torchrun, or the PyTorchJob's restart
+policy, starts every rank afresh; the PPO checkpoint resumes the round.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -40,10 +42,12 @@ log = logging.getLogger(__name__)
 class Coordinator:
     """Sends rank 0's orders and keeps the other ranks' PPO trainers in step with its own."""
 
-    def __init__(self, group: DataParallel):
+    def __init__(self, group: DataParallel, on_broken: Callable[[], None] | None = None):
         if not group.is_main:
             raise ValueError("the coordinator runs on rank 0")
         self.group = group
+        self.on_broken = on_broken  # called once, when an order cannot reach the other ranks
+        self.broken = False
         self._synced: PPOTrainer | None = None
         self._stopped = False
 
@@ -72,10 +76,21 @@ class Coordinator:
     def stop(self) -> None:
         if not self._stopped:
             self._stopped = True
-            self._send({"op": "stop"})
+            self.group.broadcast_json({"op": "stop"})  # shutting down already: no on_broken
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.group.broadcast_json(message)
+        try:
+            self.group.broadcast_json(message)
+        except Exception as exc:  # whatever the backend raises for a lost peer or a timed-out collective
+            if not self.broken:
+                self.broken = True
+                log.error(
+                    "the process group is broken (a rank is gone); stopping so that every rank restarts",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
+                if self.on_broken is not None:
+                    self.on_broken()
+            raise
 
 
 def sync_ppo_state(group: DataParallel, trainer: PPOTrainer) -> None:

@@ -3,9 +3,9 @@ collectives the training code needs, none of which pickles.
 
 torchrun (or a Kubeflow PyTorchJob) starts one process per rank with
 ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; the group
-is joined through ``env://``. gloo runs the collectives on CPU tensors; with
-NCCL they are copied to this rank's GPU (``LOCAL_RANK``) and back, so the
-training code is the same either way.
+is joined through ``env://`` (or ``tcp://`` at ``--dist-master-addr``). gloo
+runs the collectives on CPU tensors; with NCCL they are copied to this rank's
+GPU (``LOCAL_RANK``) and back, so the training code is the same either way.
 
 torch's object collectives (``broadcast_object_list`` and friends) pickle;
 this project never unpickles, so strings and small records travel as UTF-8
@@ -52,8 +52,9 @@ class DataParallel:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, backend: str = "auto", timeout_s: float = 3600.0) -> DataParallel:
-        """Join the process group torchrun describes in the environment."""
+    def from_env(cls, backend: str = "auto", timeout_s: float = 3600.0, master_addr: str = "") -> DataParallel:
+        """Join the process group torchrun describes in the environment; ``master_addr``,
+        when given, replaces MASTER_ADDR (the port, rank and world size stay the environment's)."""
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
         device = torch.device("cpu")
@@ -61,7 +62,16 @@ class DataParallel:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+            timeout = timedelta(seconds=timeout_s)
+            if master_addr:
+                # tcp:// takes rank and world size as arguments; env:// would read MASTER_ADDR.
+                init_method = f"tcp://{master_addr}:{os.environ['MASTER_PORT']}"
+                rank, world_size = int(os.environ["RANK"]), world_size_from_env()
+                dist.init_process_group(
+                    backend, init_method=init_method, timeout=timeout, world_size=world_size, rank=rank
+                )
+            else:
+                dist.init_process_group(backend, init_method="env://", timeout=timeout)
         group = cls(dist.get_rank(), dist.get_world_size(), device)
         log.info("joined the process group", extra={"rank": group.rank, "world_size": group.world_size})
         return group

@@ -9,6 +9,8 @@ runs as one process, as before.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -29,15 +31,21 @@ def run_data_parallel(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    group = DataParallel.from_env(config.dist_backend, config.dist_timeout_s)
+    group = DataParallel.from_env(config.dist_backend, config.dist_timeout_s, config.dist_master_addr)
     try:
         if group.is_main:
             from services.trainer.server import SERVICE_NAME, TrainerServer
             from shared.service_main import run_service
 
-            coordinator = Coordinator(group)
+            coordinator = Coordinator(group, on_broken=stop_this_process)
             return run_service(TrainerConfig, SERVICE_NAME, lambda c: TrainerServer(c, coordinator=coordinator), argv)
         setup_logging(f"trainer-rank{group.rank}", config.log_level, config.log_format)
         return run_worker(config, group)
     finally:
         group.close()
+
+
+def stop_this_process() -> None:
+    """SIGTERM to this process: the service stops as on any SIGTERM (the main thread
+    handles it) and exits, so its supervisor starts it, and a new process group, afresh."""
+    os.kill(os.getpid(), signal.SIGTERM)
