@@ -127,9 +127,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from services.trainer.data.datasets import DataFileError
-    from services.trainer.supervised.from_file import FileTrainingError, SftFileSettings, sft_from_file
-    from shared.model_store import ModelStore, ModelStoreError
+    from services.trainer.supervised.from_file import SftFileSettings, sft_from_file
 
     quiet_library_progress(args)
     settings = SftFileSettings(
@@ -140,8 +138,19 @@ def run(args) -> int:
         seed=args.seed,
         heldout_fraction=args.heldout_fraction,
     )
+    rows = [("held-out response loss (per token)", "heldout_response_loss", ".4f")]
+    return train_from_file(args, "rlhf sft", sft_from_file, settings, rows)
+
+
+def train_from_file(args, command: str, train, settings, rows: list[tuple[str, str, str]]) -> int:
+    """Run ``train`` (sft_from_file or reward_from_file) on ``args.data`` and report it;
+    exit code 2 with the message on a data, training or store error."""
+    from services.trainer.data.datasets import DataFileError
+    from services.trainer.supervised.from_file import FileTrainingError
+    from shared.model_store import ModelStore, ModelStoreError
+
     try:
-        result = sft_from_file(
+        result = train(
             ModelStore(args.model_store),
             args.data,
             settings,
@@ -151,7 +160,7 @@ def run(args) -> int:
             log=lambda line: print(line, flush=True),
         )
     except (DataFileError, FileTrainingError, ModelStoreError) as exc:
-        print(f"rlhf sft: {exc}")
+        print(f"{command}: {exc}")
         return 2
-    print_result("rlhf sft", result, [("held-out response loss (per token)", "heldout_response_loss", ".4f")])
+    print_result(command, result, rows)
     return 0

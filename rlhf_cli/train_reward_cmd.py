@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlhf_cli.sft_cmd import add_training_flags, positive_float, positive_int, print_result, quiet_library_progress
+from rlhf_cli.sft_cmd import add_training_flags, positive_float, positive_int, quiet_library_progress, train_from_file
 
 
 def add_parser(subparsers) -> None:
@@ -43,9 +43,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from services.trainer.data.datasets import DataFileError
-    from services.trainer.supervised.from_file import FileTrainingError, RewardFileSettings, reward_from_file
-    from shared.model_store import ModelStore, ModelStoreError
+    from services.trainer.supervised.from_file import RewardFileSettings, reward_from_file
 
     quiet_library_progress(args)
     settings = RewardFileSettings(
@@ -58,18 +56,5 @@ def run(args) -> int:
         seed=args.seed,
         heldout_fraction=args.heldout_fraction,
     )
-    try:
-        result = reward_from_file(
-            ModelStore(args.model_store),
-            args.data,
-            settings,
-            base=args.from_version,
-            set_current=args.set_current,
-            progress=not args.no_progress,
-            log=lambda line: print(line, flush=True),
-        )
-    except (DataFileError, FileTrainingError, ModelStoreError) as exc:
-        print(f"rlhf train-reward: {exc}")
-        return 2
-    print_result("rlhf train-reward", result, [("held-out pairwise accuracy", "pairwise_accuracy", ".1%")])
-    return 0
+    rows = [("held-out pairwise accuracy", "pairwise_accuracy", ".1%")]
+    return train_from_file(args, "rlhf train-reward", reward_from_file, settings, rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -53,3 +54,22 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
 def unique_name(request) -> str:
     """A name unique to the test, for consumer groups and topics."""
     return f"{request.node.name}-{time.monotonic_ns()}".replace("[", "-").replace("]", "")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_lm_dir) -> Path:
+    """A model store: policy v1 = the session's tiny random GPT-2; reward v1 = MiniLM with a
+    fresh head (+ ONNX). Shared by the session: copy it before writing to it."""
+    from shared.model_store import ModelStore
+    from shared.reward_model import export_onnx, new_reward_model, save_reward_model
+
+    store = ModelStore(tmp_path_factory.mktemp("tiny-store"))
+    store.write_version("policy", lambda path: shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True))
+    model, tokenizer = new_reward_model(seed=0, max_length=48)
+
+    def fill_reward(path):
+        save_reward_model(model, tokenizer, path)
+        export_onnx(model, tokenizer, path)
+
+    store.write_version("reward", fill_reward)
+    return store.root

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -24,26 +23,6 @@ pytestmark = [
         reason=f"needs services {NEEDED}; this checkout has {available_services()}",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory, tiny_lm_dir) -> Path:
-    """policy v1 = the session's tiny random GPT-2; reward v1 = MiniLM with a fresh head (+ ONNX)."""
-    import shutil
-
-    from shared.model_store import ModelStore
-    from shared.reward_model import export_onnx, new_reward_model, save_reward_model
-
-    store = ModelStore(tmp_path_factory.mktemp("demo-store"))
-    store.write_version("policy", lambda path: shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True))
-    model, tokenizer = new_reward_model(seed=0, max_length=48)
-
-    def fill_reward(path):
-        save_reward_model(model, tokenizer, path)
-        export_onnx(model, tokenizer, path)
-
-    store.write_version("reward", fill_reward)
-    return store.root
 
 
 def test_demo_serves_collects_feedback_and_plots(tiny_store, broker, tmp_path):

@@ -38,9 +38,9 @@ STREAMS = 6
 
 
 @pytest.fixture(scope="module")
-def kill_stack(tmp_path_factory, fault_store_template, broker):
+def kill_stack(tmp_path_factory, tiny_store, broker):
     tmp = tmp_path_factory.mktemp("kills")
-    store = shutil.copytree(fault_store_template, tmp / "store")
+    store = shutil.copytree(tiny_store, tmp / "store")
     group = f"faults-kills-{time.monotonic_ns()}"
     stack = start_stack(tmp, broker.bootstrap, store, ["policy", "feedback", "trainer"], group=group)
     yield stack, tmp / "trainer-state", ModelStore(store)
