@@ -130,6 +130,44 @@ def config_data(overlay: str) -> dict[str, str]:
     return by_kind(render(f"overlays/{overlay}"), "ConfigMap")["rlhf-common"]["data"]
 
 
+TLS_FILE_VARS = (
+    "RLHF_TLS_CERT",
+    "RLHF_TLS_KEY",
+    "RLHF_TLS_CLIENT_CA",
+    "RLHF_TLS_CA",
+    "RLHF_TLS_CLIENT_CERT",
+    "RLHF_TLS_CLIENT_KEY",
+)
+_PEM = "-----BEGIN CERTIFICATE-----\nstand-in for a file cert-manager writes\n-----END CERTIFICATE-----\n"
+
+
+def secret_of_file(pod: dict, path: str) -> str:
+    """The Secret a file of ``pod``'s main container comes from; its mount must be read-only."""
+    spec = pod["spec"]
+    mount = next((m for m in container(pod)["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    assert mount is not None, f"{path} is on no volume of the pod"
+    assert mount.get("readOnly") is True, f"{mount['mountPath']} is not mounted read-only"
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume, f"{path} is not from a Secret ({volume})"
+    return volume["secret"]["secretName"]
+
+
+def stage_tls_files(pod: dict, variables: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """``variables`` with every RLHF_TLS_* file moved under ``tmp_path``, where a stand-in PEM file
+    now exists: the config loader checks the files exist, and the Secret is only there in a cluster.
+    Each path must be a file of a Secret mounted read-only in ``pod``."""
+    staged = dict(variables)
+    for var in TLS_FILE_VARS:
+        if not variables.get(var):
+            continue
+        secret = secret_of_file(pod, variables[var])
+        local = tmp_path / secret / Path(variables[var]).name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(_PEM)
+        staged[var] = str(local)
+    return staged
+
+
 # --- network policies ---------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from tests.deploy_checks import (
     pod_templates,
     render,
     serving_pods,
+    stage_tls_files,
     trainer_ranks,
     validate,
 )
@@ -119,14 +120,17 @@ def test_pods_meet_the_restricted_pod_security_standard(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_use_grpc_health_on_the_grpc_port(overlay):
+    """On the gRPC port, or on the plaintext health port where the gRPC port speaks TLS
+    (native probes cannot); tests/unit/test_deploy_tls.py checks that one in detail."""
     pods = serving_pods(overlay)
     for name, pod in pods.items():
         c = container(pod)
         grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
         env_values = {e["name"]: e.get("value") for e in c["env"]}
         assert env_values["RLHF_PORT"] == str(grpc_port), name
+        probe_port = int(env_values[env.HEALTH_PORT]) if env.TLS_CERT in env_values else grpc_port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"]["port"] == grpc_port, name
+            assert c[probe]["grpc"]["port"] == probe_port, name
     assert set(pods) == set(SERVICES)
 
 
@@ -259,9 +263,10 @@ def test_strimzi_kafka_topics_users_and_acls():
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_each_service_starts_with_the_production_kafka_settings(name, monkeypatch):
+def test_each_service_starts_with_the_production_kafka_settings(name, monkeypatch, tmp_path):
     """The settings a production pod gets, read by the real config loader: it must accept them,
-    and the consumer settings must be ones Apache Kafka accepts."""
+    and the consumer settings must be ones Apache Kafka accepts. The TLS files, which only a
+    cluster's Secrets hold, are stand-ins under tmp_path (the loader checks that they exist)."""
     docs = render("overlays/production")
     pod = serving_pods("production")[name]["spec"]
     c = pod["containers"][0]
@@ -279,7 +284,7 @@ def test_each_service_starts_with_the_production_kafka_settings(name, monkeypatc
     assert ca_volume["secret"]["secretName"] == "rlhf-cluster-ca-cert"  # Strimzi's <cluster>-cluster-ca-cert
     for var in (env.KAFKA_SESSION_TIMEOUT_MS, env.KAFKA_HEARTBEAT_INTERVAL_MS):
         monkeypatch.delenv(var, raising=False)  # tests/conftest.py sets the embedded broker's
-    for var, value in variables.items():
+    for var, value in stage_tls_files(serving_pods("production")[name], variables, tmp_path).items():
         monkeypatch.setenv(var, value)
     try:
         config = load_config(ServiceConfig, [])

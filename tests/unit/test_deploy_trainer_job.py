@@ -18,6 +18,7 @@ from tests.deploy_checks import (
     render,
     selects,
     serving_pods,
+    stage_tls_files,
     trainer_ranks,
 )
 
@@ -62,7 +63,8 @@ def test_every_rank_finds_rank_zero_before_it_is_ready():
 
 def test_the_master_is_the_base_trainer_pod():
     """Rank 0 is the whole trainer service: everything the base Deployment's pod has, it has
-    (plus the Kafka identity kafka-clients.yaml gives the other services, and the rendezvous)."""
+    (plus the Kafka identity kafka-clients.yaml gives the other services, the rendezvous, and TLS
+    as tls-patches.yaml gives the others: probes on the health port, test_deploy_tls.py)."""
     base = by_kind(render("base"), "Deployment")["trainer"]["spec"]["template"]["spec"]
     master = trainer_ranks()["Master"]["spec"]
     for key in ("serviceAccountName", "automountServiceAccountToken", "terminationGracePeriodSeconds"):
@@ -72,28 +74,31 @@ def test_the_master_is_the_base_trainer_pod():
     assert [{k: v for k, v in c.items() if k != "image"} for c in master["initContainers"]] == strip_image
     assert all(v in master["volumes"] for v in base["volumes"])
     b, m = base["containers"][0], master["containers"][0]
-    for key in ("args", "envFrom", "startupProbe", "readinessProbe", "livenessProbe", "securityContext", "resources"):
+    for key in ("args", "envFrom", "securityContext", "resources"):
         assert m[key] == b[key], key
+    for key in ("startupProbe", "readinessProbe", "livenessProbe"):  # the port: the TLS overlay's health port
+        assert {**m[key], "grpc": None} == {**b[key], "grpc": None}, key
     for key in ("ports", "env", "volumeMounts"):
         missing = [item for item in b[key] if item not in m[key]]
         assert not missing, f"{key}: {missing}"
 
 
-def test_trainer_workers_start_without_kafka_credentials(monkeypatch):
+def test_trainer_workers_start_without_kafka_credentials(monkeypatch, tmp_path):
     """Workers never touch Kafka (services/trainer/parallel/worker.py): no SCRAM user, no CA,
     no broker access; the settings they get must still load with the trainer's config loader."""
     pod = trainer_ranks()["Worker"]["spec"]
     c = pod["containers"][0]
     assert not [e for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})], "a Kafka password in a worker"
-    assert not any("secret" in v for v in pod["volumes"]), "the Kafka CA in a worker"
+    kafka_ca = config_data("production")[env.KAFKA_SSL_CAFILE]
+    assert not any(kafka_ca.startswith(m["mountPath"] + "/") for m in c["volumeMounts"]), "the Kafka CA in a worker"
     store = next(m for m in c["volumeMounts"] if m["mountPath"] == config_data("production")[env.MODEL_STORE])
     assert store["readOnly"] is True, "workers read the model store, rank 0 alone writes it"
     variables = dict(config_data("production"))
     variables.update({e["name"]: e["value"] for e in c["env"] if "value" in e})
     for var in (env.KAFKA_SESSION_TIMEOUT_MS, env.KAFKA_HEARTBEAT_INTERVAL_MS):
         monkeypatch.delenv(var, raising=False)
-    for var, value in variables.items():
-        monkeypatch.setenv(var, value)
+    for var, value in stage_tls_files(trainer_ranks()["Worker"], variables, tmp_path).items():
+        monkeypatch.setenv(var, value)  # the TLS files: stand-ins, the loader checks that they exist
     try:
         config = load_config(TrainerConfig, [])
     except ConfigError as exc:

@@ -98,11 +98,13 @@ class Worker:
             return self._reward_fn
         if self._reward_client is None:
             from services.trainer.reward_client import RewardClient
+            from shared.tls import client_tls
 
             c = self.config
             self._reward_client = RewardClient(
                 c.reward_addr,
                 token=c.reward_token or c.auth_token,
+                tls=client_tls(c),  # as rank 0's: the reward service may require (mutual) TLS
                 timeout_s=c.reward_timeout_s,
                 batch_size=c.reward_batch_size,
                 empty_response_score=c.reward_empty_response_score,
