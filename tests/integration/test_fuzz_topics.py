@@ -41,6 +41,19 @@ FUZZ = settings(
     derandomize=SCALE <= 1,
 )
 
+
+@pytest.fixture(scope="module")
+def broker():
+    """This module's own broker, in place of the session's: the garbage fuzzed onto
+    the topics here must never reach the topics other tests read and decode."""
+    from shared.broker import EmbeddedBroker
+    from shared.kafka_io import ensure_topics
+
+    with EmbeddedBroker(port=0) as b:
+        ensure_topics(b.bootstrap)
+        yield b
+
+
 MESSAGE_TYPES = (events_pb2.GenerationEvent, events_pb2.FeedbackEvent, events_pb2.ModelUpdateEvent)
 # (kafka-python refuses to produce a null header value; DeadLetterProducer's test covers those.)
 HEADER_VALUES = st.one_of(
