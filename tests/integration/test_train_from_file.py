@@ -245,7 +245,7 @@ def test_train_reward_writes_reward_v2_with_pairwise_accuracy_before_and_after(r
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["heldout_pairs"] >= 1 and metrics["heldout_pairs"] + metrics["reward_train_pairs"] == 24
     assert "reward_loss_final" in metrics
-    assert manifest.notes["source"] == "rlhf train-reward" and manifest.notes["onnx"] == "exported"
+    assert manifest.notes["source"] == "rlhf train-reward" and manifest.notes["scoring_backend"] == "onnx"
     assert manifest.notes["data_sha256"] == sha256_file(tmp_path / "pairs.jsonl")
     assert json.loads(manifest.notes["hyperparameters"])["max_length"] == 24
     assert {"model.safetensors", "model.onnx", "reward_config.json"} <= set(manifest.files)

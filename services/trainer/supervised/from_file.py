@@ -227,17 +227,6 @@ def sft_from_file(
 # --- reward model -------------------------------------------------------------
 
 
-def _export_onnx_or_note(model, tokenizer, scratch: Path) -> tuple[Path | None, str]:
-    """(model.onnx path, note): the reward service prefers ONNX, but a model that
-    does not export is still servable with the PyTorch backend."""
-    from shared.reward_model import export_onnx
-
-    try:
-        return export_onnx(model, tokenizer, scratch), "exported"
-    except Exception as exc:  # noqa: BLE001 - any exporter failure means: serve with PyTorch
-        return None, f"export failed, no model.onnx in this version ({type(exc).__name__}: {exc})"[:500]
-
-
 def reward_from_file(
     store: ModelStore,
     data_path: str | Path,
@@ -255,7 +244,8 @@ def reward_from_file(
     import torch
 
     from services.trainer.supervised.reward_training import train_reward_model
-    from shared.reward_model import load_reward_model, pairwise_accuracy, save_reward_model
+    from shared.reward_model import ONNX_FILE, load_reward_model, pairwise_accuracy, save_reward_model
+    from shared.reward_onnx import export_verified_onnx
 
     path = Path(data_path)
     base = resolve_base(store, "reward", base)
@@ -299,14 +289,17 @@ def reward_from_file(
         "rlhf train-reward", path, counts, dataclasses.replace(settings, max_length=model.head_config.max_length)
     )
     with tempfile.TemporaryDirectory(prefix="rlhf-onnx-") as scratch:
-        onnx_path, notes["onnx"] = _export_onnx_or_note(model, tokenizer, Path(scratch))
-        if onnx_path is None:
-            log(f"ONNX {notes['onnx']}")
+        # As the online trainer and `rlhf import` do: model.onnx only when ONNX Runtime
+        # matches torch; otherwise the manifest says the reward service scores with torch.
+        onnx = export_verified_onnx(model, tokenizer, scratch)
+        notes.update(scoring_backend=onnx.backend, scoring_backend_reason=onnx.reason)
+        if onnx.backend != "onnx":
+            log(f"no model.onnx in this version, scored with torch: {onnx.reason}")
 
         def fill(out: Path) -> None:
             save_reward_model(model, tokenizer, out)
-            if onnx_path is not None:
-                shutil.copy2(onnx_path, out / onnx_path.name)
+            if onnx.backend == "onnx":
+                shutil.copy2(Path(scratch) / ONNX_FILE, out / ONNX_FILE)
 
         manifest = store.write_version("reward", fill, parent_version=base, eval_metrics=metrics, notes=notes)
     return _finish(store, "reward", manifest, base, set_current, train, heldout)
