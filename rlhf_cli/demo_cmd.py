@@ -131,7 +131,7 @@ def run(args) -> int:
     from demo.simulation import SimulationStats
     from demo.simulator import Simulator
     from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
-    from rlhf_cli.stack import Stack, available_services
+    from rlhf_cli.stack import Stack, available_services, describe_process
 
     console = Console()
     if not args.no_bootstrap:
@@ -176,8 +176,8 @@ def run(args) -> int:
         stack.start_broker()
         with console.status("starting services") as status:
             stack.start_services(on_progress=lambda name, st: status.update(f"{name}: {st}"))
-        for name, proc in stack.processes.items():
-            console.print(f"  {name:<9} grpc {proc.address}  log {proc.log_path}")
+        for proc in stack.processes.values():
+            console.print(f"  {describe_process(proc)}")
         if stop.is_set():
             return 130
         total_s = args.minutes * 60

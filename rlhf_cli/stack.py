@@ -67,6 +67,13 @@ def http_health_status(address: str, timeout_s: float = 1.0) -> str:
         return "UNREACHABLE"
 
 
+def describe_process(proc: ServiceProcess) -> str:
+    """One line for `rlhf up` / `rlhf demo`: where a started service listens, its metrics and log."""
+    module = proc.module or proc.name
+    where = f"http://{proc.address}/v1" if module in HTTP_SERVICES else f"grpc {proc.address}"
+    return f"{proc.name:<10} {where}  metrics http://127.0.0.1:{proc.metrics_port}/metrics  log {proc.log_path}"
+
+
 def service_status(proc: ServiceProcess, timeout_s: float = 1.0) -> str:
     """SERVING / NOT_SERVING / UNREACHABLE of a started service: HTTP /health for the front
     door, gRPC health (over TLS when RLHF_TLS_* says so, as the services inherit it) for the rest."""

@@ -66,7 +66,7 @@ def replica_count(text: str) -> int:
 
 def start_stack(args, console):
     """Bootstrap if needed, then start broker and services; returns the Stack."""
-    from rlhf_cli.stack import HTTP_SERVICES, Stack, available_services
+    from rlhf_cli.stack import Stack, available_services, describe_process
     from shared.model_store import ModelStore
 
     store = ModelStore(args.model_store)
@@ -89,11 +89,8 @@ def start_stack(args, console):
     console.print(f"broker: {stack.bootstrap}" + (" (embedded Tansu)" if stack.broker else ""))
     with console.status("starting services") as status:
         stack.start_services(on_progress=lambda name, st: status.update(f"{name}: {st}"))
-    for name, proc in stack.processes.items():
-        where = f"http://{proc.address}/v1" if name in HTTP_SERVICES else f"grpc {proc.address}"
-        console.print(
-            f"  {name:<10} {where}  metrics http://127.0.0.1:{proc.metrics_port}/metrics  log {proc.log_path}"
-        )
+    for proc in stack.processes.values():
+        console.print(f"  {describe_process(proc)}")
     if args.policy_replicas > 1:
         console.print(f"  policy replicas, for clients (round_robin): {stack.address('policy')}")
     return stack
