@@ -199,9 +199,7 @@ def ranking_problems(event: events_pb2.FeedbackEvent, limits: FeedbackLimits, p:
     groups = event.ranking.groups
     ids = ranking_generation_ids(event.ranking)
     if len(ids) > limits.max_ranking_generations:
-        return [
-            (p + "ranking.groups", f"rank {len(ids)} generations; the limit is {limits.max_ranking_generations}")
-        ]
+        return [(p + "ranking.groups", f"rank {len(ids)} generations; the limit is {limits.max_ranking_generations}")]
     out: list[Problem] = []
     seen: set[str] = set()
     for g, group in enumerate(groups):

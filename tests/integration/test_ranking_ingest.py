@@ -41,7 +41,9 @@ def ingest(broker, tmp_path):
 
 
 def letters_of(broker, group: str) -> list[ev.DeadLetter]:
-    return [m for _, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, ev.DeadLetter) if m.consumer_group == group]
+    return [
+        m for _, m in read_topic(broker.bootstrap, events.DEADLETTER_TOPIC, ev.DeadLetter) if m.consumer_group == group
+    ]
 
 
 def test_a_ranking_is_joined_and_expanded_with_ties(ingest):

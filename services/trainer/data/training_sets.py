@@ -91,9 +91,7 @@ def comparisons(db: sqlite3.Connection, caps: UserCaps, after_seq: int = 0) -> l
     return _weighted(owned, caps.max_share)
 
 
-def _ranking_pairs(
-    db: sqlite3.Connection, caps: UserCaps, after_seq: int
-) -> list[tuple[Comparison, dict[str, float]]]:
+def _ranking_pairs(db: sqlite3.Connection, caps: UserCaps, after_seq: int) -> list[tuple[Comparison, dict[str, float]]]:
     """Every strictly-ordered pair of each ranking newer than ``after_seq``, owned
     2/K by the ranking's user (K: generations ranked). Pairs with a generation made
     for an excluded user, or two identical responses, are left out."""
