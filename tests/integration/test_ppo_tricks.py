@@ -46,7 +46,7 @@ def test_several_samples_per_prompt_roll_each_prompt_out_k_times(tiny_lm):
     assert trainer.prompts_per_step == 2
     trainer.step(PROMPTS)
     assert reward.prompts == [[PROMPTS[0]] * 4 + [PROMPTS[1]] * 4]
-    with pytest.raises(ValueError, match="samples_per_prompt = 2 prompts, got 8"):
+    with pytest.raises(ValueError, match="step needs 2 prompts \\(batch_size=8 / samples_per_prompt=4\\), got 8"):
         trainer.step(PROMPTS * 4)
 
 

@@ -407,7 +407,10 @@ class OnlineTrainer:
                 parent_version=current,
                 eval_metrics=candidate_metrics,
                 reason=f"gate passed: {decision.detail}",
-                notes={"source": f"rlhf trainer {self.config.policy_method.upper()}", **lineage.notes(gate_reward, self.config.user_caps)},
+                notes={
+                    "source": f"rlhf trainer {self.config.policy_method.upper()}",
+                    **lineage.notes(gate_reward, self.config.user_caps),
+                },
                 expected_current=current,
                 canary_share=config.canary_share,
             )

@@ -308,7 +308,8 @@ class PPOTrainer:
         passes the same global ``prompts`` and rolls out its shard of them."""
         if len(prompts) != self.prompts_per_step:
             raise ValueError(
-                f"step needs batch_size / samples_per_prompt = {self.prompts_per_step} prompts, got {len(prompts)}"
+                f"step needs {self.prompts_per_step} prompts (batch_size={self.config.batch_size} / "
+                f"samples_per_prompt={self.config.samples_per_prompt}), got {len(prompts)}"
             )
         prompts = repeat_prompts(prompts, self.config.samples_per_prompt)
         start = time.perf_counter()
