@@ -134,6 +134,7 @@ def run(args) -> int:
     from demo.simulator import Simulator
     from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
     from rlhf_cli.stack import Stack, available_services, describe_process
+    from rlhf_cli.up_cmd import trainer_args
 
     console = Console()
     if not args.no_bootstrap:
@@ -166,7 +167,7 @@ def run(args) -> int:
         broker_port=args.broker_port,
         port_offset=args.port_offset,
         policy_replicas=args.policy_replicas,
-        service_args={"trainer": ["--gate-judge", gate_judge]} if gate_judge else {},
+        service_args={"trainer": (["--gate-judge", gate_judge] if gate_judge else []) + trainer_args(args)},
     )
     series = LoopSeries(kl_budget=args.kl_budget)
     # From here on Ctrl-C only asks to stop, so the stack is always stopped and

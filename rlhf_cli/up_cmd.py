@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
 
 
 def add_stack_arguments(parser) -> None:
+    from services.trainer.loop.policy_methods import POLICY_METHODS
+
     parser.add_argument(
         "--model-store",
         default=os.environ.get(env.MODEL_STORE, "./model-store"),
@@ -49,6 +51,18 @@ def add_stack_arguments(parser) -> None:
         "`rlhf simulate --policy 127.0.0.1:50051,127.0.0.1:50061` spread calls over them with gRPC's "
         "round_robin, and every replica follows model updates",
     )
+    parser.add_argument(
+        "--policy-method",
+        choices=POLICY_METHODS,
+        default=os.environ.get(env.TRAINER_POLICY_METHOD) or None,
+        help=f"how the trainer improves the policy (its --policy-method; default: the trainer's) "
+        f"[env {env.TRAINER_POLICY_METHOD}]",
+    )
+
+
+def trainer_args(args) -> list[str]:
+    """Trainer flags chosen on the `rlhf up` / `rlhf demo` command line."""
+    return ["--policy-method", args.policy_method] if args.policy_method else []
 
 
 def replica_count(text: str) -> int:
@@ -83,6 +97,7 @@ def start_stack(args, console):
         kafka=args.kafka,
         broker_port=args.broker_port,
         policy_replicas=args.policy_replicas,
+        service_args={"trainer": trainer_args(args)},
         port_offset=getattr(args, "port_offset", 0),
     )
     stack.start_broker()

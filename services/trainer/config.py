@@ -1,8 +1,12 @@
 """Settings of the online trainer (flags > RLHF_* env > defaults).
 
-The PPO hyperparameters are :class:`services.trainer.ppo.ppo_config.PPOConfig`,
-composed as ``TrainerConfig.ppo``: each is a flag ``--ppo-<name>`` (env
-``RLHF_TRAINER_PPO_<NAME>``), declared once, in PPOConfig.
+``--policy-method`` picks how the policy learns (ppo, rloo, grpo:
+services.trainer.loop.policy_methods). Each method's hyperparameters are one
+dataclass, composed here: :class:`services.trainer.ppo.ppo_config.PPOConfig` as
+``TrainerConfig.ppo`` (flags ``--ppo-<name>``, env ``RLHF_TRAINER_PPO_<NAME>``),
+:class:`services.trainer.policy_gradient.rloo_config.RLOOConfig` and
+``GRPOConfig`` as ``rloo`` and ``grpo`` (``--rloo-<name>``, ``--grpo-<name>``),
+each declared once, in its class.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.trainer.data.fair_share import UserCaps
+from services.trainer.loop.policy_methods import POLICY_METHODS
+from services.trainer.policy_gradient.rloo_config import GRPOConfig, RLOOConfig
 from services.trainer.ppo.ppo_config import PPOConfig
 from shared import env
 from shared.config import ServiceConfig, check, nested, setting
@@ -99,7 +105,17 @@ class TrainerConfig(ServiceConfig):
     ppo_steps_per_round: int = setting(
         10, "PPO steps in one round; a candidate is evaluated after each round", env=env.TRAINER_PPO_STEPS_PER_ROUND
     )
+    policy_method: str = setting(
+        "ppo",
+        "how the policy learns from the reward model: ppo (critic, GAE), rloo (leave-one-out baseline over "
+        "--rloo-samples-per-prompt samples, no critic) or grpo (group-normalised advantages, no critic); "
+        "each reads its own --ppo-*, --rloo-* or --grpo-* settings",
+        env=env.TRAINER_POLICY_METHOD,
+        choices=POLICY_METHODS,
+    )
     ppo: PPOConfig = nested(PPOConfig, env_prefix="RLHF_TRAINER_PPO_", exclude=("num_threads",))
+    rloo: RLOOConfig = nested(RLOOConfig, env_prefix="RLHF_TRAINER_RLOO_", exclude=("num_threads",))
+    grpo: GRPOConfig = nested(GRPOConfig, env_prefix="RLHF_TRAINER_GRPO_", exclude=("num_threads",))
     gate_min_reward_gain: float = setting(
         0.0,
         "the lower confidence bound of a candidate's paired reward gain "
@@ -252,14 +268,28 @@ class TrainerConfig(ServiceConfig):
         check(self.canary_confidence_z >= 0, "canary_confidence_z", f"must be >= 0, got {self.canary_confidence_z}")
         check(self.canary_max_s >= 0, "canary_max_s", f"must be >= 0 (0 = no limit), got {self.canary_max_s}")
         check(self.dist_timeout_s > 0, "dist_timeout_s", f"must be > 0, got {self.dist_timeout_s}")
+        check(
+            self.policy_method in POLICY_METHODS,
+            "policy_method",
+            f"must be one of {', '.join(POLICY_METHODS)}, got {self.policy_method!r}",
+        )
 
     def ppo_config(self, max_positions: int | None = None) -> PPOConfig:
         """The PPO hyperparameters for a policy with a ``max_positions`` context:
         a prompt plus its response must fit it."""
-        prompt_limit = self.ppo.max_prompt_length
+        return self._fitted(self.ppo, max_positions)
+
+    def policy_config(self, max_positions: int | None = None):
+        """The hyperparameters of ``policy_method`` (PPOConfig, RLOOConfig, GRPOConfig),
+        fitted to a ``max_positions`` context like :meth:`ppo_config`."""
+        configs = {"ppo": self.ppo, "rloo": self.rloo, "grpo": self.grpo}
+        return self._fitted(configs[self.policy_method], max_positions)
+
+    def _fitted(self, method_config, max_positions: int | None):
+        prompt_limit = method_config.max_prompt_length
         if max_positions:
-            prompt_limit = max(1, min(prompt_limit, max_positions - self.ppo.max_new_tokens))
-        return dataclasses.replace(self.ppo, max_prompt_length=prompt_limit, num_threads=self.torch_threads)
+            prompt_limit = max(1, min(prompt_limit, max_positions - method_config.max_new_tokens))
+        return dataclasses.replace(method_config, max_prompt_length=prompt_limit, num_threads=self.torch_threads)
 
     @property
     def user_caps(self) -> UserCaps:

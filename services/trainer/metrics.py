@@ -38,6 +38,11 @@ PPO_ENTROPY = Gauge("rlhf_ppo_entropy", "mean token entropy of the policy, last 
 PPO_APPROX_KL = Gauge("rlhf_ppo_approx_kl", "approximate KL between old and new policy, last PPO step")
 PPO_SAMPLES_PER_SECOND = Gauge("rlhf_ppo_samples_per_second", "rollouts per second, last PPO step")
 PPO_STEPS = Counter("rlhf_ppo_steps_total", "PPO steps run")
+# The rlhf_ppo_* gauges above describe the last policy step of whichever method runs (--policy-method);
+# their names stay so dashboards and alerts keep working. These say which method and add what PPO lacked.
+POLICY_METHOD = Gauge("rlhf_policy_method", "1 for the policy method the trainer runs (--policy-method)", ["method"])
+POLICY_STEPS = Counter("rlhf_policy_steps_total", "policy training steps run, by method", ["method"])
+POLICY_GRAD_NORM = Gauge("rlhf_policy_grad_norm", "global gradient norm before clipping, last policy step")
 
 CANDIDATES = Counter("rlhf_candidates_total", "candidates evaluated at the gate", ["kind", "result", "reason"])
 PROMOTIONS = Counter("rlhf_promotions_total", "versions made current by promotion", ["kind", "trigger"])
@@ -57,8 +62,12 @@ CANARY_SCORE = Gauge(
 REWARD_HELDOUT_ACCURACY = Gauge("rlhf_reward_heldout_accuracy", "held-out pairwise accuracy, by version role", ["role"])
 
 
-def export_ppo_stats(stats) -> None:
-    """Set the rlhf_ppo_* gauges from a ppo_trainer.PPOStats."""
+def export_ppo_stats(stats, method: str = "ppo") -> None:
+    """Set the rlhf_ppo_* gauges from a ppo_trainer.PPOStats of ``method``'s step (RLOO and
+    GRPO report the same statistics; value_loss is NaN for them: they have no critic)."""
+    POLICY_METHOD.labels(method).set(1)
+    POLICY_STEPS.labels(method).inc()
+    POLICY_GRAD_NORM.set(getattr(stats, "grad_norm", float("nan")))
     PPO_MEAN_REWARD.set(stats.mean_score)
     PPO_KL.set(stats.kl)
     PPO_KL_COEF.set(stats.kl_coef)

@@ -93,7 +93,14 @@ class OnlineTrainer:
         self.ledger = FeedbackLedger(config.ledger_path, caps=config.user_caps)
         self.reward_fn = reward_fn
         self._ledger_lock = threading.Lock()
-        self.rounds = PolicyRounds(store, config.checkpoint_dir, reward_fn, config.ppo_config, coordinator=coordinator)
+        self.rounds = PolicyRounds(
+            store,
+            config.checkpoint_dir,
+            reward_fn,
+            config.policy_config,
+            coordinator=coordinator,
+            method=config.policy_method,
+        )
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
         tm.GATE_KL_BUDGET.set(self.budget.kl_budget)
         self.reward_settings = RewardUpdateSettings(
@@ -282,8 +289,9 @@ class OnlineTrainer:
             self._save_progress()
             rounds.begin_round()
         log.info(
-            "PPO round",
+            "policy round",
             extra={
+                "method": self.config.policy_method,
                 "round": rounds.state.round_number,
                 "steps_done": rounds.steps_done(),
                 "steps": self.config.ppo_steps_per_round,
@@ -298,11 +306,12 @@ class OnlineTrainer:
                 return
             stats = rounds.run_step(prompts, demos)
             self._note_step(rounds.state.policy_version, rounds.state.round_number)
-            tm.export_ppo_stats(stats)
+            tm.export_ppo_stats(stats, self.config.policy_method)
             self.last_ppo = stats
             log.info(
-                "PPO step",
+                "policy step",
                 extra={
+                    "method": self.config.policy_method,
                     "step": stats.step,
                     "mean_score": stats.mean_score,
                     "kl": stats.kl,
@@ -361,7 +370,7 @@ class OnlineTrainer:
             test = rounds.state.gate_tests  # fresh samples per re-test; the gate's z spends alpha per test
             evaluate = dict(
                 samples_per_prompt=config.gate_samples_per_prompt,
-                max_new_tokens=config.ppo.max_new_tokens,
+                max_new_tokens=config.policy_config().max_new_tokens,
                 seed=test,
                 judge=self.judge,
             )
@@ -398,7 +407,10 @@ class OnlineTrainer:
                 parent_version=current,
                 eval_metrics=candidate_metrics,
                 reason=f"gate passed: {decision.detail}",
-                notes={"source": "rlhf trainer PPO", **lineage.notes(gate_reward, self.config.user_caps)},
+                notes={
+                    "source": f"rlhf trainer {self.config.policy_method.upper()}",
+                    **lineage.notes(gate_reward, self.config.user_caps),
+                },
                 expected_current=current,
                 canary_share=config.canary_share,
             )

@@ -1,9 +1,11 @@
-"""PPO rounds against the reward callable, checkpointed after every step.
+"""Policy rounds against the reward callable, checkpointed after every step.
 
-A round is ``steps`` PPO steps on prompts sampled from the ledger's recent
-prompts, with the ledger's corrections mixed in (PPO-ptx). The PPOTrainer's
-checkpoint (services.trainer.ppo.ppo_checkpoint: atomic, no pickle) is written
-after every step, and ``round.json`` beside it says which policy version the
+A round is ``steps`` steps of the configured method (``--policy-method``: PPO,
+RLOO or GRPO, through services.trainer.loop.policy_methods.PolicyTrainer) on
+prompts sampled from the ledger's recent prompts, with the ledger's
+corrections mixed in (PPO-ptx). The trainer's checkpoint
+(services.trainer.ppo.ppo_checkpoint: atomic, no pickle) is written after every
+step, and ``round.json`` beside it says which method and policy version the
 weights descend from and at which step the round began; so after a kill -9 a
 restart continues the same round from the last finished step.
 
@@ -26,8 +28,8 @@ from pathlib import Path
 
 from services.trainer.loop.gate import PolicyEvaluation
 from services.trainer.loop.judge_plugin import JudgeFn
-from services.trainer.ppo.ppo_config import PPOConfig
-from services.trainer.ppo.ppo_trainer import STATE_FILE, PPOStats, PPOTrainer
+from services.trainer.loop.policy_methods import PolicyTrainer, build_trainer, resume_trainer
+from services.trainer.ppo.ppo_trainer import STATE_FILE, PPOStats
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class RoundState:
     start_step: int = 0  # trainer.step_count when the round began
     active: bool = False
     gate_tests: int = 0  # gate tests of this candidate lineage so far (each re-test is stricter)
+    method: str = "ppo"  # the policy method whose checkpoint lies beside (round.json files before it: PPO)
 
 
 def per_prompt_means(values: Sequence[float], samples_per_prompt: int) -> tuple[float, ...]:
@@ -66,23 +69,27 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class PolicyRounds:
-    """Owns the PPOTrainer between rounds; not thread-safe (the training thread's)."""
+    """Owns the policy trainer between rounds; not thread-safe (the training thread's)."""
 
     def __init__(
         self,
         store,
         checkpoint_dir: Path,
         reward_fn: RewardFn,
-        ppo_config: Callable[[int], PPOConfig],
+        method_config: Callable[[int], object],
         seed: int = 0,
         coordinator=None,
+        method: str = "ppo",
     ):
+        if coordinator is not None and method != "ppo":
+            raise ValueError(f"--policy-method {method} runs in one process; under torchrun use --policy-method ppo")
         self.store = store
         self.coordinator = coordinator  # under torchrun: every rank takes part in each step
         self.checkpoint_dir = Path(checkpoint_dir)
         self.reward_fn = reward_fn
-        self.ppo_config = ppo_config  # context window -> PPOConfig
-        self.trainer: PPOTrainer | None = None
+        self.method = method
+        self.method_config = method_config  # context window -> the method's config (PPOConfig, RLOOConfig, ...)
+        self.trainer: PolicyTrainer | None = None
         self.state: RoundState | None = None
         self.rng = random.Random(seed)
         self.resumed_from_step: int | None = None
@@ -109,21 +116,23 @@ class PolicyRounds:
         return self.checkpoint_dir.parent / ROUND_FILE
 
     # --- building / resuming the trainer ---------------------------------------------
-    def ensure_trainer(self) -> PPOTrainer:
-        """Resume from the checkpoint if it descends from the current policy, else start
-        from the current policy version."""
+    def ensure_trainer(self) -> PolicyTrainer:
+        """Resume from the checkpoint if it is this method's and descends from the current
+        policy, else start from the current policy version."""
         current = self.store.current("policy")
         if self.trainer is not None and self.state and self.state.policy_version == current:
             return self.trainer
         self.trainer, self.state = None, None
         saved = self.saved_state()
-        if saved and saved.policy_version == current and (self.checkpoint_dir / STATE_FILE).is_file():
-            self.trainer = PPOTrainer.from_checkpoint(self.checkpoint_dir, self.reward_fn, self._config(current))
+        resumable = saved and saved.policy_version == current and saved.method == self.method
+        if saved and resumable and (self.checkpoint_dir / STATE_FILE).is_file():
+            self.trainer = resume_trainer(self.method, self.checkpoint_dir, self.reward_fn, self._config(current))
             self.state = saved
             self.resumed_from_step = self.trainer.step_count
             log.info(
-                "resumed PPO from checkpoint",
+                f"resumed {self.method.upper()} from checkpoint",  # tests/e2e/test_trainer_crash.py reads it
                 extra={
+                    "method": self.method,
                     "step": self.trainer.step_count,
                     "policy_version": current,
                     "round": saved.round_number,
@@ -133,30 +142,41 @@ class PolicyRounds:
             return self.trainer
         if saved:
             log.info(
-                "discarding PPO checkpoint of another policy version",
-                extra={"checkpoint_version": saved.policy_version, "current": current},
+                "discarding the policy checkpoint of another policy version or method",
+                extra={
+                    "checkpoint_version": saved.policy_version,
+                    "current": current,
+                    "checkpoint_method": saved.method,
+                    "method": self.method,
+                },
             )
         self.discard()
         self.trainer = self._fresh_trainer(current)
-        self.state = RoundState(policy_version=current, round_number=saved.round_number if saved else 0)
+        self.state = RoundState(
+            policy_version=current, round_number=saved.round_number if saved else 0, method=self.method
+        )
         return self.trainer
 
-    def _config(self, version: str) -> PPOConfig:
+    def _config(self, version: str):
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(self.store.open_version("policy", version, verify=False))
-        return self.ppo_config(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0))
+        window = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0)
+        return self.method_config(window)
 
-    def _fresh_trainer(self, version: str) -> PPOTrainer:
+    def _fresh_trainer(self, version: str) -> PolicyTrainer:
         from shared.policy_eval import load_policy
 
         lm, tokenizer = load_policy(self.store.open_version("policy", version))
-        trainer = PPOTrainer(lm, tokenizer, self.reward_fn, self._config(version))
+        trainer = build_trainer(self.method, lm, tokenizer, self.reward_fn, self._config(version))
         reference = self.store.versions("policy")[0]
         if reference != version:
             ref_lm, _ = load_policy(self.store.open_version("policy", reference))
             trainer.reference.load_state_dict(ref_lm.state_dict())
-        log.info("PPO trainer built", extra={"policy_version": version, "reference_version": reference})
+        log.info(
+            "policy trainer built",
+            extra={"method": self.method, "policy_version": version, "reference_version": reference},
+        )
         return trainer
 
     def saved_state(self) -> RoundState | None:
@@ -174,7 +194,7 @@ class PolicyRounds:
         self.trainer = None
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         if self.state:
-            self.state = RoundState(self.state.policy_version, self.state.round_number)
+            self.state = RoundState(self.state.policy_version, self.state.round_number, method=self.method)
         self.round_file.unlink(missing_ok=True)
 
     # --- rounds ----------------------------------------------------------------------
@@ -193,9 +213,9 @@ class PolicyRounds:
         return self.trainer.step_count - self.state.start_step if self.trainer and self.state else 0
 
     def run_step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]]) -> PPOStats:
-        """One PPO step on ``batch_size`` prompts drawn from ``prompts``; checkpointed."""
+        """One step on ``trainer.prompts_per_step`` prompts drawn from ``prompts``; checkpointed."""
         trainer = self.ensure_trainer()
-        batch = [self.rng.choice(list(prompts)) for _ in range(trainer.config.batch_size)]
+        batch = [self.rng.choice(list(prompts)) for _ in range(trainer.prompts_per_step)]
         if self.coordinator is not None:
             self.coordinator.ppo_step(trainer, self.state.policy_version, batch, list(demonstrations))
         stats = trainer.step(batch, list(demonstrations) or None)

@@ -23,7 +23,12 @@ class PPOConfig:
     """PPO with a KL penalty to a frozen reference, a value head and PPO-ptx."""
 
     # --- batch shape -------------------------------------------------------
-    batch_size: int = setting(16, "prompts rolled out (and responses scored) per PPO step")
+    batch_size: int = setting(16, "responses rolled out (and scored) per PPO step")
+    samples_per_prompt: int = setting(
+        1,
+        "responses sampled per prompt: a step takes batch_size / samples_per_prompt prompts (raise batch_size "
+        "with it for larger rollout batches at the same number of prompts)",
+    )
     mini_batch_size: int = setting(8, "rollouts per optimizer step; must divide batch_size")
     ppo_epochs: int = setting(2, "passes over the rollout batch per PPO step")
 
@@ -46,6 +51,11 @@ class PPOConfig:
         "demonstrations: the baseline that shows what PPO itself adds",
     )
     vf_coef: float = setting(0.1, "weight of the value loss against the policy loss (shared trunk)")
+    value_warmup_steps: int = setting(
+        0,
+        "value-only steps when a trainer starts from a stored policy (its value head is new, zero): only the "
+        "value head learns, on the value loss, before the policy moves on its advantages (0 disables)",
+    )
     gamma: float = setting(1.0, "discount per response token in GAE")
     lam: float = setting(0.95, "GAE lambda: 0 = one-step TD, 1 = Monte Carlo returns")
     whiten_advantages: bool = setting(True, "normalise advantages to mean 0, variance 1 over the batch")
@@ -64,6 +74,11 @@ class PPOConfig:
 
     # --- rewards -----------------------------------------------------------
     score_clip: float = setting(0.0, "clip reward-model scores to [-score_clip, score_clip] (0 disables)")
+    normalize_scores: bool = setting(
+        False,
+        "normalise scores by the running mean/std of every score seen (Welford; state kept in the checkpoint); "
+        "the EOS penalty then counts in standard deviations",
+    )
     missing_eos_penalty: float = setting(
         0.0, "subtracted from the score of a response that hit max_new_tokens without EOS (0 disables)"
     )
@@ -87,6 +102,13 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
+        check(
+            self.batch_size % self.samples_per_prompt == 0,
+            "samples_per_prompt",
+            f"must divide batch_size ({self.batch_size}), got {self.samples_per_prompt}",
+        )
+        check(self.value_warmup_steps >= 0, "value_warmup_steps", f"must be >= 0, got {self.value_warmup_steps}")
         check(self.mini_batch_size >= 1, "mini_batch_size", f"must be >= 1, got {self.mini_batch_size}")
         check(
             self.batch_size % self.mini_batch_size == 0,
@@ -122,6 +144,10 @@ class PPOConfig:
         check(self.ptx_coef >= 0, "ptx_coef", f"must be >= 0, got {self.ptx_coef}")
         check(self.ptx_batch_size >= 1, "ptx_batch_size", f"must be >= 1, got {self.ptx_batch_size}")
         check(self.num_threads >= 0, "num_threads", f"must be >= 0 (0 = torch default), got {self.num_threads}")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.samples_per_prompt
 
     @property
     def num_mini_batches(self) -> int:

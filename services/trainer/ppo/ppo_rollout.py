@@ -157,3 +157,18 @@ def demonstration_loss(lm: nn.Module, batch: DemonstrationBatch) -> Tensor:
     return nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=-100
     )
+
+
+def score_rollout(reward_fn, rollout: Rollout) -> Tensor:
+    """The reward function's scores (B,) of a rollout, checked: one finite score per response."""
+    scores = torch.as_tensor(list(reward_fn(rollout.prompts, rollout.responses)), dtype=torch.float32)
+    if scores.shape != (len(rollout),):
+        raise ValueError(f"reward function returned {tuple(scores.shape)} scores for {len(rollout)} responses")
+    if not torch.isfinite(scores).all():
+        raise ValueError("reward function returned a non-finite score")
+    return scores
+
+
+def repeat_prompts(prompts: Sequence[str], samples_per_prompt: int) -> list[str]:
+    """Each prompt ``samples_per_prompt`` times in a row: a group's samples stay together."""
+    return [p for p in prompts for _ in range(samples_per_prompt)]

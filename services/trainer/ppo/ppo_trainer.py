@@ -47,9 +47,12 @@ from services.trainer.ppo.ppo_rollout import (
     demonstration_batch,
     demonstration_loss,
     mask_after_eos,
+    repeat_prompts,
     sample_responses,
+    score_rollout,
     tokenize_prompts,
 )
+from services.trainer.ppo.reward_normalizer import RunningMoments
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -78,6 +81,7 @@ class PPOStats:
     samples_per_s: float
     rollout_s: float
     update_s: float
+    grad_norm: float = math.nan  # global gradient norm before clipping (NaN when clipping is off)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -132,6 +136,7 @@ class PPOTrainer:
             if config.adaptive_kl
             else pm.FixedKLController(config.init_kl_coef)
         )
+        self.score_moments = RunningMoments()
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
         self._ptx_cursor = 0
@@ -146,11 +151,24 @@ class PPOTrainer:
                 f"--ppo-mini-batch-size ({cfg.mini_batch_size}) must be at least the number of ranks "
                 f"({group.world_size}): every rank takes part of every minibatch"
             )
+        if cfg.normalize_scores:
+            # Each rank scores only its shard, so the ranks' running moments would drift apart.
+            raise ValueError("--ppo-normalize-scores is not supported data-parallel (under torchrun) yet")
         self.parallel = group
 
     @property
     def policy(self) -> CausalLM:
         return self.model.lm
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts one :meth:`step` takes (each sampled ``samples_per_prompt`` times)."""
+        return self.config.prompts_per_step
+
+    @property
+    def warming_up_value(self) -> bool:
+        """True during the first ``value_warmup_steps`` steps: only the value head learns."""
+        return self.step_count < self.config.value_warmup_steps
 
     # --- 1. rollout ---------------------------------------------------------
     @torch.no_grad()
@@ -178,14 +196,14 @@ class PPOTrainer:
 
     # --- 2. score -------------------------------------------------------------
     def score(self, rollout: Rollout) -> Tensor:
-        """Scores (B,) from the reward function, with the configured clip and EOS penalty."""
-        scores = torch.as_tensor(list(self.reward_fn(rollout.prompts, rollout.responses)), dtype=torch.float32)
-        if scores.shape != (len(rollout),):
-            raise ValueError(f"reward function returned {tuple(scores.shape)} scores for {len(rollout)} responses")
-        if not torch.isfinite(scores).all():
-            raise ValueError("reward function returned a non-finite score")
+        """Scores (B,) from the reward function, with the configured clip, normalisation
+        (by the running moments, which this batch updates first) and EOS penalty."""
+        scores = score_rollout(self.reward_fn, rollout)
         if self.config.score_clip:
             scores = scores.clamp(-self.config.score_clip, self.config.score_clip)
+        if self.config.normalize_scores:
+            self.score_moments.update(scores.tolist())
+            scores = torch.tensor(self.score_moments.normalize(scores.tolist()), dtype=torch.float32)
         if self.config.missing_eos_penalty:
             scores = scores - self.config.missing_eos_penalty * (~rollout.ended_with_eos).float()
         return scores
@@ -230,18 +248,23 @@ class PPOTrainer:
                 logprobs = pm.logprobs_from_logits(logits, mb.response_ids)
                 pol = pm.clipped_policy_loss(logprobs, mb.logprobs, mb_adv, mask, cfg.cliprange)
                 val = pm.clipped_value_loss(values, mb.values, mb_ret, mask, cfg.cliprange_value)
-                loss = cfg.policy_loss_coef * pol.loss + cfg.vf_coef * val.loss
-                ptx, ptx_share = self._ptx_loss(demonstrations)
+                warmup = self.warming_up_value
+                loss = val.loss if warmup else cfg.policy_loss_coef * pol.loss + cfg.vf_coef * val.loss
+                ptx, ptx_share = self._ptx_loss(demonstrations) if not warmup else (None, 0.0)
                 if self.parallel is not None:
                     loss = share * loss
                 if ptx is not None:
                     loss = loss + (cfg.ptx_coef * ptx_share) * ptx
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if warmup:  # value-only: the trunk and LM head keep their weights
+                    for p in self.model.lm.parameters():
+                        p.grad = None
                 if self.parallel is not None:
                     self.parallel.average_gradients(self.model.parameters())
+                grad_norm = math.nan
                 if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
                 self.optimizer.step()
                 with torch.no_grad():
                     entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask)
@@ -254,6 +277,7 @@ class PPOTrainer:
                 if self.parallel is not None:
                     with_ptx = bool(demonstrations) and cfg.ptx_coef != 0
                     stats = ppo_parallel.global_stats(self.parallel, stats, share, ptx_share, with_ptx)
+                stats["grad_norm"] = grad_norm  # after average_gradients: the same on every rank
                 for name, value in stats.items():
                     sums[name] = sums.get(name, 0.0) + value
                 n_updates += 1
@@ -278,11 +302,16 @@ class PPOTrainer:
 
     # --- the whole step -------------------------------------------------------
     def step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]] | None = None) -> PPOStats:
-        """One PPO iteration on ``prompts`` (len == batch_size); ``demonstrations``
-        are (prompt, better response) pairs trained with the ptx SFT loss. Data-parallel,
-        every rank passes the same global ``prompts`` and rolls out its shard of them."""
-        if len(prompts) != self.config.batch_size:
-            raise ValueError(f"step needs batch_size={self.config.batch_size} prompts, got {len(prompts)}")
+        """One PPO iteration on ``prompts`` (len == prompts_per_step, each sampled
+        samples_per_prompt times: batch_size rollouts); ``demonstrations`` are (prompt,
+        better response) pairs trained with the ptx SFT loss. Data-parallel, every rank
+        passes the same global ``prompts`` and rolls out its shard of them."""
+        if len(prompts) != self.prompts_per_step:
+            raise ValueError(
+                f"step needs {self.prompts_per_step} prompts (batch_size={self.config.batch_size} / "
+                f"samples_per_prompt={self.config.samples_per_prompt}), got {len(prompts)}"
+            )
+        prompts = repeat_prompts(prompts, self.config.samples_per_prompt)
         start = time.perf_counter()
         if self.parallel is None:
             rollout = self.rollout(prompts)
@@ -355,6 +384,7 @@ class PPOTrainer:
                 "step_count": self.step_count,
                 "kl_coef": self.kl_controller.value,
                 "ptx_cursor": self._ptx_cursor,
+                "score_moments": self.score_moments.state_dict(),
                 "config": asdict(self.config),
             }
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -377,6 +407,8 @@ class PPOTrainer:
         self.step_count = state["step_count"]
         self.kl_controller.value = state["kl_coef"]
         self._ptx_cursor = state["ptx_cursor"]
+        if "score_moments" in state:  # absent in checkpoints written before normalisation existed
+            self.score_moments.load_state_dict(state["score_moments"])
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | Path, reward_fn: RewardFn, config: PPOConfig | None = None) -> PPOTrainer:
