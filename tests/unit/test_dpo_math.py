@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from services.trainer.dpo import dpo_math as dm
-from services.trainer.dpo.dpo_config import DPOConfig, KTOConfig
+from services.trainer.dpo.dpo_config import DPOConfig, KTOConfig, fit_context
 from shared.config import ConfigError
 
 
@@ -104,3 +104,11 @@ def test_configs_refuse_bad_values_naming_the_flag():
     assert config.ptx_coef == 0 and config.beta == 0.1 and config.flags_as_undesirable
     with pytest.raises(AttributeError):
         config.beta = 1.0  # type: ignore[misc]
+
+
+def test_fit_context_cuts_prompts_so_prompt_and_response_fit_the_window():
+    config = DPOConfig(max_prompt_length=128, max_response_length=64)
+    fitted = fit_context(config, max_positions=128, num_threads=2)
+    assert (fitted.max_prompt_length, fitted.max_response_length, fitted.num_threads) == (64, 64, 2)
+    assert isinstance(fitted, DPOConfig) and fitted.beta == config.beta
+    assert fit_context(KTOConfig(), max_positions=None).max_prompt_length == KTOConfig().max_prompt_length

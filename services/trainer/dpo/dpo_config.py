@@ -13,7 +13,9 @@ models here are tiny and a live round is a handful of steps; it is not tuned.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared.config import check, setting
 
@@ -114,3 +116,15 @@ class KTOConfig(PreferenceOptimConfig):
         check(self.desirable_weight > 0, "desirable_weight", f"must be > 0, got {self.desirable_weight}")
         check(self.undesirable_weight > 0, "undesirable_weight", f"must be > 0, got {self.undesirable_weight}")
         check(self.max_examples >= 1, "max_examples", f"must be >= 1, got {self.max_examples}")
+
+
+Config = TypeVar("Config", DPOConfig, KTOConfig)
+
+
+def fit_context(config: Config, max_positions: int | None, num_threads: int = 0) -> Config:
+    """``config`` for a policy with a ``max_positions`` context window (None or 0: unknown):
+    prompts are cut so that prompt + response fits, as TrainerConfig.ppo_config does for PPO."""
+    prompt_limit = config.max_prompt_length
+    if max_positions:
+        prompt_limit = max(1, min(prompt_limit, max_positions - config.max_response_length))
+    return dataclasses.replace(config, max_prompt_length=prompt_limit, num_threads=num_threads)
