@@ -173,4 +173,5 @@ class LoopMonitor:
                 mean_reward=self.series.mean_reward(version),
                 kl=self.kl_by_version.get(version, self.series.latest_kl(version)),
                 first_seen_s=first_seen.get(version),
+                user_utility=tally.mean_utility,
             )

@@ -37,6 +37,8 @@ class VersionSummary:
     mean_reward: float | None = None
     kl: float | None = None
     first_seen_s: float | None = None
+    # The users' own mean utility (their preference function, e.g. a custom --preference), beside the judge's.
+    user_utility: float | None = None
 
 
 def satisfaction_gain_standard_error(a: VersionSummary, b: VersionSummary) -> float:

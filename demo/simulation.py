@@ -11,16 +11,20 @@ into a utility in [0, 1]. Users then:
 - compare two answers of the same prompt: the higher utility wins, and the
   choice is flipped with probability ``noise`` (people are inconsistent);
   equal utilities give no preference (a person who sees no difference skips);
+- rank three or four answers, best first, ties for equal utilities
+  (demo.user_feedback.rank_answers);
 - rate one answer: thumbs (up when utility reaches the user's bar) or a score
   in [-1, 1], flipped / jittered by the same noise;
-- correct a bad answer by writing a good one (the world's generator stands in
-  for the person writing it);
+- correct a bad answer by writing a good one in their own taste: the best, under
+  their preference function, of several good answers the world's generator
+  writes (demo.user_feedback.best_in_taste);
 - flag an answer the judge calls unsafe, impolite or wrong (never a false flag:
   noise is about taste, not about making things up).
 
 Because weights differ between users, two users can rank the same pair
 differently (disagreement), which is what a reward model trained on real
-feedback has to cope with.
+feedback has to cope with. How often each kind is sent is scaled by a
+:class:`demo.user_feedback.FeedbackMix` (`--feedback-mix`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from demo.world import AXES, Prompt, Verdict, make_response
+from demo.user_feedback import FeedbackMix, best_in_taste, judged_utility, rank_answers
+from demo.world import AXES, Prompt, Verdict
 from shared.proto.rlhf.v1 import events_pb2
 
 # How much an average person cares about each axis. Safety and correctness
@@ -54,7 +59,7 @@ class UserProfile:
     user_id: str
     weights: dict[str, float]  # axis -> importance (>= 0), hidden preference
     noise: float  # probability a comparison or thumb is flipped
-    compare_rate: float  # share of requests where the app shows two answers
+    compare_rate: float  # share of requests where the app shows several answers (two, or 3-4 to rank)
     rate_rate: float  # share of single answers the user rates
     correct_rate: float  # share of bad answers the user rewrites
     flag_rate: float  # share of flag-worthy answers the user flags
@@ -185,11 +190,24 @@ def rating_event(user: UserProfile, generation_id: str, utility: float, rng: ran
     return event
 
 
+def ranking_event(user: UserProfile, groups: Sequence[Sequence[str]]) -> events_pb2.FeedbackEvent:
+    """Generation ids best first, tied ones in one group."""
+    event = _event(user, groups[0][0])
+    for group in groups:
+        event.ranking.groups.add(generation_ids=list(group))
+    return event
+
+
 def correction_event(
-    user: UserProfile, generation_id: str, prompt: Prompt, rng: random.Random
+    user: UserProfile,
+    generation_id: str,
+    prompt: Prompt,
+    rng: random.Random,
+    preference: PreferenceFunction = weighted_axes_utility,
 ) -> events_pb2.FeedbackEvent:
+    """The answer ``user`` would write: the best of several good ones under their own taste."""
     event = _event(user, generation_id, comment="here is a better answer")
-    event.correction.response = make_response(prompt, (), rng).text
+    event.correction.response = best_in_taste(prompt, judged_utility(preference, user, prompt), rng)
     return event
 
 
@@ -208,31 +226,41 @@ class Answer:
     verdict: Verdict
 
 
+def utility_of(preference: PreferenceFunction, user: UserProfile, prompt: Prompt, answer: Answer) -> float:
+    """The user's own utility of one answer, clipped to [0, 1]."""
+    return min(1.0, max(0.0, float(preference(user, prompt, answer.text, answer.verdict))))
+
+
 def react(
     user: UserProfile,
     prompt: Prompt,
     answers: Sequence[Answer],
     rng: random.Random,
     preference: PreferenceFunction = weighted_axes_utility,
+    mix: FeedbackMix = FeedbackMix(),
 ) -> list[events_pb2.FeedbackEvent]:
-    """Every piece of feedback ``user`` gives after seeing ``answers`` (one, or
-    two when the app asked them to compare)."""
+    """Every piece of feedback ``user`` gives after seeing ``answers``: one (rated),
+    two (compared) or more (ranked), each kind's rate scaled by ``mix``."""
     out: list[events_pb2.FeedbackEvent] = []
-    utilities = [min(1.0, max(0.0, float(preference(user, prompt, a.text, a.verdict)))) for a in answers]
-    if len(answers) >= 2:
+    utilities = [utility_of(preference, user, prompt, a) for a in answers]
+    if len(answers) >= 3:
+        groups = rank_answers(utilities, user.noise, rng)
+        if groups:
+            out.append(ranking_event(user, [[answers[i].generation_id for i in group] for group in groups]))
+    elif len(answers) == 2:
         picked = choose(user, utilities[0], utilities[1], rng)
         if picked is not None:
             out.append(preference_event(user, answers[picked].generation_id, answers[1 - picked].generation_id))
-    elif answers and rng.random() < user.rate_rate:
+    elif answers and rng.random() < user.rate_rate * mix.ratings:
         out.append(rating_event(user, answers[0].generation_id, utilities[0], rng))
     for answer in answers:
         category = flag_category(answer.verdict)
-        if category is not None and rng.random() < user.flag_rate:
+        if category is not None and rng.random() < user.flag_rate * mix.flags:
             out.append(flag_event(user, answer.generation_id, category))
     bad = [a for a in answers if not a.verdict.good]
-    if bad and len(bad) == len(answers) and rng.random() < user.correct_rate:
+    if bad and len(bad) == len(answers) and rng.random() < user.correct_rate * mix.corrections:
         # Only when nothing shown was acceptable does a person bother to write one.
-        out.append(correction_event(user, bad[0].generation_id, prompt, rng))
+        out.append(correction_event(user, bad[0].generation_id, prompt, rng, preference))
     return out
 
 
@@ -243,21 +271,29 @@ def feedback_kind(event: events_pb2.FeedbackEvent) -> str:
 # --- what the simulator saw ----------------------------------------------------------
 @dataclass
 class VersionTally:
-    """Judge verdicts of every response one policy version served."""
+    """Judge verdicts of every response one policy version served, and the
+    users' own utility of them (their preference function's value)."""
 
     responses: int = 0
     good: int = 0
     axes: dict[str, int] = field(default_factory=lambda: {a: 0 for a in AXES})
+    utility_sum: float = 0.0
 
-    def add(self, verdict: Verdict) -> None:
+    def add(self, verdict: Verdict, utility: float = 0.0) -> None:
         self.responses += 1
         self.good += verdict.good
+        self.utility_sum += utility
         for axis in AXES:
             self.axes[axis] += getattr(verdict, axis)
 
     @property
     def satisfaction(self) -> float:
         return self.good / self.responses if self.responses else float("nan")
+
+    @property
+    def mean_utility(self) -> float:
+        """The mean of the asking users' own utility, in [0, 1]."""
+        return self.utility_sum / self.responses if self.responses else float("nan")
 
     def axis_rates(self) -> dict[str, float]:
         return {a: (n / self.responses if self.responses else float("nan")) for a, n in self.axes.items()}
@@ -287,9 +323,11 @@ class SimulationStats:
         self.recent: deque[ServedResponse] = deque(maxlen=recent_window)
         self.last_error = ""
 
-    def record_response(self, model_version: str, prompt: str, response: str, verdict: Verdict) -> None:
+    def record_response(
+        self, model_version: str, prompt: str, response: str, verdict: Verdict, utility: float = 0.0
+    ) -> None:
         with self._lock:
-            self.by_version.setdefault(model_version, VersionTally()).add(verdict)
+            self.by_version.setdefault(model_version, VersionTally()).add(verdict, utility)
             self.recent.append(ServedResponse(time.monotonic(), model_version, prompt, response, verdict.good))
 
     def record_request(self, ok: bool, error: str = "") -> None:
@@ -323,7 +361,9 @@ class SimulationStats:
 
     def tallies(self) -> dict[str, VersionTally]:
         with self._lock:
-            return {v: VersionTally(t.responses, t.good, dict(t.axes)) for v, t in self.by_version.items()}
+            return {
+                v: VersionTally(t.responses, t.good, dict(t.axes), t.utility_sum) for v, t in self.by_version.items()
+            }
 
     @property
     def feedback_total(self) -> int:

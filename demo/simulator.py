@@ -2,7 +2,7 @@
 answers over gRPC and a sender that ships the users' feedback to the gateway in
 batches (SubmitFeedbackBatch, for throughput).
 
-The user model itself (who prefers what, how noisy) is shared/simulation.py.
+The user model itself (who prefers what, how noisy) is demo/simulation.py.
 Used by `rlhf simulate`, `rlhf demo` and the end-to-end test.
 """
 
@@ -23,8 +23,10 @@ from demo.simulation import (
     feedback_kind,
     make_population,
     react,
+    utility_of,
     weighted_axes_utility,
 )
+from demo.user_feedback import FeedbackMix, answers_to_show
 from demo.world import build_prompts, judge
 from shared.channels import ClientTLS, open_channel
 from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
@@ -55,6 +57,7 @@ class SimulatorConfig:
     feedback_flush_s: float = 0.5
     request_timeout_s: float = 60.0
     preference: PreferenceFunction = field(default=weighted_axes_utility)
+    feedback_mix: FeedbackMix = field(default_factory=FeedbackMix)
 
 
 class Simulator:
@@ -147,9 +150,9 @@ class Simulator:
                 return
             user = rng.choice(self.users)
             prompt = rng.choice(self.prompts)
-            compare = rng.random() < user.compare_rate
+            shown = answers_to_show(user.compare_rate, self.config.feedback_mix, rng)
             try:
-                reply = self._generate(user.user_id, prompt.text, 2 if compare else 1)
+                reply = self._generate(user.user_id, prompt.text, shown)
             except grpc.RpcError as exc:
                 code = exc.code()
                 self.stats.record_request(False, f"Generate: {code.name if code else '?'}: {exc.details()}")
@@ -164,10 +167,11 @@ class Simulator:
             self.stats.record_request(True)
             answers = []
             for completion in reply.completions:
-                verdict = judge(prompt, completion.text)
-                self.stats.record_response(reply.model_version, prompt.text, completion.text, verdict)
-                answers.append(Answer(completion.generation_id, completion.text, verdict))
-            for event in react(user, prompt, answers, rng, self.config.preference):
+                answer = Answer(completion.generation_id, completion.text, judge(prompt, completion.text))
+                utility = utility_of(self.config.preference, user, prompt, answer)
+                self.stats.record_response(reply.model_version, prompt.text, answer.text, answer.verdict, utility)
+                answers.append(answer)
+            for event in react(user, prompt, answers, rng, self.config.preference, self.config.feedback_mix):
                 self._feedback.put(event)
 
     def _generate(self, user_id: str, prompt_text: str, n: int) -> policy_pb2.GenerateResponse:

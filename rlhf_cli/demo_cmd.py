@@ -71,6 +71,7 @@ def render(simulator_stats, monitor, elapsed_s: float, total_s: float):
         ("policy", "left"),
         ("responses", "right"),
         ("satisfaction", "right"),
+        ("user utility", "right"),
         ("last interval", "right"),
         ("mean reward", "right"),
         ("KL", "right"),
@@ -87,6 +88,7 @@ def render(simulator_stats, monitor, elapsed_s: float, total_s: float):
             version,
             str(tally.responses),
             f"{tally.satisfaction:.1%}",
+            f"{tally.mean_utility:.3f}",
             f"{point.satisfaction:.0%} (n={point.responses})" if point else "-",
             f"{reward:.3f}" if reward is not None else "-",
             f"{kl:.2f}" if kl is not None else "-",
@@ -219,6 +221,8 @@ def run(args) -> int:
             "feedback_failed": stats.feedback_errors,
             "minutes": (time.monotonic() - stats.started) / 60,
             "services": list(stack.processes),
+            "feedback_mix": config.feedback_mix.describe(),
+            "preference": args.preference or "demo.simulation:weighted_axes_utility",
         }
         png, data = save_series(series, args.out)
         console.print(version_table(simulator.stats, title="whole run, by policy version"))

@@ -70,6 +70,13 @@ def add_simulation_arguments(parser) -> None:
         "(default: demo.simulation:weighted_axes_utility)",
     )
     parser.add_argument(
+        "--feedback-mix",
+        default="",
+        metavar="KIND=X,...",
+        help="multiply each user's rate of a feedback kind: comparisons, rankings (3-4 answers ordered), ratings, "
+        "flags, corrections; 0 = never, 1 = as usual (e.g. corrections=0 or rankings=2,comparisons=0.5)",
+    )
+    parser.add_argument(
         "--auth-token",
         default=os.environ.get(env.AUTH_TOKEN, ""),
         help=f"bearer token for the services [env {env.AUTH_TOKEN}]",
@@ -80,11 +87,17 @@ def add_simulation_arguments(parser) -> None:
 def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=None, requests=None):
     from demo.simulation import load_preference, weighted_axes_utility
     from demo.simulator import SimulatorConfig
+    from demo.user_feedback import parse_feedback_mix
 
     if args.users < 1 or args.concurrency < 1:
         raise SystemExit("--users and --concurrency must be at least 1")
     if args.rate < 0:
         raise SystemExit(f"--rate must be >= 0 (0 = unpaced), got {args.rate}")
+    try:
+        mix = parse_feedback_mix(args.feedback_mix)
+        preference = load_preference(args.preference) if args.preference else weighted_axes_utility
+    except (ValueError, ImportError) as exc:
+        raise SystemExit(str(exc)) from exc
     return SimulatorConfig(
         policy_addr=policy_addr,
         feedback_addr=feedback_addr,
@@ -100,7 +113,8 @@ def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=N
         prompt_split=args.prompts,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
-        preference=load_preference(args.preference) if args.preference else weighted_axes_utility,
+        preference=preference,
+        feedback_mix=mix,
     )
 
 
@@ -126,7 +140,8 @@ def live_line(stats) -> str:
 
 
 def version_table(stats, title: str = "responses by policy version"):
-    """A rich Table: per model_version responses, satisfaction, per-axis rates."""
+    """A rich Table: per model_version responses, the judge's satisfaction, the users'
+    own mean utility (their preference function), per-axis rates."""
     from rich.table import Table
 
     from demo.simulation import version_sort_key
@@ -136,11 +151,18 @@ def version_table(stats, title: str = "responses by policy version"):
     table.add_column("version")
     table.add_column("responses", justify="right")
     table.add_column("satisfaction", justify="right")
+    table.add_column("user utility", justify="right")
     for axis in AXES:
         table.add_column(axis, justify="right")
     for version, tally in sorted(stats.tallies().items(), key=lambda kv: version_sort_key(kv[0])):
         rates = tally.axis_rates()
-        table.add_row(version, str(tally.responses), f"{tally.satisfaction:.1%}", *(f"{rates[a]:.0%}" for a in AXES))
+        table.add_row(
+            version,
+            str(tally.responses),
+            f"{tally.satisfaction:.1%}",
+            f"{tally.mean_utility:.3f}",
+            *(f"{rates[a]:.0%}" for a in AXES),
+        )
     return table
 
 

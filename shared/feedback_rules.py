@@ -42,6 +42,8 @@ class FeedbackLimits:
     max_id_chars: int = 128
     max_metadata_entries: int = 32
     max_metadata_chars: int = 1_024  # per key or value
+    # Generations in one ranking: InstructGPT's labelers ranked 4 to 9 answers.
+    max_ranking_generations: int = 16
 
 
 DEFAULT_LIMITS = FeedbackLimits()
@@ -49,10 +51,17 @@ DEFAULT_LIMITS = FeedbackLimits()
 
 def fill_defaults(event: events_pb2.FeedbackEvent) -> None:
     """Defaults every reader agrees on: a preference is about its chosen
-    generation unless it says otherwise. (Ids and timestamps are assigned by
+    generation unless it says otherwise, a ranking about its first (best) one. (Ids and timestamps are assigned by
     the gateway only, because a consumer must not invent an idempotency key.)"""
-    if not event.generation_id and event.WhichOneof("kind") == "preference":
+    if event.generation_id:
+        return
+    kind = event.WhichOneof("kind")
+    if kind == "preference":
         event.generation_id = event.preference.chosen_generation_id
+    elif kind == "ranking":
+        first = next((group.generation_ids for group in event.ranking.groups if group.generation_ids), None)
+        if first:
+            event.generation_id = first[0]
 
 
 def feedback_problems(
@@ -85,11 +94,13 @@ def feedback_problems(
         out.extend(timestamp_problems(event.created_at, p + "created_at"))
 
     if kind is None:
-        out.append((p + "kind", "set exactly one of rating, preference, correction, flag or deletion"))
+        out.append((p + "kind", "set exactly one of rating, preference, ranking, correction, flag or deletion"))
     elif kind == "rating":
         out.extend(_rating_problems(event.rating, p + "rating."))
     elif kind == "preference":
         out.extend(_preference_problems(event, limits, p))
+    elif kind == "ranking":
+        out.extend(ranking_problems(event, limits, p))
     elif kind == "correction":
         text = event.correction.response
         if not text.strip():
@@ -174,6 +185,48 @@ def _preference_problems(event: events_pb2.FeedbackEvent, limits: FeedbackLimits
         # The record key is generation_id; it must be one of the pair so the
         # trainer can join the preference to its generations.
         out.append((p + "generation_id", "must be the chosen or the rejected generation (or empty)"))
+    return out
+
+
+def ranking_generation_ids(ranking: events_pb2.Ranking) -> list[str]:
+    """Every generation id of ``ranking``, best first (tied ones in their group's order)."""
+    return [gid for group in ranking.groups for gid in group.generation_ids]
+
+
+def ranking_problems(event: events_pb2.FeedbackEvent, limits: FeedbackLimits, p: str) -> list[Problem]:
+    """A ranking orders at least two distinct generations in at least two groups,
+    each id valid and given once, at most ``limits.max_ranking_generations``."""
+    groups = event.ranking.groups
+    ids = ranking_generation_ids(event.ranking)
+    if len(ids) > limits.max_ranking_generations:
+        return [(p + "ranking.groups", f"rank {len(ids)} generations; the limit is {limits.max_ranking_generations}")]
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for g, group in enumerate(groups):
+        if not group.generation_ids:
+            out.append((p + f"ranking.groups[{g}].generation_ids", "is empty; drop the group or name a generation"))
+        for i, gid in enumerate(group.generation_ids):
+            field = p + f"ranking.groups[{g}].generation_ids[{i}]"
+            if not gid.strip():
+                out.append((field, "is required"))
+            elif len(gid) > limits.max_id_chars:
+                out.append((field, f"is {len(gid)} characters; the limit is {limits.max_id_chars}"))
+            elif gid in seen:
+                out.append((field, f"{gid!r} is ranked twice; a generation has one place (tied ones share a group)"))
+            seen.add(gid)
+    if out:
+        return out
+    if len(ids) < 2 or len(groups) < 2:
+        return [
+            (
+                p + "ranking.groups",
+                f"rank {len(ids)} generation(s) in {len(groups)} group(s); a ranking orders at least two "
+                "generations in at least two groups (best first; tied generations share a group)",
+            )
+        ]
+    if event.generation_id not in seen:
+        # The record key is generation_id; it must be ranked so the trainer joins it.
+        out.append((p + "generation_id", "must be one of the ranked generations (or empty)"))
     return out
 
 

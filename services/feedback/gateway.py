@@ -166,7 +166,8 @@ class FeedbackGateway:
         self.limiter = limiter
         self.ack_timeout_s = ack_timeout_s
         self._accepted = {
-            kind: FEEDBACK_ACCEPTED.labels(kind) for kind in ("rating", "preference", "correction", "flag", "deletion")
+            kind: FEEDBACK_ACCEPTED.labels(kind)
+            for kind in ("rating", "preference", "ranking", "correction", "flag", "deletion")
         }
         self._produced = metrics.EVENTS_PRODUCED.labels(events.FEEDBACK_TOPIC)
 

@@ -10,6 +10,7 @@ Body (one kind of feedback per request)::
      "rating": 0.5                        # a score in [-1, 1]
      "thumb": "up" | "down"
      "preference": {"chosen": "<generation id>", "rejected": "<generation id>"}  # "id" may be left out
+     "ranking": ["<best id>", ["<tied id>", "<tied id>"], "<worst id>"]  # best first; a list = tied; "id" optional
      "correction": "a better answer"      # becomes an SFT demonstration
      "flag": "unsafe" | "offensive" | "wrong" | "other"}
 
@@ -25,10 +26,11 @@ from typing import Any, TypeVar
 
 from services.openai_api import fields as f
 from services.openai_api.api_errors import ParamMap, invalid
+from shared.feedback_rules import fill_defaults
 from shared.proto.rlhf.v1 import events_pb2, feedback_pb2
 
 E = TypeVar("E")
-KINDS = ("rating", "thumb", "preference", "correction", "flag")
+KINDS = ("rating", "thumb", "preference", "ranking", "correction", "flag")
 FEEDBACK_FIELDS = ("id", "generation_id", "user", "feedback_id", "comment", "metadata", "source", *KINDS)
 THUMBS = {"up": events_pb2.THUMB_UP, "down": events_pb2.THUMB_DOWN}
 FLAGS = {
@@ -54,6 +56,7 @@ FEEDBACK_PARAMS: ParamMap = (
     ("feedback.rating.value", "rating"),
     ("feedback.preference.chosen_generation_id", "preference.chosen"),
     ("feedback.preference.rejected_generation_id", "preference.rejected"),
+    ("feedback.ranking", "ranking"),
     ("feedback.correction.response", "correction"),
     ("feedback.flag.category", "flag"),
     ("feedback.metadata", "metadata"),
@@ -107,6 +110,8 @@ def _set_kind(event: events_pb2.FeedbackEvent, body: f.Body, kind: str) -> None:
         f.reject_unknown(pair, ("chosen", "rejected"), prefix="preference.")
         event.preference.chosen_generation_id = _pair_id(pair, "chosen")
         event.preference.rejected_generation_id = _pair_id(pair, "rejected")
+    elif kind == "ranking":
+        _set_ranking(event, body.get("ranking"))
     elif kind == "correction":
         event.correction.response = f.get_str(body, "correction") or ""
     else:
@@ -120,6 +125,27 @@ def _pair_id(pair: f.Body, name: str) -> str:
     return value
 
 
+def _set_ranking(event: events_pb2.FeedbackEvent, value: Any) -> None:
+    """``["a", ["b", "c"], "d"]`` (best first, a nested list = tied) → Ranking groups.
+    Only the shape is checked here; the gateway checks ids, counts and repeats."""
+    shape = 'must be a list, best first, of generation ids or lists of tied ids, e.g. ["a", ["b", "c"], "d"]'
+    if not isinstance(value, list):
+        raise invalid("ranking", shape, code="invalid_type")
+    for i, item in enumerate(value):
+        ids = item if isinstance(item, list) else [item]
+        if not all(isinstance(gid, str) for gid in ids):
+            raise invalid(f"ranking[{i}]", shape, code="invalid_type")
+        event.ranking.groups.add(generation_ids=ids)
+
+
+def _default_generation_id(event: events_pb2.FeedbackEvent) -> str:
+    """The generation the gateway filled in (shared.feedback_rules.fill_defaults) for a body without "id"."""
+    filled = events_pb2.FeedbackEvent()
+    filled.CopyFrom(event)
+    fill_defaults(filled)
+    return filled.generation_id
+
+
 def receipt_body(request: feedback_pb2.SubmitFeedbackRequest, reply: feedback_pb2.SubmitFeedbackResponse) -> dict:
     """The answer to POST /v1/feedback."""
     event = request.feedback
@@ -130,7 +156,7 @@ def receipt_body(request: feedback_pb2.SubmitFeedbackRequest, reply: feedback_pb
         "id": reply.feedback_id,
         "object": "feedback",
         "created": reply.accepted_at.seconds,
-        "generation_id": event.generation_id or event.preference.chosen_generation_id,
+        "generation_id": event.generation_id or _default_generation_id(event),
         "kind": kind,
         "duplicate": reply.duplicate,
     }

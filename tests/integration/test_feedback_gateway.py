@@ -43,6 +43,10 @@ def feedback_on_topic(broker, feedback_ids):
     return [(r, m) for r, m in records if m.feedback_id in wanted]
 
 
+def ranking(*groups, **kw):
+    return ev.FeedbackEvent(ranking=ev.Ranking(groups=[ev.RankedGroup(generation_ids=list(g)) for g in groups]), **kw)
+
+
 def rating(score=0.5, **kw):
     return ev.FeedbackEvent(generation_id=kw.pop("generation_id", new_id()), rating=ev.Rating(score=score), **kw)
 
@@ -99,6 +103,15 @@ def test_every_kind_is_accepted_and_ids_are_assigned(broker, gateway):
     assert pref.generation_id == "gen-a" and pref_record.key == b"gen-a"
 
 
+def test_a_ranking_is_accepted_and_keyed_by_its_best_generation(broker, gateway):
+    stub, _ = gateway
+    event = ranking(["best"], ["mid-a", "mid-b"], ["worst"], user_id="u-rank")
+    reply = stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(feedback=event), metadata=AUTH)
+    [(record, message)] = feedback_on_topic(broker, [reply.feedback_id])
+    assert record.key == b"best" and message.generation_id == "best"
+    assert [list(g.generation_ids) for g in message.ranking.groups] == [["best"], ["mid-a", "mid-b"], ["worst"]]
+
+
 def test_a_deletion_request_is_accepted_and_keyed_by_its_user(broker, gateway):
     stub, _ = gateway
     user = f"leaving-{new_id()}"
@@ -140,6 +153,11 @@ def test_a_deletion_request_is_accepted_and_keyed_by_its_user(broker, gateway):
             "feedback.correction.response",
         ),
         (ev.FeedbackEvent(generation_id="g", flag=ev.Flag(category=42)), "feedback.flag.category"),
+        (ranking(["a", "b"]), "feedback.ranking.groups"),
+        (ranking(["a"], ["b", "a"]), "feedback.ranking.groups[1].generation_ids[1]"),
+        (ranking(["a"], ["x" * 129]), "feedback.ranking.groups[1].generation_ids[0]"),
+        (ranking(*[[f"g{i}"] for i in range(17)]), "feedback.ranking.groups"),
+        (ranking(["a"], ["b"], generation_id="c"), "feedback.generation_id"),
     ],
     ids=[
         "kind",
@@ -152,6 +170,11 @@ def test_a_deletion_request_is_accepted_and_keyed_by_its_user(broker, gateway):
         "comment",
         "correction",
         "flag",
+        "ranking-one-group",
+        "ranking-id-twice",
+        "ranking-long-id",
+        "ranking-too-many",
+        "ranking-key-not-ranked",
     ],
 )
 def test_invalid_feedback_names_the_field(gateway, event, field):

@@ -60,6 +60,39 @@ def test_every_kind_is_accepted(event):
     assert feedback_problems(event, LIMITS) == []
 
 
+def ranking(*groups, **kw) -> ev.FeedbackEvent:
+    return ev.FeedbackEvent(
+        feedback_id="f", ranking=ev.Ranking(groups=[ev.RankedGroup(generation_ids=list(g)) for g in groups]), **kw
+    )
+
+
+def test_a_ranking_with_ties_is_accepted_and_about_its_best_generation():
+    event = ranking(["a"], ["b", "c"], ["d"])
+    fill_defaults(event)
+    assert event.generation_id == "a"
+    assert feedback_problems(event, LIMITS) == []
+
+
+@pytest.mark.parametrize(
+    "event,field,words",
+    [
+        (ranking(["a", "b"]), "ranking.groups", "at least two groups"),
+        (ranking(["a"]), "ranking.groups", "at least two"),
+        (ranking(["a"], []), "ranking.groups[1].generation_ids", "is empty"),
+        (ranking(["a"], [" "]), "ranking.groups[1].generation_ids[0]", "is required"),
+        (ranking(["a"], ["b", "a"]), "ranking.groups[1].generation_ids[1]", "ranked twice"),
+        (ranking(["a"], ["x" * 129]), "ranking.groups[1].generation_ids[0]", "the limit is 128"),
+        (ranking(*[[f"g{i}"] for i in range(17)]), "ranking.groups", "the limit is 16"),
+        (ranking(["a"], ["b"], generation_id="c"), "generation_id", "one of the ranked generations"),
+    ],
+    ids=["one-group", "one-id", "empty-group", "blank-id", "twice", "long-id", "too-many", "key"],
+)
+def test_a_bad_ranking_names_its_field_and_the_limit(event, field, words):
+    fill_defaults(event)
+    problems = feedback_problems(event, LIMITS)
+    assert problems and problems[0][0] == field and words in problems[0][1], problems
+
+
 def test_preference_generation_defaults_to_chosen():
     event = ev.FeedbackEvent(
         feedback_id="f", preference=ev.Preference(chosen_generation_id="a", rejected_generation_id="b")

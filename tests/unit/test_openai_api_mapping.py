@@ -13,7 +13,7 @@ from services.openai_api.api_errors import ApiError, UpstreamError, from_upstrea
 from services.openai_api.config import OpenAIApiConfig
 from services.openai_api.fields import parse_json_object
 from shared.config import ConfigError
-from shared.proto.rlhf.v1 import events_pb2, policy_pb2
+from shared.proto.rlhf.v1 import events_pb2, feedback_pb2, policy_pb2
 
 MODEL = "rlhf-policy"
 USER = {"role": "user", "content": "hi"}
@@ -181,10 +181,29 @@ def test_feedback_bodies_map_onto_feedback_events():
         ({"id": "g", "generation_id": "h", "rating": 1}, "generation_id"),
         ({"preference": {"chosen": "a"}}, "preference.rejected"),
         ({"id": "g", "rating": 1, "stars": 5}, "stars"),
+        ({"ranking": "a,b"}, "ranking"),
+        ({"ranking": ["a", ["b", 3]]}, "ranking[1]"),
+        ({"ranking": ["a"], "rating": 1}, "ranking"),
     ],
 )
 def test_bad_feedback_bodies_are_refused_by_name(body, param):
     assert refusal(fb.parse_feedback, body).param == param
+
+
+def test_a_ranking_body_maps_onto_ranked_groups_and_is_validated_as_the_gateway_does():
+    from shared.feedback_rules import feedback_problems, fill_defaults
+
+    request = fb.parse_feedback({"user": "u", "ranking": ["a", ["b", "c"], "d"]})
+    ranking = request.feedback.ranking
+    assert [list(g.generation_ids) for g in ranking.groups] == [["a"], ["b", "c"], ["d"]]
+    receipt = fb.receipt_body(request, feedback_pb2.SubmitFeedbackResponse(feedback_id="f"))
+    assert (receipt["kind"], receipt["generation_id"]) == ("ranking", "a")
+    twice = fb.parse_feedback({"ranking": ["a", ["b", "a"]]}).feedback
+    twice.feedback_id = "f"
+    fill_defaults(twice)
+    [(field, message)] = feedback_problems(twice, prefix="feedback.")
+    problem = from_upstream(UpstreamError("INVALID_ARGUMENT", f"{field}: {message}"), fb.FEEDBACK_PARAMS)
+    assert problem.param.startswith("ranking") and "ranked twice" in problem.message
 
 
 def test_the_gateway_field_names_come_back_as_body_params():

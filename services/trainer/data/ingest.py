@@ -6,7 +6,9 @@ validated with shared.feedback_rules, generations by
 id or a prompt would sit in the ledger and poison every later round), then joined to
 its generation(s) by the ledger; feedback that arrives first is held and,
 after ``hold_s`` without its generation, dead-lettered as
-``unknown_generation`` with its source offset.
+``unknown_generation`` with its source offset. A ranking whose generations
+answer different prompts is dead-lettered as ``mixed_prompts`` once they are
+all known (at once, or when the last one arrives).
 
 Durability: the ledger transaction is committed in ``before_commit``, i.e.
 before the loop commits the batch's Kafka offsets. Expired holds are
@@ -24,12 +26,13 @@ from collections import Counter as Tally
 from dataclasses import dataclass
 
 from services.trainer import metrics as tm
-from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.data.ledger import FeedbackLedger, FeedbackRejected
 from shared import events, metrics
 from shared.events import ConsumedEvent
 from shared.feedback_rules import (
     INVALID_FEEDBACK_REASON,
     FeedbackLimits,
+    ranking_generation_ids,
     timestamp_problems,
     validating_feedback_handler,
 )
@@ -102,13 +105,17 @@ class FeedbackIngest:
                     raise InvalidEvent(INVALID_FEEDBACK_REASON, "; ".join(f"{f}: {m}" for f, m in problems))
                 for joined in self.ledger.record_generation(event.message):
                     self._count_accepted(joined, event.message.model_version)
+                self._dead_letter_rejected()
             else:
                 self._handle_feedback(event)
 
     def _record_feedback(self, event: ConsumedEvent) -> None:
-        outcome = self.ledger.record_feedback(
-            event.message, source_topic=event.topic, source_partition=event.partition, source_offset=event.offset
-        )
+        try:
+            outcome = self.ledger.record_feedback(
+                event.message, source_topic=event.topic, source_partition=event.partition, source_offset=event.offset
+            )
+        except FeedbackRejected as exc:
+            raise InvalidEvent(exc.reason, exc.detail) from exc
         if outcome == "recorded":
             self._count_accepted(event.message, self.ledger.model_version(event.message.generation_id))
         elif outcome == "duplicate":
@@ -154,6 +161,8 @@ class FeedbackIngest:
             missing = feedback.generation_id
             if feedback.WhichOneof("kind") == "preference":
                 missing = f"{feedback.preference.chosen_generation_id} / {feedback.preference.rejected_generation_id}"
+            elif feedback.WhichOneof("kind") == "ranking":
+                missing = " / ".join(ranking_generation_ids(feedback.ranking))
             self.dead_letters.send(
                 record,
                 UNKNOWN_GENERATION,
@@ -161,6 +170,17 @@ class FeedbackIngest:
                 f"{missing}, which never arrived on {events.GENERATIONS_TOPIC}",
             )
         return len(expired)
+
+    def _dead_letter_rejected(self) -> None:
+        """Held feedback the generation just consumed completed but could not join (a
+        ranking across prompts): dead-lettered before the transaction that drops it commits."""
+        for held in self.ledger.take_rejected():
+            _, headers = events.encode(events_pb2.FeedbackEvent.FromString(held.payload))
+            key = events_pb2.FeedbackEvent.FromString(held.payload).generation_id.encode()
+            record = HeldRecord(
+                held.source_topic, held.source_partition, held.source_offset, key, held.payload, headers
+            )
+            self.dead_letters.send(record, held.reason, held.detail)
 
     def _publish_counts(self) -> None:
         for kind, n in self._accepted.items():

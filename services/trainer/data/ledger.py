@@ -12,7 +12,12 @@ arrives, or handed back for dead-lettering after ``hold_s``.
 
 A user's repeated votes on one generation count once: a later rating by the
 same user on the same generation replaces the earlier one; a repeated
-preference for the same pair is ignored.
+preference for the same pair (ranking of the same generations) is ignored.
+
+A ranking is stored as one row (its groups as JSON in ``text``); only once
+every ranked generation is known is it checked to be about one prompt: one
+that mixes prompts is handed back (:meth:`FeedbackLedger.take_rejected`, or
+:class:`FeedbackRejected` when it arrives last) for dead-lettering.
 
 A deletion request (FeedbackEvent kind ``deletion``) is recorded in
 ``deletions``: from then on every training-set query
@@ -23,6 +28,7 @@ The rows stay, so `rlhf lineage --user` can say which versions they shaped.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -31,9 +37,18 @@ from pathlib import Path
 from services.trainer.data import preference_sets, training_sets
 from services.trainer.data.fair_share import UserCaps
 from services.trainer.data.training_sets import Comparison, Demonstration
+from shared.feedback_rules import ranking_generation_ids
 from shared.proto.rlhf.v1 import events_pb2
 
-__all__ = ["Comparison", "Demonstration", "ExpiredFeedback", "FeedbackLedger", "UserCaps"]
+__all__ = [
+    "Comparison",
+    "Demonstration",
+    "ExpiredFeedback",
+    "FeedbackLedger",
+    "FeedbackRejected",
+    "RejectedFeedback",
+    "UserCaps",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
@@ -94,7 +109,9 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS feedback_by_user ON feedback(user_id);
 """
 
-FEEDBACK_KINDS = ("rating", "preference", "correction", "flag")
+FEEDBACK_KINDS = ("rating", "preference", "ranking", "correction", "flag")
+# Dead-letter reason of a ranking whose generations answer different prompts.
+MIXED_PROMPTS = "mixed_prompts"
 _FEEDBACK_COLUMNS = (
     "feedback_id, generation_id, user_id, kind, vote_key, score, other_generation_id, text, flag, source, "
     "created_at, seq, received_at"
@@ -122,6 +139,28 @@ class ExpiredFeedback:
     held_s: float
 
 
+class FeedbackRejected(Exception):
+    """Feedback whose generations are all known but cannot be joined (a ranking
+    across prompts): to be dead-lettered with ``reason``, nothing recorded."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RejectedFeedback:
+    """Held feedback refused when its last generation arrived: to be dead-lettered."""
+
+    payload: bytes
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason: str
+    detail: str
+
+
 class FeedbackLedger:
     """SQLite ledger used from one thread (the consumer loop's).
 
@@ -138,6 +177,7 @@ class FeedbackLedger:
         self._migrate()
         self._db.executescript(_INDEXES)
         self._db.commit()
+        self._rejected: list[RejectedFeedback] = []
 
     def _migrate(self) -> None:
         """Bring a ledger written by an older trainer up to this schema."""
@@ -157,7 +197,8 @@ class FeedbackLedger:
     # --- writes (inside the consumer's open transaction) -------------------------
 
     def record_generation(self, event: events_pb2.GenerationEvent) -> list[events_pb2.FeedbackEvent]:
-        """Store a generation (idempotent); returns held feedback it releases, now joined."""
+        """Store a generation (idempotent); returns held feedback it releases, now joined.
+        Held feedback it completes but that cannot be joined goes to :meth:`take_rejected`."""
         self._db.execute(
             "INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -172,15 +213,32 @@ class FeedbackLedger:
         )
         released = []
         rows = self._db.execute(
-            "SELECT feedback_id, payload FROM pending_feedback WHERE generation_id = ?", (event.generation_id,)
+            "SELECT feedback_id, payload, source_topic, source_partition, source_offset "
+            "FROM pending_feedback WHERE generation_id = ?",
+            (event.generation_id,),
         ).fetchall()
-        for feedback_id, payload in rows:
+        for feedback_id, payload, topic, partition, offset in rows:
             feedback = events_pb2.FeedbackEvent.FromString(payload)
-            if self._all_generations_known(feedback):
-                self._insert_feedback(feedback)
-                self._db.execute("DELETE FROM pending_feedback WHERE feedback_id = ?", (feedback_id,))
-                released.append(feedback)
+            missing = self._missing_generation(feedback)
+            if missing:
+                # Wait for the next missing one (a preference or ranking names several).
+                self._db.execute(
+                    "UPDATE pending_feedback SET generation_id = ? WHERE feedback_id = ?", (missing, feedback_id)
+                )
+                continue
+            self._db.execute("DELETE FROM pending_feedback WHERE feedback_id = ?", (feedback_id,))
+            problem = self._join_problem(feedback)
+            if problem:
+                self._rejected.append(RejectedFeedback(payload, topic, partition, offset, *problem))
+                continue
+            self._insert_feedback(feedback)
+            released.append(feedback)
         return released
+
+    def take_rejected(self) -> list[RejectedFeedback]:
+        """Held feedback that :meth:`record_generation` refused since the last call."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
 
     def record_feedback(
         self,
@@ -194,6 +252,7 @@ class FeedbackLedger:
 
         Returns "recorded", "duplicate" (feedback_id or vote seen before) or "held".
         A deletion request is recorded at once (it names no generation).
+        Raises :class:`FeedbackRejected` (nothing written) for a ranking across prompts.
         """
         if event.WhichOneof("kind") == "deletion":
             return self._record_deletion(event)
@@ -213,6 +272,9 @@ class FeedbackLedger:
                 ),
             )
             return "held"
+        problem = self._join_problem(event)
+        if problem:
+            raise FeedbackRejected(*problem)
         return "recorded" if self._insert_feedback(event) else "duplicate"
 
     def _record_deletion(self, event: events_pb2.FeedbackEvent) -> str:
@@ -246,10 +308,24 @@ class FeedbackLedger:
 
     def _missing_generation(self, event: events_pb2.FeedbackEvent) -> str:
         """The first generation id the event refers to that the ledger lacks ('' if none)."""
-        ids = [event.generation_id]
-        if event.WhichOneof("kind") == "preference":
-            ids = [event.preference.chosen_generation_id, event.preference.rejected_generation_id]
-        return next((gid for gid in ids if not self._generation_exists(gid)), "")
+        return next((gid for gid in _generation_ids(event) if not self._generation_exists(gid)), "")
+
+    def _join_problem(self, event: events_pb2.FeedbackEvent) -> tuple[str, str] | None:
+        """(reason, detail) when known generations cannot be joined: a ranking must rank one prompt's answers."""
+        if event.WhichOneof("kind") != "ranking":
+            return None
+        ids = _generation_ids(event)
+        marks = ",".join("?" * len(ids))
+        prompts = self._db.execute(
+            f"SELECT COUNT(DISTINCT prompt) FROM generations WHERE generation_id IN ({marks})", ids
+        ).fetchone()[0]
+        if prompts <= 1:
+            return None
+        return (
+            MIXED_PROMPTS,
+            f"ranking {event.feedback_id} orders generations of {prompts} different prompts; "
+            "a ranking orders answers to one prompt",
+        )
 
     def _generation_exists(self, generation_id: str) -> bool:
         return (
@@ -273,6 +349,10 @@ class FeedbackLedger:
             other = pref.rejected_generation_id
             pair = "|".join(sorted((pref.chosen_generation_id, pref.rejected_generation_id)))
             vote_key = f"{event.user_id}|{pair}|preference"
+        elif kind == "ranking":
+            ids = ranking_generation_ids(event.ranking)
+            text = json.dumps([list(group.generation_ids) for group in event.ranking.groups])
+            vote_key = f"{event.user_id}|{'|'.join(sorted(ids))}|ranking"
         elif kind == "correction":
             text = event.correction.response
             vote_key = f"{event.feedback_id}|correction"  # each correction is its own demonstration
@@ -394,6 +474,16 @@ class FeedbackLedger:
     def excluded_users(self) -> int:
         """How many users asked for their data to be excluded (read_user_rows: who, and what they sent)."""
         return int(self._db.execute("SELECT COUNT(DISTINCT user_id) FROM deletions").fetchone()[0])
+
+
+def _generation_ids(event: events_pb2.FeedbackEvent) -> list[str]:
+    """Every generation ``event`` refers to."""
+    kind = event.WhichOneof("kind")
+    if kind == "preference":
+        return [event.preference.chosen_generation_id, event.preference.rejected_generation_id]
+    if kind == "ranking":
+        return ranking_generation_ids(event.ranking)
+    return [event.generation_id]
 
 
 def read_user_rows(path: str | Path, user_id: str) -> tuple[list[tuple[int, str, str]], list[tuple[str, float, str]]]:

@@ -9,6 +9,9 @@ excluded users and applies the per-user caps (services.trainer.data.fair_share).
 - Within one training set, the heaviest users are weighted down to
   ``max_share`` of it (comparisons carry the weight; corrections, which have
   none, are capped in number).
+- A ranking of K generations becomes every strictly-ordered pair, each owned
+  2/K by its user, so a full ranking (K(K-1)/2 pairs) weighs K-1 preferences
+  and ties weigh nothing; the share cap then scales that weight like any other.
 
 Functions take the ledger's SQLite connection; FeedbackLedger calls them.
 """
@@ -16,6 +19,7 @@ Functions take the ledger's SQLite connection; FeedbackLedger calls them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -82,8 +86,44 @@ def comparisons(db: sqlite3.Connection, caps: UserCaps, after_seq: int = 0) -> l
         _params(caps, after_seq=after_seq),
     )
     owned = [(Comparison(p, c, r, users=(u,), seq=s), {u: 1.0}) for p, c, r, u, s in rows]
+    owned.extend(_ranking_pairs(db, caps, after_seq))
     owned.extend(_rating_pairs(db, caps, after_seq))
     return _weighted(owned, caps.max_share)
+
+
+def _ranking_pairs(db: sqlite3.Connection, caps: UserCaps, after_seq: int) -> list[tuple[Comparison, dict[str, float]]]:
+    """Every strictly-ordered pair of each ranking newer than ``after_seq``, owned
+    2/K by the ranking's user (K: generations ranked). Pairs with a generation made
+    for an excluded user, or two identical responses, are left out."""
+    rankings = db.execute(
+        _ELIGIBLE + "SELECT f.text, f.user_id, f.seq FROM eligible f WHERE f.kind = 'ranking' AND f.seq > :after_seq "
+        "ORDER BY f.seq",
+        _params(caps, after_seq=after_seq),
+    ).fetchall()
+    pairs = []
+    for groups_json, user, seq in rankings:
+        groups: list[list[str]] = json.loads(groups_json)
+        ids = [gid for group in groups for gid in group]
+        marks = ",".join("?" * len(ids))
+        known = {
+            gid: (prompt, response)
+            for gid, prompt, response in db.execute(
+                f"SELECT generation_id, prompt, response FROM generations WHERE generation_id IN ({marks}) "
+                f"AND user_id NOT IN ({EXCLUDED_USERS})",
+                ids,
+            )
+        }
+        part = 2.0 / len(ids)
+        for better_rank, better_group in enumerate(groups):
+            for worse_group in groups[better_rank + 1 :]:
+                for better in better_group:
+                    for worse in worse_group:
+                        if better not in known or worse not in known or known[better][1] == known[worse][1]:
+                            continue
+                        prompt = known[better][0]
+                        comparison = Comparison(prompt, known[better][1], known[worse][1], users=(user,), seq=seq)
+                        pairs.append((comparison, {user: part}))
+    return pairs
 
 
 def _rating_pairs(db: sqlite3.Connection, caps: UserCaps, after_seq: int) -> list[tuple[Comparison, dict[str, float]]]:

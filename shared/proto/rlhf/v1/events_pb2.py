@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from shared.proto.rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/events.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14rlhf/v1/common.proto\"\xfe\x03\n\x0fGenerationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12)\n\x08sampling\x18\x07 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprompt_tokens\x18\t \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\n \x01(\x05\x12,\n\rfinish_reason\x18\x0b \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x16\n\x0esequence_index\x18\x0c \x01(\x05\x12\x0f\n\x07user_id\x18\r \x01(\t\x12\x38\n\x08metadata\x18\x0e \x03(\x0b\x32&.rlhf.v1.GenerationEvent.MetadataEntry\x12&\n\x08messages\x18\x0f \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x06Rating\x12\x0f\n\x05score\x18\x01 \x01(\x01H\x00\x12\x1f\n\x05thumb\x18\x02 \x01(\x0e\x32\x0e.rlhf.v1.ThumbH\x00\x42\x07\n\x05value\"J\n\nPreference\x12\x1c\n\x14\x63hosen_generation_id\x18\x01 \x01(\t\x12\x1e\n\x16rejected_generation_id\x18\x02 \x01(\t\"\x1e\n\nCorrection\x12\x10\n\x08response\x18\x01 \x01(\t\"/\n\x04\x46lag\x12\'\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x15.rlhf.v1.FlagCategory\"%\n\x13\x44\x61taDeletionRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf1\x03\n\rFeedbackEvent\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06source\x18\x05 \x01(\x0e\x32\x17.rlhf.v1.FeedbackSource\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12!\n\x06rating\x18\n \x01(\x0b\x32\x0f.rlhf.v1.RatingH\x00\x12)\n\npreference\x18\x0b \x01(\x0b\x32\x13.rlhf.v1.PreferenceH\x00\x12)\n\ncorrection\x18\x0c \x01(\x0b\x32\x13.rlhf.v1.CorrectionH\x00\x12\x1d\n\x04\x66lag\x18\r \x01(\x0b\x32\r.rlhf.v1.FlagH\x00\x12\x30\n\x08\x64\x65letion\x18\x0e \x01(\x0b\x32\x1c.rlhf.v1.DataDeletionRequestH\x00\x12\x36\n\x08metadata\x18\x14 \x03(\x0b\x32$.rlhf.v1.FeedbackEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\x82\x03\n\x10ModelUpdateEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10previous_version\x18\x04 \x01(\t\x12*\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x1a.rlhf.v1.ModelUpdateAction\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12@\n\x0c\x65val_metrics\x18\x08 \x03(\x0b\x32*.rlhf.v1.ModelUpdateEvent.EvalMetricsEntry\x12\x17\n\x0fmanifest_sha256\x18\t \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\n \x01(\x01\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb8\x02\n\nDeadLetter\x12\x14\n\x0csource_topic\x18\x01 \x01(\t\x12\x18\n\x10source_partition\x18\x02 \x01(\x05\x12\x15\n\rsource_offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x08 \x01(\t\x12-\n\tfailed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07headers\x18\n \x03(\x0b\x32 .rlhf.v1.DeadLetter.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x7f\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03*\x8d\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kSource\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_SOURCE_END_USER\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_SOURCE_ANNOTATOR\x10\x02\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_SOURCE_AUTOMATED\x10\x03*<\n\x05Thumb\x12\x15\n\x11THUMB_UNSPECIFIED\x10\x00\x12\x0c\n\x08THUMB_UP\x10\x01\x12\x0e\n\nTHUMB_DOWN\x10\x02*\x96\x01\n\x0c\x46lagCategory\x12\x1d\n\x19\x46LAG_CATEGORY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46LAG_CATEGORY_UNSAFE\x10\x01\x12\x1b\n\x17\x46LAG_CATEGORY_OFFENSIVE\x10\x02\x12\x17\n\x13\x46LAG_CATEGORY_WRONG\x10\x03\x12\x17\n\x13\x46LAG_CATEGORY_OTHER\x10\x04*\xf3\x01\n\x11ModelUpdateAction\x12#\n\x1fMODEL_UPDATE_ACTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_UPDATE_ACTION_PROMOTE\x10\x01\x12 \n\x1cMODEL_UPDATE_ACTION_ROLLBACK\x10\x02\x12$\n MODEL_UPDATE_ACTION_CANARY_START\x10\x03\x12\'\n#MODEL_UPDATE_ACTION_CANARY_COMPLETE\x10\x04\x12\'\n#MODEL_UPDATE_ACTION_CANARY_ROLLBACK\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/events.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14rlhf/v1/common.proto\"\xfe\x03\n\x0fGenerationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x10\n\x08response\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12)\n\x08sampling\x18\x07 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprompt_tokens\x18\t \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\n \x01(\x05\x12,\n\rfinish_reason\x18\x0b \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x16\n\x0esequence_index\x18\x0c \x01(\x05\x12\x0f\n\x07user_id\x18\r \x01(\t\x12\x38\n\x08metadata\x18\x0e \x03(\x0b\x32&.rlhf.v1.GenerationEvent.MetadataEntry\x12&\n\x08messages\x18\x0f \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x06Rating\x12\x0f\n\x05score\x18\x01 \x01(\x01H\x00\x12\x1f\n\x05thumb\x18\x02 \x01(\x0e\x32\x0e.rlhf.v1.ThumbH\x00\x42\x07\n\x05value\"J\n\nPreference\x12\x1c\n\x14\x63hosen_generation_id\x18\x01 \x01(\t\x12\x1e\n\x16rejected_generation_id\x18\x02 \x01(\t\"%\n\x0bRankedGroup\x12\x16\n\x0egeneration_ids\x18\x01 \x03(\t\"/\n\x07Ranking\x12$\n\x06groups\x18\x01 \x03(\x0b\x32\x14.rlhf.v1.RankedGroup\"\x1e\n\nCorrection\x12\x10\n\x08response\x18\x01 \x01(\t\"/\n\x04\x46lag\x12\'\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x15.rlhf.v1.FlagCategory\"%\n\x13\x44\x61taDeletionRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x96\x04\n\rFeedbackEvent\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06source\x18\x05 \x01(\x0e\x32\x17.rlhf.v1.FeedbackSource\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12!\n\x06rating\x18\n \x01(\x0b\x32\x0f.rlhf.v1.RatingH\x00\x12)\n\npreference\x18\x0b \x01(\x0b\x32\x13.rlhf.v1.PreferenceH\x00\x12)\n\ncorrection\x18\x0c \x01(\x0b\x32\x13.rlhf.v1.CorrectionH\x00\x12\x1d\n\x04\x66lag\x18\r \x01(\x0b\x32\r.rlhf.v1.FlagH\x00\x12\x30\n\x08\x64\x65letion\x18\x0e \x01(\x0b\x32\x1c.rlhf.v1.DataDeletionRequestH\x00\x12#\n\x07ranking\x18\x0f \x01(\x0b\x32\x10.rlhf.v1.RankingH\x00\x12\x36\n\x08metadata\x18\x14 \x03(\x0b\x32$.rlhf.v1.FeedbackEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\x82\x03\n\x10ModelUpdateEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10previous_version\x18\x04 \x01(\t\x12*\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x1a.rlhf.v1.ModelUpdateAction\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12@\n\x0c\x65val_metrics\x18\x08 \x03(\x0b\x32*.rlhf.v1.ModelUpdateEvent.EvalMetricsEntry\x12\x17\n\x0fmanifest_sha256\x18\t \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\n \x01(\x01\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb8\x02\n\nDeadLetter\x12\x14\n\x0csource_topic\x18\x01 \x01(\t\x12\x18\n\x10source_partition\x18\x02 \x01(\x05\x12\x15\n\rsource_offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x08 \x01(\t\x12-\n\tfailed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07headers\x18\n \x03(\x0b\x32 .rlhf.v1.DeadLetter.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x7f\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03*\x8d\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kSource\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_SOURCE_END_USER\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_SOURCE_ANNOTATOR\x10\x02\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_SOURCE_AUTOMATED\x10\x03*<\n\x05Thumb\x12\x15\n\x11THUMB_UNSPECIFIED\x10\x00\x12\x0c\n\x08THUMB_UP\x10\x01\x12\x0e\n\nTHUMB_DOWN\x10\x02*\x96\x01\n\x0c\x46lagCategory\x12\x1d\n\x19\x46LAG_CATEGORY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46LAG_CATEGORY_UNSAFE\x10\x01\x12\x1b\n\x17\x46LAG_CATEGORY_OFFENSIVE\x10\x02\x12\x17\n\x13\x46LAG_CATEGORY_WRONG\x10\x03\x12\x17\n\x13\x46LAG_CATEGORY_OTHER\x10\x04*\xf3\x01\n\x11ModelUpdateAction\x12#\n\x1fMODEL_UPDATE_ACTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_UPDATE_ACTION_PROMOTE\x10\x01\x12 \n\x1cMODEL_UPDATE_ACTION_ROLLBACK\x10\x02\x12$\n MODEL_UPDATE_ACTION_CANARY_START\x10\x03\x12\'\n#MODEL_UPDATE_ACTION_CANARY_COMPLETE\x10\x04\x12\'\n#MODEL_UPDATE_ACTION_CANARY_ROLLBACK\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,16 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELUPDATEEVENT_EVALMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_DEADLETTER_HEADERSENTRY']._loaded_options = None
   _globals['_DEADLETTER_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2070
-  _globals['_FINISHREASON']._serialized_end=2197
-  _globals['_FEEDBACKSOURCE']._serialized_start=2200
-  _globals['_FEEDBACKSOURCE']._serialized_end=2341
-  _globals['_THUMB']._serialized_start=2343
-  _globals['_THUMB']._serialized_end=2403
-  _globals['_FLAGCATEGORY']._serialized_start=2406
-  _globals['_FLAGCATEGORY']._serialized_end=2556
-  _globals['_MODELUPDATEACTION']._serialized_start=2559
-  _globals['_MODELUPDATEACTION']._serialized_end=2802
+  _globals['_FINISHREASON']._serialized_start=2195
+  _globals['_FINISHREASON']._serialized_end=2322
+  _globals['_FEEDBACKSOURCE']._serialized_start=2325
+  _globals['_FEEDBACKSOURCE']._serialized_end=2466
+  _globals['_THUMB']._serialized_start=2468
+  _globals['_THUMB']._serialized_end=2528
+  _globals['_FLAGCATEGORY']._serialized_start=2531
+  _globals['_FLAGCATEGORY']._serialized_end=2681
+  _globals['_MODELUPDATEACTION']._serialized_start=2684
+  _globals['_MODELUPDATEACTION']._serialized_end=2927
   _globals['_GENERATIONEVENT']._serialized_start=89
   _globals['_GENERATIONEVENT']._serialized_end=599
   _globals['_GENERATIONEVENT_METADATAENTRY']._serialized_start=552
@@ -59,22 +59,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RATING']._serialized_end=668
   _globals['_PREFERENCE']._serialized_start=670
   _globals['_PREFERENCE']._serialized_end=744
-  _globals['_CORRECTION']._serialized_start=746
-  _globals['_CORRECTION']._serialized_end=776
-  _globals['_FLAG']._serialized_start=778
-  _globals['_FLAG']._serialized_end=825
-  _globals['_DATADELETIONREQUEST']._serialized_start=827
-  _globals['_DATADELETIONREQUEST']._serialized_end=864
-  _globals['_FEEDBACKEVENT']._serialized_start=867
-  _globals['_FEEDBACKEVENT']._serialized_end=1364
+  _globals['_RANKEDGROUP']._serialized_start=746
+  _globals['_RANKEDGROUP']._serialized_end=783
+  _globals['_RANKING']._serialized_start=785
+  _globals['_RANKING']._serialized_end=832
+  _globals['_CORRECTION']._serialized_start=834
+  _globals['_CORRECTION']._serialized_end=864
+  _globals['_FLAG']._serialized_start=866
+  _globals['_FLAG']._serialized_end=913
+  _globals['_DATADELETIONREQUEST']._serialized_start=915
+  _globals['_DATADELETIONREQUEST']._serialized_end=952
+  _globals['_FEEDBACKEVENT']._serialized_start=955
+  _globals['_FEEDBACKEVENT']._serialized_end=1489
   _globals['_FEEDBACKEVENT_METADATAENTRY']._serialized_start=552
   _globals['_FEEDBACKEVENT_METADATAENTRY']._serialized_end=599
-  _globals['_MODELUPDATEEVENT']._serialized_start=1367
-  _globals['_MODELUPDATEEVENT']._serialized_end=1753
-  _globals['_MODELUPDATEEVENT_EVALMETRICSENTRY']._serialized_start=1703
-  _globals['_MODELUPDATEEVENT_EVALMETRICSENTRY']._serialized_end=1753
-  _globals['_DEADLETTER']._serialized_start=1756
-  _globals['_DEADLETTER']._serialized_end=2068
-  _globals['_DEADLETTER_HEADERSENTRY']._serialized_start=2022
-  _globals['_DEADLETTER_HEADERSENTRY']._serialized_end=2068
+  _globals['_MODELUPDATEEVENT']._serialized_start=1492
+  _globals['_MODELUPDATEEVENT']._serialized_end=1878
+  _globals['_MODELUPDATEEVENT_EVALMETRICSENTRY']._serialized_start=1828
+  _globals['_MODELUPDATEEVENT_EVALMETRICSENTRY']._serialized_end=1878
+  _globals['_DEADLETTER']._serialized_start=1881
+  _globals['_DEADLETTER']._serialized_end=2193
+  _globals['_DEADLETTER_HEADERSENTRY']._serialized_start=2147
+  _globals['_DEADLETTER_HEADERSENTRY']._serialized_end=2193
 # @@protoc_insertion_point(module_scope)

@@ -127,6 +127,18 @@ class Preference(_message.Message):
     rejected_generation_id: str
     def __init__(self, chosen_generation_id: _Optional[str] = ..., rejected_generation_id: _Optional[str] = ...) -> None: ...
 
+class RankedGroup(_message.Message):
+    __slots__ = ("generation_ids",)
+    GENERATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    generation_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, generation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Ranking(_message.Message):
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[RankedGroup]
+    def __init__(self, groups: _Optional[_Iterable[_Union[RankedGroup, _Mapping]]] = ...) -> None: ...
+
 class Correction(_message.Message):
     __slots__ = ("response",)
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
@@ -146,7 +158,7 @@ class DataDeletionRequest(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class FeedbackEvent(_message.Message):
-    __slots__ = ("feedback_id", "generation_id", "user_id", "created_at", "source", "comment", "rating", "preference", "correction", "flag", "deletion", "metadata")
+    __slots__ = ("feedback_id", "generation_id", "user_id", "created_at", "source", "comment", "rating", "preference", "correction", "flag", "deletion", "ranking", "metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +177,7 @@ class FeedbackEvent(_message.Message):
     CORRECTION_FIELD_NUMBER: _ClassVar[int]
     FLAG_FIELD_NUMBER: _ClassVar[int]
     DELETION_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     feedback_id: str
     generation_id: str
@@ -177,8 +190,9 @@ class FeedbackEvent(_message.Message):
     correction: Correction
     flag: Flag
     deletion: DataDeletionRequest
+    ranking: Ranking
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, feedback_id: _Optional[str] = ..., generation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., comment: _Optional[str] = ..., rating: _Optional[_Union[Rating, _Mapping]] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., correction: _Optional[_Union[Correction, _Mapping]] = ..., flag: _Optional[_Union[Flag, _Mapping]] = ..., deletion: _Optional[_Union[DataDeletionRequest, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, feedback_id: _Optional[str] = ..., generation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., comment: _Optional[str] = ..., rating: _Optional[_Union[Rating, _Mapping]] = ..., preference: _Optional[_Union[Preference, _Mapping]] = ..., correction: _Optional[_Union[Correction, _Mapping]] = ..., flag: _Optional[_Union[Flag, _Mapping]] = ..., deletion: _Optional[_Union[DataDeletionRequest, _Mapping]] = ..., ranking: _Optional[_Union[Ranking, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelUpdateEvent(_message.Message):
     __slots__ = ("event_id", "kind", "version", "previous_version", "action", "created_at", "reason", "eval_metrics", "manifest_sha256", "canary_share")
