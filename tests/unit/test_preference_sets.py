@@ -11,6 +11,7 @@ from services.trainer.loop.heldout import HeldoutSplit
 from shared.proto.rlhf.v1 import events_pb2
 from tests.unit.test_ledger import preference, rating
 from tests.unit.test_ledger_caps import deletion
+from tests.unit.test_ledger_rankings import ranking
 
 SPLIT = HeldoutSplit(one_in=3)
 
@@ -91,6 +92,28 @@ def test_live_pairs_leave_out_deleted_users_and_apply_the_per_user_caps(ledger):
     assert all(p.weight == 1.0 for p in capped if p.user_id != "heavy")
     ledger.caps = UserCaps(max_share=1.0, max_per_window=2)
     assert len([p for p in ledger.live_pairs(100, SPLIT.is_heldout) if p.user_id == "heavy"]) == 2
+
+
+def test_a_ranking_gives_its_ordered_pairs_weighing_2_over_k_each_newest_first(ledger):
+    prompt = prompt_where(False)
+    served_pair(ledger, "old", prompt)
+    for gid, response in (("a", "best"), ("b", "tied 1"), ("c", "tied 2"), ("d", "worst")):
+        ledger.record_generation(gen(gid, prompt, response, request="rank"))
+    assert ledger.record_feedback(ranking("rk", ["a"], ["b", "c"], ["d"])) == "recorded"  # b and c tie
+    ledger.commit()
+
+    pairs = ledger.live_pairs(limit=100, is_heldout=SPLIT.is_heldout)
+    assert [(p.chosen, p.rejected) for p in pairs] == [
+        ("best", "tied 1"),
+        ("best", "tied 2"),
+        ("best", "worst"),
+        ("tied 1", "worst"),
+        ("tied 2", "worst"),
+        ("good old", "bad old"),
+    ], "the ranking is newer than the preference; ties make no pair"
+    assert [p.weight for p in pairs] == pytest.approx([0.5] * 5 + [1.0])  # 2/K, K = 4: the ranking weighs 2.5
+    assert len(ledger.live_pairs(limit=2, is_heldout=SPLIT.is_heldout)) == 2
+    assert ledger.live_pairs(limit=100, is_heldout=lambda p: True) == []
 
 
 def test_thumbs_up_are_desirable_thumbs_down_and_flags_undesirable_zero_skipped(ledger):
