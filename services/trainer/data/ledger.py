@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer.data import training_sets
+from services.trainer.data import preference_sets, training_sets
 from services.trainer.data.fair_share import UserCaps
 from services.trainer.data.training_sets import Comparison, Demonstration
 from shared.feedback_rules import ranking_generation_ids
@@ -452,6 +452,14 @@ class FeedbackLedger:
 
     def demonstrations(self, limit: int = 1000) -> list[Demonstration]:
         return training_sets.demonstrations(self._db, self.caps, limit)
+
+    def live_pairs(self, limit: int, is_heldout) -> list[preference_sets.PreferencePair]:
+        """Recent preference pairs for online DPO (services.trainer.data.preference_sets)."""
+        return preference_sets.live_pairs(self._db, self.caps, limit, is_heldout)
+
+    def rated_responses(self, limit: int, is_heldout, flags: bool = True) -> list[preference_sets.RatedResponse]:
+        """Recent thumbs (and flags) for KTO (services.trainer.data.preference_sets)."""
+        return preference_sets.rated_responses(self._db, self.caps, limit, is_heldout, flags)
 
     def distinct_prompts(self) -> list[str]:
         """Every distinct prompt seen (a walk of the prompt index) of users who may be
