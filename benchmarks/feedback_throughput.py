@@ -3,11 +3,11 @@ broker through EventConsumerLoop.
 
     .venv/bin/python -m benchmarks.feedback_throughput [--clients 16] [--seconds 8] [--rounds 3] [--batch 100]
 
-Starts an embedded broker and one gateway per ``--servers`` value
-(``python -m services.feedback --server sync|aio``, each in its own process),
+Starts an embedded broker and one gateway per ``--gateways`` flag set
+(``python -m services.feedback --server sync|aio ...``, each in its own process),
 then 16 concurrent grpc.aio clients (spread over ``--client-processes``
 processes, each client with its own channel and x-client-id) submit for
-``--seconds`` with SubmitFeedback, the servers' phases interleaved for
+``--seconds`` with SubmitFeedback, the gateways' phases interleaved for
 ``--rounds`` rounds (medians reported), then once each with
 SubmitFeedbackBatch. Every counted event was acknowledged by the broker (the
 gateway answers after acks=all); the topic is read back to count each phase's
@@ -180,14 +180,15 @@ def submit_phase(gateway, bootstrap, mode, phase, args) -> Phase:
     )
 
 
-def start_gateway(bootstrap: str, server: str) -> tuple[str, str, subprocess.Popen]:
+def start_gateway(bootstrap: str, flags: str) -> tuple[str, str, subprocess.Popen]:
+    """A gateway process with ``flags`` added to the benchmark's own; (flags, address, process)."""
     port = free_port()
     command = [sys.executable, "-m", "services.feedback", "--port", str(port), "--metrics-port", "-1"]
-    command += ["--kafka", bootstrap, "--log-level", "WARNING", "--max-workers", "32", "--server", server]
+    command += ["--kafka", bootstrap, "--log-level", "WARNING", "--max-workers", "32", *flags.split()]
     process = subprocess.Popen(command)
     address = f"127.0.0.1:{port}"
     grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
-    return server, address, process
+    return flags, address, process
 
 
 def crc_implementation() -> str:
@@ -251,10 +252,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="SubmitFeedback phases per server, interleaved")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--consume", type=int, default=100_000)
-    parser.add_argument("--servers", default="sync,aio", help="gateway --server values to compare")
+    parser.add_argument(
+        "--gateways",
+        default="--server sync --linger-ms 0,--server aio",
+        help="comma-separated gateway flag sets to compare (the first: today's plain path)",
+    )
     parser.add_argument("--skip-submit", action="store_true", help="only the consumer phase")
     args = parser.parse_args(argv)
-    servers = args.servers.split(",")
+    servers = [flags.strip() for flags in args.gateways.split(",")]
     phases: list[Phase] = []
     loadavg_start = os.getloadavg()
 
@@ -266,15 +271,13 @@ def main(argv=None) -> int:
                 for r in range(args.rounds):
                     # Alternate the order so drift in the machine's load hits every server alike.
                     for server, address, process in gateways if r % 2 == 0 else gateways[::-1]:
-                        phase = submit_phase(
-                            (server, address, process.pid), broker.bootstrap, "single", f"single-{server}-{r}", args
-                        )
+                        tag = f"single-{servers.index(server)}-{r}"
+                        phase = submit_phase((server, address, process.pid), broker.bootstrap, "single", tag, args)
                         phases.append(phase)
                         print(f"round {r}: {phase}", file=sys.stderr)
                 for server, address, process in gateways:
-                    phase = submit_phase(
-                        (server, address, process.pid), broker.bootstrap, "batch", f"batch-{server}", args
-                    )
+                    tag = f"batch-{servers.index(server)}"
+                    phase = submit_phase((server, address, process.pid), broker.bootstrap, "batch", tag, args)
                     phases.append(phase)
                     print(f"batch: {phase}", file=sys.stderr)
             finally:
@@ -296,7 +299,7 @@ def main(argv=None) -> int:
     for phase in phases:
         name = "SubmitFeedback" if phase.mode == "single" else f"SubmitFeedbackBatch({args.batch})"
         print(
-            f"{name:24s} --server {phase.server:4s} {phase.rate:8.0f} accepted events/s (failed calls {phase.failed}; "
+            f"{name:24s} [{phase.server}] {phase.rate:8.0f} accepted events/s (failed calls {phase.failed}; "
             f"accepted {phase.accepted}, read back from the broker {phase.on_broker} records with {phase.distinct} "
             f"distinct feedback ids; CPU per event: gateway {phase.gateway_cpu_us:.0f} us, clients "
             f"{phase.client_cpu_us:.0f} us; load average {phase.loadavg:.2f})"
@@ -308,7 +311,7 @@ def main(argv=None) -> int:
             gateway_us = statistics.median(p.gateway_cpu_us for p in mine)
             clients_us = statistics.median(p.client_cpu_us for p in mine)
             print(
-                f"SubmitFeedback --server {server}: median of {len(mine)}: {rate:.0f} events/s, CPU per event: "
+                f"SubmitFeedback [{server}]: median of {len(mine)}: {rate:.0f} events/s, CPU per event: "
                 f"gateway {gateway_us:.0f} us, clients {clients_us:.0f} us"
             )
     crc = crc_implementation()

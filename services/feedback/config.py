@@ -49,7 +49,7 @@ class FeedbackConfig(ServiceConfig):
         choices=("aio", "sync"),
     )
     linger_ms: int = setting(
-        0,
+        2,
         "how long the gateway's Kafka producer waits to fill a batch before sending; each caller waits as long "
         "for its ack, and the producer makes fewer, larger produce requests (less CPU per event under load)",
         env=env.FEEDBACK_LINGER_MS,
