@@ -73,7 +73,7 @@ class AioCallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         public = method.startswith(_PUBLIC_PREFIXES)
         if not handler.unary_unary:
-            if public or self.tokens is None:
+            if public:
                 return handler
             detail = f"{method} streams; this server wraps unary methods only"
             return grpc.unary_stream_rpc_method_handler(_refusing(grpc.StatusCode.UNIMPLEMENTED, detail))

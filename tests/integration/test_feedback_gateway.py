@@ -242,3 +242,20 @@ def test_rate_limit_is_per_client_with_a_retry_hint(broker, server_mode):
     finally:
         channel.close()
         server.stop(1)
+
+
+def test_an_oversized_request_names_the_limit_and_the_health_port_answers(broker, server_mode):
+    server, channel = start_gateway(broker, server=server_mode, max_message_bytes=2048, health_port=0)
+    try:
+        stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+        request = feedback_pb2.SubmitFeedbackRequest(feedback=rating(comment="x" * 3000))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SubmitFeedback(request, metadata=AUTH)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith("request:") and "limit is 2048 bytes" in info.value.details()
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc.health_port}") as health_channel:
+            health = health_pb2_grpc.HealthStub(health_channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        channel.close()
+        server.stop(1)
