@@ -10,10 +10,12 @@ bootstrapped one reports its manifests) and prints a Markdown section.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 
-def onnx_max_abs_diff(reward_dir) -> float:
+def onnx_max_abs_diff(reward_dir) -> tuple[float, int]:
+    """(max |ONNX - torch| score difference, pairs compared) on up to 32 held-out-style pairs."""
     import random
 
     import numpy as np
@@ -36,7 +38,7 @@ def onnx_max_abs_diff(reward_dir) -> float:
         expected = model(**batch).numpy()
     session = ort.InferenceSession(str(reward_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["scores"], {k: v.numpy() for k, v in batch.items()})[0]
-    return float(np.abs(got - expected).max())
+    return float(np.abs(got - expected).max()), len(prompts)
 
 
 def main() -> None:
@@ -52,7 +54,7 @@ def main() -> None:
     store = ModelStore(args.model_store)
     p = store.manifest("policy", "v1").eval_metrics
     r = store.manifest("reward", "v1").eval_metrics
-    print("\n## Bootstrap (2-core CPU)\n")
+    print(f"\n## Bootstrap ({os.cpu_count()}-CPU machine)\n")
     print(f"wall time this run: {wall:.0f} s ({'cached' if result.cached else 'fresh'})\n")
     print("| step | seconds |\n| --- | ---: |")
     for step in ("pretrain", "sft", "evaluate"):
@@ -73,7 +75,8 @@ def main() -> None:
         fmt = "{:.1%}" if key == "satisfaction" or key.startswith("axis_") else "{:.3g}"
         print(f"| {key} | {fmt.format(p[f'base_{key}'])} | {fmt.format(p[key])} |")
     print(f"\nreward v1 pairwise accuracy on {r['heldout_pairs']:.0f} held-out pairs: {r['pairwise_accuracy']:.1%}")
-    print(f"ONNX vs torch max |diff| on a batch of 32: {onnx_max_abs_diff(store.open_version('reward', 'v1')):.2e}")
+    diff, pairs = onnx_max_abs_diff(store.open_version("reward", "v1"))
+    print(f"ONNX vs torch max |diff| on a batch of {pairs}: {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """Feedback throughput: through the gateway to the broker, and out of the
 broker through EventConsumerLoop.
 
-    .venv/bin/python -m benchmarks.feedback_throughput [--clients 16] [--seconds 10] [--batch 100]
+    .venv/bin/python -m benchmarks.feedback_throughput [--clients 16] [--seconds 8] [--rounds 3] [--batch 100]
 
-Starts an embedded broker and the gateway (``python -m services.feedback`` in
-its own process), then 16 concurrent clients (threads spread over
-``--client-processes`` processes, each with its own channel and x-client-id)
-submit for ``--seconds`` with SubmitFeedback, then with SubmitFeedbackBatch.
-Every counted event was acknowledged by the broker (the gateway answers after
-acks=all); the topic is read back to count the records and distinct ids.
+Starts an embedded broker and one gateway per ``--gateways`` flag set
+(``python -m services.feedback --server sync|aio ...``, each in its own process),
+then 16 concurrent grpc.aio clients (spread over ``--client-processes``
+processes, each client with its own channel and x-client-id) submit for
+``--seconds`` with SubmitFeedback, the gateways' phases interleaved for
+``--rounds`` rounds (medians reported), then once each with
+SubmitFeedbackBatch. Every counted event was acknowledged by the broker (the
+gateway answers after acks=all); the topic is read back to count each phase's
+records and distinct ids. The gateway's and the clients' CPU per event and the
+load average are printed beside each figure.
 Last, ``--consume`` events are read back through EventConsumerLoop into a
 handler that validates them (shared.feedback_rules).
 """
@@ -18,10 +22,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import grpc
 from kafka import KafkaConsumer, TopicPartition
@@ -43,38 +49,44 @@ def feedback(i: int, client: int, phase: str = "consume") -> ev.FeedbackEvent:
     )
 
 
-def _client_process(address, client_ids, mode, batch, deadline, results):
-    def one(client: int) -> None:
-        channel = grpc.insecure_channel(address)
-        stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
-        metadata = (("x-client-id", f"bench-{client}"),)
-        accepted, failed, i = 0, 0, 0
-        while time.time() < deadline:
-            try:
-                if mode == "single":
-                    stub.SubmitFeedback(
-                        feedback_pb2.SubmitFeedbackRequest(feedback=feedback(i, client, mode)),
-                        metadata=metadata,
-                        timeout=30,
-                    )
-                    accepted += 1
-                else:
-                    items = [feedback(i + k, client, mode) for k in range(batch)]
-                    reply = stub.SubmitFeedbackBatch(
-                        feedback_pb2.SubmitFeedbackBatchRequest(feedback=items), metadata=metadata, timeout=30
-                    )
-                    accepted += len(reply.results)
-            except grpc.RpcError:
-                failed += 1
-            i += batch if mode == "batch" else 1
-        channel.close()
-        results.put((accepted, failed))
+def _client_process(address, client_ids, mode, batch, phase, start, deadline, results):
+    """One load-generator process: grpc.aio clients (one channel and x-client-id each) on one
+    event loop, which costs far less CPU per call than a thread per client."""
+    import asyncio
 
-    threads = [threading.Thread(target=one, args=(c,)) for c in client_ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    async def one(client: int) -> tuple[int, int]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+            metadata = (("x-client-id", f"bench-{client}"),)
+            await channel.channel_ready()
+            await asyncio.sleep(max(0.0, start - time.time()))
+            accepted, failed, i = 0, 0, 0
+            while time.time() < deadline:
+                try:
+                    if mode == "single":
+                        request = feedback_pb2.SubmitFeedbackRequest(feedback=feedback(i, client, phase))
+                        await stub.SubmitFeedback(request, metadata=metadata, timeout=30)
+                        accepted += 1
+                    else:
+                        items = [feedback(i + k, client, phase) for k in range(batch)]
+                        reply = await stub.SubmitFeedbackBatch(
+                            feedback_pb2.SubmitFeedbackBatchRequest(feedback=items), metadata=metadata, timeout=30
+                        )
+                        accepted += len(reply.results)
+                except grpc.RpcError:
+                    failed += 1
+                i += batch if mode == "batch" else 1
+            return accepted, failed
+
+    async def all_clients() -> tuple[list[tuple[int, int]], float]:
+        tasks = [asyncio.ensure_future(one(c)) for c in client_ids]
+        await asyncio.sleep(max(0.0, start - time.time()))
+        cpu_at_start = time.process_time()
+        outcomes = await asyncio.gather(*tasks)
+        return outcomes, time.process_time() - cpu_at_start
+
+    outcomes, cpu_s = asyncio.run(all_clients())
+    results.put((sum(a for a, _ in outcomes), sum(f for _, f in outcomes), cpu_s))
 
 
 def topic_offsets(bootstrap: str, topic: str) -> dict:
@@ -114,27 +126,81 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def submit_phase(address, bootstrap, mode, args, gateway_pid) -> tuple[float, int, int, float]:
+@dataclass
+class Phase:
+    """One timed submit phase against one gateway."""
+
+    server: str
+    mode: str
+    rate: float  # accepted events/s
+    failed: int
+    accepted: int
+    on_broker: int  # records of this phase read back from the broker
+    distinct: int  # distinct feedback ids among them
+    gateway_cpu_us: float  # gateway process CPU per accepted event
+    client_cpu_us: float  # load generators' CPU per accepted event
+    loadavg: float  # 1-minute load average at the end of the phase
+
+
+def submit_phase(gateway, bootstrap, mode, phase, args) -> Phase:
+    server, address, pid = gateway
     spawn = mp.get_context("spawn")  # fork after gRPC is in use in this process is unsafe
     results = spawn.Queue()
     before = topic_offsets(bootstrap, events.FEEDBACK_TOPIC)
-    cpu_before = cpu_seconds(gateway_pid)
-    start = time.time() + 4.0  # let every (spawned) process import and connect first
+    start = time.time() + 3.0  # let every (spawned) process import and connect first
     deadline = start + args.seconds
     groups = [list(range(p, args.clients, args.client_processes)) for p in range(args.client_processes)]
     procs = [
-        spawn.Process(target=_client_process, args=(address, g, mode, args.batch, deadline, results)) for g in groups
+        spawn.Process(target=_client_process, args=(address, g, mode, args.batch, phase, start, deadline, results))
+        for g in groups
     ]
     for p in procs:
         p.start()
-    outcomes = [results.get() for _ in range(args.clients)]
+    time.sleep(max(0.0, start - time.time()))
+    cpu_before = cpu_seconds(pid)
+    outcomes = [results.get() for _ in procs]
+    gateway_cpu = cpu_seconds(pid) - cpu_before
+    loadavg = os.getloadavg()[0]
     for p in procs:
         p.join()
-    accepted = sum(a for a, _ in outcomes)
-    failed = sum(f for _, f in outcomes)
-    gateway_cpu_us = (cpu_seconds(gateway_pid) - cpu_before) / max(1, accepted) * 1e6
-    on_broker, distinct = count_records_since(bootstrap, before, mode)
-    return accepted / args.seconds, failed, (on_broker, distinct, accepted), gateway_cpu_us
+    accepted = sum(a for a, _, _ in outcomes)
+    on_broker, distinct = count_records_since(bootstrap, before, phase)
+    per_event = 1e6 / max(1, accepted)
+    return Phase(
+        server,
+        mode,
+        accepted / args.seconds,
+        sum(f for _, f, _ in outcomes),
+        accepted,
+        on_broker,
+        distinct,
+        gateway_cpu * per_event,
+        sum(c for _, _, c in outcomes) * per_event,
+        loadavg,
+    )
+
+
+def start_gateway(bootstrap: str, flags: str) -> tuple[str, str, subprocess.Popen]:
+    """A gateway process with ``flags`` added to the benchmark's own; (flags, address, process)."""
+    port = free_port()
+    command = [sys.executable, "-m", "services.feedback", "--port", str(port), "--metrics-port", "-1"]
+    command += ["--kafka", bootstrap, "--log-level", "WARNING", "--max-workers", "32", *flags.split()]
+    process = subprocess.Popen(command)
+    address = f"127.0.0.1:{port}"
+    grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
+    return flags, address, process
+
+
+def crc_implementation() -> str:
+    """Which function kafka-python checks record CRCs with in this process (bound at its import)."""
+    from kafka.record import util
+
+    function = (util.calc_crc32c.__defaults__ or (None,))[0]
+    if function is None:
+        return "unknown"
+    module = getattr(function, "__module__", None) or type(function).__module__
+    kind = "pure Python" if module.startswith("kafka.") else "C extension"
+    return f"{module}.{getattr(function, '__name__', '?')}, {kind}"
 
 
 def consume_phase(bootstrap: str, count: int, check_crcs: bool) -> float:
@@ -182,68 +248,78 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--client-processes", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3, help="SubmitFeedback phases per server, interleaved")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--consume", type=int, default=100_000)
+    parser.add_argument(
+        "--gateways",
+        default="--server sync --linger-ms 0,--server aio",
+        help="comma-separated gateway flag sets to compare (the first: today's plain path)",
+    )
     parser.add_argument("--skip-submit", action="store_true", help="only the consumer phase")
     args = parser.parse_args(argv)
+    servers = [flags.strip() for flags in args.gateways.split(",")]
+    phases: list[Phase] = []
+    loadavg_start = os.getloadavg()
 
     with EmbeddedBroker(port=0) as broker:
         ensure_topics(broker.bootstrap)
-        port = free_port()
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "services.feedback",
-                "--port",
-                str(port),
-                "--metrics-port",
-                "-1",
-                "--kafka",
-                broker.bootstrap,
-                "--log-level",
-                "WARNING",
-                "--max-workers",
-                "32",
-            ]
-        )
-        address = f"127.0.0.1:{port}"
-        try:
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
-            if args.skip_submit:
-                raise SystemExit(
-                    print(
-                        f"consumed: {consume_phase(broker.bootstrap, args.consume, True):.0f}/s, "
-                        f"without CRC: {consume_phase(broker.bootstrap, args.consume, False):.0f}/s"
-                    )
-                )
-            single = submit_phase(address, broker.bootstrap, "single", args, gateway.pid)
-            print(f"SubmitFeedback done: {single}", file=sys.stderr)
-            batch = submit_phase(address, broker.bootstrap, "batch", args, gateway.pid)
-            print(f"SubmitFeedbackBatch done: {batch}", file=sys.stderr)
-        finally:
-            gateway.terminate()
-            gateway.wait(30)
+        if not args.skip_submit:
+            gateways = [start_gateway(broker.bootstrap, server) for server in servers]
+            try:
+                for r in range(args.rounds):
+                    # Alternate the order so drift in the machine's load hits every server alike.
+                    for server, address, process in gateways if r % 2 == 0 else gateways[::-1]:
+                        tag = f"single-{servers.index(server)}-{r}"
+                        phase = submit_phase((server, address, process.pid), broker.bootstrap, "single", tag, args)
+                        phases.append(phase)
+                        print(f"round {r}: {phase}", file=sys.stderr)
+                for server, address, process in gateways:
+                    tag = f"batch-{servers.index(server)}"
+                    phase = submit_phase((server, address, process.pid), broker.bootstrap, "batch", tag, args)
+                    phases.append(phase)
+                    print(f"batch: {phase}", file=sys.stderr)
+            finally:
+                for _server, _address, process in gateways:
+                    process.terminate()
+                    process.wait(30)
         consumed = consume_phase(broker.bootstrap, args.consume, check_crcs=True)
         consumed_no_crc = consume_phase(broker.bootstrap, args.consume, check_crcs=False)
 
     print(f"command: python -m benchmarks.feedback_throughput {' '.join(sys.argv[1:])}".rstrip())
-    print(f"cpus={os.cpu_count()} clients={args.clients} seconds={args.seconds} batch={args.batch}")
-    for name, (rate, failed, (on_broker, distinct, accepted), cpu_us) in (
-        ("SubmitFeedback", single),
-        (f"SubmitFeedbackBatch({args.batch})", batch),
-    ):
-        print(
-            f"{name:26s} {rate:10.0f} accepted events/s  (failed calls {failed}; accepted {accepted}, read back "
-            f"from the broker {on_broker} records with {distinct} distinct feedback ids; "
-            f"gateway CPU {cpu_us:.0f} us/event)"
-        )
     print(
-        f"{'EventConsumerLoop':26s} {consumed:10.0f} events/s consumed and validated ({args.consume} events, "
-        "record CRCs checked in pure Python)"
+        f"cpus={os.cpu_count()} clients={args.clients} in {args.client_processes} grpc.aio client processes "
+        f"seconds={args.seconds} rounds={args.rounds} batch={args.batch}"
     )
-    print(f"{'EventConsumerLoop':26s} {consumed_no_crc:10.0f} events/s consumed and validated (check_crcs=False)")
+    print(
+        f"load average (1, 5, 15 min) at start: {' '.join(f'{x:.2f}' for x in loadavg_start)}; "
+        f"at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    for phase in phases:
+        name = "SubmitFeedback" if phase.mode == "single" else f"SubmitFeedbackBatch({args.batch})"
+        print(
+            f"{name:24s} [{phase.server}] {phase.rate:8.0f} accepted events/s (failed calls {phase.failed}; "
+            f"accepted {phase.accepted}, read back from the broker {phase.on_broker} records with {phase.distinct} "
+            f"distinct feedback ids; CPU per event: gateway {phase.gateway_cpu_us:.0f} us, clients "
+            f"{phase.client_cpu_us:.0f} us; load average {phase.loadavg:.2f})"
+        )
+    for server in servers:
+        mine = [p for p in phases if p.server == server and p.mode == "single"]
+        if mine:
+            rate = statistics.median(p.rate for p in mine)
+            gateway_us = statistics.median(p.gateway_cpu_us for p in mine)
+            clients_us = statistics.median(p.client_cpu_us for p in mine)
+            print(
+                f"SubmitFeedback [{server}]: median of {len(mine)}: {rate:.0f} events/s, CPU per event: "
+                f"gateway {gateway_us:.0f} us, clients {clients_us:.0f} us"
+            )
+    crc = crc_implementation()
+    print(
+        f"{'EventConsumerLoop':24s} {consumed:10.0f} events/s consumed and validated ({args.consume} events, "
+        f"record CRCs checked by {crc})"
+    )
+    print(f"{'EventConsumerLoop':24s} {consumed_no_crc:10.0f} events/s consumed and validated (check_crcs=False)")
     return 0
 
 

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     max_diff = max(abs(a - b) for a, b in zip(onnx_scores, torch_scores))
     print(f"command: {' '.join([os.path.basename(sys.executable), '-m', 'benchmarks.reward_backends', *sys.argv[1:]])}")
     print(f"batch={args.batch} iters={args.iters} threads={args.threads} cpus={os.cpu_count()}")
-    print(f"torch eager:  {torch_rate:8.1f} pairs/s")
+    print(f"torch:        {torch_rate:8.1f} pairs/s ({eager.backend.name})")
     print(f"onnxruntime:  {onnx_rate:8.1f} pairs/s ({onnx.backend.name})")
     print(f"speed-up:     {onnx_rate / torch_rate:8.2f}x")
     print(f"max |score difference|: {max_diff:.2e} ({'OK' if max_diff <= 1e-4 else 'MISMATCH'}, limit 1e-4)")

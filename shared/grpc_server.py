@@ -402,16 +402,21 @@ class GrpcServer:
 
     def wait_for_signal(self) -> int:
         """Block until SIGTERM or SIGINT; returns the signal number."""
-        received: list[int] = []
-        done = threading.Event()
+        return wait_for_signal()
 
-        def on_signal(signum, _frame):
-            received.append(signum)
-            done.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        while not done.wait(0.5):
-            pass
-        log.info("signal received; shutting down", extra={"signal": signal.Signals(received[0]).name})
-        return received[0]
+def wait_for_signal() -> int:
+    """Block until SIGTERM or SIGINT; returns the signal number."""
+    received: list[int] = []
+    done = threading.Event()
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not done.wait(0.5):
+        pass
+    log.info("signal received; shutting down", extra={"signal": signal.Signals(received[0]).name})
+    return received[0]

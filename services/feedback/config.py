@@ -41,6 +41,19 @@ class FeedbackConfig(ServiceConfig):
     ack_timeout_s: float = setting(
         10.0, "how long to wait for the broker's acknowledgement before UNAVAILABLE", env=env.FEEDBACK_ACK_TIMEOUT_S
     )
+    server: str = setting(
+        "aio",
+        "gRPC server: 'aio' (asyncio; calls await the broker's acks, no handler thread per call, less CPU per "
+        "call) or 'sync' (a thread pool of --max-workers threads, each blocked until its call's ack)",
+        env=env.FEEDBACK_SERVER,
+        choices=("aio", "sync"),
+    )
+    linger_ms: int = setting(
+        2,
+        "how long the gateway's Kafka producer waits to fill a batch before sending; each caller waits as long "
+        "for its ack, and the producer makes fewer, larger produce requests (less CPU per event under load)",
+        env=env.FEEDBACK_LINGER_MS,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +69,8 @@ class FeedbackConfig(ServiceConfig):
         )
         check(self.dedup_ttl_s > 0, "dedup_ttl_s", f"must be > 0, got {self.dedup_ttl_s}")
         check(self.dedup_capacity >= 1, "dedup_capacity", f"must be >= 1, got {self.dedup_capacity}")
+        check(self.server in ("aio", "sync"), "server", f"must be 'aio' or 'sync', got {self.server!r}")
+        check(0 <= self.linger_ms <= 1000, "linger_ms", f"must be in 0..1000, got {self.linger_ms}")
         check(self.ack_timeout_s > 0, "ack_timeout_s", f"must be > 0, got {self.ack_timeout_s}")
 
     @property

@@ -11,6 +11,7 @@ which deduplicates by feedback_id, is the final guarantee.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -173,41 +174,45 @@ class FeedbackGateway:
 
     def submit(self, event: events_pb2.FeedbackEvent, client_id: str, subject: str = "") -> FeedbackReceipt:
         """Validate with fields named ``feedback.…``, then accept. ``subject``: see :func:`bind_user_id`."""
-        _assign_defaults(event)
-        bind_user_id(event, subject, "feedback.user_id")
-        raise_first(feedback_problems(event, self.limits, prefix="feedback."))
-        self.limiter.acquire(client_id, 1)
+        self._check_one(event, client_id, subject)
         return self._accept([event])[0]
 
     def submit_batch(
         self, batch: Sequence[events_pb2.FeedbackEvent], client_id: str, subject: str = ""
     ) -> list[FeedbackReceipt]:
         """All items are validated (and bound to ``subject``) before any is produced."""
+        self._check_batch(batch, client_id, subject)
+        return self._accept(batch)
+
+    async def submit_async(self, event: events_pb2.FeedbackEvent, client_id: str, subject: str = "") -> FeedbackReceipt:
+        """:meth:`submit` for an asyncio caller: the same checks and the same answer, after the
+        broker's ack, awaited instead of blocking a thread."""
+        self._check_one(event, client_id, subject)
+        return (await self._accept_async([event]))[0]
+
+    async def submit_batch_async(
+        self, batch: Sequence[events_pb2.FeedbackEvent], client_id: str, subject: str = ""
+    ) -> list[FeedbackReceipt]:
+        """:meth:`submit_batch` for an asyncio caller."""
+        self._check_batch(batch, client_id, subject)
+        return await self._accept_async(batch)
+
+    def _check_one(self, event: events_pb2.FeedbackEvent, client_id: str, subject: str) -> None:
+        _assign_defaults(event)
+        bind_user_id(event, subject, "feedback.user_id")
+        raise_first(feedback_problems(event, self.limits, prefix="feedback."))
+        self.limiter.acquire(client_id, 1)
+
+    def _check_batch(self, batch: Sequence[events_pb2.FeedbackEvent], client_id: str, subject: str) -> None:
         for i, event in enumerate(batch[: self.limits.max_batch_size]):
             _assign_defaults(event)
             bind_user_id(event, subject, f"feedback[{i}].user_id")
         raise_first(batch_problems(batch, self.limits))
         self.limiter.acquire(client_id, len(batch))
-        return self._accept(batch)
 
     def _accept(self, batch: Sequence[events_pb2.FeedbackEvent]) -> list[FeedbackReceipt]:
-        # Claim every id first, then send all owned events before waiting for
-        # any ack, so a batch costs one round trip to the broker, not one per item.
-        claims = [self.answers.claim(e.feedback_id) for e in batch]
-        producer = self.producer
-        sends = []
-        for event, (_stored, _future, owner) in zip(batch, claims):
-            if owner:
-                try:
-                    # A deletion request names no generation: it is keyed by its user.
-                    key = event.generation_id or event.user_id
-                    sent = produce_event(producer, events.FEEDBACK_TOPIC, key, event)
-                    sends.append((event, sent))
-                except Exception as exc:  # noqa: BLE001 - e.g. buffer full: the send never started
-                    sends.append((event, exc))
-        failures = [exc for exc in (self._settle(event, sent) for event, sent in sends) if exc is not None]
-        if failures:
-            self._replace_failed_producer(producer, failures[0])
+        claims, sends, producer = self._send_owned(batch)
+        self._settle_all(sends, producer, self.ack_timeout_s)
         receipts = []
         for stored, future, owner in claims:
             if stored is not None:
@@ -218,19 +223,62 @@ class FeedbackGateway:
             except Unavailable:  # the owner's failure is ours too
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. the owner is still waiting after our timeout
-                raise Unavailable(
-                    f"feedback not accepted yet: {type(exc).__name__}; retry with the same feedback_id"
-                ) from exc
+                raise _not_accepted(exc) from exc
             receipts.append(receipt if owner else _as_duplicate(receipt))
         return receipts
 
-    def _settle(self, event: events_pb2.FeedbackEvent, sent) -> Exception | None:
-        """Wait for one ack and publish the answer (or the failure) to waiters;
-        returns the failure, if any."""
+    async def _accept_async(self, batch: Sequence[events_pb2.FeedbackEvent]) -> list[FeedbackReceipt]:
+        claims, sends, producer = self._send_owned(batch)
+        started = [sent for _event, sent in sends if not isinstance(sent, Exception)]
+        if started:
+            await _all_done(started, self.ack_timeout_s)
+        # Every ack has come or the wait timed out: settling no longer blocks.
+        self._settle_all(sends, producer, 0.0)
+        receipts = []
+        for stored, future, owner in claims:
+            if stored is not None:
+                receipts.append(_as_duplicate(stored))
+                continue
+            try:
+                if future.done():
+                    receipt = future.result()
+                else:  # another call owns this id and is still waiting for its ack
+                    receipt = await asyncio.wait_for(asyncio.wrap_future(future), self.ack_timeout_s + 1.0)
+            except Unavailable:  # the owner's failure is ours too
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the owner is still waiting after our timeout
+                raise _not_accepted(exc) from exc
+            receipts.append(receipt if owner else _as_duplicate(receipt))
+        return receipts
+
+    def _send_owned(self, batch: Sequence[events_pb2.FeedbackEvent]) -> tuple[list, list, KafkaProducer]:
+        """Claim every id, then send each owned event without waiting for any ack,
+        so a batch costs one round trip to the broker, not one per item."""
+        claims = [self.answers.claim(e.feedback_id) for e in batch]
+        producer = self.producer
+        sends: list = []
+        for event, (_stored, _future, owner) in zip(batch, claims):
+            if owner:
+                try:
+                    # A deletion request names no generation: it is keyed by its user.
+                    key = event.generation_id or event.user_id
+                    sends.append((event, produce_event(producer, events.FEEDBACK_TOPIC, key, event)))
+                except Exception as exc:  # noqa: BLE001 - e.g. buffer full: the send never started
+                    sends.append((event, exc))
+        return claims, sends, producer
+
+    def _settle_all(self, sends: list, producer: KafkaProducer, timeout_s: float) -> None:
+        failures = [exc for exc in (self._settle(event, sent, timeout_s) for event, sent in sends) if exc is not None]
+        if failures:
+            self._replace_failed_producer(producer, failures[0])
+
+    def _settle(self, event: events_pb2.FeedbackEvent, sent, timeout_s: float) -> Exception | None:
+        """Wait up to ``timeout_s`` for one ack and publish the answer (or the failure)
+        to waiters; returns the failure, if any."""
         try:
             if isinstance(sent, Exception):
                 raise sent
-            meta = sent.get(timeout=self.ack_timeout_s)
+            meta = sent.get(timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001
             log.warning("feedback not acknowledged", extra={"feedback_id": event.feedback_id, "error": str(exc)})
             self.answers.fail(
@@ -312,6 +360,42 @@ def _assign_defaults(event: events_pb2.FeedbackEvent) -> None:
     if not event.HasField("created_at"):
         event.created_at.FromNanoseconds(time.time_ns())
     fill_defaults(event)
+
+
+def _not_accepted(exc: Exception) -> Unavailable:
+    """The answer to a caller whose event's owner did not answer in time: retry with the same feedback_id."""
+    return Unavailable(f"feedback not accepted yet: {type(exc).__name__}; retry with the same feedback_id")
+
+
+async def _all_done(sends: list, timeout_s: float) -> None:
+    """Return when every Kafka send in ``sends`` has completed (acked or failed), or after ``timeout_s``.
+
+    kafka-python completes sends on its I/O thread; the last one wakes the event loop once,
+    whatever the number of sends (one wake-up per call, not per event)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = [len(sends)]
+    lock = threading.Lock()
+
+    def one_done(_result_or_error) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            loop.call_soon_threadsafe(_set_done, done)
+
+    for sent in sends:
+        sent.add_both(one_done)
+    timer = loop.call_later(timeout_s, _set_done, done)
+    try:
+        await done
+    finally:
+        timer.cancel()
+
+
+def _set_done(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _as_duplicate(receipt: FeedbackReceipt) -> FeedbackReceipt:

@@ -16,6 +16,7 @@ import grpc
 from services.feedback.config import FeedbackConfig
 from services.feedback.gateway import ClientRateLimiter, FeedbackGateway, FeedbackReceipt, FirstAnswerCache
 from shared.auth import current_principal
+from shared.grpc_aio_server import AioGrpcServer
 from shared.grpc_server import GrpcServer, ServiceBinding
 from shared.kafka_io import create_producer
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
@@ -71,17 +72,34 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         return feedback_pb2.SubmitFeedbackBatchResponse(results=[_reply(r) for r in receipts])
 
 
+class AsyncFeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
+    """FeedbackServicer for the grpc.aio server: the same answers, awaiting the broker's acks."""
+
+    def __init__(self, gateway: FeedbackGateway):
+        self.gateway = gateway
+
+    async def SubmitFeedback(self, request, context):
+        return _reply(await self.gateway.submit_async(request.feedback, client_id(context), caller_subject()))
+
+    async def SubmitFeedbackBatch(self, request, context):
+        receipts = await self.gateway.submit_batch_async(request.feedback, client_id(context), caller_subject())
+        return feedback_pb2.SubmitFeedbackBatchResponse(results=[_reply(r) for r in receipts])
+
+
 class FeedbackGatewayServer:
     """The gateway: a Kafka producer, the core, and the gRPC server around it."""
 
     def __init__(self, config: FeedbackConfig):
         self.config = config
 
-        # linger 0: every caller waits for its own ack, so latency bounds
-        # throughput; records still batch while earlier requests are in flight.
+        # Every caller waits for its own ack, so linger adds to each call's latency; records
+        # still batch while earlier requests are in flight (--linger-ms trades latency for CPU).
         def new_producer():
             return create_producer(
-                config.kafka, client_id="rlhf-feedback-gateway", linger_ms=0, **config.kafka_client_options()
+                config.kafka,
+                client_id="rlhf-feedback-gateway",
+                linger_ms=config.linger_ms,
+                **config.kafka_client_options(),
             )
 
         self.gateway = FeedbackGateway(
@@ -92,17 +110,14 @@ class FeedbackGatewayServer:
             ack_timeout_s=config.ack_timeout_s,
             new_producer=new_producer,
         )
-        self.grpc = GrpcServer(
-            config,
-            SERVICE_NAME,
-            [
-                ServiceBinding(
-                    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server,
-                    FeedbackServicer(self.gateway),
-                    feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
-                )
-            ],
+        servicer = AsyncFeedbackServicer(self.gateway) if config.server == "aio" else FeedbackServicer(self.gateway)
+        binding = ServiceBinding(
+            feedback_pb2_grpc.add_FeedbackServiceServicer_to_server,
+            servicer,
+            feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
         )
+        server_cls = AioGrpcServer if config.server == "aio" else GrpcServer
+        self.grpc: GrpcServer | AioGrpcServer = server_cls(config, SERVICE_NAME, [binding])
 
     def start(self) -> int:
         port = self.grpc.start()

@@ -1,4 +1,5 @@
-"""The feedback gateway end to end: real gRPC server on port 0, real broker."""
+"""The feedback gateway end to end: real gRPC server on port 0, real broker; every test runs
+against both gRPC servers (--server sync and aio)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,16 @@ def start_gateway(broker, **overrides):
     return server, grpc.insecure_channel(f"127.0.0.1:{port}")
 
 
+@pytest.fixture(scope="module", params=["sync", "aio"])
+def server_mode(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def gateway(broker):
-    server, channel = start_gateway(broker, max_batch_size=5, max_comment_chars=50, max_correction_chars=100)
+def gateway(broker, server_mode):
+    server, channel = start_gateway(
+        broker, server=server_mode, max_batch_size=5, max_comment_chars=50, max_correction_chars=100
+    )
     yield feedback_pb2_grpc.FeedbackServiceStub(channel), channel
     channel.close()
     server.stop(1)
@@ -199,6 +207,36 @@ def test_invalid_batch_item_is_named_and_nothing_is_produced(broker, gateway):
     assert feedback_on_topic(broker, [e.feedback_id for e in batch]) == []
 
 
+def test_many_concurrent_callers_lose_nothing(broker, gateway):
+    stub, _ = gateway
+    per_caller = [[rating(feedback_id=new_id()) for _ in range(20)] for _ in range(8)]
+    answers: list = []
+
+    def submit(events_to_send):
+        for event in events_to_send:
+            answers.append(stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(feedback=event), metadata=AUTH))
+
+    threads = [threading.Thread(target=submit, args=(batch,)) for batch in per_caller]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sent = {e.feedback_id for batch in per_caller for e in batch}
+    assert {a.feedback_id for a in answers} == sent and not any(a.duplicate for a in answers)
+    on_topic = feedback_on_topic(broker, sent)
+    assert sorted(m.feedback_id for _, m in on_topic) == sorted(sent)  # each accepted event once
+    assert {(a.partition, a.offset) for a in answers} == {(r.partition, r.offset) for r, _ in on_topic}
+
+
+def test_request_id_is_returned_and_kept_when_given(gateway):
+    stub, _ = gateway
+    request = feedback_pb2.SubmitFeedbackRequest(feedback=rating())
+    _, call = stub.SubmitFeedback.with_call(request, metadata=AUTH + (("x-request-id", "req-42"),))
+    assert dict(call.initial_metadata())["x-request-id"] == "req-42"
+    _, call = stub.SubmitFeedback.with_call(request, metadata=AUTH)
+    assert dict(call.initial_metadata())["x-request-id"]
+
+
 def test_bearer_token_is_required_except_for_health(gateway):
     stub, channel = gateway
     request = feedback_pb2.SubmitFeedbackRequest(feedback=rating())
@@ -210,8 +248,8 @@ def test_bearer_token_is_required_except_for_health(gateway):
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_rate_limit_is_per_client_with_a_retry_hint(broker):
-    server, channel = start_gateway(broker, rate_limit=0.01, rate_burst=3, max_batch_size=3)
+def test_rate_limit_is_per_client_with_a_retry_hint(broker, server_mode):
+    server, channel = start_gateway(broker, server=server_mode, rate_limit=0.01, rate_burst=3, max_batch_size=3)
     try:
         stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
         alice = AUTH + (("x-client-id", "alice"),)
@@ -224,6 +262,23 @@ def test_rate_limit_is_per_client_with_a_retry_hint(broker):
         assert float(retry_after) > 0
         bob = AUTH + (("x-client-id", "bob"),)
         assert stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(feedback=rating()), metadata=bob).feedback_id
+    finally:
+        channel.close()
+        server.stop(1)
+
+
+def test_an_oversized_request_names_the_limit_and_the_health_port_answers(broker, server_mode):
+    server, channel = start_gateway(broker, server=server_mode, max_message_bytes=2048, health_port=0)
+    try:
+        stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+        request = feedback_pb2.SubmitFeedbackRequest(feedback=rating(comment="x" * 3000))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SubmitFeedback(request, metadata=AUTH)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith("request:") and "limit is 2048 bytes" in info.value.details()
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc.health_port}") as health_channel:
+            health = health_pb2_grpc.HealthStub(health_channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         channel.close()
         server.stop(1)

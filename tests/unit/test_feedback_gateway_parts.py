@@ -60,6 +60,22 @@ def test_config_refuses_a_burst_below_the_batch_limit():
     assert FeedbackConfig().port == 50053 and FeedbackConfig().metrics_port == 9103
 
 
+def test_config_names_a_bad_server_or_linger():
+    with pytest.raises(ConfigError, match="--server: must be 'aio' or 'sync'"):
+        FeedbackConfig(server="threads")
+    with pytest.raises(ConfigError, match="--linger-ms: must be in 0..1000"):
+        FeedbackConfig(linger_ms=-1)
+    assert FeedbackConfig().server == "aio" and FeedbackConfig(server="sync", linger_ms=0).linger_ms == 0
+
+
+def test_config_reads_server_and_linger_from_flags_and_env(monkeypatch):
+    from shared.config import load_config
+
+    monkeypatch.setenv("RLHF_FEEDBACK_SERVER", "sync")
+    config = load_config(FeedbackConfig, ["--linger-ms", "5"])
+    assert (config.server, config.linger_ms) == ("sync", 5)
+
+
 def test_entry_point_help_lists_the_gateway_flags():
     import subprocess
     import sys
