@@ -98,8 +98,11 @@ def _build(cls: Any, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None) -> C:
-    """Build ``cls`` from command-line flags, then RLHF_* env, then defaults."""
+def config_parser(
+    cls: type, prog: str | None = None
+) -> tuple[argparse.ArgumentParser, list[tuple[str, Any, Any, str | None]]]:
+    """The argparse parser of ``cls``'s flags (what ``--help`` prints) and the (dest, field,
+    type, env var) of each flag."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
@@ -112,6 +115,8 @@ def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | 
         help_text = meta.get("help", "") + f" (default: {f.default!r})"
         if var:
             help_text += f" [env {var}]"
+        # argparse %-formats help texts: a literal % ("95%") must reach it as %%.
+        help_text = help_text.replace("%", "%%")
         flag = "--" + dest.replace("_", "-")
         if tp is bool:
             parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True, default=None, help=help_text)
@@ -119,6 +124,12 @@ def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | 
             parser.add_argument(
                 flag, dest=dest, type=_converter(tp), default=None, choices=meta.get("choices"), help=help_text
             )
+    return parser, flags
+
+
+def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None) -> C:
+    """Build ``cls`` from command-line flags, then RLHF_* env, then defaults."""
+    parser, flags = config_parser(cls, prog)
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for dest, _, tp, var in flags:

@@ -1,12 +1,13 @@
 """Settings of the online trainer (flags > RLHF_* env > defaults).
 
-``--policy-method`` picks how the policy learns (ppo, rloo, grpo:
+``--policy-method`` picks how the policy learns (ppo, rloo, grpo, dpo, kto:
 services.trainer.loop.policy_methods). Each method's hyperparameters are one
 dataclass, composed here: :class:`services.trainer.ppo.ppo_config.PPOConfig` as
 ``TrainerConfig.ppo`` (flags ``--ppo-<name>``, env ``RLHF_TRAINER_PPO_<NAME>``),
 :class:`services.trainer.policy_gradient.rloo_config.RLOOConfig` and
 ``GRPOConfig`` as ``rloo`` and ``grpo`` (``--rloo-<name>``, ``--grpo-<name>``),
-each declared once, in its class.
+:class:`services.trainer.dpo.dpo_config.DPOConfig` and ``KTOConfig`` as ``dpo``
+and ``kto`` (``--dpo-<name>``, ``--kto-<name>``), each declared once, in its class.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.trainer.data.fair_share import UserCaps
-from services.trainer.loop.policy_methods import POLICY_METHODS
+from services.trainer.dpo.dpo_config import DPOConfig, KTOConfig, fit_context
+from services.trainer.loop.policy_methods import POLICY_METHODS, PREFERENCE_METHODS
 from services.trainer.policy_gradient.rloo_config import GRPOConfig, RLOOConfig
 from services.trainer.ppo.ppo_config import PPOConfig
 from shared import env
@@ -107,15 +109,18 @@ class TrainerConfig(ServiceConfig):
     )
     policy_method: str = setting(
         "ppo",
-        "how the policy learns from the reward model: ppo (critic, GAE), rloo (leave-one-out baseline over "
-        "--rloo-samples-per-prompt samples, no critic) or grpo (group-normalised advantages, no critic); "
-        "each reads its own --ppo-*, --rloo-* or --grpo-* settings",
+        "how the policy learns: from the reward model with ppo (critic, GAE), rloo (leave-one-out baseline "
+        "over --rloo-samples-per-prompt samples, no critic) or grpo (group-normalised advantages, no critic); "
+        "or directly from the users' judgements with dpo (the served pairs they compared) or kto (their thumbs "
+        "and flags); each reads its own --ppo-*, --rloo-*, --grpo-*, --dpo-* or --kto-* settings",
         env=env.TRAINER_POLICY_METHOD,
         choices=POLICY_METHODS,
     )
     ppo: PPOConfig = nested(PPOConfig, env_prefix="RLHF_TRAINER_PPO_", exclude=("num_threads",))
     rloo: RLOOConfig = nested(RLOOConfig, env_prefix="RLHF_TRAINER_RLOO_", exclude=("num_threads",))
     grpo: GRPOConfig = nested(GRPOConfig, env_prefix="RLHF_TRAINER_GRPO_", exclude=("num_threads",))
+    dpo: DPOConfig = nested(DPOConfig, env_prefix="RLHF_TRAINER_DPO_", exclude=("num_threads",))
+    kto: KTOConfig = nested(KTOConfig, env_prefix="RLHF_TRAINER_KTO_", exclude=("num_threads",))
     gate_min_reward_gain: float = setting(
         0.0,
         "the lower confidence bound of a candidate's paired reward gain "
@@ -280,10 +285,22 @@ class TrainerConfig(ServiceConfig):
         return self._fitted(self.ppo, max_positions)
 
     def policy_config(self, max_positions: int | None = None):
-        """The hyperparameters of ``policy_method`` (PPOConfig, RLOOConfig, GRPOConfig),
-        fitted to a ``max_positions`` context like :meth:`ppo_config`."""
+        """The hyperparameters of ``policy_method`` (PPOConfig, RLOOConfig, GRPOConfig, DPOConfig,
+        KTOConfig), fitted to a ``max_positions`` context like :meth:`ppo_config`."""
+        if self.policy_method in PREFERENCE_METHODS:
+            preference = self.dpo if self.policy_method == "dpo" else self.kto
+            return fit_context(preference, max_positions, self.torch_threads)
         configs = {"ppo": self.ppo, "rloo": self.rloo, "grpo": self.grpo}
         return self._fitted(configs[self.policy_method], max_positions)
+
+    @property
+    def gate_max_new_tokens(self) -> int:
+        """Longest answer the gate samples from candidate and current policy: the method's rollout
+        length; DPO and KTO sample nothing while training, so the longest answer they train on."""
+        method_config = self.policy_config()
+        if self.policy_method in PREFERENCE_METHODS:
+            return int(method_config.max_response_length)
+        return int(method_config.max_new_tokens)
 
     def _fitted(self, method_config, max_positions: int | None):
         prompt_limit = method_config.max_prompt_length

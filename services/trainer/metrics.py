@@ -62,20 +62,28 @@ CANARY_SCORE = Gauge(
 REWARD_HELDOUT_ACCURACY = Gauge("rlhf_reward_heldout_accuracy", "held-out pairwise accuracy, by version role", ["role"])
 
 
+def stat(stats, name: str) -> float:
+    """``stats.<name>`` as a float; NaN where a method's stats lack it (DPO and KTO have no
+    value loss, clip fraction, entropy or approximate KL: they sample nothing)."""
+    value = getattr(stats, name, None)
+    return float("nan") if value is None else float(value)
+
+
 def export_ppo_stats(stats, method: str = "ppo") -> None:
-    """Set the rlhf_ppo_* gauges from a ppo_trainer.PPOStats of ``method``'s step (RLOO and
-    GRPO report the same statistics; value_loss is NaN for them: they have no critic)."""
+    """Set the rlhf_ppo_* gauges from ``method``'s step stats: a ppo_trainer.PPOStats (RLOO and
+    GRPO report the same statistics, value_loss NaN: no critic) or a DPO/KTO PreferenceStats
+    (what it lacks is NaN); count the step under ``method``."""
     POLICY_METHOD.labels(method).set(1)
     POLICY_STEPS.labels(method).inc()
-    POLICY_GRAD_NORM.set(getattr(stats, "grad_norm", float("nan")))
-    PPO_MEAN_REWARD.set(stats.mean_score)
-    PPO_KL.set(stats.kl)
-    PPO_KL_COEF.set(stats.kl_coef)
-    PPO_POLICY_LOSS.set(stats.policy_loss)
-    PPO_VALUE_LOSS.set(stats.value_loss)
-    PPO_CLIP_FRACTION.set(stats.clipfrac)
-    PPO_ENTROPY.set(stats.entropy)
-    PPO_APPROX_KL.set(stats.approx_kl)
-    PPO_SAMPLES_PER_SECOND.set(stats.samples_per_s)
+    POLICY_GRAD_NORM.set(stat(stats, "grad_norm"))
+    PPO_MEAN_REWARD.set(stat(stats, "mean_score"))
+    PPO_KL.set(stat(stats, "kl"))
+    PPO_KL_COEF.set(stat(stats, "kl_coef"))
+    PPO_POLICY_LOSS.set(stat(stats, "policy_loss"))
+    PPO_VALUE_LOSS.set(stat(stats, "value_loss"))
+    PPO_CLIP_FRACTION.set(stat(stats, "clipfrac"))
+    PPO_ENTROPY.set(stat(stats, "entropy"))
+    PPO_APPROX_KL.set(stat(stats, "approx_kl"))
+    PPO_SAMPLES_PER_SECOND.set(stat(stats, "samples_per_s"))
     PPO_STEPS.inc()
     LAST_PROGRESS.set_to_current_time()

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from services.trainer import metrics as tm
 from services.trainer.config import TrainerConfig
 from services.trainer.data.ingest import FeedbackIngest, consumer_lag
 from services.trainer.data.ledger import FeedbackLedger
@@ -99,16 +100,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         stats = self.trainer.last_ppo
         if stats is not None:
             status.last_ppo.CopyFrom(
-                trainer_pb2.PPOStats(
-                    mean_reward=stats.mean_score,
-                    kl=stats.kl,
-                    kl_coef=stats.kl_coef,
-                    policy_loss=stats.policy_loss,
-                    value_loss=stats.value_loss,
-                    clip_fraction=stats.clipfrac,
-                    entropy=stats.entropy,
-                    approx_kl=stats.approx_kl,
-                    samples_per_second=stats.samples_per_s,
+                trainer_pb2.PPOStats(  # DPO/KTO stats lack the sampling ones: NaN (tm.stat)
+                    mean_reward=tm.stat(stats, "mean_score"),
+                    kl=tm.stat(stats, "kl"),
+                    kl_coef=tm.stat(stats, "kl_coef"),
+                    policy_loss=tm.stat(stats, "policy_loss"),
+                    value_loss=tm.stat(stats, "value_loss"),
+                    clip_fraction=tm.stat(stats, "clipfrac"),
+                    entropy=tm.stat(stats, "entropy"),
+                    approx_kl=tm.stat(stats, "approx_kl"),
+                    samples_per_second=tm.stat(stats, "samples_per_s"),
                     step=stats.step,
                 )
             )

@@ -1,9 +1,12 @@
 import dataclasses
+import importlib
+from pathlib import Path
 
 import pytest
 
+import services
 from shared import env
-from shared.config import ConfigError, ServiceConfig, config_summary, load_config
+from shared.config import ConfigError, ServiceConfig, config_parser, config_summary, load_config, setting
 
 
 def test_defaults_without_flags_or_env(monkeypatch):
@@ -59,6 +62,35 @@ def test_help_lists_env_vars(capsys):
         load_config(ServiceConfig, ["--help"])
     out = capsys.readouterr().out
     assert env.KAFKA in out and "--metrics-port" in out
+
+
+@dataclasses.dataclass(frozen=True)
+class PercentConfig(ServiceConfig):
+    """A config whose help texts hold literal percent signs."""
+
+    share: float = setting(0.95, "keep 95% of it (100% = all); not %(prog)s")
+
+
+def test_a_percent_sign_in_a_help_text_is_printed_as_written():
+    text = config_parser(PercentConfig, prog="percent")[0].format_help()
+    assert "keep 95% of it (100% = all); not %(prog)s" in " ".join(text.split())
+
+
+SERVICES = sorted(p.parent.name for p in Path(services.__file__).parent.glob("*/__main__.py"))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_prints_its_help(service, capsys):
+    """What ``python -m services.<service> --help`` runs: its main, through the real parser."""
+    entry = importlib.import_module(f"services.{service}.__main__")
+    with pytest.raises(SystemExit) as exited:
+        entry.main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and f"python -m services.{service}" in out and "--log-level" in out
+
+
+def test_every_service_is_found():
+    assert {"feedback", "openai_api", "policy", "reward", "trainer"} <= set(SERVICES)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.config import TrainerConfig
+from services.trainer.dpo.dpo_config import DPOConfig, KTOConfig
 from services.trainer.loop.policy_methods import POLICY_METHODS, build_trainer
+from services.trainer.parallel.launch import run_data_parallel
 from services.trainer.policy_gradient.rloo_config import GRPOConfig, RLOOConfig
 from services.trainer.ppo.ppo_config import PPOConfig
 from shared import env
@@ -52,9 +54,57 @@ def test_bad_method_settings_are_refused_naming_the_flag(flags, named, capsys):
 def test_every_method_the_flag_accepts_can_be_built():
     with pytest.raises(ValueError, match="unknown policy method 'a2c'"):
         build_trainer("a2c", None, None, None, None)
-    assert POLICY_METHODS == ("ppo", "rloo", "grpo")
+    assert POLICY_METHODS == ("ppo", "rloo", "grpo", "dpo", "kto")
+    for method in POLICY_METHODS:
+        config = load_config(TrainerConfig, ["--policy-method", method]).policy_config(max_positions=128)
+        assert type(config).__name__ == f"{method.upper()}Config"
 
 
 def test_ppo_prompts_per_step_follow_samples_per_prompt():
     assert PPOConfig(batch_size=16, samples_per_prompt=4).prompts_per_step == 4
     assert RLOOConfig(batch_size=4, samples_per_prompt=4).rollouts_per_step == 16
+
+
+@pytest.mark.parametrize("method,config_class", [("dpo", DPOConfig), ("kto", KTOConfig)])
+def test_dpo_and_kto_have_their_own_flags_fitted_to_the_context(method, config_class):
+    flags = ["--policy-method", method, f"--{method}-beta", "0.3", f"--{method}-max-response-length", "40"]
+    config = load_config(TrainerConfig, flags + ["--torch-threads", "3"])
+    chosen = config.policy_config(max_positions=64)
+    assert type(chosen) is config_class and chosen.beta == 0.3 and chosen.num_threads == 3
+    assert chosen.max_prompt_length == 64 - 40, "a prompt and its response must fit the context"
+    assert config.policy_config().max_prompt_length == 128, "unknown context: the setting as given"
+    assert config.gate_max_new_tokens == 40, "the gate samples answers as long as those trained on"
+    assert load_config(TrainerConfig, []).gate_max_new_tokens == PPOConfig().max_new_tokens
+
+
+def test_dpo_and_kto_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv(env.TRAINER_POLICY_METHOD, "kto")
+    monkeypatch.setenv("RLHF_TRAINER_KTO_DESIRABLE_WEIGHT", "1.5")
+    monkeypatch.setenv("RLHF_TRAINER_KTO_FLAGS_AS_UNDESIRABLE", "false")
+    monkeypatch.setenv("RLHF_TRAINER_DPO_LABEL_SMOOTHING", "0.1")
+    config = load_config(TrainerConfig, [])
+    kto = config.policy_config()
+    assert type(kto) is KTOConfig and kto.desirable_weight == 1.5 and not kto.flags_as_undesirable
+    assert config.dpo.label_smoothing == 0.1
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--dpo-label-smoothing", "0.5"], "--dpo-label-smoothing: must be in [0, 0.5)"),
+        (["--kto-mini-batch-size", "5"], "--kto-mini-batch-size: must divide"),
+        (["--dpo-num-threads", "2"], "unrecognized arguments: --dpo-num-threads"),  # --torch-threads sets it
+    ],
+)
+def test_bad_dpo_and_kto_settings_are_refused_naming_the_flag(flags, named, capsys):
+    with pytest.raises((ConfigError, SystemExit)) as refused:
+        load_config(TrainerConfig, flags)
+    message = str(refused.value) if refused.type is ConfigError else capsys.readouterr().err
+    assert named in message
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo", "dpo", "kto"])
+def test_torchrun_refuses_the_single_process_methods_before_joining_the_group(method, capsys, tmp_path):
+    code = run_data_parallel(["--policy-method", method, "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"configuration error: --policy-method: {method} runs in one process" in err

@@ -111,6 +111,11 @@ class PreferenceTrainer:
     def policy(self) -> CausalLM:
         return self.lm
 
+    @property
+    def prompts_per_step(self) -> int:
+        """What the loop's rounds hand :meth:`step` (the selector's protocol); ignored here."""
+        return self.config.batch_size
+
     # --- the method's part ----------------------------------------------------------
     def minibatch_loss(self, examples: Sequence[Any]) -> tuple[Tensor, dict[str, float]]:
         """The method's loss on ``examples`` and its statistics (PreferenceStats names)."""

@@ -5,7 +5,8 @@ unless paused:
 
 1. updates the reward model when enough new comparisons have arrived
    (services.trainer.loop.reward_update);
-2. runs a PPO round (services.trainer.loop.policy_round) when enough prompts and new
+2. runs a policy round (services.trainer.loop.policy_round; PPO, RLOO, GRPO,
+   or DPO/KTO on the ledger's judged answers) when enough prompts and new
    feedback exist, or finishes the round a crash interrupted;
 3. evaluates the candidate against the current policy on held-out prompts
    from real traffic (services.trainer.loop.heldout: a hash slice of the
@@ -41,6 +42,7 @@ from services.trainer.loop.gate import GateBudget, GateDecision, promote_if_bett
 from services.trainer.loop.heldout import HeldoutSplit, heldout_report
 from services.trainer.loop.judge_plugin import JudgeFn, load_judge
 from services.trainer.loop.lineage import UNVERSIONED_REWARD, CandidateLineage, reward_lineage
+from services.trainer.loop.policy_methods import PREFERENCE_METHODS, DataSource
 from services.trainer.loop.policy_round import PolicyRounds, RewardFn, write_json_atomic
 from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
 
@@ -93,6 +95,7 @@ class OnlineTrainer:
         self.ledger = FeedbackLedger(config.ledger_path, caps=config.user_caps)
         self.reward_fn = reward_fn
         self._ledger_lock = threading.Lock()
+        self.split = HeldoutSplit(config.gate_heldout_one_in)
         self.rounds = PolicyRounds(
             store,
             config.checkpoint_dir,
@@ -100,6 +103,7 @@ class OnlineTrainer:
             config.policy_config,
             coordinator=coordinator,
             method=config.policy_method,
+            data_source=self._preference_source(),
         )
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
         tm.GATE_KL_BUDGET.set(self.budget.kl_budget)
@@ -109,7 +113,6 @@ class OnlineTrainer:
             config.reward_accuracy_tolerance,
             min_heldout_pairs=config.reward_min_heldout_comparisons,
         )
-        self.split = HeldoutSplit(config.gate_heldout_one_in)
         canary = CanarySettings(
             config.canary_share, config.canary_min_feedback, config.canary_confidence_z, config.canary_max_s
         )
@@ -126,6 +129,18 @@ class OnlineTrainer:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _preference_source(self) -> DataSource | None:
+        """DPO's live pairs or KTO's thumbs, read from this trainer's ledger connection (under
+        its lock) outside the gate's held-out slice; None for the methods that sample."""
+        method = self.config.policy_method
+        if method not in PREFERENCE_METHODS:
+            return None
+        from services.trainer.dpo.dpo_trainer import preference_data_source
+
+        return preference_data_source(
+            method, self.ledger, self.split.is_heldout, self.config.policy_config(), lock=self._ledger_lock
+        )
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self, stop: threading.Event) -> threading.Thread:
@@ -370,7 +385,7 @@ class OnlineTrainer:
             test = rounds.state.gate_tests  # fresh samples per re-test; the gate's z spends alpha per test
             evaluate = dict(
                 samples_per_prompt=config.gate_samples_per_prompt,
-                max_new_tokens=config.policy_config().max_new_tokens,
+                max_new_tokens=config.gate_max_new_tokens,
                 seed=test,
                 judge=self.judge,
             )

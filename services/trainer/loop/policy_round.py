@@ -1,9 +1,10 @@
 """Policy rounds against the reward callable, checkpointed after every step.
 
 A round is ``steps`` steps of the configured method (``--policy-method``: PPO,
-RLOO or GRPO, through services.trainer.loop.policy_methods.PolicyTrainer) on
-prompts sampled from the ledger's recent prompts, with the ledger's
-corrections mixed in (PPO-ptx). The trainer's checkpoint
+RLOO, GRPO, DPO or KTO, through services.trainer.loop.policy_methods.PolicyTrainer)
+on prompts sampled from the ledger's recent prompts (DPO and KTO read the judged
+answers of their ``data_source`` instead), with the ledger's corrections mixed
+in (PPO-ptx). The trainer's checkpoint
 (services.trainer.ppo.ppo_checkpoint: atomic, no pickle) is written after every
 step, and ``round.json`` beside it says which method and policy version the
 weights descend from and at which step the round began; so after a kill -9 a
@@ -25,11 +26,18 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.trainer.loop.gate import PolicyEvaluation
 from services.trainer.loop.judge_plugin import JudgeFn
-from services.trainer.loop.policy_methods import PolicyTrainer, build_trainer, resume_trainer
-from services.trainer.ppo.ppo_trainer import STATE_FILE, PPOStats
+from services.trainer.loop.policy_methods import (
+    DATA_PARALLEL_METHODS,
+    DataSource,
+    PolicyTrainer,
+    build_trainer,
+    resume_trainer,
+)
+from services.trainer.ppo.ppo_trainer import STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +88,9 @@ class PolicyRounds:
         seed: int = 0,
         coordinator=None,
         method: str = "ppo",
+        data_source: DataSource | None = None,
     ):
-        if coordinator is not None and method != "ppo":
+        if coordinator is not None and method not in DATA_PARALLEL_METHODS:
             raise ValueError(f"--policy-method {method} runs in one process; under torchrun use --policy-method ppo")
         self.store = store
         self.coordinator = coordinator  # under torchrun: every rank takes part in each step
@@ -89,6 +98,7 @@ class PolicyRounds:
         self.reward_fn = reward_fn
         self.method = method
         self.method_config = method_config  # context window -> the method's config (PPOConfig, RLOOConfig, ...)
+        self.data_source = data_source  # DPO/KTO: () -> the ledger's judged answers; the others ignore it
         self.trainer: PolicyTrainer | None = None
         self.state: RoundState | None = None
         self.rng = random.Random(seed)
@@ -126,7 +136,9 @@ class PolicyRounds:
         saved = self.saved_state()
         resumable = saved and saved.policy_version == current and saved.method == self.method
         if saved and resumable and (self.checkpoint_dir / STATE_FILE).is_file():
-            self.trainer = resume_trainer(self.method, self.checkpoint_dir, self.reward_fn, self._config(current))
+            self.trainer = resume_trainer(
+                self.method, self.checkpoint_dir, self.reward_fn, self._config(current), self.data_source
+            )
             self.state = saved
             self.resumed_from_step = self.trainer.step_count
             log.info(
@@ -168,7 +180,7 @@ class PolicyRounds:
         from shared.policy_eval import load_policy
 
         lm, tokenizer = load_policy(self.store.open_version("policy", version))
-        trainer = build_trainer(self.method, lm, tokenizer, self.reward_fn, self._config(version))
+        trainer = build_trainer(self.method, lm, tokenizer, self.reward_fn, self._config(version), self.data_source)
         reference = self.store.versions("policy")[0]
         if reference != version:
             ref_lm, _ = load_policy(self.store.open_version("policy", reference))
@@ -212,8 +224,9 @@ class PolicyRounds:
     def steps_done(self) -> int:
         return self.trainer.step_count - self.state.start_step if self.trainer and self.state else 0
 
-    def run_step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]]) -> PPOStats:
-        """One step on ``trainer.prompts_per_step`` prompts drawn from ``prompts``; checkpointed."""
+    def run_step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]]) -> Any:
+        """One step on ``trainer.prompts_per_step`` prompts drawn from ``prompts``; checkpointed.
+        Returns the method's stats (PPOStats; DPO/KTO: PreferenceStats)."""
         trainer = self.ensure_trainer()
         batch = [self.rng.choice(list(prompts)) for _ in range(trainer.prompts_per_step)]
         if self.coordinator is not None:

@@ -15,10 +15,11 @@ import sys
 from collections.abc import Sequence
 
 from services.trainer.config import TrainerConfig
+from services.trainer.loop.policy_methods import DATA_PARALLEL_METHODS
 from services.trainer.parallel.coordinator import Coordinator
 from services.trainer.parallel.group import DataParallel
 from services.trainer.parallel.worker import run_worker
-from shared.config import ConfigError, load_config
+from shared.config import ConfigError, check, load_config
 from shared.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def run_data_parallel(argv: Sequence[str] | None = None) -> int:
     """Run this rank of a data-parallel trainer; returns the process exit code."""
     try:
         config = load_config(TrainerConfig, argv, prog="python -m services.trainer")
+        check_data_parallel(config)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -43,6 +45,17 @@ def run_data_parallel(argv: Sequence[str] | None = None) -> int:
         return run_worker(config, group)
     finally:
         group.close()
+
+
+def check_data_parallel(config: TrainerConfig) -> None:
+    """Refuse, on every rank and before the process group forms, a policy method that runs in one
+    process only (RLOO, GRPO, DPO, KTO): the ranks would wait for PPO steps that never come."""
+    check(
+        config.policy_method in DATA_PARALLEL_METHODS,
+        "policy_method",
+        f"{config.policy_method} runs in one process; under torchrun (WORLD_SIZE > 1) use "
+        f"{' or '.join(DATA_PARALLEL_METHODS)}, or run the trainer without torchrun",
+    )
 
 
 def stop_this_process() -> None:
