@@ -121,7 +121,9 @@ def main() -> None:
         degenerate_fraction=config.reward_degenerate_fraction,
     )
     heldout_pairs = preference_pairs(
-        heldout, seed=config.seed + 3, per_prompt=config.reward_eval_pairs_per_prompt,
+        heldout,
+        seed=config.seed + 3,
+        per_prompt=config.reward_eval_pairs_per_prompt,
         degenerate_fraction=config.reward_degenerate_fraction,
     )
     store = ModelStore(args.model_store)
@@ -129,11 +131,15 @@ def main() -> None:
     for version in store.versions("policy"):
         policy, policy_tokenizer = load_policy(store.open_version("policy", version))
         settings = SamplingSettings(samples_per_prompt=args.samples_per_prompt, seed=args.seed)
-        samples += [(version, s) for s in sample_responses(policy, policy_tokenizer, [p.text for p in heldout], settings)]
+        samples += [
+            (version, s) for s in sample_responses(policy, policy_tokenizer, [p.text for p in heldout], settings)
+        ]
     good = [float(judge(s.prompt, s.text).good) for _, s in samples]
     print(f"load average before training: {os.getloadavg()}")
-    print(f"{len(pairs)} training pairs, {len(heldout_pairs)} held-out pairs, {len(samples)} policy samples "
-          f"({', '.join(store.versions('policy'))}), judge satisfaction of the samples {statistics.fmean(good):.3f}")
+    print(
+        f"{len(pairs)} training pairs, {len(heldout_pairs)} held-out pairs, {len(samples)} policy samples "
+        f"({', '.join(store.versions('policy'))}), judge satisfaction of the samples {statistics.fmean(good):.3f}"
+    )
     results = []
     for size in [1] + [int(x) for x in args.ensembles.split(",") if x]:
         model, tokenizer, seconds = train(size, pairs, config, args)

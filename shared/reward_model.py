@@ -81,7 +81,9 @@ class RewardHeadConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ensemble_size, int) and 1 <= self.ensemble_size <= 64):
-            raise ValueError(f"{REWARD_CONFIG_FILE}: ensemble_size must be an integer in 1..64, got {self.ensemble_size!r}")
+            raise ValueError(
+                f"{REWARD_CONFIG_FILE}: ensemble_size must be an integer in 1..64, got {self.ensemble_size!r}"
+            )
         if not 0 <= self.conservative_k <= 100:
             raise ValueError(f"{REWARD_CONFIG_FILE}: conservative_k must be in [0, 100], got {self.conservative_k!r}")
 

@@ -132,7 +132,9 @@ def test_a_single_head_version_from_before_ensembles_still_loads(tmp_path):
     path.write_text(json.dumps(old))
     loaded, _ = load_reward_model(tmp_path)
     assert loaded.ensemble_size == 1 and loaded.head.weight.shape == (1, model.head.in_features)
-    assert score_texts(loaded, tokenizer, PROMPTS, RESPONSES) == score_texts(model.eval(), tokenizer, PROMPTS, RESPONSES)
+    assert score_texts(loaded, tokenizer, PROMPTS, RESPONSES) == score_texts(
+        model.eval(), tokenizer, PROMPTS, RESPONSES
+    )
 
 
 def test_a_bad_ensemble_size_in_the_reward_config_names_the_field(ensemble, tmp_path):
@@ -180,8 +182,27 @@ def test_members_trained_on_their_own_resamples_become_different_heads():
     with torch.no_grad():  # identical starts: only the bootstrap resamples can tell them apart
         model.head.weight[1] = model.head.weight[0]
     train_reward_model(
-        model, tokenizer, PAIRS, steps=3, batch_size=4, lr=1e-4, head_lr=1e-2, trainable_layers=0, seed=0, progress=False
+        model,
+        tokenizer,
+        PAIRS,
+        steps=3,
+        batch_size=4,
+        lr=1e-4,
+        head_lr=1e-2,
+        trainable_layers=0,
+        seed=0,
+        progress=False,
     )
     assert not torch.allclose(model.head.weight[0], model.head.weight[1])
     members = score_members(model, tokenizer, PROMPTS, RESPONSES)
     assert (members[:, 0] - members[:, 1]).abs().max() > 1e-4
+
+
+def test_a_reward_update_applies_the_ensemble_setting_to_a_single_head_version():
+    from services.trainer.loop.reward_update import RewardUpdateSettings, apply_ensemble_settings
+
+    model, _ = new_reward_model(max_length=32, seed=5)
+    settings = RewardUpdateSettings(1, 1, 0.0, ensemble_size=3, conservative_k=0.5)
+    assert apply_ensemble_settings(model, settings, "v1") == {"ensemble_size": 3, "conservative_k": 0.5}
+    assert (model.ensemble_size, model.head_config.conservative_k) == (3, 0.5)
+    assert apply_ensemble_settings(model, settings, "v1") == {}  # already so: nothing to tell the other ranks

@@ -205,7 +205,13 @@ def promote_if_better(
             current.prompt_mean_rewards,
             statistics.fmean(candidate.prompt_mean_rewards) - statistics.fmean(current.prompt_mean_rewards),
         )
-    decided = {"gain": gain, "judge_gain": judged, "z": z, "reward_score": candidate.reward_score, "mean_gain": mean_gain}
+    decided = {
+        "gain": gain,
+        "judge_gain": judged,
+        "z": z,
+        "reward_score": candidate.reward_score,
+        "mean_gain": mean_gain,
+    }
     if candidate.kl > budget.kl_budget:
         return GateDecision(
             False,

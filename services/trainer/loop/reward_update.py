@@ -165,8 +165,8 @@ def update_reward_model(
     import torch
 
     from services.trainer.supervised.reward_training import TrainingInterrupted
-    from shared.reward_model import ONNX_FILE, load_reward_model, save_reward_model
     from shared.reward_ensemble import describe_score
+    from shared.reward_model import ONNX_FILE, load_reward_model, save_reward_model
     from shared.reward_onnx import export_verified_onnx
 
     torch.set_num_threads(threads)
