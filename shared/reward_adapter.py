@@ -96,9 +96,20 @@ class SequenceClassificationReward(torch.nn.Module):
             raise ValueError(
                 f"a reward model needs one scalar label; this one has num_labels={model.config.num_labels}"
             )
+        if head_config.ensemble_size != 1:
+            raise ValueError(
+                f"{REWARD_CONFIG_FILE}: ensemble_size is {head_config.ensemble_size}; a sequence-classification "
+                "reward model has one head (set ensemble_size to 1)"
+            )
         self.model: Any = model
         self.head_config = head_config
         self.sep_token_id = sep_token_id
+
+    ensemble_size = 1  # one head: its score is the score (shared.reward_ensemble)
+
+    def member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The one head's score as a [batch, 1] ensemble."""
+        return self(input_ids, attention_mask).unsqueeze(-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         extra = {}

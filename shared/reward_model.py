@@ -18,9 +18,13 @@ On disk (a ``reward`` version in the model store), MiniLM format:
 
 - ``model.safetensors``  the whole RewardModel state dict (encoder.* and head.*)
 - ``config.json``        the encoder's BERT config
-- ``reward_config.json`` format, pooling and the max_length used in training
+- ``reward_config.json`` format, pooling, the max_length used in training, and
+  the ensemble: ``ensemble_size`` scalar heads (K; absent in versions written
+  before ensembles: 1) scored as mean - ``conservative_k`` * std
+  (shared.reward_ensemble)
 - tokenizer files        (``tokenizer.json``, ``tokenizer_config.json``, ...)
-- ``model.onnx``         optional, from :func:`export_onnx`
+- ``model.onnx``         optional, from :func:`export_onnx` (output ``scores``:
+  [batch] for one head, the K member scores [batch, K] for an ensemble)
 
 Never pickle: weights are read and written with safetensors only.
 """
@@ -38,6 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shared.prompting import encode_prompt
+from shared.reward_ensemble import DEFAULT_CONSERVATIVE_K, conservative_scores, member_init_seed
 
 WEIGHTS_FILE = "model.safetensors"
 REWARD_CONFIG_FILE = "reward_config.json"
@@ -69,6 +74,18 @@ class RewardHeadConfig:
     # before scoring so the reward depends on the question, not the framing.
     prompt_prefix: str = ""
     prompt_suffix: str = ""
+    # K scalar heads on the one backbone (1: a single head); the score is
+    # mean - conservative_k * std over them (shared.reward_ensemble).
+    ensemble_size: int = 1
+    conservative_k: float = DEFAULT_CONSERVATIVE_K
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.ensemble_size, int) and 1 <= self.ensemble_size <= 64):
+            raise ValueError(
+                f"{REWARD_CONFIG_FILE}: ensemble_size must be an integer in 1..64, got {self.ensemble_size!r}"
+            )
+        if not 0 <= self.conservative_k <= 100:
+            raise ValueError(f"{REWARD_CONFIG_FILE}: conservative_k must be in [0, 100], got {self.conservative_k!r}")
 
     @property
     def frame(self) -> tuple[str, str]:
@@ -88,7 +105,9 @@ ScalarReward: TypeAlias = Any
 
 
 class RewardModel(torch.nn.Module):
-    """Encoder → masked mean pooling → Linear → one scalar per sequence."""
+    """Encoder → masked mean pooling → Linear → one scalar per sequence; with
+    ``head_config.ensemble_size`` K > 1 the Linear has K outputs (the members)
+    and the scalar is their conservative score."""
 
     format = MINILM_FORMAT
 
@@ -100,14 +119,36 @@ class RewardModel(torch.nn.Module):
         self.encoder: Any = encoder
         self.head_config = head_config
         hidden = self.encoder.config.hidden_size
-        self.head = torch.nn.Linear(hidden, 1)
+        self.head = torch.nn.Linear(hidden, head_config.ensemble_size)
         # A small init keeps the first Bradley-Terry margins near 0 (loss ~ log 2).
         torch.nn.init.normal_(self.head.weight, std=0.02)
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The score: the head's, or the ensemble's conservative score."""
+        return self._combine(self.member_scores(input_ids, attention_mask))
+
+    def member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Every head's score, [batch, K], from one backbone pass."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self._pool_and_score(hidden, attention_mask)
+
+    def _combine(self, members: torch.Tensor) -> torch.Tensor:
+        if members.shape[-1] == 1:
+            return members[..., 0]  # exactly the single head's score, as before ensembles
+        return conservative_scores(members, self.head_config.conservative_k)
+
+    @property
+    def ensemble_size(self) -> int:
+        return self.head.out_features
+
+    def init_member_heads(self, seed: int) -> None:
+        """Each head from its own generator (member_init_seed), the small init of a single head."""
+        with torch.no_grad():
+            for member in range(self.ensemble_size):
+                generator = torch.Generator().manual_seed(member_init_seed(seed, member))
+                self.head.weight[member].normal_(0.0, 0.02, generator=generator)
+            self.head.bias.zero_()
 
     def _extended_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # The encoder's own mask builder, so split passes match forward() exactly.
@@ -133,6 +174,10 @@ class RewardModel(torch.nn.Module):
 
     def upper_scores(self, hidden: torch.Tensor, attention_mask: torch.Tensor, from_layer: int) -> torch.Tensor:
         """Scores from hidden states after ``from_layer`` layers: the rest of forward()."""
+        return self._combine(self.upper_member_scores(hidden, attention_mask, from_layer))
+
+    def upper_member_scores(self, hidden: torch.Tensor, attention_mask: torch.Tensor, from_layer: int) -> torch.Tensor:
+        """Member scores [batch, K] from hidden states after ``from_layer`` layers."""
         mask = self._extended_mask(hidden, attention_mask)
         for layer in self.encoder.encoder.layer[from_layer:]:
             hidden = layer(hidden, attention_mask=mask)
@@ -141,7 +186,7 @@ class RewardModel(torch.nn.Module):
     def _pool_and_score(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return self.head(pooled).squeeze(-1)
+        return self.head(pooled)
 
     @property
     def n_layers(self) -> int:
@@ -149,7 +194,8 @@ class RewardModel(torch.nn.Module):
 
     @property
     def architecture(self) -> str:
-        return f"RewardModel({type(self.encoder).__name__}+mean-pool+linear)"
+        heads = f"x{self.ensemble_size}" if self.ensemble_size > 1 else ""
+        return f"RewardModel({type(self.encoder).__name__}+mean-pool+linear{heads})"
 
     def head_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.head.parameters())
@@ -181,16 +227,28 @@ def new_reward_model(
     max_length: int = DEFAULT_MAX_LENGTH,
     seed: int = 0,
     prompt_frame: tuple[str, str] = ("", ""),
+    ensemble_size: int = 1,
+    conservative_k: float = DEFAULT_CONSERVATIVE_K,
 ) -> tuple[RewardModel, object]:
-    """Pretrained MiniLM (or any BERT-like dir) with a fresh scalar head."""
+    """Pretrained MiniLM (or any BERT-like dir) with a fresh scalar head, or
+    ``ensemble_size`` fresh heads, each initialised from its own seed."""
     from transformers import AutoModel, AutoTokenizer
 
     base = Path(base_dir) if base_dir else minilm_dir()
     torch.manual_seed(seed)
     encoder = AutoModel.from_pretrained(base, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    head = RewardHeadConfig(max_length=max_length, prompt_prefix=prompt_frame[0], prompt_suffix=prompt_frame[1])
-    return RewardModel(encoder, head), tokenizer
+    head = RewardHeadConfig(
+        max_length=max_length,
+        prompt_prefix=prompt_frame[0],
+        prompt_suffix=prompt_frame[1],
+        ensemble_size=ensemble_size,
+        conservative_k=conservative_k,
+    )
+    model = RewardModel(encoder, head)
+    if ensemble_size > 1:
+        model.init_member_heads(seed)
+    return model, tokenizer
 
 
 def save_reward_model(model: ScalarReward, tokenizer, out_dir: str | Path) -> Path:
@@ -368,7 +426,9 @@ def score_texts(
 
 def export_onnx(model: ScalarReward, tokenizer, out_dir: str | Path, *, opset: int = ONNX_OPSET) -> Path:
     """Export to ``out_dir/model.onnx`` (inputs input_ids, attention_mask with
-    dynamic batch and sequence axes; output ``scores`` of shape [batch])."""
+    dynamic batch and sequence axes; output ``scores`` of shape [batch], or for
+    an ensemble the member scores [batch, K]: whoever runs the graph combines
+    them, so the service can also report their mean and spread)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / ONNX_FILE
@@ -383,7 +443,7 @@ def export_onnx(model: ScalarReward, tokenizer, out_dir: str | Path, *, opset: i
             # The TorchScript exporter (dynamo=False) needs no onnxscript and
             # gives one self-contained file for a model this size.
             torch.onnx.export(
-                model,
+                _MemberScores(model) if getattr(model, "ensemble_size", 1) > 1 else model,
                 (example["input_ids"], example["attention_mask"]),
                 str(path),
                 input_names=["input_ids", "attention_mask"],
@@ -400,6 +460,17 @@ def export_onnx(model: ScalarReward, tokenizer, out_dir: str | Path, *, opset: i
     finally:
         model.train(was_training)
     return path
+
+
+class _MemberScores(torch.nn.Module):
+    """forward = the wrapped ensemble's member_scores (what its ONNX graph outputs)."""
+
+    def __init__(self, model: RewardModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.member_scores(input_ids, attention_mask)
 
 
 @torch.no_grad()

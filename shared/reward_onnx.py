@@ -51,12 +51,14 @@ def _max_abs_diff(model: ScalarReward, tokenizer, onnx_path: Path) -> float:
     batch = encode_pairs(
         tokenizer, CHECK_PROMPTS, CHECK_RESPONSES, model.head_config.max_length, frame=model.head_config.frame
     )
-    expected = model(**batch).double().numpy()
+    # Every member's score ([pairs, K]; K = 1 for a single head): an ensemble's graph outputs them all.
+    expected = model.member_scores(**batch).double().numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (got,) = session.run(["scores"], {k: v.numpy() for k, v in batch.items()})
-    got = np.asarray(got, dtype=np.float64).reshape(-1)
-    if got.shape != expected.shape:
-        raise ValueError(f"ONNX gave {got.shape[0]} scores for {expected.shape[0]} pairs")
+    got = np.asarray(got, dtype=np.float64)
+    if got.size != expected.size:
+        raise ValueError(f"ONNX gave {got.size} scores for {expected.shape[0]} pairs x {expected.shape[1]} heads")
+    got = got.reshape(expected.shape)
     return float(np.abs(got - expected).max())
 
 

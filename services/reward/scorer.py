@@ -6,6 +6,10 @@ holds one reference to the one serving now. A request reads that reference
 once and scores with it to the end, so replacing the reference (a single
 assignment, atomic in Python) lets in-flight requests finish on the old
 version while new ones get the new one.
+
+A backend returns every head's score ([pairs, K]; K = 1 for a single head);
+the score served is the version's conservative score, mean - k * std over the
+heads (shared.reward_ensemble), with the heads' mean and std beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from prometheus_client import Histogram
 from shared import metrics
 from shared.errors import Unavailable, require
 from shared.model_store import Manifest, ModelStore
+from shared.reward_ensemble import conservative_scores, member_mean, member_std
 from shared.reward_model import ONNX_FILE, encode_pairs, load_reward_model
 from shared.reward_onnx import export_verified_onnx
 
@@ -68,7 +73,9 @@ class ScoringBackend(Protocol):
     name: str
     device: str  # "cuda" or "cpu": where the model runs (GetModelInfo.device)
 
-    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[float]: ...
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        """Every head's score, float64 [batch, K]."""
+        ...
 
 
 def onnx_providers(available: Sequence[str]) -> list[str]:
@@ -106,11 +113,12 @@ class OnnxBackend:
             extra={"provider": self.provider, "requested": wanted, "device": self.device},
         )
 
-    def run(self, input_ids, attention_mask) -> list[float]:
+    def run(self, input_ids, attention_mask) -> np.ndarray:
         (scores,) = self.session.run(
             ["scores"], {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
         )
-        return np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+        # [batch] for a single head's graph, [batch, K] for an ensemble's.
+        return np.asarray(scores, dtype=np.float64).reshape(input_ids.shape[0], -1)
 
 
 class TorchBackend:
@@ -123,8 +131,24 @@ class TorchBackend:
         self.model = model.eval()
 
     @torch.inference_mode()
-    def run(self, input_ids, attention_mask) -> list[float]:
-        return self.model(input_ids, attention_mask).double().reshape(-1).tolist()
+    def run(self, input_ids, attention_mask) -> np.ndarray:
+        return self.model.member_scores(input_ids, attention_mask).double().numpy()
+
+
+@dataclass(frozen=True)
+class EnsembleScores:
+    """Per pair: the conservative score (what is served as ``score``), the heads' mean and std."""
+
+    scores: list[float]
+    means: list[float]
+    stds: list[float]
+
+    @staticmethod
+    def of(members: np.ndarray, conservative_k: float) -> EnsembleScores:
+        rows = torch.from_numpy(np.asarray(members, dtype=np.float64).reshape(members.shape[0], -1))
+        # One head: its score exactly (mean of one is exact, std 0).
+        scores = rows[:, 0] if rows.shape[1] == 1 else conservative_scores(rows, conservative_k)
+        return EnsembleScores(scores.tolist(), member_mean(rows).tolist(), member_std(rows).tolist())
 
 
 @dataclass(frozen=True)
@@ -139,14 +163,21 @@ class LoadedReward:
     num_parameters: int
     architecture: str  # e.g. "RewardModel(BertModel+mean-pool+linear)", "LlamaForSequenceClassification"
     frame: tuple[str, str]  # the prompt frame stripped before scoring (RewardHeadConfig)
+    ensemble_size: int = 1  # scalar heads (RewardHeadConfig.ensemble_size)
+    conservative_k: float = 1.0  # score = mean - conservative_k * std over the heads
     # The tokenizer is not safe to call from several threads at once, and on a
     # CPU one batch at a time with all intra-op threads is the fastest anyway.
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The served (conservative) scores."""
+        return self.score_ensemble(prompts, responses).scores
+
+    def score_ensemble(self, prompts: Sequence[str], responses: Sequence[str]) -> EnsembleScores:
         with self.lock:
             batch = encode_pairs(self.tokenizer, prompts, responses, self.max_length, frame=self.frame)
-            return self.backend.run(batch["input_ids"], batch["attention_mask"])
+            members = self.backend.run(batch["input_ids"], batch["attention_mask"])
+        return EnsembleScores.of(members, self.conservative_k)
 
 
 def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", threads: int = 2) -> LoadedReward:
@@ -191,15 +222,29 @@ def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", 
             torch.set_num_threads(threads)
             chosen = TorchBackend(model)
     num_parameters = sum(p.numel() for p in model.parameters())
+    head = model.head_config
     return LoadedReward(
-        version, manifest, chosen, tokenizer, max_length, num_parameters, model.architecture, model.head_config.frame
+        version,
+        manifest,
+        chosen,
+        tokenizer,
+        max_length,
+        num_parameters,
+        model.architecture,
+        head.frame,
+        head.ensemble_size,
+        head.conservative_k,
     )
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    scores: list[float]
+    scores: list[float]  # conservative (a single head's score when ensemble_size is 1)
     version: str
+    means: list[float] = field(default_factory=list)
+    stds: list[float] = field(default_factory=list)
+    ensemble_size: int = 1
+    conservative_k: float = 1.0
 
 
 class RewardScorer:
@@ -290,9 +335,11 @@ class RewardScorer:
         if loaded is None:
             raise Unavailable("no reward version loaded yet; retry shortly")
         start = time.perf_counter()
-        scores = loaded.score(prompts, responses)
+        scored = loaded.score_ensemble(prompts, responses)
         REWARD_LATENCY.observe(time.perf_counter() - start)
-        REWARD_BATCH_SIZE.observe(len(scores))
-        for s in scores:
+        REWARD_BATCH_SIZE.observe(len(scored.scores))
+        for s in scored.scores:
             REWARD_SCORE.observe(s)
-        return ScoredBatch(scores, loaded.version)
+        return ScoredBatch(
+            scored.scores, loaded.version, scored.means, scored.stds, loaded.ensemble_size, loaded.conservative_k
+        )

@@ -31,14 +31,28 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     def Score(self, request, context):
         self.scorer.check_pair(request.prompt, request.response)
         scored = self.scorer.score([request.prompt], [request.response])
-        return reward_pb2.ScoreResponse(score=scored.scores[0], model_version=scored.version)
+        return reward_pb2.ScoreResponse(
+            score=scored.scores[0],
+            model_version=scored.version,
+            ensemble_mean=scored.means[0],
+            ensemble_std=scored.stds[0],
+            ensemble_size=scored.ensemble_size,
+            conservative_k=scored.conservative_k,
+        )
 
     def ScoreBatch(self, request, context):
         prompts = [item.prompt for item in request.items]
         responses = [item.response for item in request.items]
         self.scorer.check_batch(prompts, responses)
         scored = self.scorer.score(prompts, responses)
-        return reward_pb2.ScoreBatchResponse(scores=scored.scores, model_version=scored.version)
+        return reward_pb2.ScoreBatchResponse(
+            scores=scored.scores,
+            model_version=scored.version,
+            ensemble_means=scored.means,
+            ensemble_stds=scored.stds,
+            ensemble_size=scored.ensemble_size,
+            conservative_k=scored.conservative_k,
+        )
 
     def GetModelInfo(self, request, context):
         loaded = self.scorer.current

@@ -80,6 +80,18 @@ class TrainerConfig(ServiceConfig):
         "a new reward version may lose at most this much held-out pairwise accuracy",
         env=env.TRAINER_REWARD_ACCURACY_TOLERANCE,
     )
+    reward_ensemble_size: int = setting(
+        1,
+        "scalar heads of the MiniLM reward model, on one backbone, each trained on its own bootstrap resample of "
+        "the comparisons (1: a single head); applied at the next reward update",
+        env=env.TRAINER_REWARD_ENSEMBLE_SIZE,
+    )
+    reward_conservative_k: float = setting(
+        1.0,
+        "with an ensemble, the reward used for PPO and the gate is mean - k * std over the heads "
+        "(Coste et al. 2023; 0: the plain mean)",
+        env=env.TRAINER_REWARD_CONSERVATIVE_K,
+    )
     user_max_share: float = setting(
         0.1,
         "most of one training set (a reward update's comparisons, a round's corrections) one user's feedback "
@@ -221,6 +233,16 @@ class TrainerConfig(ServiceConfig):
             f"must be >= 1, got {self.reward_min_new_comparisons}",
         )
         check(self.reward_steps >= 1, "reward_steps", f"must be >= 1, got {self.reward_steps}")
+        check(
+            1 <= self.reward_ensemble_size <= 64,
+            "reward_ensemble_size",
+            f"must be in 1..64, got {self.reward_ensemble_size}",
+        )
+        check(
+            0 <= self.reward_conservative_k <= 100,
+            "reward_conservative_k",
+            f"must be in [0, 100], got {self.reward_conservative_k}",
+        )
         check(
             0 <= self.reward_accuracy_tolerance <= 1,
             "reward_accuracy_tolerance",

@@ -6,6 +6,12 @@ batch limit, a deadline per call, a bearer token (an application token is
 enough), TLS when configured, and retries with backoff on
 the transient codes (the reward service is briefly UNAVAILABLE while it
 restarts, and answers RESOURCE_EXHAUSTED when overloaded).
+
+The score it returns is the one the service serves as ``score``: for an
+ensemble of reward heads, the conservative score (mean - k * std), which is
+what PPO is paid and the gate compares; :meth:`RewardClient.score_ensemble`
+also gives the heads' mean and std, and :attr:`RewardClient.score_used` says
+which score the last call returned.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 
 from shared.channels import ClientTLS, open_channel
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
+from shared.reward_ensemble import describe_score
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,15 @@ RETRYABLE = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    """Per pair: the served score (conservative for an ensemble), the heads' mean and std."""
+
+    scores: list[float]
+    means: list[float]
+    stds: list[float]
 
 
 class RewardScoringError(RuntimeError):
@@ -77,20 +94,36 @@ class RewardClient:
         )
         self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
         self.last_version = ""  # reward version that scored the last chunk
+        self.last_ensemble_size = 1  # heads of that version
+        self.last_conservative_k = 0.0
+
+    @property
+    def score_used(self) -> str:
+        """Which score the last call returned (shared.reward_ensemble.describe_score)."""
+        return describe_score(self.last_ensemble_size, self.last_conservative_k)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self.score_ensemble(prompts, responses).scores
+
+    def score_ensemble(self, prompts: Sequence[str], responses: Sequence[str]) -> ScoredPairs:
+        """Scores, heads' means and stds of (prompt, response) pairs, in order."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         scores = [self.empty_response_score] * len(prompts)
+        means, stds = list(scores), [0.0] * len(prompts)
         scored = [i for i, r in enumerate(responses) if r.strip()]
         for start in range(0, len(scored), self.batch_size):
             chunk = scored[start : start + self.batch_size]
             items = [reward_pb2.ScoreRequest(prompt=prompts[i], response=responses[i]) for i in chunk]
-            for i, score in zip(chunk, self._score_chunk(items)):
-                scores[i] = score
-        return scores
+            reply = self._score_chunk(items)
+            # A server from before ensembles sends no means/stds: its score is a single head's.
+            chunk_means = list(reply.ensemble_means) or list(reply.scores)
+            chunk_stds = list(reply.ensemble_stds) or [0.0] * len(chunk)
+            for j, i in enumerate(chunk):
+                scores[i], means[i], stds[i] = reply.scores[j], chunk_means[j], chunk_stds[j]
+        return ScoredPairs(scores, means, stds)
 
-    def _score_chunk(self, items: list[reward_pb2.ScoreRequest]) -> list[float]:
+    def _score_chunk(self, items: list[reward_pb2.ScoreRequest]) -> reward_pb2.ScoreBatchResponse:
         request = reward_pb2.ScoreBatchRequest(items=items)
         for attempt in range(1, self.attempts + 1):
             try:
@@ -107,10 +140,12 @@ class RewardClient:
                 )
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
                 continue
-            if len(reply.scores) != len(items):
+            if len(reply.scores) != len(items) or len(reply.ensemble_means) not in (0, len(items)):
                 raise RewardScoringError(f"reward service returned {len(reply.scores)} scores for {len(items)} pairs")
             self.last_version = reply.model_version
-            return list(reply.scores)
+            self.last_ensemble_size = max(1, reply.ensemble_size)
+            self.last_conservative_k = reply.conservative_k
+            return reply
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -218,3 +218,10 @@ def test_trainer_reward_client_scores_empty_responses_itself_and_batches_the_res
     by_position = dict(zip(order, scores))
     assert by_position[len(PAIRS)] == by_position[len(PAIRS) + 1] == -42.0
     assert [by_position[i] for i in range(len(PAIRS))] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_single_head_reports_itself_as_a_one_member_ensemble(reward):
+    _, stub, _ = reward
+    reply = stub.ScoreBatch(batch_request(PAIRS))
+    assert reply.ensemble_size == 1
+    assert list(reply.ensemble_means) == list(reply.scores) and list(reply.ensemble_stds) == [0.0] * len(PAIRS)

@@ -130,3 +130,70 @@ def test_the_judge_can_refuse_a_candidate_the_reward_model_likes():
     # NaN judge scores (prompts the judge does not know) are left out of the pairing.
     unknown = PolicyEvaluation(3.0, 1.0, prompt_rewards=(3.0, 3.0, 3.1, 2.9), prompt_judge_scores=(math.nan,) * 4)
     assert promote_if_better(unknown, current, GateBudget(0.0, 5.0)).promote
+
+
+class _EnsembleReward:
+    """A reward callable shaped like services.trainer.reward_client.RewardClient
+    serving an ensemble: fixed member scores per response, combined with the real
+    conservative-score math."""
+
+    def __init__(self, members: dict[str, list[float]], k: float):
+        from shared.reward_ensemble import describe_score
+
+        self.members, self.k = members, k
+        self.score_used = describe_score(len(next(iter(members.values()))), k)
+
+    def score_ensemble(self, prompts, responses):
+        import torch
+
+        from services.trainer.reward_client import ScoredPairs
+        from shared.reward_ensemble import conservative_scores, member_mean, member_std
+
+        rows = torch.tensor([self.members[r] for r in responses], dtype=torch.float64)
+        return ScoredPairs(
+            conservative_scores(rows, self.k).tolist(), member_mean(rows).tolist(), member_std(rows).tolist()
+        )
+
+    def __call__(self, prompts, responses):
+        return self.score_ensemble(prompts, responses).scores
+
+
+def _evaluation(reward_fn, responses: list[str]) -> PolicyEvaluation:
+    from services.trainer.loop.gate import gate_scores
+
+    scored = gate_scores(reward_fn, ["q"] * len(responses), responses)
+    return PolicyEvaluation(
+        mean_reward=sum(scored.scores) / len(scored.scores),
+        kl=1.0,
+        prompt_rewards=tuple(scored.scores),
+        reward_score=scored.used,
+        prompt_mean_rewards=tuple(scored.means or ()),
+    )
+
+
+def test_with_an_ensemble_the_gate_compares_conservative_scores_and_says_so():
+    # The candidate's answers have a higher mean over heads, but the heads disagree
+    # about them: the conservative score (mean - 1 * std) finds no gain.
+    reward = _EnsembleReward(
+        {"safe": [1.0, 1.0, 1.0], "exploit": [0.0, 1.5, 3.0], "safe2": [1.1, 1.1, 1.1], "exploit2": [0.1, 1.6, 3.1]},
+        k=1.0,
+    )
+    current = _evaluation(reward, ["safe", "safe2"] * 4)
+    candidate = _evaluation(reward, ["exploit", "exploit2"] * 4)
+    assert candidate.reward_score == "conservative: mean - 1 * std of 3 heads"
+    assert candidate.prompt_rewards[0] == pytest.approx(1.5 - math.sqrt(1.5))  # hand-computed: std of 0, 1.5, 3
+    decision = promote_if_better(candidate, current, GateBudget(min_reward_gain=0.0, kl_budget=5.0, confidence_z=0))
+    assert not decision.promote and decision.reason == "reward_regressed"
+    assert decision.reward_score == candidate.reward_score and "conservative" in decision.detail
+    assert decision.mean_gain is not None and decision.mean_gain.mean == pytest.approx(0.5)  # reported, not gated
+    # A plain callable (a single head): gated on its scores as they are, and nothing claims otherwise.
+    plain = _evaluation(lambda prompts, responses: [2.0] * len(responses), ["a", "b"])
+    assert plain.reward_score == "" and plain.prompt_mean_rewards == ()
+
+
+def test_evaluations_under_different_scores_are_not_compared():
+    reward = _EnsembleReward({"a": [1.0, 2.0], "b": [2.0, 3.0]}, k=1.0)
+    candidate = _evaluation(reward, ["b", "b"])
+    single = PolicyEvaluation(mean_reward=0.0, kl=0.5, prompt_rewards=(0.0, 0.0), reward_score="single head")
+    decision = promote_if_better(candidate, single, BUDGET)
+    assert not decision.promote and decision.reason == "reward_score_changed" and decision.keep_training

@@ -111,7 +111,7 @@ def test_onnx_backend_asks_for_cuda_first_when_onnxruntime_has_it(tmp_path, monk
     # Where CUDA cannot start, onnxruntime runs on the CPU, and the backend says so.
     assert (backend.provider, backend.device) == ((CUDA_PROVIDER, "cuda") if cuda_starts else (CPU_PROVIDER, "cpu"))
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    assert backend.run(torch.zeros_like(mask), mask) == [2.0, 3.0]
+    assert backend.run(torch.zeros_like(mask), mask).tolist() == [[2.0], [3.0]]  # [batch, heads]
 
 
 def test_onnx_backend_on_a_cpu_build_uses_the_cpu_provider(tmp_path):

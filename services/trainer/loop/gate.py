@@ -24,6 +24,14 @@ error rate, alpha_k = alpha * 6 / (pi^2 k^2) (the parts sum to alpha over all
 k), and :func:`retest_z` turns that into the stricter z of test k. The
 trainer also samples fresh responses for each re-test.
 
+The reward is the current reward model's score; when that version is an
+ensemble of heads, it is its conservative score, mean - k * std over the heads
+(shared.reward_ensemble: what the policy was trained on, and the score that is
+hardest to win by exploiting one head's mistakes). Each evaluation records
+which score it holds (``reward_score``); the decision says which one it used,
+and refuses to compare two evaluations scored differently (the reward version
+changed between them). The heads' mean gain is reported beside it, not gated.
+
 An optional judge (a plug-in the application supplies) is a second opinion:
 when both evaluations carry judge scores, a candidate the judge finds
 significantly worse is refused even if the reward model likes it.
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -49,6 +57,11 @@ class PolicyEvaluation:
     # The judge plug-in's mean score per held-out prompt (empty without a judge).
     prompt_judge_scores: tuple[float, ...] = ()
     extra: dict[str, float] = field(default_factory=dict)  # reported, not gated
+    # Which score prompt_rewards hold ("single head", "conservative: ...";
+    # shared.reward_ensemble.describe_score); "" when the reward callable does not say.
+    reward_score: str = ""
+    # An ensemble's mean over heads per prompt (empty for a single head): reported, not gated.
+    prompt_mean_rewards: tuple[float, ...] = ()
 
     def as_metrics(self) -> dict[str, float]:
         return {"mean_reward": self.mean_reward, "kl": self.kl, **self.extra}
@@ -103,6 +116,31 @@ class GateDecision:
     gain: RewardGain | None = None  # the paired reward gain, once the metrics are finite
     judge_gain: RewardGain | None = None  # the judge's paired gain, when a judge scored both
     z: float = 0.0  # the z this test used (stricter on re-tests)
+    reward_score: str = ""  # which score the gain is in (PolicyEvaluation.reward_score)
+    mean_gain: RewardGain | None = None  # an ensemble's mean-over-heads gain, reported beside the gated one
+
+
+@dataclass(frozen=True)
+class GateScores:
+    """Rewards of gate samples: the gated scores, the ensemble's means (None for
+    a single head or a callable that gives none) and which score was used."""
+
+    scores: list[float]
+    means: list[float] | None
+    used: str
+
+
+def gate_scores(reward_fn: Callable, prompts: Sequence[str], responses: Sequence[str]) -> GateScores:
+    """Score gate samples with the trainer's reward callable. A callable with
+    ``score_ensemble`` (services.trainer.reward_client.RewardClient) gives the
+    conservative score of an ensemble version plus its heads' means, and says
+    which score it used (``score_used``); a plain callable's scores are gated as they are."""
+    if hasattr(reward_fn, "score_ensemble"):
+        scored = reward_fn.score_ensemble(list(prompts), list(responses))
+        used = str(getattr(reward_fn, "score_used", ""))
+        ensemble = bool(used) and not used.startswith("single")
+        return GateScores(list(scored.scores), list(scored.means) if ensemble else None, used)
+    return GateScores([float(x) for x in reward_fn(list(prompts), list(responses))], None, "")
 
 
 def _paired_gain(a: Sequence[float], b: Sequence[float], fallback: float) -> RewardGain:
@@ -150,9 +188,30 @@ def promote_if_better(
             "non_finite_metrics",
             f"candidate {candidate.as_metrics()}, current mean_reward {current.mean_reward}",
         )
+    if candidate.reward_score != current.reward_score:
+        # Not a verdict on the candidate: the reward version changed between the two evaluations.
+        return GateDecision(
+            False,
+            "reward_score_changed",
+            f"candidate scored with {candidate.reward_score!r}, current with {current.reward_score!r}",
+            keep_training=True,
+        )
     gain, z = paired_reward_gain(candidate, current), retest_z(budget.confidence_z, test_number)
     judged = paired_judge_gain(candidate, current)
-    decided = {"gain": gain, "judge_gain": judged, "z": z}
+    mean_gain = None
+    if candidate.prompt_mean_rewards and current.prompt_mean_rewards:
+        mean_gain = _paired_gain(
+            candidate.prompt_mean_rewards,
+            current.prompt_mean_rewards,
+            statistics.fmean(candidate.prompt_mean_rewards) - statistics.fmean(current.prompt_mean_rewards),
+        )
+    decided = {
+        "gain": gain,
+        "judge_gain": judged,
+        "z": z,
+        "reward_score": candidate.reward_score,
+        "mean_gain": mean_gain,
+    }
     if candidate.kl > budget.kl_budget:
         return GateDecision(
             False,
@@ -160,7 +219,8 @@ def promote_if_better(
             f"KL to reference {candidate.kl:.4g} exceeds the budget {budget.kl_budget:.4g}",
             **decided,
         )
-    numbers = (
+    under = f"reward score ({candidate.reward_score}): " if candidate.reward_score else ""
+    numbers = under + (
         f"mean reward {candidate.mean_reward:.4g} vs {current.mean_reward:.4g}: gain {gain.mean:.4g} "
         f"+- {gain.standard_error:.3g} (standard error over {gain.prompts} paired prompts), "
         f"lower bound {gain.lower(z):.4g} at z {z:.3g} (test {test_number} of this candidate)"

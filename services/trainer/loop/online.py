@@ -112,6 +112,8 @@ class OnlineTrainer:
             config.reward_steps,
             config.reward_accuracy_tolerance,
             min_heldout_pairs=config.reward_min_heldout_comparisons,
+            ensemble_size=config.reward_ensemble_size,
+            conservative_k=config.reward_conservative_k,
         )
         canary = CanarySettings(
             config.canary_share, config.canary_min_feedback, config.canary_confidence_z, config.canary_max_s
@@ -408,6 +410,11 @@ class OnlineTrainer:
                 candidate_metrics.update(
                     reward_gain=decision.gain.mean, reward_gain_standard_error=decision.gain.standard_error
                 )
+            if decision.mean_gain is not None:  # an ensemble: its heads' mean gain, beside the conservative one
+                candidate_metrics.update(
+                    ensemble_mean_gain=decision.mean_gain.mean,
+                    ensemble_mean_gain_standard_error=decision.mean_gain.standard_error,
+                )
             if decision.judge_gain is not None:
                 candidate_metrics.update(
                     judge_gain=decision.judge_gain.mean, judge_gain_standard_error=decision.judge_gain.standard_error
@@ -425,6 +432,7 @@ class OnlineTrainer:
                 notes={
                     "source": f"rlhf trainer {self.config.policy_method.upper()}",
                     **lineage.notes(gate_reward, self.config.user_caps),
+                    "gate_reward_score": decision.reward_score,  # which score the gate's test used
                 },
                 expected_current=current,
                 canary_share=config.canary_share,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.trainer.loop.gate import PolicyEvaluation
+from services.trainer.loop.gate import PolicyEvaluation, gate_scores
 from services.trainer.loop.judge_plugin import JudgeFn
 from services.trainer.loop.policy_methods import (
     DATA_PARALLEL_METHODS,
@@ -272,7 +272,8 @@ class PolicyRounds:
         try:
             samples = sample_responses(policy, tokenizer, prompts, settings)
             texts = ([s.prompt for s in samples], [s.text for s in samples])
-            scores = list(self.reward_fn(*texts))
+            rewards = gate_scores(self.reward_fn, *texts)  # an ensemble's conservative score, and its means
+            scores = rewards.scores
             kl = kl_to_reference(policy, trainer.reference, samples, tokenizer.pad_token_id)
         finally:
             torch.set_rng_state(rng_state)
@@ -288,6 +289,8 @@ class PolicyRounds:
             prompt_rewards=per_prompt_means(scores, samples_per_prompt),
             prompt_judge_scores=judged,
             extra=extra,
+            reward_score=rewards.used,
+            prompt_mean_rewards=per_prompt_means(rewards.means, samples_per_prompt) if rewards.means else (),
         )
 
     def save_policy(self, out_dir: Path) -> None:

@@ -14,6 +14,13 @@ Comparisons carry weights from the ledger's per-user caps
 accuracy are both weighted, so a user flooding contradicting preferences
 counts at most their share in training and in the check that keeps or
 discards the result.
+
+Ensembles (shared.reward_ensemble): a MiniLM version is fine-tuned with
+``ensemble_size`` heads (the current version's heads, widened or narrowed by
+:func:`shared.reward_ensemble.resize_ensemble` when the setting changed), each
+on its own bootstrap resample of the new comparisons, drawn from a seed derived
+from the parent version. The held-out accuracy that keeps or discards the
+result is the conservative score's (what the policy is trained on).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +51,8 @@ class RewardUpdateSettings:
     head_lr: float = 2e-4
     trainable_layers: int = 2
     min_heldout_pairs: int = 20  # held-out comparisons needed before a promotion
+    ensemble_size: int = 1  # reward heads of a MiniLM version (shared.reward_ensemble); 1: a single head
+    conservative_k: float = 1.0  # score = mean - conservative_k * std over the heads
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,33 @@ def heldout_accuracy(model, tokenizer, heldout: Sequence[Comparison]) -> float:
     return pairwise_accuracy(model, tokenizer, as_pairs(heldout), weights=pair_weights(heldout))
 
 
+def bootstrap_seed(parent_version: str) -> int:
+    """The seed of an update's bootstrap resamples: fixed by the parent version, so
+    every data-parallel rank (and a rerun) draws the same ones."""
+    return zlib.crc32(parent_version.encode())
+
+
+def apply_ensemble_settings(model, settings: RewardUpdateSettings, version: str) -> dict[str, float]:
+    """Resize a MiniLM model's heads to ``settings.ensemble_size`` (and record
+    ``conservative_k``) when they differ; returns the settings to send to other
+    ranks (empty when nothing changed). A sequence-classification model keeps its one head."""
+    from shared.reward_ensemble import resize_ensemble
+    from shared.reward_model import RewardModel
+
+    wanted = (settings.ensemble_size, settings.conservative_k)
+    if (model.ensemble_size, model.head_config.conservative_k) == wanted:
+        return {}
+    if not isinstance(model, RewardModel):
+        if settings.ensemble_size > 1:
+            log.warning(
+                "reward ensembles need a MiniLM reward model; this one keeps its single head",
+                extra={"version": version, "format": model.format},
+            )
+        return {}
+    resize_ensemble(model, settings.ensemble_size, settings.conservative_k, bootstrap_seed(version))
+    return {"ensemble_size": settings.ensemble_size, "conservative_k": settings.conservative_k}
+
+
 def fine_tune(
     model,
     tokenizer,
@@ -84,6 +121,7 @@ def fine_tune(
     Under torchrun (``coordinator``) every rank takes part, on the same pairs and weights."""
     from services.trainer.supervised.reward_training import train_reward_model
 
+    resized = apply_ensemble_settings(model, settings, version)
     training = dict(
         steps=settings.steps,
         batch_size=settings.batch_size,
@@ -92,9 +130,11 @@ def fine_tune(
         trainable_layers=min(settings.trainable_layers, model.n_layers),
         warmup_steps=max(1, settings.steps // 10),
         weights=pair_weights(train),
+        seed=bootstrap_seed(version),
     )
     if coordinator is not None:
-        coordinator.reward_training(version, as_pairs(train), training)
+        # The other ranks load ``version`` as stored: they resize as this rank did.
+        coordinator.reward_training(version, as_pairs(train), {**training, **resized})
     return train_reward_model(
         model,
         tokenizer,
@@ -125,6 +165,7 @@ def update_reward_model(
     import torch
 
     from services.trainer.supervised.reward_training import TrainingInterrupted
+    from shared.reward_ensemble import describe_score
     from shared.reward_model import ONNX_FILE, load_reward_model, save_reward_model
     from shared.reward_onnx import export_verified_onnx
 
@@ -186,6 +227,9 @@ def update_reward_model(
                 "scoring_backend": onnx.backend,
                 "scoring_backend_reason": onnx.reason,
                 "train_comparisons": str(len(train)),
+                "reward_ensemble_size": str(model.ensemble_size),
+                "reward_conservative_k": f"{model.head_config.conservative_k:g}",
+                "reward_score": describe_score(model.ensemble_size, model.head_config.conservative_k),
                 **(lineage or {}),
             },
         )

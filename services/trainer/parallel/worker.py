@@ -116,6 +116,12 @@ class Worker:
         from shared.reward_model import load_reward_model
 
         model, tokenizer = load_reward_model(self.store.open_version("reward", version))
+        if "ensemble_size" in settings:  # rank 0 resized the heads (reward_update.apply_ensemble_settings)
+            from shared.reward_ensemble import resize_ensemble
+
+            settings = dict(settings)
+            size, k = int(settings.pop("ensemble_size")), float(settings.pop("conservative_k"))
+            resize_ensemble(model, size, k, settings.get("seed", 0))
         try:
             train_reward_model(
                 model, tokenizer, [(p, c, r) for p, c, r in pairs], progress=False, parallel=self.group, **settings

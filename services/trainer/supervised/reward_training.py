@@ -16,6 +16,13 @@ sequence-classification model, shared.reward_adapter) trains the top
 score head) with a full forward pass per step; all parameters when
 ``trainable_layers`` is None or its blocks cannot be found.
 
+An ensemble (``model.ensemble_size`` K > 1 heads, shared.reward_ensemble)
+trains all K heads in the same steps, on the same batches, from one backbone
+pass: member m's loss weighs each pair by its count in member m's bootstrap
+resample of ``pairs`` (drawn from ``seed``), and the loss is the mean over
+members. The shared trainable layers learn from all members; the heads
+differ by their initial weights and their resample.
+
 Data-parallel (``parallel``, under torchrun), every rank draws the same batch
 and scores its contiguous shard of it; the loss is scaled by the shard's size
 times W over the batch's, and gradients are averaged over the ranks before
@@ -34,6 +41,7 @@ from tqdm.auto import tqdm
 from services.trainer.parallel.group import DataParallel
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
 from services.trainer.supervised.pretrain import lr_at
+from shared.reward_ensemble import ensemble_bradley_terry_loss, member_weights
 from shared.reward_model import RewardModel, encode_pairs, pairwise_accuracy
 
 Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
@@ -55,10 +63,11 @@ def bradley_terry_loss(
 def _pair_scores(
     model: torch.nn.Module, tokenizer, pairs: Sequence[Pair], max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected scores from one forward pass over both halves."""
+    """Chosen and rejected member scores [batch, K] from one forward pass over both halves."""
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-    scores = model(**encode_pairs(tokenizer, prompts, responses, max_length, frame=model.head_config.frame))
+    enc = encode_pairs(tokenizer, prompts, responses, max_length, frame=model.head_config.frame)
+    scores = model.member_scores(**enc)
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
@@ -109,7 +118,7 @@ def _cached_scores(model: RewardModel, cache, keys: Sequence[tuple[str, str]], n
     for row, state in enumerate(states):
         hidden[row, : state.shape[0]] = state
         mask[row, : state.shape[0]] = 1
-    return model.upper_scores(hidden, mask, n_frozen)
+    return model.upper_member_scores(hidden, mask, n_frozen)
 
 
 def train_reward_model(
@@ -146,7 +155,10 @@ def train_reward_model(
         raise ValueError("train_reward_model needs at least one (prompt, chosen, rejected) pair")
     if parallel is not None and batch_size < parallel.world_size:
         raise ValueError(f"batch_size ({batch_size}) must be at least the number of ranks ({parallel.world_size})")
-    pair_weights = _normalised_weights(weights, len(pairs))
+    # [pair][member] weights (fair-share caps times bootstrap counts), or None for one plain head.
+    pair_weights = member_weights(
+        _normalised_weights(weights, len(pairs)), len(pairs), getattr(model, "ensemble_size", 1), seed
+    )
     max_length = max_length or model.head_config.max_length
     n_frozen = 0  # frozen MiniLM layers whose output is cached
     if trainable_layers is not None and trainable_layers < model.n_layers:
@@ -206,7 +218,7 @@ def train_reward_model(
         batch_weights = None
         if pair_weights is not None:
             batch_weights = torch.tensor([pair_weights[i] for i in order_used], dtype=chosen.dtype)
-        loss = bradley_terry_loss(chosen, rejected, batch_weights)
+        loss = ensemble_bradley_terry_loss(chosen, rejected, batch_weights)
         accuracy = (chosen > rejected).float().mean().item()
         if parallel is None:
             losses.append(clipped_step(model, optimizer, loss))

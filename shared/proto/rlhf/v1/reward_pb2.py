@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shared.proto.rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/reward.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"0\n\x0cScoreRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\"5\n\rScoreResponse\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"9\n\x11ScoreBatchRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.rlhf.v1.ScoreRequest\";\n\x12ScoreBatchResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xd0\x01\n\rRewardService\x12\x36\n\x05Score\x12\x15.rlhf.v1.ScoreRequest\x1a\x16.rlhf.v1.ScoreResponse\x12\x45\n\nScoreBatch\x12\x1a.rlhf.v1.ScoreBatchRequest\x1a\x1b.rlhf.v1.ScoreBatchResponse\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/reward.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"0\n\x0cScoreRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\"\x91\x01\n\rScoreResponse\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rensemble_mean\x18\x03 \x01(\x02\x12\x14\n\x0c\x65nsemble_std\x18\x04 \x01(\x02\x12\x15\n\rensemble_size\x18\x05 \x01(\r\x12\x16\n\x0e\x63onservative_k\x18\x06 \x01(\x02\"9\n\x11ScoreBatchRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.rlhf.v1.ScoreRequest\"\x99\x01\n\x12ScoreBatchResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0e\x65nsemble_means\x18\x03 \x03(\x02\x12\x15\n\rensemble_stds\x18\x04 \x03(\x02\x12\x15\n\rensemble_size\x18\x05 \x01(\r\x12\x16\n\x0e\x63onservative_k\x18\x06 \x01(\x02\x32\xd0\x01\n\rRewardService\x12\x36\n\x05Score\x12\x15.rlhf.v1.ScoreRequest\x1a\x16.rlhf.v1.ScoreResponse\x12\x45\n\nScoreBatch\x12\x1a.rlhf.v1.ScoreBatchRequest\x1a\x1b.rlhf.v1.ScoreBatchResponse\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCOREREQUEST']._serialized_start=55
   _globals['_SCOREREQUEST']._serialized_end=103
-  _globals['_SCORERESPONSE']._serialized_start=105
-  _globals['_SCORERESPONSE']._serialized_end=158
-  _globals['_SCOREBATCHREQUEST']._serialized_start=160
-  _globals['_SCOREBATCHREQUEST']._serialized_end=217
-  _globals['_SCOREBATCHRESPONSE']._serialized_start=219
-  _globals['_SCOREBATCHRESPONSE']._serialized_end=278
-  _globals['_REWARDSERVICE']._serialized_start=281
-  _globals['_REWARDSERVICE']._serialized_end=489
+  _globals['_SCORERESPONSE']._serialized_start=106
+  _globals['_SCORERESPONSE']._serialized_end=251
+  _globals['_SCOREBATCHREQUEST']._serialized_start=253
+  _globals['_SCOREBATCHREQUEST']._serialized_end=310
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=313
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=466
+  _globals['_REWARDSERVICE']._serialized_start=469
+  _globals['_REWARDSERVICE']._serialized_end=677
 # @@protoc_insertion_point(module_scope)

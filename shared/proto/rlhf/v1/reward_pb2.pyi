@@ -16,12 +16,20 @@ class ScoreRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("score", "model_version")
+    __slots__ = ("score", "model_version", "ensemble_mean", "ensemble_std", "ensemble_size", "conservative_k")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_MEAN_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_STD_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONSERVATIVE_K_FIELD_NUMBER: _ClassVar[int]
     score: float
     model_version: str
-    def __init__(self, score: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
+    ensemble_mean: float
+    ensemble_std: float
+    ensemble_size: int
+    conservative_k: float
+    def __init__(self, score: _Optional[float] = ..., model_version: _Optional[str] = ..., ensemble_mean: _Optional[float] = ..., ensemble_std: _Optional[float] = ..., ensemble_size: _Optional[int] = ..., conservative_k: _Optional[float] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
     __slots__ = ("items",)
@@ -30,9 +38,17 @@ class ScoreBatchRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoreRequest, _Mapping]]] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
-    __slots__ = ("scores", "model_version")
+    __slots__ = ("scores", "model_version", "ensemble_means", "ensemble_stds", "ensemble_size", "conservative_k")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_MEANS_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_STDS_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONSERVATIVE_K_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     model_version: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    ensemble_means: _containers.RepeatedScalarFieldContainer[float]
+    ensemble_stds: _containers.RepeatedScalarFieldContainer[float]
+    ensemble_size: int
+    conservative_k: float
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., ensemble_means: _Optional[_Iterable[float]] = ..., ensemble_stds: _Optional[_Iterable[float]] = ..., ensemble_size: _Optional[int] = ..., conservative_k: _Optional[float] = ...) -> None: ...
