@@ -154,7 +154,7 @@ class LoopMonitor:
         )
         if status.last_ppo.step:
             line += (
-                f"  PPO step {status.last_ppo.step}: reward {status.last_ppo.mean_reward:.3f}"
+                f"  policy step {status.last_ppo.step}: reward {status.last_ppo.mean_reward:.3f}"
                 f" KL {status.last_ppo.kl:.2f}"
             )
         return line

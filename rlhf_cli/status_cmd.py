@@ -32,9 +32,9 @@ def add_trainer_flags(parser) -> None:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "status",
-        help="show the trainer's state, versions, ledger and last PPO step",
+        help="show the trainer's state, versions, ledger and last policy step",
         description="Ask the trainer (TrainerService.GetStatus) what it is doing: state, "
-        "current versions, feedback in the ledger, consumer lag, the last PPO step and "
+        "current versions, feedback in the ledger, consumer lag, the last policy step and "
         "the recent candidates with the gate's reasons.",
     )
     add_trainer_flags(parser)
@@ -110,7 +110,7 @@ def print_status(status) -> None:
         overview.add_row("promotions wait for", held.waiting_for)
     console.print(overview)
     if status.HasField("last_ppo"):
-        ppo = Table(title=f"last PPO step ({status.last_ppo.step})")
+        ppo = Table(title=f"last policy step ({status.last_ppo.step})")
         for name in (
             "mean_reward",
             "kl",
