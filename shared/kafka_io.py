@@ -193,6 +193,9 @@ class ConsumerSettings:
     # handler. Install crc32c, or turn this off where TCP checksums and the
     # broker's own checks on produce are enough.
     check_crcs: bool = True
+    # Topics whose caught-up time the loop tracks (EventConsumerLoop.caught_up_at):
+    # a handler that waits for one topic's events can tell "not read yet" from "never sent".
+    caught_up_topics: tuple[str, ...] = ()
     # Further KafkaConsumer options (security, or timing that overrides the
     # fields above), e.g. ServiceConfig.kafka_consumer_options().
     extra: dict = field(default_factory=dict)
@@ -224,6 +227,18 @@ class EventConsumerLoop:
         self.before_commit = before_commit
         self.ready = threading.Event()  # set once partitions are assigned
         self._consumer: KafkaConsumer | None = None
+        self._caught_up_at: dict[str, float] = {}
+
+    def caught_up_at(self, topic: str) -> float | None:
+        """Wall-clock time (time.time()) of the latest poll after which every record of
+        ``topic`` the broker held when that poll began had been handled and committed
+        (each assigned partition's position at its high watermark); None until then, and
+        again after every reconnect. ``topic`` must be in settings.caught_up_topics.
+
+        The high watermark comes from the newest fetch response, which the client keeps
+        asking for while it is idle (fetch_max_wait_ms), so it is at most that old plus a
+        round trip on a machine that is not starved."""
+        return self._caught_up_at.get(topic)
 
     def client_config(self) -> dict:
         """The keyword arguments this loop gives KafkaConsumer."""
@@ -274,6 +289,8 @@ class EventConsumerLoop:
         commit refused after a rebalance, a before_commit error): the batch's
         offsets were not committed, so it is consumed again, never lost."""
         while not stop.is_set():
+            # A new consumer resumes from the last commit: nothing is known to be read.
+            self._caught_up_at.clear()
             try:
                 self._consumer = self._connect()
             except KafkaError as exc:
@@ -313,10 +330,12 @@ class EventConsumerLoop:
             # JoinGroup -> SyncGroup round that finishes while no poll() waits
             # on it and starts another, so a member that pauses between polls
             # during a rebalance can rejoin indefinitely.
+            polled_at = time.time()
             batch = consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
             if not self.ready.is_set() and consumer.assignment():
                 self.ready.set()
             if not batch:
+                self._note_caught_up(consumer, polled_at)
                 continue
             for tp, records in batch.items():
                 for record in records:
@@ -329,6 +348,30 @@ class EventConsumerLoop:
             if self.settings.group_id is not None:
                 consumer.commit()
             self._record_lag(consumer, batch)
+            self._note_caught_up(consumer, polled_at)
+
+    def _note_caught_up(self, consumer: KafkaConsumer, polled_at: float) -> None:
+        """Record ``polled_at`` for each tracked topic whose assigned partitions are all at
+        their high watermark now that the batch is handled and committed."""
+        if not self.settings.caught_up_topics:
+            return
+        assigned = consumer.assignment()
+        for topic in self.settings.caught_up_topics:
+            # A member assigned none of the topic's partitions will never read more of it.
+            parts = [tp for tp in assigned if tp.topic == topic]
+            if assigned and all(self._at_end(consumer, tp) for tp in parts):
+                self._caught_up_at[topic] = polled_at
+
+    @staticmethod
+    def _at_end(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
+        high = consumer.highwater(tp)
+        if high is None:  # no fetch response for it yet
+            return False
+        try:
+            position = consumer.position(tp, timeout_ms=0)
+        except KafkaError:  # e.g. revoked by a rebalance under way
+            return False
+        return position is not None and position >= high
 
     def _handle_record(self, record) -> None:
         message_cls = self.settings.topics[record.topic]

@@ -6,7 +6,7 @@ import random
 import socket
 import time
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 from shared import events
 from shared.broker import EMBEDDED_GROUP_TIMING
@@ -30,7 +30,11 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, mes
 
 def read_topic(bootstrap: str, topic: str, message_cls, *, timeout_s: float = 5.0, min_count: int = 0):
     """Every record currently on ``topic`` (all partitions, no consumer group),
-    decoded; waits up to ``timeout_s`` for at least ``min_count``."""
+    decoded; waits up to ``timeout_s`` for at least ``min_count``.
+
+    It always reads up to the end offsets it found, however long the topic is:
+    a caller looks for the newest records, and on the session broker a busy
+    machine may not read every earlier test's records within ``timeout_s``."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -39,18 +43,33 @@ def read_topic(bootstrap: str, topic: str, message_cls, *, timeout_s: float = 5.
         ends = consumer.end_offsets(parts)
         out = []
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        stuck_at = time.monotonic() + max(timeout_s, 120.0)  # the broker stopped answering
+        while time.monotonic() < stuck_at:
             for records in consumer.poll(timeout_ms=100).values():
                 for r in records:
                     out.append((r, events.decode(r.value, r.headers, message_cls) if message_cls else None))
             done = all(consumer.position(tp) >= ends[tp] for tp in parts)
-            if done and len(out) >= min_count:
-                break
+            if done and (len(out) >= min_count or time.monotonic() >= deadline):
+                return out
             if done:
                 ends = consumer.end_offsets(parts)
-        return out
+        raise AssertionError(f"read {len(out)} records of {topic} but not up to its end offsets {ends}")
     finally:
         consumer.close()
+
+
+def start_group_at_end(bootstrap: str, group: str, topics) -> None:
+    """Commit ``group``'s offsets at the current end of every partition of ``topics``,
+    so a service started with that group reads what is produced from now on, not the
+    session broker's backlog (every earlier test's events). Tansu answers the end
+    offset with the last record batch's base offset + 1, so a group may still see the
+    tail of the last batch per partition: bounded, and handlers are idempotent."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+        consumer.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in consumer.end_offsets(parts).items()})
+    finally:
+        consumer.close(autocommit=False)
 
 
 def _port_free(port: int) -> bool:

@@ -9,11 +9,16 @@ smallest real setup that shows it (docs/RELIABILITY.md lists them).
 3. An error escaping the consumer loop's poll (e.g. CommitFailedError after
    the broker forgot the group) ended the consumer thread silently: the
    trainer kept answering as SERVING and never read another event.
+4. The trainer dead-lettered feedback as ``unknown_generation`` once it had
+   been held ``feedback_hold_s``, even when its generation was on the broker,
+   not yet read: a trainer reading a backlog often reads the feedback
+   partitions first, and under load a test's marker feedback was lost for good.
 """
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,6 +26,8 @@ from kafka.errors import CommitFailedError
 
 from services.feedback.config import FeedbackConfig
 from services.feedback.server import FeedbackGatewayServer
+from services.trainer.data.ingest import TOPICS, FeedbackIngest
+from services.trainer.data.ledger import FeedbackLedger
 from shared import events
 from shared.broker import EmbeddedBroker, free_port
 from shared.kafka_io import (
@@ -32,7 +39,7 @@ from shared.kafka_io import (
     produce_event,
 )
 from shared.proto.rlhf.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
-from tests.helpers import read_topic, wait_until
+from tests.helpers import FAST_GROUP_CONFIG, read_topic, start_group_at_end, wait_until
 
 
 @pytest.fixture()
@@ -151,6 +158,54 @@ def test_consumer_loop_survives_an_error_after_a_batch_and_redelivers_it(broker,
         wait_until(lambda: "second" in handled, 60, message="events after the error handled")
         assert thread.is_alive()
     finally:
+        stop.set()
+        thread.join(10)
+        producer.close()
+
+
+def test_held_feedback_waits_while_its_generation_is_unread_on_the_broker(broker, unique_name, tmp_path: Path):
+    """hold_s=0 dead-lettered held feedback at once; now the hold counts only while the
+    loop has read the generations topic to its end, so a generation sitting unread on the
+    broker (here: the loop is held up after the feedback's batch) still joins it."""
+    start_group_at_end(broker.bootstrap, unique_name, TOPICS)
+    producer = create_producer(broker.bootstrap)
+    ingest = FeedbackIngest(FeedbackLedger(tmp_path / "ledger.db"), DeadLetterProducer(producer, unique_name), hold_s=0)
+    options = {name.removeprefix("kafka_"): value for name, value in FAST_GROUP_CONFIG.items()}
+    loop = ingest.consumer_loop(broker.bootstrap, options, group=unique_name)
+    feedback_id, generation_id = f"{unique_name}-f", f"{unique_name}-g"
+    feedback_read, release = threading.Event(), threading.Event()
+    handle, before_commit = loop.handler, loop.before_commit
+
+    def noting_handle(event: events.ConsumedEvent) -> None:
+        handle(event)
+        if getattr(event.message, "feedback_id", "") == feedback_id:
+            feedback_read.set()
+
+    def stalling_before_commit() -> None:
+        assert before_commit is not None
+        before_commit()
+        if feedback_read.is_set() and not release.is_set():
+            release.wait(60)  # the loop cannot read the generation produced meanwhile
+
+    loop.handler, loop.before_commit = noting_handle, stalling_before_commit
+    stop = threading.Event()
+    thread = loop.start(stop)
+    try:
+        rating = events_pb2.Rating(score=0.5)
+        feedback = events_pb2.FeedbackEvent(feedback_id=feedback_id, generation_id=generation_id, rating=rating)
+        feedback.user_id = "u1"
+        feedback.created_at.GetCurrentTime()
+        produce_event(producer, events.FEEDBACK_TOPIC, generation_id, feedback).get(10)
+        assert feedback_read.wait(60), "the loop never read the feedback"
+        generation = events_pb2.GenerationEvent(generation_id=generation_id, prompt="How?", response="Boil.")
+        generation.model_version = "v1"
+        generation.created_at.GetCurrentTime()
+        produce_event(producer, events.GENERATIONS_TOPIC, generation_id, generation).get(10)
+        assert ingest.expire_held() == 0  # the generation is on the broker, unread
+        release.set()
+        wait_until(lambda: feedback_id in ingest.ledger.feedback_ids(), 60, message="the feedback joined")
+    finally:
+        release.set()
         stop.set()
         thread.join(10)
         producer.close()

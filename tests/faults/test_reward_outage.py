@@ -19,7 +19,7 @@ from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.faults.harness import channel, kill, log_tails, restart, start_stack, write_report
-from tests.helpers import wait_until
+from tests.helpers import start_group_at_end, wait_until
 
 pytestmark = pytest.mark.slow  # PPO steps, an outage of the reward service and a gate: a minute or more
 
@@ -71,6 +71,8 @@ def _ppo_step(stub) -> int:
 def test_reward_down_mid_round_trainer_retries_and_promotes_nothing_unscored(
     fault_store, broker, tmp_path, unique_name
 ):
+    # The group starts where the session's topics end: what earlier tests left there is no part of this test.
+    start_group_at_end(broker.bootstrap, unique_name, [events.GENERATIONS_TOPIC, events.FEEDBACK_TOPIC])
     stack = start_stack(
         tmp_path, broker.bootstrap, fault_store, ["reward", "trainer"], group=unique_name, trainer_args=TRAINER_ARGS
     )

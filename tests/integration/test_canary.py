@@ -23,7 +23,7 @@ from shared.errors import FailedPrecondition
 from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from tests.helpers import read_topic, wait_until
+from tests.helpers import read_topic, start_group_at_end, wait_until
 
 SHARE = 0.5
 MIN_FEEDBACK = 8
@@ -77,6 +77,8 @@ def loop(broker, tiny_lm_dir, tmp_path, unique_name):
         ),
         reward_fn=lambda prompts, responses: [0.0] * len(prompts),
     )
+    # The group starts where the session's topics end: what earlier tests left there is no part of this test.
+    start_group_at_end(broker.bootstrap, unique_name, [events.GENERATIONS_TOPIC, events.FEEDBACK_TOPIC])
     trainer.start()
     wait_until(policy.updates.ready.is_set, timeout_s=30, message="the replica follows model updates")
     channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in (policy.port, trainer.grpc.port)]

@@ -26,6 +26,7 @@ from services.reward.config import RewardConfig
 from services.reward.server import RewardServer
 from services.trainer.config import TrainerConfig
 from services.trainer.server import TrainerServer
+from shared import events
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import (
     common_pb2,
@@ -40,6 +41,7 @@ from shared.proto.rlhf.v1 import (
     trainer_pb2_grpc,
 )
 from shared.reward_model import new_reward_model, save_reward_model
+from tests.helpers import start_group_at_end
 from tests.integration.test_trainer_service import copy_dir
 
 SERVER_BUGS = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
@@ -306,6 +308,8 @@ def trainer(broker, tiny_lm_dir, tmp_path_factory):
         torch_threads=1,
         round_check_s=3600,
     )
+    # The group starts where the session's topics end: what earlier tests left there is no part of this test.
+    start_group_at_end(broker.bootstrap, config.consumer_group, [events.GENERATIONS_TOPIC, events.FEEDBACK_TOPIC])
     server = TrainerServer(config, reward_fn=lambda prompts, responses: [0.0] * len(prompts))
     port = server.start(train=False)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

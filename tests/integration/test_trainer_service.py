@@ -23,7 +23,7 @@ from shared import events
 from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, trainer_pb2, trainer_pb2_grpc
-from tests.helpers import FAST_GROUP_CONFIG, read_topic, wait_until
+from tests.helpers import FAST_GROUP_CONFIG, read_topic, start_group_at_end, wait_until
 
 QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "How do I water a plant?"]
 # An application's own prompt frame: the platform knows nothing of any one frame.
@@ -77,6 +77,9 @@ def trainer(broker, tiny_lm_dir, tmp_path, unique_name):
         round_check_s=3600,
         **FAST_GROUP_CONFIG,
     )
+    # The group starts where the session's topics end: what every earlier test left there
+    # (their events, their number, how fast a loaded machine drains them) is no part of this test.
+    start_group_at_end(broker.bootstrap, unique_name, [events.GENERATIONS_TOPIC, events.FEEDBACK_TOPIC])
     server = TrainerServer(config, reward_fn=short_answer_reward)
     port = server.start(train=False)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -159,7 +162,6 @@ def test_ingest_joins_dedups_holds_and_dead_letters(trainer, producer, unique_na
     )
     send(producer, events.GENERATIONS_TOPIC, g[2], generation(g[2], QUESTIONS[2], "Water it.", version))
 
-    # The session broker holds every earlier test's events; this new group reads them all first.
     wait_until(lambda: {f[0], f[1], f[2], f[5]} <= set(ledger_ids(server)), timeout_s=180, message="ledger joins")
 
     def dead_letters():
@@ -246,7 +248,6 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
         gids[0],
         feedback(f"{unique_name}-c", gids[0], correction=events_pb2.Correction(response="Nine minutes.")),
     )
-    # The group reads the topics from the start, so earlier tests' events are ingested too.
     wait_until(lambda: f"{unique_name}-c" in ledger_ids(server), timeout_s=180, message="feedback in the ledger")
 
     # Until traffic has given the gate its held-out prompts, a candidate trains on but is not promoted.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from services.trainer.data.ledger import Comparison, FeedbackLedger
@@ -71,6 +73,16 @@ def test_held_feedback_expires_for_dead_lettering(ledger):
     assert (expired[0].source_partition, expired[0].source_offset) == (2, 41)
     assert events_pb2.FeedbackEvent.FromString(expired[0].payload).feedback_id == "f1"
     assert ledger.pending_count() == 0
+
+
+def test_hold_counts_only_until_the_generations_were_last_read_to_the_end(ledger):
+    ledger.record_feedback(rating("f1", "unread", 1.0))
+    received = time.time()
+    # Read to the end before the feedback arrived: its generation may still be unread.
+    assert ledger.expire_pending(hold_s=5, now=received + 3600, caught_up_at=received - 1) == []
+    expired = ledger.expire_pending(hold_s=5, now=received + 3600, caught_up_at=received + 6)
+    assert [events_pb2.FeedbackEvent.FromString(e.payload).feedback_id for e in expired] == ["f1"]
+    assert expired[0].held_s > 3000  # how long it really waited
 
 
 def test_a_users_repeated_votes_count_once(ledger):

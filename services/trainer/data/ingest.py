@@ -8,7 +8,13 @@ its generation(s) by the ledger; feedback that arrives first is held and,
 after ``hold_s`` without its generation, dead-lettered as
 ``unknown_generation`` with its source offset. A ranking whose generations
 answer different prompts is dead-lettered as ``mixed_prompts`` once they are
-all known (at once, or when the last one arrives).
+all known (at once, or when the last one arrives). The hold counts only time
+in which the loop had read the generations topic to its end: a trainer working
+through a backlog (after downtime, or a new group) reads the partitions in the
+order the fetches return them, often all feedback before the generations it
+names, and must not dead-letter feedback whose generation is on the broker,
+unread (this once stalled a test for good: its marker feedback was
+dead-lettered 1 s after it was read, its generation read 11 s later).
 
 Durability: the ledger transaction is committed in ``before_commit``, i.e.
 before the loop commits the batch's Kafka offsets. Expired holds are
@@ -81,6 +87,9 @@ class FeedbackIngest:
         self._gauges_at = 0.0
         self._limits = limits
         self._handle_feedback = validating_feedback_handler(self._record_feedback, limits)
+        # The loop that reads the generations; None (tests driving handle() directly):
+        # the hold counts from when the feedback was read, as if always caught up.
+        self._loop: EventConsumerLoop | None = None
 
     def consumer_loop(
         self, bootstrap: str, client_options: dict | None = None, group: str = CONSUMER_GROUP
@@ -90,11 +99,13 @@ class FeedbackIngest:
             topics=dict(TOPICS),
             group_id=group,
             client_id="rlhf-trainer",
+            caught_up_topics=(events.GENERATIONS_TOPIC,),
             extra=dict(client_options or {}),
         )
-        return EventConsumerLoop(
+        self._loop = EventConsumerLoop(
             settings, self.handle, dead_letters=self.dead_letters, before_commit=self.before_commit
         )
+        return self._loop
 
     # --- the loop's callbacks -------------------------------------------------------
     def handle(self, event: ConsumedEvent) -> None:
@@ -146,7 +157,10 @@ class FeedbackIngest:
         return count
 
     def _dead_letter_expired(self) -> int:
-        expired = self.ledger.expire_pending(self.hold_s)
+        read_until = None if self._loop is None else self._loop.caught_up_at(events.GENERATIONS_TOPIC)
+        if self._loop is not None and read_until is None:
+            return 0  # the generations topic was never read to its end: any held generation may be unread
+        expired = self.ledger.expire_pending(self.hold_s, caught_up_at=read_until)
         for held in expired:
             feedback = events_pb2.FeedbackEvent.FromString(held.payload)
             _, headers = events.encode(feedback)

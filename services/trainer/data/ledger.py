@@ -291,16 +291,20 @@ class FeedbackLedger:
         )
         return "recorded" if cur.rowcount > 0 else "duplicate"
 
-    def expire_pending(self, hold_s: float, now: float | None = None) -> list[ExpiredFeedback]:
-        """Remove and return feedback held longer than ``hold_s``."""
-        cutoff = (now or time.time()) - hold_s
+    def expire_pending(
+        self, hold_s: float, now: float | None = None, caught_up_at: float | None = None
+    ) -> list[ExpiredFeedback]:
+        """Remove and return feedback held longer than ``hold_s``, counting the hold only up to
+        ``caught_up_at`` when given (the last time every generation on the broker had been read:
+        a generation still unread must not make its feedback expire)."""
+        now = now or time.time()
+        cutoff = min(now, caught_up_at if caught_up_at is not None else now) - hold_s
         rows = self._db.execute(
             "SELECT feedback_id, payload, source_topic, source_partition, source_offset, received_at "
             "FROM pending_feedback WHERE received_at < ?",
             (cutoff,),
         ).fetchall()
         self._db.executemany("DELETE FROM pending_feedback WHERE feedback_id = ?", [(r[0],) for r in rows])
-        now = now or time.time()
         return [ExpiredFeedback(r[1], r[2], r[3], r[4], now - r[5]) for r in rows]
 
     def _all_generations_known(self, event: events_pb2.FeedbackEvent) -> bool:
