@@ -67,6 +67,8 @@ CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 class ScoringBackend(Protocol):
     name: str
     device: str  # "cuda" or "cpu": where the model runs (GetModelInfo.device)
+    # Whether to run a batch as sub-batches of similar length (run_in_length_buckets).
+    splits_by_length: bool
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[float]: ...
 
@@ -83,6 +85,7 @@ class OnnxBackend:
     threads sized to the machine."""
 
     name = "onnxruntime"
+    splits_by_length = True  # a run costs little beyond its matrix products
 
     def __init__(self, onnx_path: Path, threads: int):
         import onnxruntime as ort
@@ -121,6 +124,9 @@ class TorchBackend:
 
     name = "torch"
     device = "cpu"
+    # Measured slower split than padded on a busy CPU: each eager forward has
+    # its own overhead and thread-pool syncs (docs/BENCHMARKS.md).
+    splits_by_length = False
 
     def __init__(self, model):
         self.model = model.eval()
@@ -149,6 +155,8 @@ class LoadedReward:
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         with self.lock:
             batch = encode_pairs(self.tokenizer, prompts, responses, self.max_length, frame=self.frame)
+            if not self.backend.splits_by_length:
+                return self.backend.run(batch["input_ids"], batch["attention_mask"])
             return run_in_length_buckets(self.backend, batch["input_ids"], batch["attention_mask"])
 
 

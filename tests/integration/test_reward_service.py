@@ -112,7 +112,7 @@ def test_bad_batches_name_the_field(reward, request_, field):
 
 
 def test_onnx_and_torch_backends_score_alike(store):
-    # 40 pairs of varied lengths: scored in length buckets (services.reward.scorer.BUCKET_PAIRS).
+    # 40 pairs of varied lengths: ONNX Runtime scores them in length buckets (scorer.BUCKET_PAIRS).
     prompts = [PAIRS[i % 4][0] for i in range(40)]
     responses = [PAIRS[i % 4][1] * (i % 5 + 1) for i in range(40)]
     onnx = load_reward_version(store, "v1", "onnx", threads=2).score(prompts, responses)

@@ -125,7 +125,7 @@ def test_onnx_backend_on_a_cpu_build_uses_the_cpu_provider(tmp_path):
 class _RowSumBackend:
     """A scoring backend computing sum(id * position) over the real tokens; it records the widths it was given."""
 
-    name, device = "row-sum", "cpu"
+    name, device, splits_by_length = "row-sum", "cpu", True
 
     def __init__(self):
         self.widths: list[int] = []
