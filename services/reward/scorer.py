@@ -72,6 +72,8 @@ CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 class ScoringBackend(Protocol):
     name: str
     device: str  # "cuda" or "cpu": where the model runs (GetModelInfo.device)
+    # Whether to run a batch as sub-batches of similar length (run_in_length_buckets).
+    splits_by_length: bool
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
         """Every head's score, float64 [batch, K]."""
@@ -90,6 +92,7 @@ class OnnxBackend:
     threads sized to the machine."""
 
     name = "onnxruntime"
+    splits_by_length = True  # a run costs little beyond its matrix products
 
     def __init__(self, onnx_path: Path, threads: int):
         import onnxruntime as ort
@@ -99,6 +102,9 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle intra-op threads sleep instead of spinning: a spinning thread takes the core the
+        # gRPC threads and the tokenizer need (docs/BENCHMARKS.md: 10-15% faster on a busy CPU).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = onnx_providers(ort.get_available_providers())
         if CUDA_PROVIDER in wanted:
             # onnxruntime-gpu[cuda,cudnn] brings CUDA and cuDNN as nvidia-* wheels: load them before the
@@ -126,6 +132,9 @@ class TorchBackend:
 
     name = "torch"
     device = "cpu"
+    # Measured slower split than padded on a busy CPU: each eager forward has
+    # its own overhead and thread-pool syncs (docs/BENCHMARKS.md).
+    splits_by_length = False
 
     def __init__(self, model):
         self.model = model.eval()
@@ -176,8 +185,48 @@ class LoadedReward:
     def score_ensemble(self, prompts: Sequence[str], responses: Sequence[str]) -> EnsembleScores:
         with self.lock:
             batch = encode_pairs(self.tokenizer, prompts, responses, self.max_length, frame=self.frame)
-            members = self.backend.run(batch["input_ids"], batch["attention_mask"])
+            if self.backend.splits_by_length:
+                members = run_in_length_buckets(self.backend, batch["input_ids"], batch["attention_mask"])
+            else:
+                members = self.backend.run(batch["input_ids"], batch["attention_mask"])
         return EnsembleScores.of(members, self.conservative_k)
+
+
+# Pairs per sub-batch when a batch is split by length: small enough that short pairs are not
+# padded to the longest of 64, large enough that each matrix product stays efficient.
+BUCKET_PAIRS = 16
+
+
+def length_buckets(attention_mask: torch.Tensor, bucket_pairs: int = BUCKET_PAIRS) -> list[torch.Tensor] | None:
+    """Row indices grouped by length (shortest first, ``bucket_pairs`` per group), or None
+    when splitting cannot help (one group) or the rows are not right-padded (then a
+    group cannot be cut to its own longest row by slicing columns)."""
+    if attention_mask.shape[0] <= bucket_pairs:
+        return None
+    lengths = attention_mask.sum(dim=1)
+    positions = torch.arange(attention_mask.shape[1])
+    if not bool(torch.equal(attention_mask.bool(), positions.unsqueeze(0) < lengths.unsqueeze(1))):
+        return None
+    return list(torch.argsort(lengths, stable=True).split(bucket_pairs))
+
+
+def run_in_length_buckets(backend: ScoringBackend, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+    """Every head's scores ([batch, K]) of a right-padded batch, run as sub-batches of similar
+    length, each padded only to its own longest row: the model's cost is nearly all matrix
+    products over padded tokens, so padding saved is time saved. Rows come back in input order."""
+    groups = length_buckets(attention_mask)
+    if groups is None:
+        return backend.run(input_ids, attention_mask)
+    parts: list[tuple[list[int], np.ndarray]] = []
+    for rows in groups:
+        width = int(attention_mask[rows].sum(dim=1).max())
+        parts.append(
+            (rows.tolist(), backend.run(input_ids[rows, :width].contiguous(), attention_mask[rows, :width].contiguous()))
+        )
+    members = np.zeros((input_ids.shape[0], parts[0][1].shape[1]), dtype=np.float64)
+    for rows_list, group_members in parts:
+        members[rows_list] = group_members
+    return members
 
 
 def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", threads: int = 2) -> LoadedReward:

@@ -16,7 +16,7 @@ from shared import events
 from shared.kafka_io import create_producer, produce_event
 from shared.model_store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, reward_pb2, reward_pb2_grpc
-from shared.reward_model import export_onnx, new_reward_model, save_reward_model
+from shared.reward_model import export_onnx, load_reward_model, new_reward_model, save_reward_model, score_texts
 from tests.helpers import wait_until
 
 PAIRS = [
@@ -112,10 +112,15 @@ def test_bad_batches_name_the_field(reward, request_, field):
 
 
 def test_onnx_and_torch_backends_score_alike(store):
-    prompts, responses = zip(*PAIRS)
+    # 40 pairs of varied lengths: ONNX Runtime scores them in length buckets (scorer.BUCKET_PAIRS).
+    prompts = [PAIRS[i % 4][0] for i in range(40)]
+    responses = [PAIRS[i % 4][1] * (i % 5 + 1) for i in range(40)]
     onnx = load_reward_version(store, "v1", "onnx", threads=2).score(prompts, responses)
-    eager = load_reward_version(store, "v1", "torch", threads=2).score(prompts, responses)
-    assert onnx == pytest.approx(eager, abs=1e-4)
+    eager = load_reward_version(store, "v1", "torch", threads=2)
+    assert onnx == pytest.approx(eager.score(prompts, responses), abs=1e-4)
+    # ... and as one batch padded to its longest pair, in the input order.
+    model, tokenizer = load_reward_model(store.open_version("reward", "v1"))
+    assert onnx == pytest.approx(score_texts(model, tokenizer, prompts, responses), abs=1e-4)
 
 
 def test_an_update_whose_manifest_does_not_match_is_refused(store):

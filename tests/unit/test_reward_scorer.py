@@ -120,3 +120,50 @@ def test_onnx_backend_on_a_cpu_build_uses_the_cpu_provider(tmp_path):
     assert onnx_providers(["AzureExecutionProvider", CPU_PROVIDER]) == [CPU_PROVIDER]
     backend = OnnxBackend(_tiny_onnx_scorer(tmp_path / "model.onnx"), threads=1)
     assert (backend.provider, backend.device) == (CPU_PROVIDER, "cpu")
+
+
+class _RowSumBackend:
+    """A scoring backend computing sum(id * position) over the real tokens; it records the widths it was given."""
+
+    name, device, splits_by_length = "row-sum", "cpu", True
+
+    def __init__(self):
+        self.widths: list[int] = []
+
+    def run(self, input_ids, attention_mask) -> list[float]:
+        import torch
+
+        self.widths.append(input_ids.shape[1])
+        positions = torch.arange(1, input_ids.shape[1] + 1)
+        return (input_ids * attention_mask * positions).sum(dim=1).double().tolist()
+
+
+def _right_padded(lengths):
+    import torch
+
+    width = max(lengths)
+    ids = torch.randint(1, 100, (len(lengths), width), generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
+    return ids * mask, mask
+
+
+def test_length_buckets_give_each_pair_its_own_score_with_less_padding():
+    from services.reward.scorer import BUCKET_PAIRS, run_in_length_buckets
+
+    lengths = [(i * 7) % 30 + 1 for i in range(2 * BUCKET_PAIRS + 3)]
+    ids, mask = _right_padded(lengths)
+    whole = _RowSumBackend().run(ids, mask)
+    backend = _RowSumBackend()
+    assert run_in_length_buckets(backend, ids, mask) == whole
+    assert len(backend.widths) == 3 and sorted(backend.widths) == backend.widths and backend.widths[0] < max(lengths)
+
+
+def test_left_padded_or_small_batches_run_as_one():
+    from services.reward.scorer import BUCKET_PAIRS, run_in_length_buckets
+
+    ids, mask = _right_padded([(i % 5) + 1 for i in range(2 * BUCKET_PAIRS)])
+    flipped_ids, flipped_mask = ids.flip(1), mask.flip(1)  # padding on the left
+    backend = _RowSumBackend()
+    run_in_length_buckets(backend, flipped_ids, flipped_mask)
+    run_in_length_buckets(backend, ids[:BUCKET_PAIRS], mask[:BUCKET_PAIRS])
+    assert backend.widths == [5, 5]
