@@ -220,9 +220,8 @@ def run_in_length_buckets(backend: ScoringBackend, input_ids: torch.Tensor, atte
     parts: list[tuple[list[int], np.ndarray]] = []
     for rows in groups:
         width = int(attention_mask[rows].sum(dim=1).max())
-        parts.append(
-            (rows.tolist(), backend.run(input_ids[rows, :width].contiguous(), attention_mask[rows, :width].contiguous()))
-        )
+        ids, mask = input_ids[rows, :width].contiguous(), attention_mask[rows, :width].contiguous()
+        parts.append((rows.tolist(), backend.run(ids, mask)))
     members = np.zeros((input_ids.shape[0], parts[0][1].shape[1]), dtype=np.float64)
     for rows_list, group_members in parts:
         members[rows_list] = group_members

@@ -130,12 +130,14 @@ class _RowSumBackend:
     def __init__(self):
         self.widths: list[int] = []
 
-    def run(self, input_ids, attention_mask) -> list[float]:
+    def run(self, input_ids, attention_mask):
+        """Two "heads": the row sum and its double, float64 [batch, 2], as backends return."""
         import torch
 
         self.widths.append(input_ids.shape[1])
         positions = torch.arange(1, input_ids.shape[1] + 1)
-        return (input_ids * attention_mask * positions).sum(dim=1).double().tolist()
+        row_sum = (input_ids * attention_mask * positions).sum(dim=1).double()
+        return torch.stack([row_sum, 2 * row_sum], dim=1).numpy()
 
 
 def _right_padded(lengths):
@@ -154,7 +156,7 @@ def test_length_buckets_give_each_pair_its_own_score_with_less_padding():
     ids, mask = _right_padded(lengths)
     whole = _RowSumBackend().run(ids, mask)
     backend = _RowSumBackend()
-    assert run_in_length_buckets(backend, ids, mask) == whole
+    assert run_in_length_buckets(backend, ids, mask).tolist() == whole.tolist()
     assert len(backend.widths) == 3 and sorted(backend.widths) == backend.widths and backend.widths[0] < max(lengths)
 
 
