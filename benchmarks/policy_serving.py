@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-process-threads", default=f"1,{os.cpu_count() or 1}", help="the faster one is kept")
     parser.add_argument("--before-ref", help="also serve this git ref's code with the same flags")
     parser.add_argument("--variant", action="append", default=[], help="LABEL=FLAGS: the working tree with FLAGS")
+    parser.add_argument(
+        "--service-flags", default="", help="flags for every service (e.g. '--torch-threads 1'; also the engine's)"
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -216,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_model(Path(tmp) / "model", args.n_layer, args.n_embd)
         model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        targets = [("this tree", REPO, [])]
-        targets += [(label, REPO, shlex.split(flags)) for label, flags in (v.split("=", 1) for v in args.variant)]
+        common = shlex.split(args.service_flags)
+        targets = [("this tree", REPO, common)]
+        targets += [(label, REPO, common + shlex.split(f)) for label, f in (v.split("=", 1) for v in args.variant)]
         if args.before_ref:
-            targets.append((args.before_ref, _source_tree(args.before_ref, Path(tmp) / "before"), []))
+            targets.append((args.before_ref, _source_tree(args.before_ref, Path(tmp) / "before"), common))
         try:
             for label, code, extra in targets:
                 services[label] = start_service(code, model_dir, broker.bootstrap, extra)
@@ -227,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                 load_phase(proc, port, max(levels), 1, 8)  # warm-up
             # The engine picks its torch threads as the service does (it sets them
             # process-wide: the in-process generate phases set theirs before each run).
-            engine_settings = EngineSettings(max_batch_size=64, thread_choices=tuple(thread_counts))
+            fixed = common[common.index("--torch-threads") + 1] if "--torch-threads" in common else ""
+            engine_threads = (int(fixed),) if fixed and int(fixed) else tuple(thread_counts)
+            engine_settings = EngineSettings(max_batch_size=64, thread_choices=engine_threads)
             engine = GenerationEngine(load_bundle(model_dir, "bench"), engine_settings).start()
             engine_phase(engine, make_prompts(max(levels)), 1, 8)  # warm-up
             for threads in thread_counts:  # warm-up
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: summarize(runs) for name, runs in raw.items()}
     report(results, levels, thread_counts, list(services), loads)
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": results, "load_average": loads, "raw": raw}, indent=2))
+        Path(args.json).write_text(json.dumps({"summary": results, "load_average": loads}, indent=2))
     return 0
 
 

@@ -51,9 +51,9 @@ class PolicyConfig(ServiceConfig):
         env=env.POLICY_CONTINUOUS_BATCHING,
     )
     stream_interval: int = setting(
-        1,
-        "GenerateStream: tokens per message after the first text (the first is sent at once); more means fewer "
-        "messages to build, hand over and send per token, in bigger steps",
+        4,
+        "GenerateStream: tokens per message after the first text (the first is sent at once); 1 sends every "
+        "token, more costs less CPU per token under load (see docs/BENCHMARKS.md)",
         env=env.POLICY_STREAM_INTERVAL,
     )
     max_queue: int = setting(

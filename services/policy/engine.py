@@ -46,8 +46,10 @@ class EngineSettings:
     continuous_batching: bool = True
     # Most messages a chat request may send.
     max_chat_messages: int = 256
-    # Tokens per streamed message after a row's first text (see batcher.py).
-    stream_interval: int = 1
+    # Tokens per streamed message after a row's first text (see batcher.py):
+    # every message costs the decoder a detokenization and a hand-off to a gRPC
+    # thread that then competes with it for the GIL and the cores.
+    stream_interval: int = 4
 
 
 class GenerationEngine:
