@@ -8,9 +8,12 @@ started are prefilled on their own and joined to the running batch (their
 KV cache left-padded to the batch's length), so a newcomer waits one step,
 not for the longest request of the batch to finish.
 
-Text is decoded per step only for rows that need it (streaming, or stop
-strings to look for); other rows are decoded once when they finish, which
-keeps per-token Python work small.
+Text is decoded per step only for rows that need it (stop strings to look
+for, or a streamed message due); other rows are decoded once when they
+finish, which keeps per-token Python work small. A streaming row sends its
+first text at once and then one message per ``stream_interval`` tokens (and
+at its end): under load each message costs a decode, a queue hand-off and a
+wake-up of a gRPC thread that competes with this one for the GIL.
 """
 
 from __future__ import annotations
@@ -36,17 +39,33 @@ _COMPACT_BELOW = 0.75
 class _Row:
     """One returned sequence being decoded."""
 
-    __slots__ = ("handle", "index", "max_new", "ids", "text", "sent", "finished", "track_text", "eos")
+    __slots__ = (
+        "handle",
+        "index",
+        "max_new",
+        "ids",
+        "text",
+        "decoded",
+        "sent",
+        "streamed",
+        "interval",
+        "finished",
+        "eos",
+    )
 
-    def __init__(self, handle: GenerationHandle, index: int, max_new: int, eos: frozenset[int]):
+    def __init__(
+        self, handle: GenerationHandle, index: int, max_new: int, eos: frozenset[int], stream_interval: int = 1
+    ):
         self.handle = handle
         self.index = index
         self.max_new = max_new
         self.ids: list[int] = []
         self.text = ""
+        self.decoded = 0  # tokens that ``text`` was decoded from
         self.sent = 0  # characters of text already streamed
+        self.streamed = 0  # tokens generated when a message was last due
+        self.interval = stream_interval
         self.finished = False
-        self.track_text = handle.stream or bool(handle.spec.stop)
         self.eos = eos
 
     def add(self, token: int, bundle: ModelBundle) -> None:
@@ -60,9 +79,10 @@ class _Row:
         if self.handle.first_token_at is None:
             self.handle.first_token_at = time.perf_counter()
             pm.TIME_TO_FIRST_TOKEN.observe(self.handle.first_token_at - self.handle.submitted_at)
-        if self.track_text:
-            self.text = bundle.decode(self.ids)
-            stops = self.handle.spec.stop
+        stops = self.handle.spec.stop
+        stream_due = self._stream_due()
+        if stops or stream_due:
+            self._decode(bundle)
             if stops:
                 at = find_stop(self.text, stops)
                 if at >= 0:
@@ -72,19 +92,28 @@ class _Row:
         if len(self.ids) >= self.max_new:
             self._finish(FinishReason.LENGTH, bundle)
             return
-        if self.handle.stream:
-            upto = streamable_length(self.text, self.handle.spec.stop)
+        if stream_due:
+            self.streamed = len(self.ids)
+            upto = streamable_length(self.text, stops)
             if upto > self.sent:
                 self._emit(self.text[self.sent : upto], None)
                 self.sent = upto
+
+    def _stream_due(self) -> bool:
+        """A streaming row sends every token until its first text is out, then every ``interval`` tokens."""
+        return self.handle.stream and (self.sent == 0 or len(self.ids) - self.streamed >= self.interval)
+
+    def _decode(self, bundle: ModelBundle) -> None:
+        self.text = bundle.decode(self.ids)
+        self.decoded = len(self.ids)
 
     def _emit(self, delta: str, reason: FinishReason | None) -> None:
         self.handle.emit(StreamChunk(self.index, self.handle.generation_ids[self.index], delta, reason, len(self.ids)))
 
     def _finish(self, reason: FinishReason, bundle: ModelBundle) -> None:
         self.finished = True
-        if not self.track_text:
-            self.text = bundle.decode(self.ids)
+        if self.decoded != len(self.ids):  # a stop-string cut was decoded (and cut) this step: keep it
+            self._decode(bundle)
         if self.handle.stream:
             self._emit(self.text[self.sent :], reason)
             self.sent = len(self.text)
@@ -137,9 +166,10 @@ class _Running:
 class BatchDecoder:
     """Runs one batch to completion on one model bundle, admitting latecomers."""
 
-    def __init__(self, thread_choices: tuple[int, ...] = (), max_rows: int = 32):
+    def __init__(self, thread_choices: tuple[int, ...] = (), max_rows: int = 32, stream_interval: int = 1):
         self.tuner = ThreadTuner(thread_choices)
         self.max_rows = max_rows
+        self.stream_interval = stream_interval
 
     def run(self, bundle: ModelBundle, handles: list[GenerationHandle], admit: Admit | None = None) -> None:
         with torch.inference_mode():
@@ -155,7 +185,9 @@ class BatchDecoder:
             handle.model_version = bundle.version
             room = bundle.context_window - len(handle.prompt_ids)
             for i in range(handle.spec.num_return_sequences):
-                rows.append(_Row(handle, i, min(handle.spec.max_new_tokens, room), bundle.eos_token_ids))
+                rows.append(
+                    _Row(handle, i, min(handle.spec.max_new_tokens, room), bundle.eos_token_ids, self.stream_interval)
+                )
             pm.PROMPT_TOKENS.inc(len(handle.prompt_ids) * handle.spec.num_return_sequences)
         width = max(len(r.handle.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), bundle.pad_token_id, dtype=torch.long)

@@ -50,6 +50,12 @@ class PolicyConfig(ServiceConfig):
         "let waiting requests join the running batch between decode steps (false: they wait for the next batch)",
         env=env.POLICY_CONTINUOUS_BATCHING,
     )
+    stream_interval: int = setting(
+        4,
+        "GenerateStream: tokens per message after the first text (the first is sent at once); 1 sends every "
+        "token, more costs less CPU per token under load (see docs/BENCHMARKS.md)",
+        env=env.POLICY_STREAM_INTERVAL,
+    )
     max_queue: int = setting(
         256, "requests allowed to wait for a batch; beyond it calls get RESOURCE_EXHAUSTED", env=env.MAX_QUEUE
     )
@@ -77,6 +83,7 @@ class PolicyConfig(ServiceConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.torch_threads >= 0, "torch_threads", f"must be >= 0, got {self.torch_threads}")
+        check(self.stream_interval >= 1, "stream_interval", f"must be >= 1, got {self.stream_interval}")
         check(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
         check(0 <= self.batch_wait_ms <= 1000, "batch_wait_ms", f"must be in 0..1000, got {self.batch_wait_ms}")
         check(self.max_queue >= 1, "max_queue", f"must be >= 1, got {self.max_queue}")
@@ -133,4 +140,5 @@ class PolicyConfig(ServiceConfig):
             thread_choices=self.thread_choices,
             continuous_batching=self.continuous_batching,
             max_chat_messages=self.max_chat_messages,
+            stream_interval=self.stream_interval,
         )

@@ -46,6 +46,10 @@ class EngineSettings:
     continuous_batching: bool = True
     # Most messages a chat request may send.
     max_chat_messages: int = 256
+    # Tokens per streamed message after a row's first text (see batcher.py):
+    # every message costs the decoder a detokenization and a hand-off to a gRPC
+    # thread that then competes with it for the GIL and the cores.
+    stream_interval: int = 4
 
 
 class GenerationEngine:
@@ -55,7 +59,7 @@ class GenerationEngine:
     def __init__(self, bundle: ModelBundle, settings: EngineSettings = EngineSettings()):
         self.settings = settings
         self._bundle = bundle
-        self._decoder = BatchDecoder(settings.thread_choices, settings.max_batch_size)
+        self._decoder = BatchDecoder(settings.thread_choices, settings.max_batch_size, settings.stream_interval)
         self._running: list[GenerationHandle] = []
         self._queue: collections.deque[GenerationHandle] = collections.deque()
         self._cond = threading.Condition()

@@ -92,14 +92,20 @@ class GenerationHandle:
         )
 
     def chunks(self) -> Iterator[StreamChunk]:
-        """Text deltas as they are decoded (streaming handles only)."""
-        while True:
-            chunk = self._chunks.get()
-            if chunk is None:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield chunk
+        """Text deltas as they are decoded (streaming handles only). Deltas that
+        queued up while the caller was busy sending come out merged, one chunk
+        per sequence: a caller that falls behind catches up in fewer messages."""
+        ended = False
+        while not ended:
+            pending = [self._chunks.get()]
+            while pending[-1] is not None and not self._chunks.empty():
+                pending.append(self._chunks.get_nowait())
+            if pending[-1] is None:
+                pending.pop()
+                ended = True
+            yield from merge_chunks(pending)
+        if self.error is not None:
+            raise self.error
 
     # --- called by the scheduler thread ----------------------------------
     def emit(self, chunk: StreamChunk) -> None:
@@ -121,3 +127,21 @@ class GenerationHandle:
         self._chunks.put(None)
         if self.error is None:
             pm.E2E_REQUEST_LATENCY.observe(time.perf_counter() - self.submitted_at)
+
+
+def merge_chunks(chunks: list[StreamChunk]) -> list[StreamChunk]:
+    """One chunk per sequence index (in order of first appearance): deltas
+    joined, finish reason and token count from the latest."""
+    merged: dict[int, StreamChunk] = {}
+    for chunk in chunks:
+        previous = merged.get(chunk.index)
+        if previous is not None:
+            chunk = StreamChunk(
+                chunk.index,
+                chunk.generation_id,
+                previous.text_delta + chunk.text_delta,
+                chunk.finish_reason,
+                chunk.completion_tokens,
+            )
+        merged[chunk.index] = chunk
+    return list(merged.values())

@@ -28,6 +28,7 @@ def test_flag_beats_env(monkeypatch):
     "argv, says",
     [
         (["--max-batch-size", "0"], "--max-batch-size: must be >= 1"),
+        (["--stream-interval", "0"], "--stream-interval: must be >= 1"),
         (["--default-top-p", "0"], "--default-top-p"),
         (["--default-max-new-tokens", "600"], "--max-new-tokens-cap (512)"),
         (["--max-return-sequences", "64"], "--max-batch-size (32)"),

@@ -8,7 +8,7 @@ import torch
 
 from services.policy.engine import EngineSettings, GenerationEngine
 from services.policy.model import load_bundle
-from services.policy.requests import FinishReason
+from services.policy.requests import FinishReason, StreamChunk, merge_chunks
 from services.policy.sampling import SamplingDefaults, resolve_sampling
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tests.helpers import wait_until
@@ -136,3 +136,36 @@ def test_a_request_joins_a_running_batch_and_decodes_as_if_alone(bundle):
         assert long.result(30).model_version == "v1"
     finally:
         engine.stop()
+
+
+def test_stream_interval_sends_one_message_per_interval_with_the_same_text(bundle):
+    sampling = resolve_sampling(DEFAULTS, temperature=0, max_new_tokens=16)
+    sent = {}
+    for interval in (1, 4):
+        engine = GenerationEngine(bundle, EngineSettings(stream_interval=interval)).start()
+        try:
+            handle = engine.submit(PROMPT, sampling, stream=True)
+            text = handle.result(30).sequences[0].text
+            # Read the queue unmerged (chunks() merges what queued up): one entry per message the decoder sent.
+            queued = [handle._chunks.get_nowait() for _ in range(handle._chunks.qsize())]
+            chunks = [c for c in queued if c is not None]
+            assert "".join(c.text_delta for c in chunks) == text
+            sent[interval] = (text, [c.completion_tokens for c in chunks])
+        finally:
+            engine.stop()
+    (text_1, tokens_1), (text_4, tokens_4) = sent[1], sent[4]
+    assert text_1 == text_4 and len(tokens_1) > 8, "the tiny model's greedy answer should stream several tokens"
+    first = tokens_4[0]
+    assert tokens_4[:-1] == list(range(first, tokens_4[-1], 4)) and tokens_4[-1] == tokens_1[-1]
+
+
+def test_merge_chunks_joins_deltas_per_sequence():
+    chunks = [
+        StreamChunk(0, "g0", "a", None, 1),
+        StreamChunk(1, "g1", "x", None, 1),
+        StreamChunk(0, "g0", "b", FinishReason.LENGTH, 2),
+    ]
+    assert merge_chunks(chunks) == [
+        StreamChunk(0, "g0", "ab", FinishReason.LENGTH, 2),
+        StreamChunk(1, "g1", "x", None, 1),
+    ]
