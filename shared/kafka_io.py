@@ -85,6 +85,10 @@ def produce_event(producer: KafkaProducer, topic: str, key: str | bytes, message
     return producer.send(topic, key=key_bytes, value=value, headers=headers)
 
 
+# How often a consumer loop compares its positions with the high watermarks (a position
+# beyond its partition's end means the broker lost records: EventConsumerLoop._rewind_positions_past_the_end).
+POSITION_CHECK_INTERVAL_S = 1.0
+
 # A dead letter carries the record's value; beyond this it carries the first
 # bytes only (and says so), so a record near the broker's size limit still fits
 # in its dead letter (which adds the key, headers and the error).
@@ -228,6 +232,7 @@ class EventConsumerLoop:
         self.ready = threading.Event()  # set once partitions are assigned
         self._consumer: KafkaConsumer | None = None
         self._caught_up_at: dict[str, float] = {}
+        self._positions_checked_at = 0.0
 
     def caught_up_at(self, topic: str) -> float | None:
         """Wall-clock time (time.time()) of the latest poll after which every record of
@@ -334,6 +339,7 @@ class EventConsumerLoop:
             batch = consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
             if not self.ready.is_set() and consumer.assignment():
                 self.ready.set()
+            self._rewind_positions_past_the_end(consumer)
             if not batch:
                 self._note_caught_up(consumer, polled_at)
                 continue
@@ -349,6 +355,41 @@ class EventConsumerLoop:
                 consumer.commit()
             self._record_lag(consumer, batch)
             self._note_caught_up(consumer, polled_at)
+
+    def _rewind_positions_past_the_end(self, consumer: KafkaConsumer) -> None:
+        """Read again from its beginning any partition whose position is beyond its high watermark
+        (checked at most once per POSITION_CHECK_INTERVAL_S).
+
+        Such a position means the broker lost records this consumer had read: a broker restarted
+        empty (an in-memory one), or a log truncated. Apache Kafka answers a fetch there with
+        OFFSET_OUT_OF_RANGE and the client resets; Tansu answers with no records and no error, so
+        the consumer would wait at its old offset and silently skip every record the new log gets
+        below it (kafka-python 3 keeps a partition's position across a rebalance that assigns it
+        again, so rejoining the new broker's group does not help). Every record on the new log was
+        written after the last one this consumer read: all of it is unread, hence the beginning."""
+        now = time.monotonic()
+        if now - self._positions_checked_at < POSITION_CHECK_INTERVAL_S:
+            return
+        self._positions_checked_at = now
+        past_the_end = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:  # no fetch response for it yet
+                continue
+            try:
+                position = consumer.position(tp, timeout_ms=0)
+            except KafkaError:  # e.g. revoked by a rebalance under way
+                continue
+            if position is not None and position > high:
+                past_the_end[tp] = (position, high)
+        if past_the_end:
+            log.warning(
+                "positions beyond the end of their partitions (the broker lost records); reading them again "
+                "from the beginning",
+                extra={"partitions": {f"{tp.topic}-{tp.partition}": pair for tp, pair in past_the_end.items()}},
+            )
+            metrics.CONSUMER_POSITION_RESETS.labels(self.settings.group_id or "").inc(len(past_the_end))
+            consumer.seek_to_beginning(*past_the_end)
 
     def _note_caught_up(self, consumer: KafkaConsumer, polled_at: float) -> None:
         """Record ``polled_at`` for each tracked topic whose assigned partitions are all at
@@ -371,7 +412,9 @@ class EventConsumerLoop:
             position = consumer.position(tp, timeout_ms=0)
         except KafkaError:  # e.g. revoked by a rebalance under way
             return False
-        return position is not None and position >= high
+        # Equal, not beyond: a position past the high watermark is on a log the broker lost
+        # (_rewind_positions_past_the_end), and nothing written to the new one has been read.
+        return position is not None and position == high
 
     def _handle_record(self, record) -> None:
         message_cls = self.settings.topics[record.topic]

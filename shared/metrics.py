@@ -39,6 +39,11 @@ CONSUMER_LAG = Gauge("rlhf_consumer_lag", "records behind the end of the partiti
 CONSUMER_RESTARTS = Counter(
     "rlhf_consumer_restarts_total", "consumer loops that reconnected after a failed batch (consumed again)", ["group"]
 )
+CONSUMER_POSITION_RESETS = Counter(
+    "rlhf_consumer_position_resets_total",
+    "partitions read again from the beginning because the position was beyond the end (the broker lost records)",
+    ["group"],
+)
 
 MODEL_VERSION = Info("rlhf_model", "model version being served")
 MODEL_SWAPS = Counter("rlhf_model_swaps_total", "model versions swapped in by this replica", ["kind", "result"])

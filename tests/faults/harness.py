@@ -22,10 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
+from kafka import KafkaConsumer
 
 from rlhf_cli.stack import ServiceProcess, Stack, health_status
+from shared import events
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
-from tests.helpers import free_port_offset
+from shared.proto.rlhf.v1.events_pb2 import GenerationEvent
+from tests.helpers import free_port_offset, read_topic
 
 QUESTIONS = [
     "User: how do I boil an egg?\nAssistant:",
@@ -119,6 +123,80 @@ def ledger_rows(state_dir: Path, table: str, column: str, prefix: str) -> list[s
         db.close()
 
 
+def dead_letter_reasons(bootstrap: str, prefix: str) -> dict[str, str]:
+    """feedback_id -> reason of every dead-lettered feedback event starting with ``prefix`` on the broker."""
+    out: dict[str, str] = {}
+    probe = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        if events.DEADLETTER_TOPIC not in probe.topics():  # nothing was ever dead-lettered on this broker
+            return out
+    finally:
+        probe.close()
+    for _record, letter in read_topic(bootstrap, events.DEADLETTER_TOPIC, events_pb2.DeadLetter, timeout_s=2.0):
+        if letter.source_topic != events.FEEDBACK_TOPIC:
+            continue
+        try:
+            feedback = events_pb2.FeedbackEvent.FromString(letter.value)
+        except DecodeError:
+            continue
+        if feedback.feedback_id.startswith(prefix):
+            out[feedback.feedback_id] = f"{letter.reason}: {letter.error}"
+    return out
+
+
+def generation_ids_on(bootstrap: str) -> set[str]:
+    """generation_id of every GenerationEvent on the broker's generations topic."""
+    return {event.generation_id for _r, event in read_topic(bootstrap, events.GENERATIONS_TOPIC, GenerationEvent)}
+
+
+def dropped_generations(policy_log: str) -> set[str]:
+    """Generation ids whose events the policy gave up on (logged as 'event dropped', keyed by generation id)."""
+    out = set()
+    for line in policy_log.splitlines():
+        if "event dropped" in line and "'key': '" in line:
+            out.add(line.split("'key': '", 1)[1].split("'", 1)[0])
+    return out
+
+
+def where_is_feedback(
+    state_dir: Path, bootstrap: str, traffic: Traffic, feedback_ids: set[str], prefix: str, policy_log: str
+) -> str:
+    """For each feedback id: in the ledger's feedback table, held in pending_feedback, dead-lettered
+    (with the reason) or nowhere; whether its generation is in the ledger, on the broker, or was
+    counted as dropped by the policy (``policy_log``: its log text); when it was asked for and acknowledged."""
+    recorded = set(ledger_rows(state_dir, "feedback", "feedback_id", prefix))
+    held = set(ledger_rows(state_dir, "pending_feedback", "feedback_id", prefix))
+    generations = set(ledger_rows(state_dir, "generations", "generation_id", ""))
+    dead = dead_letter_reasons(bootstrap, prefix)
+    on_broker = generation_ids_on(bootstrap)
+    dropped = dropped_generations(policy_log)
+    lines = []
+    for fid in sorted(feedback_ids):
+        gid = traffic.feedback_generation.get(fid, "?")
+        if fid in recorded:
+            place = "in the ledger"
+        elif fid in held:
+            place = "held in pending_feedback"
+        elif fid in dead:
+            place = f"dead-lettered ({dead[fid]})"
+        else:
+            place = "NOWHERE"
+        where = [
+            "in the ledger" if gid in generations else "not in the ledger",
+            "on the broker" if gid in on_broker else "not on the broker",
+        ]
+        if gid in dropped:
+            where.append("its event counted as dropped by the policy")
+        asked = traffic.asked_at.get(gid)
+        acked = traffic.feedback_acked.get(fid)
+        lines.append(
+            f"{fid}: {place}; generation {gid} {', '.join(where)}; asked for at "
+            f"{'?' if asked is None else round(asked, 2)}, feedback acknowledged at "
+            f"{'?' if acked is None else round(acked, 2)}"
+        )
+    return "\n".join(lines)
+
+
 def metric(port: int, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -143,6 +221,7 @@ class Traffic:
     feedback_failed: Counter = field(default_factory=Counter)
     answered: dict[str, str] = field(default_factory=dict)  # generation_id -> model_version
     feedback_generation: dict[str, str] = field(default_factory=dict)  # feedback_id -> generation_id
+    asked_at: dict[str, float] = field(default_factory=dict)  # generation_id -> when its Generate call began
 
     def rate(self, times, start: float, end: float) -> float:
         return sum(1 for t in times if start <= t < end) / max(end - start, 1e-9)
@@ -225,6 +304,7 @@ class SimulatedUsers:
             user_id=user_id,
             sampling=common_pb2.SamplingParams(max_new_tokens=self.max_new_tokens),
         )
+        asked_at = time.monotonic()
         try:
             reply = policy.Generate(request, timeout=self.deadline_s)
         except grpc.RpcError as exc:
@@ -242,6 +322,7 @@ class SimulatedUsers:
         with self._lock:
             self.traffic.generate_ok.append(now)
             self.traffic.answered[completion.generation_id] = reply.model_version
+            self.traffic.asked_at[completion.generation_id] = asked_at
             self.traffic.feedback_generation[feedback.feedback_id] = completion.generation_id
             self._pending[user].append(feedback)
 

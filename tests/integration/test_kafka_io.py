@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import types
 
 from kafka import KafkaConsumer
@@ -295,3 +296,47 @@ def test_dead_letters_carry_null_headers_and_a_huge_value(broker, unique_name):
     ]
     assert letter.headers == {"content-type": "", "x-trace": "\ufffd\ufffd"}
     assert len(letter.value) == kafka_io.MAX_DEAD_LETTER_VALUE_BYTES and "value truncated from" in letter.error
+
+
+def _produce_to_partition_0(bootstrap: str, topic: str, n: int, prefix: str) -> None:
+    producer = kafka_io.create_producer(bootstrap)
+    for i in range(n):
+        value, headers = events.encode(events_pb2.GenerationEvent(generation_id=f"{prefix}{i}"))
+        producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)
+    producer.close()
+
+
+def test_a_loop_reads_everything_a_broker_restarted_empty_gets_without_restarting(unique_name):
+    # Found in the broker-outage fault test: kafka-python keeps a partition's position across a
+    # reconnect (and across a rebalance that assigns it again), and Tansu answers a fetch beyond the
+    # end with no records and no OFFSET_OUT_OF_RANGE, so a loop that read 6 records from the old
+    # broker waited at offset 6 of the new one: its first 6 records were never read, and the loop
+    # counted itself caught up.
+    from shared.broker import EmbeddedBroker, free_port
+
+    port = free_port()
+    topic = f"t-{unique_name}"
+    seen: list[str] = []
+    settings = ConsumerSettings(
+        f"127.0.0.1:{port}", {topic: events_pb2.GenerationEvent}, group_id=None, caught_up_topics=(topic,)
+    )
+    loop = EventConsumerLoop(settings, lambda e: seen.append(e.message.generation_id))
+    stop = threading.Event()
+    # 4 partitions, all records on partition 0: the loop's own metadata requests may create the
+    # topic on the new broker before the test does, and Tansu creates it with 4.
+    with EmbeddedBroker(port=port) as first:
+        _topic(first, topic, partitions=4)
+        _produce_to_partition_0(first.bootstrap, topic, 6, prefix="before")
+        thread = loop.start(stop)
+        wait_until(lambda: len(seen) == 6, 30, message="the first broker's records read")
+    with EmbeddedBroker(port=port) as second:  # same address, empty
+        _topic(second, topic, partitions=4)
+        _produce_to_partition_0(second.bootstrap, topic, 3, prefix="after")
+        produced_at = time.time()
+        try:
+            wait_until(lambda: seen[6:] == ["after0", "after1", "after2"], 30, message="the new broker's records")
+            wait_until(lambda: (loop.caught_up_at(topic) or 0) > produced_at, 30, message="caught up again")
+        finally:
+            stop.set()
+            thread.join(10)
+        assert seen == [f"before{i}" for i in range(6)] + ["after0", "after1", "after2"]
