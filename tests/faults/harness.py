@@ -28,7 +28,7 @@ from kafka import KafkaConsumer
 from rlhf_cli.stack import ServiceProcess, Stack, health_status
 from shared import events
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
-from shared.proto.rlhf.v1.events_pb2 import GenerationEvent
+from shared.proto.rlhf.v1.events_pb2 import FeedbackEvent, GenerationEvent
 from tests.helpers import free_port_offset, read_topic
 
 QUESTIONS = [
@@ -169,6 +169,7 @@ def where_is_feedback(
     generations = set(ledger_rows(state_dir, "generations", "generation_id", ""))
     dead = dead_letter_reasons(bootstrap, prefix)
     on_broker = generation_ids_on(bootstrap)
+    feedback_on_broker = {e.feedback_id for _r, e in read_topic(bootstrap, events.FEEDBACK_TOPIC, FeedbackEvent)}
     dropped = dropped_generations(policy_log)
     lines = []
     for fid in sorted(feedback_ids):
@@ -180,7 +181,8 @@ def where_is_feedback(
         elif fid in dead:
             place = f"dead-lettered ({dead[fid]})"
         else:
-            place = "NOWHERE"
+            on_topic = fid in feedback_on_broker
+            place = f"NOWHERE in the ledger ({'but' if on_topic else 'nor'} on the broker's feedback topic)"
         where = [
             "in the ledger" if gid in generations else "not in the ledger",
             "on the broker" if gid in on_broker else "not on the broker",
