@@ -39,7 +39,7 @@ from shared.kafka_io import (
     produce_event,
 )
 from shared.proto.rlhf.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
-from tests.helpers import FAST_GROUP_CONFIG, read_topic, start_group_at_end, wait_until
+from tests.helpers import FAST_GROUP, FAST_GROUP_CONFIG, read_topic, start_group_at_end, wait_until
 
 
 @pytest.fixture()
@@ -144,7 +144,11 @@ def test_consumer_loop_survives_an_error_after_a_batch_and_redelivers_it(broker,
             raise failures.pop()
 
     loop = EventConsumerLoop(
-        ConsumerSettings(bootstrap=broker.bootstrap, topics={topic: events_pb2.FeedbackEvent}, group_id=unique_name),
+        # The embedded broker's group timing: with Apache's 45 s session the reconnected member
+        # waited out its predecessor's session first.
+        ConsumerSettings(
+            bootstrap=broker.bootstrap, topics={topic: events_pb2.FeedbackEvent}, group_id=unique_name, **FAST_GROUP
+        ),
         lambda event: handled.append(event.message.feedback_id),
         before_commit=before_commit,
     )
