@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -204,3 +205,18 @@ def _pad_rows(tensor: Tensor, rows: int, width: int, pad_value: float, left: boo
     else:
         out[: tensor.shape[0]] = tensor
     return out
+
+
+def leave_broken_group(exit_code: int) -> NoReturn:
+    """Exit this process without tearing down a process group that lost a rank.
+
+    Workaround: after a peer is gone, destroying gloo's ProcessGroup (by
+    ``destroy_process_group`` or at interpreter exit) can hit a still-joinable
+    C++ thread and abort the process ("terminate called without an active
+    exception", exit -6) instead of exiting with ``exit_code``; seen under load
+    with torch 2.13. Logs and stdio are flushed, then the process leaves with
+    ``os._exit``. Can go when gloo's teardown tolerates a dead peer."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from services.trainer.config import TrainerConfig
 from services.trainer.loop.policy_methods import DATA_PARALLEL_METHODS
 from services.trainer.parallel.coordinator import Coordinator
-from services.trainer.parallel.group import DataParallel
+from services.trainer.parallel.group import DataParallel, leave_broken_group
 from services.trainer.parallel.worker import run_worker
 from shared.config import ConfigError, check, load_config
 from shared.logs import setup_logging
@@ -40,11 +40,19 @@ def run_data_parallel(argv: Sequence[str] | None = None) -> int:
             from shared.service_main import run_service
 
             coordinator = Coordinator(group, on_broken=stop_this_process)
-            return run_service(TrainerConfig, SERVICE_NAME, lambda c: TrainerServer(c, coordinator=coordinator), argv)
-        setup_logging(f"trainer-rank{group.rank}", config.log_level, config.log_format)
-        return run_worker(config, group)
-    finally:
+            code = run_service(TrainerConfig, SERVICE_NAME, lambda c: TrainerServer(c, coordinator=coordinator), argv)
+            broken = coordinator.broken
+        else:
+            setup_logging(f"trainer-rank{group.rank}", config.log_level, config.log_format)
+            code = run_worker(config, group)
+            broken = code != 0  # a worker fails only when an order could not reach it
+    except BaseException:
         group.close()
+        raise
+    if broken:
+        leave_broken_group(code)  # never returns
+    group.close()
+    return code
 
 
 def check_data_parallel(config: TrainerConfig) -> None:
