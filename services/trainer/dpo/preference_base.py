@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from services.trainer.dpo.dpo_config import PreferenceOptimConfig
-from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
+from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer, save_served_policy
 from services.trainer.ppo.ppo_model import CausalLM, disable_dropout
 from services.trainer.ppo.ppo_rollout import demonstration_batch, demonstration_loss
 from services.trainer.ppo.ppo_trainer import RNG_FILE, STATE_FILE
@@ -210,11 +210,7 @@ class PreferenceTrainer:
     # --- saving -----------------------------------------------------------------------
     def save_policy(self, out_dir: str | Path) -> Path:
         """The causal LM alone (safetensors + config + tokenizer): what the policy service serves."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
-        return out
+        return save_served_policy(self.lm, self.tokenizer, out_dir)
 
     def checkpoint(self, out_dir: str | Path) -> Path:
         """Policy, reference, optimizer moments, step count, ptx cursor and RNG states. Atomic."""

@@ -33,7 +33,7 @@ from torch import Tensor
 from services.trainer.policy_gradient import pg_math
 from services.trainer.policy_gradient.rloo_config import GRPOConfig, PolicyGradientConfig, RLOOConfig
 from services.trainer.ppo import ppo_math as pm
-from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
+from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer, save_served_policy
 from services.trainer.ppo.ppo_model import CausalLM, disable_dropout, response_logits
 from services.trainer.ppo.ppo_rollout import (
     Rollout,
@@ -245,11 +245,7 @@ class PolicyGradientTrainer:
     # --- saving -------------------------------------------------------------------
     def save_policy(self, out_dir: str | Path) -> Path:
         """The causal LM (safetensors + config + tokenizer): what the policy service serves."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
-        return out
+        return save_served_policy(self.policy, self.tokenizer, out_dir)
 
     def checkpoint(self, out_dir: str | Path) -> Path:
         """Policy, reference, optimizer moments, score moments, step count and RNG states; atomic."""

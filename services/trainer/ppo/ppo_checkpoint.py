@@ -27,6 +27,16 @@ OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
 
 
+def save_served_policy(lm: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+    """The causal LM alone (safetensors + config + tokenizer): what the policy service serves.
+    Every policy method's ``save_policy`` writes through this one path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lm.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def save_optimizer(optimizer: torch.optim.Optimizer, out_dir: Path) -> None:
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}

@@ -37,7 +37,7 @@ from torch import Tensor
 from services.trainer.parallel.group import DataParallel
 from services.trainer.ppo import ppo_math as pm
 from services.trainer.ppo import ppo_parallel
-from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer
+from services.trainer.ppo.ppo_checkpoint import atomic_dir, load_optimizer, save_optimizer, save_served_policy
 from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.ppo.ppo_model import CausalLM, PolicyWithValue, disable_dropout, response_logits
 from services.trainer.ppo.ppo_rollout import (
@@ -360,11 +360,7 @@ class PPOTrainer:
     # --- saving ---------------------------------------------------------------
     def save_policy(self, out_dir: str | Path) -> Path:
         """The causal LM alone (safetensors + config + tokenizer): what the policy service serves."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
-        return out
+        return save_served_policy(self.policy, self.tokenizer, out_dir)
 
     def save_value_head(self, path: str | Path) -> None:
         save_file({k: v.contiguous() for k, v in self.model.value_head.state_dict().items()}, str(path))
