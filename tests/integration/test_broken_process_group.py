@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from services.trainer.parallel.coordinator import Coordinator
-from services.trainer.parallel.group import DataParallel, leave_broken_group
+from services.trainer.parallel.group import DataParallel, exit_rank
 from shared.broker import free_port
 from tests.helpers import wait_until
 
@@ -37,7 +37,7 @@ def rank_main(rank: int, port: int, work_dir: str) -> None:
     wait_until(lambda: heartbeat_fails(coordinator), timeout_s=120, interval_s=0.2, message="an order to fail")
     heartbeat_fails(coordinator)  # a second failure: on_broken was already called
     (Path(work_dir) / "rank0.json").write_text(json.dumps({"calls": calls, "broken": coordinator.broken}))
-    leave_broken_group(0)  # as the launcher does: tearing down gloo after a lost peer can abort (exit -6)
+    exit_rank(0)  # as the launcher does, without destroying the group: its peer is gone
 
 
 def test_rank_zero_stops_when_another_rank_is_gone(tmp_path):

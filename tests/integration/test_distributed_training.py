@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from services.trainer.config import TrainerConfig
 from services.trainer.loop.policy_round import PolicyRounds
 from services.trainer.parallel.coordinator import Coordinator
-from services.trainer.parallel.group import DataParallel
+from services.trainer.parallel.group import DataParallel, exit_rank
 from services.trainer.parallel.worker import Worker
 from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.ppo.ppo_rollout import Rollout
@@ -107,8 +107,10 @@ def rank_main(rank: int, world_size: int, port: int, lm_dir: str, work_dir: str)
         digests = group.all_gather_rows(digest)
         if group.is_main:
             (out / "digests.json").write_text(json.dumps(digests.tolist()))
-    finally:
+    except BaseException:
         group.close()
+        raise
+    exit_rank(0, group)  # as the launcher does: gloo's teardown at interpreter exit can abort
 
 
 @pytest.mark.slow  # two spawned ranks import torch and transformers: ~20-40 s on 2 cores
@@ -169,8 +171,10 @@ def online_rank_main(rank: int, world_size: int, port: int, store_root: str, wor
         gathered = group.all_gather_rows(state.unsqueeze(0))
         if group.is_main:
             (Path(work_dir) / "ranks.json").write_text(json.dumps(gathered.tolist()))
-    finally:
+    except BaseException:
         group.close()
+        raise
+    exit_rank(0, group)  # as the launcher does: gloo's teardown at interpreter exit can abort
 
 
 @pytest.mark.slow  # two spawned ranks, three PPO steps
@@ -219,8 +223,10 @@ def reward_rank_main(rank: int, world_size: int, port: int, work_dir: str) -> No
         if group.is_main:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(work_dir) / "reward.st"))
             (Path(work_dir) / "reward.json").write_text(json.dumps(metrics))
-    finally:
+    except BaseException:
         group.close()
+        raise
+    exit_rank(0, group)  # as the launcher does: gloo's teardown at interpreter exit can abort
 
 
 @pytest.mark.slow  # two spawned ranks load MiniLM

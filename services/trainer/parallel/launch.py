@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from services.trainer.config import TrainerConfig
 from services.trainer.loop.policy_methods import DATA_PARALLEL_METHODS
 from services.trainer.parallel.coordinator import Coordinator
-from services.trainer.parallel.group import DataParallel, leave_broken_group
+from services.trainer.parallel.group import DataParallel, exit_rank
 from services.trainer.parallel.worker import run_worker
 from shared.config import ConfigError, check, load_config
 from shared.logs import setup_logging
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def run_data_parallel(argv: Sequence[str] | None = None) -> int:
-    """Run this rank of a data-parallel trainer; returns the process exit code."""
+    """Run this rank of a data-parallel trainer. Returns only a configuration error's exit
+    code (2); once the process group is joined, the rank ends its process (exit_rank)."""
     try:
         config = load_config(TrainerConfig, argv, prog="python -m services.trainer")
         check_data_parallel(config)
@@ -49,10 +50,7 @@ def run_data_parallel(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         group.close()
         raise
-    if broken:
-        leave_broken_group(code)  # never returns
-    group.close()
-    return code
+    exit_rank(code, None if broken else group)  # never returns: see exit_rank for why
 
 
 def check_data_parallel(config: TrainerConfig) -> None:
