@@ -169,6 +169,12 @@ def run(args) -> int:
         policy_replicas=args.policy_replicas,
         service_args={"trainer": (["--gate-judge", gate_judge] if gate_judge else []) + trainer_args(args)},
     )
+    if "trainer" in services and (stack.trainer_state_dir / "ledger.sqlite").exists():
+        # A fresh store with an old ledger trains on earlier runs' feedback and carries their gate tests.
+        console.print(
+            f"[yellow]The trainer continues from {stack.trainer_state_dir} (the ledger and rounds of an earlier "
+            f"run); for a fresh start remove it or set {env.TRAINER_STATE_DIR} to a new directory.[/yellow]"
+        )
     series = LoopSeries(kl_budget=args.kl_budget)
     # From here on Ctrl-C only asks to stop, so the stack is always stopped and
     # what was measured is still saved.

@@ -155,6 +155,11 @@ class Stack:
     def bootstrap(self) -> str:
         return self.kafka or (self.broker.bootstrap if self.broker else "")
 
+    @property
+    def trainer_state_dir(self) -> Path:
+        """The trainer's ledger and checkpoints: RLHF_TRAINER_STATE_DIR, else beside this run's logs."""
+        return Path(os.environ.get(env.TRAINER_STATE_DIR) or self.log_dir.parent / "trainer-state")
+
     def address(self, name: str) -> str:
         """The service's address; for the policy, every replica's (host1:port1,host2:port2):
         shared.channels balances over them."""
@@ -204,8 +209,7 @@ class Stack:
             for name, value in EMBEDDED_GROUP_TIMING_ENV.items():
                 base_env.setdefault(name, value)
         base_env[env.POLICY_ADDR] = ",".join(p.address for p in self._processes_of("policy"))
-        # The trainer's ledger and checkpoints live beside the logs of this run.
-        base_env.setdefault(env.TRAINER_STATE_DIR, str(self.log_dir.parent / "trainer-state"))
+        base_env[env.TRAINER_STATE_DIR] = str(self.trainer_state_dir)
         # Every service shares this machine's cores: a second torch thread in
         # the trainer measured 5-30x slower under that contention (BENCHMARKS.md).
         base_env.setdefault(env.TRAINER_TORCH_THREADS, "1")
