@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_stack_arguments(parser) -> None:
+def add_stack_arguments(parser, default_policy_method: str | None = None) -> None:
+    """Flags of the stack; ``default_policy_method`` replaces the trainer's own default method."""
     from services.trainer.loop.policy_methods import POLICY_METHODS
 
     parser.add_argument(
@@ -51,11 +52,12 @@ def add_stack_arguments(parser) -> None:
         "`rlhf simulate --policy 127.0.0.1:50051,127.0.0.1:50061` spread calls over them with gRPC's "
         "round_robin, and every replica follows model updates",
     )
+    default_text = default_policy_method or "the trainer's"
     parser.add_argument(
         "--policy-method",
         choices=POLICY_METHODS,
-        default=os.environ.get(env.TRAINER_POLICY_METHOD) or None,
-        help=f"how the trainer improves the policy (its --policy-method; default: the trainer's) "
+        default=os.environ.get(env.TRAINER_POLICY_METHOD) or default_policy_method,
+        help=f"how the trainer improves the policy (its --policy-method; default: {default_text}) "
         f"[env {env.TRAINER_POLICY_METHOD}]",
     )
 

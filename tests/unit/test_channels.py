@@ -8,7 +8,6 @@ import json
 import pytest
 
 from rlhf_cli.stack import Stack, policy_replica_ports
-from shared import env
 from shared.channels import SERVICE_CONFIG, channel_options, channel_target
 
 
@@ -52,11 +51,3 @@ def test_policy_replicas_get_consecutive_ports_and_one_client_address(tmp_path):
     ]
     stack.processes = {p.name: p for p in procs}
     assert stack.address("policy") == "127.0.0.1:50056,127.0.0.1:50066,127.0.0.1:50067"
-
-
-def test_the_trainer_state_lives_beside_the_logs_unless_the_environment_names_it(tmp_path, monkeypatch):
-    monkeypatch.delenv(env.TRAINER_STATE_DIR, raising=False)
-    stack = Stack(model_store=tmp_path / "store", log_dir=tmp_path / "run" / "logs", services=["trainer"])
-    assert stack.trainer_state_dir == tmp_path / "run" / "trainer-state"
-    monkeypatch.setenv(env.TRAINER_STATE_DIR, str(tmp_path / "fresh"))
-    assert stack.trainer_state_dir == tmp_path / "fresh"
