@@ -38,7 +38,9 @@ from demo.world import build_prompts, judge, make_response  # noqa: E402
 from shared.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
 from shared.reward_model import load_reward_model, score_texts  # noqa: E402
 
-METHODS = ("ppo", "rloo", "grpo")
+# "ptx-only": PPO with its policy loss off (policy_loss_coef 0), i.e. SFT on the corrections
+# alone: the ablation that says what the policy gradient adds when corrections are on.
+METHODS = ("ppo", "rloo", "grpo", "ptx-only")
 
 
 def per_prompt(policy, tokenizer, prompts, reward_fn, samples: int) -> dict[str, tuple[float, float]]:
@@ -71,8 +73,11 @@ def build(method: str, args, store: str, reward_fn):
     policy, tokenizer = load_policy(f"{store}/policy/v1")
     common = dict(learning_rate=args.lr, ptx_batch_size=args.ptx_batch_size, max_new_tokens=24, num_threads=1)
     n = args.samples_per_step
-    if method == "ppo":
-        config = PPOConfig(batch_size=n, mini_batch_size=n // 2, ppo_epochs=2, **common)
+    if method in ("ppo", "ptx-only"):
+        policy_loss_coef = 0.0 if method == "ptx-only" else 1.0
+        config = PPOConfig(
+            batch_size=n, mini_batch_size=n // 2, ppo_epochs=2, policy_loss_coef=policy_loss_coef, **common
+        )
         return PPOTrainer(policy, tokenizer, reward_fn, config)
     k = args.k
     config_class = RLOOConfig if method == "rloo" else GRPOConfig
@@ -83,7 +88,7 @@ def build(method: str, args, store: str, reward_fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-store", required=True, help="a bootstrapped store (policy v1, reward v1)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of ppo,rloo,grpo")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--steps", type=int, default=60, help="training steps per method")
     parser.add_argument("--samples-per-step", type=int, default=16, help="responses generated per step, every method")
     parser.add_argument("--k", type=int, default=4, help="RLOO/GRPO samples per prompt")
@@ -95,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     if any(m not in METHODS for m in methods) or args.samples_per_step % args.k or args.samples_per_step % 2:
-        parser.error("methods must be of ppo,rloo,grpo; --samples-per-step must be even and a multiple of --k")
+        parser.error(f"methods must be of {','.join(METHODS)}; --samples-per-step must be even and a multiple of --k")
     torch.set_num_threads(1)
     store = args.model_store
     reward_model, reward_tokenizer = load_reward_model(f"{store}/reward/v1")
