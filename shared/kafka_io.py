@@ -373,15 +373,9 @@ class EventConsumerLoop:
         self._positions_checked_at = now
         past_the_end = {}
         for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:  # no fetch response for it yet
-                continue
-            try:
-                position = consumer.position(tp, timeout_ms=0)
-            except KafkaError:  # e.g. revoked by a rebalance under way
-                continue
-            if position is not None and position > high:
-                past_the_end[tp] = (position, high)
+            known = self._position_and_high(consumer, tp)
+            if known is not None and known[0] > known[1]:
+                past_the_end[tp] = known
         if past_the_end:
             log.warning(
                 "positions beyond the end of their partitions (the broker lost records); reading them again "
@@ -403,18 +397,24 @@ class EventConsumerLoop:
             if assigned and all(self._at_end(consumer, tp) for tp in parts):
                 self._caught_up_at[topic] = polled_at
 
+    @classmethod
+    def _at_end(cls, consumer: KafkaConsumer, tp: TopicPartition) -> bool:
+        known = cls._position_and_high(consumer, tp)
+        # Equal, not beyond: a position past the high watermark is on a log the broker lost
+        # (_rewind_positions_past_the_end), and nothing written to the new one has been read.
+        return known is not None and known[0] == known[1]
+
     @staticmethod
-    def _at_end(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
+    def _position_and_high(consumer: KafkaConsumer, tp: TopicPartition) -> tuple[int, int] | None:
+        """(position, high watermark) of an assigned partition, or None while either is unknown."""
         high = consumer.highwater(tp)
         if high is None:  # no fetch response for it yet
-            return False
+            return None
         try:
             position = consumer.position(tp, timeout_ms=0)
         except KafkaError:  # e.g. revoked by a rebalance under way
-            return False
-        # Equal, not beyond: a position past the high watermark is on a log the broker lost
-        # (_rewind_positions_past_the_end), and nothing written to the new one has been read.
-        return position is not None and position == high
+            return None
+        return None if position is None else (position, high)
 
     def _handle_record(self, record) -> None:
         message_cls = self.settings.topics[record.topic]

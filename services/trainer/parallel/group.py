@@ -215,11 +215,11 @@ def exit_rank(exit_code: int, group: DataParallel | None = None) -> NoReturn:
     Workaround: after the collectives are done, the process can still abort at
     interpreter exit ("terminate called without an active exception", exit -6
     instead of ``exit_code``) while C++ state of gloo is torn down, with no
-    Python frame left: seen with torch 2.13 in about 1 of 16 two-rank runs with
-    a busy core, after ``destroy_process_group`` too, and when a peer was lost
-    during the teardown itself. ``os._exit`` skips that teardown; nothing of
-    this project's needs it (services have closed their clients by now). Can go
-    when two-rank runs under load exit cleanly without it
+    Python frame left: seen with torch 2.13 in 2 of 20 runs of two two-rank
+    tests with a busy core, after ``destroy_process_group`` too, and when a peer
+    was lost during the teardown itself. ``os._exit`` skips that teardown;
+    nothing of this project's needs it (services have closed their clients by
+    now). Can go when two-rank runs under load exit cleanly without it
     (tests/integration/test_distributed_training.py, 40 runs)."""
     if group is not None:
         group.close()
