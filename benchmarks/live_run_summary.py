@@ -3,8 +3,9 @@
 A run is the JSON that `rlhf demo --out RUN.png` writes beside its plot (RUN.json)
 and the trainer's log in its `--log-dir`. Per run: satisfaction of policy v1 and
 of the latest served version (responses in brackets), the demo's gain ± standard
-error, the users' own utility, KL to v1, and from the trainer's log the policy
-steps, gate decisions, promotions and reward versions. Every served version
+error, the share of all the run's responses that satisfied (what the users
+got over the 10 minutes), the users' own utility, KL to v1, and from the
+trainer's log the policy steps, gate decisions, promotions and reward versions. Every served version
 follows on its own line.
 
     python -m benchmarks.live_run_summary runs/issue10/rloo-on:runs/issue10/logs-rloo-on ...
@@ -31,6 +32,8 @@ def summarise(run_json: Path, log_dir: Path) -> list[str]:
     versions, headline = run["versions"], run["headline"]
     log = (log_dir / "trainer.log").read_text(errors="replace")
     latest = headline["latest_version"]
+    responses = sum(v["responses"] for v in versions.values())
+    whole_run = sum(v["satisfaction"] * v["responses"] for v in versions.values()) / responses
     promoted = latest != "v1"
     gain = f"{headline['gain_points']:+.1f} ± {headline['gain_standard_error_points']:.1f}" if promoted else "0"
     kl = f"{headline['latest_kl']:.2f}" if promoted and headline.get("latest_kl") is not None else "-"
@@ -40,6 +43,7 @@ def summarise(run_json: Path, log_dir: Path) -> list[str]:
             served(versions["v1"]),
             f"{latest} {served(versions[latest])}",
             gain,
+            f"{100 * whole_run:.1f}%",
             f"{versions['v1']['user_utility']:.3f} → {versions[latest]['user_utility']:.3f}",
             kl,
             str(count(r"policy step \{", log)),
@@ -66,10 +70,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(
-        "| run | v1 satisfied (served) | latest version (served) | gain | user utility v1 → latest | KL to v1 "
-        "| policy steps | gate tests / promoted | reward versions | requests |"
+        "| run | v1 satisfied (served) | latest version (served) | gain | whole run satisfied "
+        "| user utility v1 → latest | KL to v1 | policy steps | gate tests / promoted | reward versions | requests |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for spec in args.runs:
         run, _, logs = spec.partition(":")
         run_path = Path(run).with_suffix(".json")
