@@ -21,8 +21,8 @@ def test_the_demo_runs_the_best_measured_method_and_up_leaves_the_choice_to_the_
 
     monkeypatch.delenv(env.TRAINER_POLICY_METHOD, raising=False)
     parser = build_parser()
-    assert parser.parse_args(["demo"]).policy_method == DEMO_POLICY_METHOD == "grpo"
+    assert parser.parse_args(["demo"]).policy_method == DEMO_POLICY_METHOD == "rloo"
     assert parser.parse_args(["up"]).policy_method is None
     assert parser.parse_args(["demo", "--policy-method", "ppo"]).policy_method == "ppo"
-    monkeypatch.setenv(env.TRAINER_POLICY_METHOD, "rloo")
-    assert build_parser().parse_args(["demo"]).policy_method == "rloo"
+    monkeypatch.setenv(env.TRAINER_POLICY_METHOD, "grpo")
+    assert build_parser().parse_args(["demo"]).policy_method == "grpo"
