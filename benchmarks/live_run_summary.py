@@ -37,6 +37,10 @@ def summarise(run_json: Path, log_dir: Path) -> list[str]:
     promoted = latest != "v1"
     gain = f"{headline['gain_points']:+.1f} ± {headline['gain_standard_error_points']:.1f}" if promoted else "0"
     kl = f"{headline['latest_kl']:.2f}" if promoted and headline.get("latest_kl") is not None else "-"
+    decided = [line for line in log.splitlines() if "policy candidate decided" in line]
+    # A candidate waiting for enough held-out prompts was not tested.
+    gate_tests = sum("'heldout_too_small'" not in line for line in decided)
+    promotions = sum("'promoted': True" in line for line in decided)
     row = " | ".join(
         [
             run_json.stem,
@@ -47,8 +51,7 @@ def summarise(run_json: Path, log_dir: Path) -> list[str]:
             f"{versions['v1']['user_utility']:.3f} → {versions[latest]['user_utility']:.3f}",
             kl,
             str(count(r"policy step \{", log)),
-            f"{count(r'policy candidate decided', log) - count(r'heldout_too_small', log)} / "
-            f"{count(r'policy candidate decided .*.promoted.: True', log)}",
+            f"{gate_tests} / {promotions}",
             str(count(r"'kind': 'reward', 'version'", log)),
             f"{run['totals']['requests']:,}",
         ]

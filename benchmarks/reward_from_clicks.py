@@ -16,8 +16,10 @@ finished live run left in its trainer's ledger, in one run:
    around). A reward model that scores like the users' mean taste is about as
    good as any one model of many users can be.
 
-Accuracy is weighted by the ledger's per-user caps, ties count one half, and
-the ± is the binomial standard error over the held-out comparisons.
+Accuracy is weighted by the ledger's per-user caps (a tie counts one half for
+the judge's references, which tie often, and as a miss for a reward model, as
+the trainer's own check counts it), and the ± is the binomial standard error
+over the held-out comparisons.
 
 Run from the repository root, after a live run (`rlhf demo`, whose trainer
 state directory holds ledger.sqlite):
