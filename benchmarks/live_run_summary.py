@@ -81,6 +81,11 @@ def main() -> None:
         run, _, logs = spec.partition(":")
         run_path = Path(run).with_suffix(".json")
         log_dir = Path(logs) if logs else run_path.parent / f"logs-{run_path.stem}"
+        for needed in (run_path, log_dir / "trainer.log"):
+            if not needed.is_file():
+                parser.error(
+                    f"{spec}: no file at {needed} (RUN is rlhf demo's --out without .png, LOG_DIR its --log-dir)"
+                )
         print("\n".join(summarise(run_path, log_dir)))
 
 

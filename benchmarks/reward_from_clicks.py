@@ -35,6 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -96,10 +97,17 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
 
+    if not Path(args.ledger).is_file():  # FeedbackLedger would create an empty one
+        parser.error(f"--ledger: no file at {args.ledger} (a trainer state directory's ledger.sqlite)")
     ledger = FeedbackLedger(args.ledger)
     comparisons = ledger.comparisons()
     ledger.close()
     train, heldout = HeldoutSplit(args.heldout_one_in).split_pairs(comparisons, lambda c: c.prompt)
+    if not train or not heldout:
+        parser.error(
+            f"--ledger: {len(train)} comparisons to train on and {len(heldout)} held out; "
+            "both are needed (run the live loop longer)"
+        )
     print(f"{len(comparisons)} comparisons: {len(train)} to train on, {len(heldout)} held out")
     store = ModelStore(args.model_store)
 
