@@ -23,7 +23,7 @@ def onnx_max_abs_diff(reward_dir) -> tuple[float, int]:
     import torch
 
     from demo.world import build_prompts, make_response
-    from shared.reward_model import encode_pairs, load_reward_model
+    from shared.models.reward.model import encode_pairs, load_reward_model
 
     model, tokenizer = load_reward_model(reward_dir)
     rng = random.Random(0)
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--model-store", default="/tmp/bootstrap-store")
     args = parser.parse_args()
     from demo.bootstrap import run_bootstrap
-    from shared.model_store import ModelStore
+    from shared.models.store import ModelStore
 
     started = time.perf_counter()
     result = run_bootstrap(args.model_store, progress=False, log=lambda line: print(line, flush=True))

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import grpc
 from kafka import KafkaConsumer, TopicPartition
 
-from shared import events
-from shared.broker import EMBEDDED_GROUP_TIMING, EmbeddedBroker, free_port
 from shared.feedback_rules import validating_feedback_handler
-from shared.kafka_io import ConsumerSettings, EventConsumerLoop, create_producer, ensure_topics, produce_event
+from shared.kafka import events
+from shared.kafka.broker import EMBEDDED_GROUP_TIMING, EmbeddedBroker, free_port
+from shared.kafka.io import ConsumerSettings, EventConsumerLoop, create_producer, ensure_topics, produce_event
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 

@@ -18,7 +18,7 @@ import time
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from shared.broker import EmbeddedBroker, free_port
+from shared.kafka.broker import EmbeddedBroker, free_port
 
 
 def timed_join(bootstrap: str, session_ms: int) -> tuple[KafkaConsumer, float]:

@@ -35,8 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from demo.world import build_prompts, judge, make_response  # noqa: E402
-from shared.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
-from shared.reward_model import load_reward_model, score_texts  # noqa: E402
+from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
+from shared.models.reward.model import load_reward_model, score_texts  # noqa: E402
 
 # "ptx-only": PPO with its policy loss off (policy_loss_coef 0), i.e. SFT on the corrections
 # alone: the ablation that says what the policy gradient adds when corrections are on.

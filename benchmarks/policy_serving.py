@@ -143,7 +143,7 @@ def _source_tree(ref: str, into: Path) -> Path:
 
 def start_service(code: Path, model_dir: Path, kafka: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
     from benchmarks.policy_throughput import _wait_serving
-    from shared.broker import free_port
+    from shared.kafka.broker import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "services.policy", "--host", "127.0.0.1", "--port", str(port)]
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.policy.engine import EngineSettings, GenerationEngine
     from services.policy.model import load_bundle
-    from shared.broker import EmbeddedBroker
-    from shared.kafka_io import ensure_topics
+    from shared.kafka.broker import EmbeddedBroker
+    from shared.kafka.io import ensure_topics
 
     levels = [int(c) for c in args.clients.split(",")]
     thread_counts = sorted({int(t) for t in args.in_process_threads.split(",")})

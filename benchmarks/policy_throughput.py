@@ -116,7 +116,7 @@ def run_continuous_batching(model, tokenizer, prompts: list[str], max_new: int) 
 def start_service(
     model_dir: Path, kafka: str, torch_threads: int, batch_wait_ms: float, continuous: bool
 ) -> tuple[subprocess.Popen, int]:
-    from shared.broker import free_port
+    from shared.kafka.broker import free_port
 
     port = free_port()
     cmd = [
@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shared.broker import EmbeddedBroker
-    from shared.kafka_io import ensure_topics
+    from shared.kafka.broker import EmbeddedBroker
+    from shared.kafka.io import ensure_topics
 
     results: dict = {
         "clients": args.clients,

@@ -37,8 +37,8 @@ import torch  # noqa: E402
 
 from demo.evaluation import judge_rates  # noqa: E402
 from demo.world import build_prompts, judge, make_response  # noqa: E402
-from shared.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
-from shared.reward_model import load_reward_model, score_texts  # noqa: E402
+from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
+from shared.models.reward.model import load_reward_model, score_texts  # noqa: E402
 
 EVAL_SETTINGS = SamplingSettings(samples_per_prompt=2, max_new_tokens=40, seed=7)
 

@@ -95,7 +95,7 @@ class Replica:
 
 
 def start_replica(name: str, workdir: Path, bootstrap: str, store_root: Path, torch_threads: int) -> Replica:
-    from shared.broker import free_port
+    from shared.kafka.broker import free_port
 
     port = free_port()
     log_path = workdir / f"{name}.log"
@@ -187,9 +187,9 @@ def run(
     import torch
 
     from services.trainer.loop.promotion import Promoter
-    from shared.broker import EmbeddedBroker
-    from shared.kafka_io import create_producer, ensure_topics
-    from shared.model_store import ModelStore
+    from shared.kafka.broker import EmbeddedBroker
+    from shared.kafka.io import create_producer, ensure_topics
+    from shared.models.store import ModelStore
     from shared.proto.rlhf.v1 import policy_pb2_grpc
 
     model, tokenizer = build_model(size)

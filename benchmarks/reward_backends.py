@@ -50,8 +50,8 @@ RESPONSES = [
 
 
 def build_store(root: str) -> tuple[object, str]:
-    from shared.model_store import ModelStore
-    from shared.reward_model import export_onnx, new_reward_model, save_reward_model
+    from shared.models.reward.model import export_onnx, new_reward_model, save_reward_model
+    from shared.models.store import ModelStore
 
     store = ModelStore(root)
     model, tokenizer = new_reward_model(seed=0)
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from services.reward.scorer import load_reward_version
-    from shared.reward_model import ONNX_FILE, encode_pairs
+    from shared.models.reward.model import ONNX_FILE, encode_pairs
 
     prompts, responses = workload(args.batch, args.varied)
     load_before = os.getloadavg()

@@ -5,7 +5,7 @@ demo.bootstrap.reward_step's settings from BootstrapConfig), in one run:
 
 1. trains a reward model with K = 1 (today's single head) and with each K in
    ``--ensembles`` (heads on one MiniLM backbone, each on its own bootstrap
-   resample, shared.reward_ensemble), same seed, steps and batches;
+   resample, shared.models.reward.ensemble), same seed, steps and batches;
 2. held-out pairwise accuracy of each (the ensemble's conservative score, and
    its mean over heads);
 3. over-optimisation, on policy samples: ``--samples-per-prompt`` samples of
@@ -38,10 +38,10 @@ import torch  # noqa: E402
 from demo.bootstrap_config import BootstrapConfig  # noqa: E402
 from demo.world import PROMPT_FRAME, build_prompts, judge, preference_pairs, split_prompts  # noqa: E402
 from services.trainer.supervised.reward_training import train_reward_model  # noqa: E402
-from shared.model_store import ModelStore  # noqa: E402
-from shared.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
-from shared.reward_ensemble import conservative_scores, member_mean, score_members  # noqa: E402
-from shared.reward_model import new_reward_model  # noqa: E402
+from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
+from shared.models.reward.ensemble import conservative_scores, member_mean, score_members  # noqa: E402
+from shared.models.reward.model import new_reward_model  # noqa: E402
+from shared.models.store import ModelStore  # noqa: E402
 
 
 def ranks(values: list[float]) -> list[float]:

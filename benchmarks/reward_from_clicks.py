@@ -47,8 +47,8 @@ from demo.world import judge  # noqa: E402
 from services.trainer.data.ledger import Comparison, FeedbackLedger  # noqa: E402
 from services.trainer.loop.heldout import HeldoutSplit  # noqa: E402
 from services.trainer.loop.reward_update import RewardUpdateSettings, fine_tune, heldout_accuracy  # noqa: E402
-from shared.model_store import ModelStore  # noqa: E402
-from shared.reward_model import load_reward_model  # noqa: E402
+from shared.models.reward.model import load_reward_model  # noqa: E402
+from shared.models.store import ModelStore  # noqa: E402
 
 # The trainer's own update (services.trainer.config defaults), then stronger ones.
 TRAINER_UPDATE = RewardUpdateSettings(min_new_comparisons=200, steps=60, tolerance=0.02)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from demo.bootstrap_config import BootstrapConfig
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 
 CACHE_DIR = ".bootstrap-cache"
 STEP_METRICS = "step_metrics.json"  # written last: its presence marks a finished step
@@ -146,7 +146,7 @@ def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: boo
     from demo.tiny_lm import save_causal_lm
     from demo.world import sft_demonstrations
     from services.trainer.supervised.sft import sft_train
-    from shared.policy_eval import load_policy
+    from shared.models.policy_eval import load_policy
 
     train, _ = _world(config)
     model, tokenizer = load_policy(pretrained)
@@ -169,7 +169,7 @@ def reward_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str,
     """Bradley-Terry training of MiniLM + scalar head; ONNX export."""
     from demo.world import preference_pairs
     from services.trainer.supervised.reward_training import train_reward_model
-    from shared.reward_model import export_onnx, new_reward_model, pairwise_accuracy, save_reward_model
+    from shared.models.reward.model import export_onnx, new_reward_model, pairwise_accuracy, save_reward_model
 
     train, heldout = _world(config)
     from demo.world import PROMPT_FRAME
@@ -211,8 +211,8 @@ def reward_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str,
 def evaluate_step(config: BootstrapConfig, pretrained: Path, sft: Path, reward: Path, progress: bool) -> dict:
     """Base vs SFT on held-out prompts: judge rates, mean reward, KL to SFT."""
     from demo.evaluation import evaluate_policy
-    from shared.policy_eval import SamplingSettings, load_policy
-    from shared.reward_model import load_reward_model
+    from shared.models.policy_eval import SamplingSettings, load_policy
+    from shared.models.reward.model import load_reward_model
 
     _, heldout = _world(config)
     settings = SamplingSettings(

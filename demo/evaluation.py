@@ -4,7 +4,7 @@ rates on held-out world prompts, what `rlhf eval` and the bootstrap report.
 - satisfaction: share of sampled responses the judge calls good on all axes
 - per-axis rates (helpful, polite, correct, safe, concise)
 - reward_mean: mean score of the sampled responses under a reward model
-- kl_to_reference: see :func:`shared.policy_eval.kl_to_reference`
+- kl_to_reference: see :func:`shared.models.policy_eval.kl_to_reference`
 
 :func:`gate_judge` is the trainer's optional judge plug-in for this world
 (``--gate-judge demo.evaluation:gate_judge``): the platform passes it prompts
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from demo.world import AXES, Prompt, judge
-from shared.policy_eval import Sample, SamplingSettings, kl_to_reference, sample_responses
+from shared.models.policy_eval import Sample, SamplingSettings, kl_to_reference, sample_responses
 
 
 def judge_rates(samples: Sequence[Sample]) -> dict[str, float]:
@@ -57,7 +57,7 @@ def evaluate_policy(
     metrics["samples"] = float(len(samples))
     metrics["mean_response_words"] = sum(len(s.text.split()) for s in samples) / max(1, len(samples))
     if reward is not None:
-        from shared.reward_model import score_texts
+        from shared.models.reward.model import score_texts
 
         scores = score_texts(reward[0], reward[1], [s.prompt for s in samples], [s.text for s in samples])
         metrics["reward_mean"] = sum(scores) / max(1, len(scores))

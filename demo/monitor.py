@@ -15,7 +15,7 @@ from collections import defaultdict
 import grpc
 
 from demo.plot import LoopSeries, SeriesPoint, VersionSummary
-from shared.channels import ClientTLS, open_channel
+from shared.grpc.channels import ClientTLS, open_channel
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 # Candidate metric names that hold the KL to the reference, most specific first.

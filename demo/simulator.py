@@ -28,7 +28,7 @@ from demo.simulation import (
 )
 from demo.user_feedback import FeedbackMix, answers_to_show
 from demo.world import build_prompts, judge
-from shared.channels import ClientTLS, open_channel
+from shared.grpc.channels import ClientTLS, open_channel
 from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 # Errors worth waiting out (the policy is swapping versions, a queue is full,

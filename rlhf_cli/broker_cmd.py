@@ -18,9 +18,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from shared import events
-    from shared.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
-    from shared.kafka_io import ensure_topics
+    from shared.kafka import events
+    from shared.kafka.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
+    from shared.kafka.io import ensure_topics
     from shared.logs import setup_logging
 
     setup_logging("broker", fmt="text")

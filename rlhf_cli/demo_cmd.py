@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
 
 def ensure_models(model_store: str, console) -> None:
     """Run the four-step bootstrap when the store lacks policy or reward."""
-    from shared.model_store import ModelStore
+    from shared.models.store import ModelStore
 
     store = ModelStore(model_store)
     if store.current("policy") is not None and store.current("reward") is not None:

@@ -52,9 +52,9 @@ def evaluate(args) -> dict:
 
     from demo.evaluation import evaluate_policy
     from demo.world import build_prompts, preference_pairs, split_prompts
-    from shared.model_store import ModelStore
-    from shared.policy_eval import SamplingSettings, load_policy
-    from shared.reward_model import load_reward_model, pairwise_accuracy
+    from shared.models.policy_eval import SamplingSettings, load_policy
+    from shared.models.reward.model import load_reward_model, pairwise_accuracy
+    from shared.models.store import ModelStore
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     store = ModelStore(args.model_store)
@@ -96,7 +96,7 @@ def evaluate(args) -> dict:
 
 
 def run(args) -> int:
-    from shared.model_store import ModelStoreError
+    from shared.models.store import ModelStoreError
 
     try:
         result = evaluate(args)

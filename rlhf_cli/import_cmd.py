@@ -39,8 +39,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from transformers.utils import logging as hf_logging
 
-    from shared.model_import import ModelImportError, import_policy, import_reward
-    from shared.model_store import ModelStore
+    from shared.models.importer import ModelImportError, import_policy, import_reward
+    from shared.models.store import ModelStore
 
     hf_logging.disable_progress_bar()
     importer = import_policy if args.kind == "policy" else import_reward

@@ -68,7 +68,7 @@ def run(args) -> int:
 
 def version_report(args) -> dict:
     """The manifest, parent chain and history of one version, as a dict."""
-    from shared.model_store import ModelStore, ModelStoreError
+    from shared.models.store import ModelStore, ModelStoreError
 
     store = ModelStore(args.model_store)
     try:
@@ -97,7 +97,7 @@ def user_report(args) -> dict:
     """The user's feedback, deletion requests and the versions it shaped, as a dict."""
     from services.trainer.data.ledger import read_user_rows
     from services.trainer.loop.lineage import versions_shaped_by
-    from shared.model_store import ModelStore
+    from shared.models.store import ModelStore
 
     rows, deletions = read_user_rows(Path(args.state_dir) / "ledger.sqlite", args.user)
     shaped = versions_shaped_by(ModelStore(args.model_store), rows)

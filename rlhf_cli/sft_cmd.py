@@ -147,7 +147,7 @@ def train_from_file(args, command: str, train, settings, rows: list[tuple[str, s
     exit code 2 with the message on a data, training or store error."""
     from services.trainer.data.datasets import DataFileError
     from services.trainer.supervised.from_file import FileTrainingError
-    from shared.model_store import ModelStore, ModelStoreError
+    from shared.models.store import ModelStore, ModelStoreError
 
     try:
         result = train(

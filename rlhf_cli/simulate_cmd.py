@@ -10,7 +10,7 @@ import threading
 import time
 
 from shared import env
-from shared.tls import add_client_tls_flags, client_tls_from_args
+from shared.grpc.tls import add_client_tls_flags, client_tls_from_args
 
 
 def add_parser(subparsers) -> None:

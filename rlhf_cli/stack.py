@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import env
-from shared.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
 from shared.config import ServiceConfig, load_config
-from shared.healthcheck import health_status
-from shared.kafka_io import ensure_topics
-from shared.tls import client_tls_from_env
+from shared.grpc.healthcheck import health_status
+from shared.grpc.tls import client_tls_from_env
+from shared.kafka.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
+from shared.kafka.io import ensure_topics
 
 # name -> (gRPC port, metrics port): the services' own defaults.
 SERVICE_PORTS = {
@@ -162,7 +162,7 @@ class Stack:
 
     def address(self, name: str) -> str:
         """The service's address; for the policy, every replica's (host1:port1,host2:port2):
-        shared.channels balances over them."""
+        shared.grpc.channels balances over them."""
         if name == "policy":
             return ",".join(p.address for p in self.policy_processes())
         return self.processes[name].address

@@ -6,7 +6,7 @@ import json
 import os
 
 from shared import env
-from shared.tls import add_client_tls_flags, client_tls_from_args
+from shared.grpc.tls import add_client_tls_flags, client_tls_from_args
 
 DEFAULT_TRAINER = "127.0.0.1:50054"
 
@@ -45,7 +45,7 @@ def call_trainer(args, method: str, request):
     """Call one TrainerService method; returns (response, None) or (None, error text)."""
     import grpc
 
-    from shared.channels import open_channel
+    from shared.grpc.channels import open_channel
     from shared.proto.rlhf.v1 import trainer_pb2_grpc
 
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()

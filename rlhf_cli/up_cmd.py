@@ -83,7 +83,7 @@ def replica_count(text: str) -> int:
 def start_stack(args, console):
     """Bootstrap if needed, then start broker and services; returns the Stack."""
     from rlhf_cli.stack import Stack, available_services, describe_process
-    from shared.model_store import ModelStore
+    from shared.models.store import ModelStore
 
     store = ModelStore(args.model_store)
     if not args.no_bootstrap and (store.current("policy") is None or store.current("reward") is None):

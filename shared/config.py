@@ -400,7 +400,7 @@ def _check_security(config: ServiceConfig) -> None:
         "must differ from --auth-token (one token cannot have both roles)",
     )
     if config.tokens_file:
-        from shared.auth import TokenFileError, read_tokens_file  # lazy: shared.auth imports this module
+        from shared.grpc.auth import TokenFileError, read_tokens_file  # lazy: shared.grpc.auth imports this module
 
         try:
             read_tokens_file(config.tokens_file)

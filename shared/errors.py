@@ -1,6 +1,6 @@
 """Errors a core module raises to say what went wrong, without importing grpc.
 
-The gRPC error interceptor (shared.grpc_server) maps each to its status code,
+The gRPC error interceptor (shared.grpc.server) maps each to its status code,
 so every RPC answers bad input the same way: the field, the rule, the value.
 """
 

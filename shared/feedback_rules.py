@@ -254,7 +254,7 @@ def validating_feedback_handler(handler: Callable, limits: FeedbackLimits = DEFA
     """Wrap an EventConsumerLoop handler for rlhf.feedback.v1: defaults are
     filled, and an event that breaks the rules raises InvalidEvent (so the
     loop dead-letters it with every problem) instead of reaching ``handler``."""
-    from shared.kafka_io import InvalidEvent  # kafka_io imports the Kafka client; keep this module light
+    from shared.kafka.io import InvalidEvent  # kafka_io imports the Kafka client; keep this module light
 
     def handle(event) -> None:
         message = event.message

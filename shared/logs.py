@@ -1,7 +1,7 @@
 """Structured logging: one JSON object per line on stderr (or plain text).
 
 The request id of the gRPC call being served is attached to every record
-logged while serving it (set by shared.grpc_server's interceptor).
+logged while serving it (set by shared.grpc.server's interceptor).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ wait for SIGTERM/SIGINT, graceful stop.
 
 A service's ``main`` is one call: ``run_service(PolicyConfig, "policy",
 PolicyService, argv)``; ``build(config)`` returns an object with ``start()``,
-``stop(grace_s=None)`` and ``grpc`` (its shared.grpc_server.GrpcServer).
+``stop(grace_s=None)`` and ``grpc`` (its shared.grpc.server.GrpcServer).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import EMBEDDED_GROUP_TIMING_ENV
+from shared.kafka.broker import EMBEDDED_GROUP_TIMING_ENV
 
 # Tests never reach a model hub; fail fast if something tries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,8 +33,8 @@ TINY_LM_TEXTS = [
 @pytest.fixture(scope="session")
 def broker():
     """A real Kafka-protocol broker (Tansu) on a free loopback port, with the topics."""
-    from shared.broker import EmbeddedBroker
-    from shared.kafka_io import ensure_topics
+    from shared.kafka.broker import EmbeddedBroker
+    from shared.kafka.io import ensure_topics
 
     with EmbeddedBroker(port=0) as b:
         ensure_topics(b.bootstrap)
@@ -60,8 +60,8 @@ def unique_name(request) -> str:
 def tiny_store(tmp_path_factory, tiny_lm_dir) -> Path:
     """A model store: policy v1 = the session's tiny random GPT-2; reward v1 = MiniLM with a
     fresh head (+ ONNX). Shared by the session: copy it before writing to it."""
-    from shared.model_store import ModelStore
-    from shared.reward_model import export_onnx, new_reward_model, save_reward_model
+    from shared.models.reward.model import export_onnx, new_reward_model, save_reward_model
+    from shared.models.store import ModelStore
 
     store = ModelStore(tmp_path_factory.mktemp("tiny-store"))
     store.write_version("policy", lambda path: shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True))

@@ -8,8 +8,8 @@ import time
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
-from shared import events
-from shared.broker import EMBEDDED_GROUP_TIMING
+from shared.kafka import events
+from shared.kafka.broker import EMBEDDED_GROUP_TIMING
 
 # Consumer-group timing for the embedded broker (a group forms in about 3 s,
 # not the 90 s Apache Kafka's default session timeout would take on Tansu):

@@ -24,10 +24,11 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import Counter
 
-from shared import events, metrics
+from shared import metrics
 from shared.errors import PermissionDenied, ResourceExhausted, Unavailable
 from shared.feedback_rules import FeedbackLimits, batch_problems, feedback_problems, fill_defaults, raise_first
-from shared.kafka_io import produce_event
+from shared.kafka import events
+from shared.kafka.io import produce_event
 from shared.proto.rlhf.v1 import events_pb2
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ import grpc
 
 from services.feedback.config import FeedbackConfig
 from services.feedback.gateway import ClientRateLimiter, FeedbackGateway, FeedbackReceipt, FirstAnswerCache
-from shared.auth import current_principal
-from shared.grpc_aio_server import AioGrpcServer
-from shared.grpc_server import GrpcServer, ServiceBinding
-from shared.kafka_io import create_producer
+from shared.grpc.aio_server import AioGrpcServer
+from shared.grpc.auth import current_principal
+from shared.grpc.server import GrpcServer, ServiceBinding
+from shared.kafka.io import create_producer
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 from shared.service_main import run_service
 

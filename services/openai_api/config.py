@@ -33,7 +33,7 @@ class OpenAIApiConfig:
     policy_addr: str = setting("127.0.0.1:50051", "policy service gRPC address (host:port)", env=env.POLICY_ADDR)
     feedback_addr: str = setting("127.0.0.1:50053", "feedback gateway gRPC address (host:port)", env=env.FEEDBACK_ADDR)
     # How this front door reaches the gRPC services over TLS: the same variables as every
-    # service's client side (shared.tls.client_tls_from_env reads them for the CLI).
+    # service's client side (shared.grpc.tls.client_tls_from_env reads them for the CLI).
     tls_ca: str = setting("", "CA (PEM) of the gRPC services' certificates, or 'system'; turns TLS on", env=env.TLS_CA)
     tls_client_cert: str = setting(
         "", "certificate (PEM) to present where the services require mutual TLS", env=env.TLS_CLIENT_CERT

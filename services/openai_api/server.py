@@ -27,9 +27,9 @@ from services.openai_api.config import OpenAIApiConfig
 from services.openai_api.handler import FrontDoorHandler
 from services.openai_api.routes import OpenAIRoutes, Upstream
 from shared.config import ConfigError, load_config, log_config
+from shared.grpc.tls import ClientTLS
 from shared.logs import setup_logging
 from shared.metrics import start_metrics_server
-from shared.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from services.policy.model import ModelBundle
 from services.policy.requests import GenerationHandle
 from services.policy.sampling import SamplingSpec
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
-from shared.events import new_id
-from shared.prompting import ChatMessage, PromptError
+from shared.kafka.events import new_id
+from shared.models.prompting import ChatMessage, PromptError
 
 log = logging.getLogger(__name__)
 

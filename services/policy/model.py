@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from shared.model_store import ModelStore
-from shared.prompting import ChatMessage, encode_prompt, has_chat_template, render_chat
+from shared.models.prompting import ChatMessage, encode_prompt, has_chat_template, render_chat
+from shared.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ModelBundle:
     _encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def encode(self, text: str) -> list[int]:
-        """The prompt's ids, as the trainer encodes it too (shared.prompting.encode_prompt)."""
+        """The prompt's ids, as the trainer encodes it too (shared.models.prompting.encode_prompt)."""
         with self._encode_lock:
             return encode_prompt(self.tokenizer, text)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from services.policy import metrics as pm
 from services.policy.sampling import SamplingSpec
-from shared.prompting import ChatMessage
+from shared.models.prompting import ChatMessage
 
 
 class FinishReason(enum.Enum):

@@ -17,14 +17,15 @@ from services.policy.engine import GenerationEngine
 from services.policy.model import POLICY_KIND, ModelBundle, load_bundle, load_from_store
 from services.policy.requests import FinishReason, GenerationHandle, SequenceResult
 from services.policy.sampling import SamplingDefaults, SamplingSpec, resolve_sampling
-from shared import events, metrics
+from shared import metrics
 from shared.errors import Unavailable
-from shared.grpc_server import GrpcServer, ServiceBinding
-from shared.kafka_io import BufferedEventPublisher
+from shared.grpc.server import GrpcServer, ServiceBinding
+from shared.kafka import events
+from shared.kafka.io import BufferedEventPublisher
 from shared.logs import request_id_var
-from shared.model_store import CanaryPointer, ModelStore
-from shared.model_updates import ModelUpdateFollower
-from shared.prompting import ChatMessage
+from shared.models.prompting import ChatMessage
+from shared.models.store import CanaryPointer, ModelStore
+from shared.models.update_follower import ModelUpdateFollower
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)

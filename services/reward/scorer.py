@@ -9,7 +9,7 @@ version while new ones get the new one.
 
 A backend returns every head's score ([pairs, K]; K = 1 for a single head);
 the score served is the version's conservative score, mean - k * std over the
-heads (shared.reward_ensemble), with the heads' mean and std beside it.
+heads (shared.models.reward.ensemble), with the heads' mean and std beside it.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from prometheus_client import Histogram
 
 from shared import metrics
 from shared.errors import Unavailable, require
-from shared.model_store import Manifest, ModelStore
-from shared.reward_ensemble import conservative_scores, member_mean, member_std
-from shared.reward_model import ONNX_FILE, encode_pairs, load_reward_model
-from shared.reward_onnx import export_verified_onnx
+from shared.models.reward.ensemble import conservative_scores, member_mean, member_std
+from shared.models.reward.model import ONNX_FILE, encode_pairs, load_reward_model
+from shared.models.reward.onnx_export import export_verified_onnx
+from shared.models.store import Manifest, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +231,10 @@ def run_in_length_buckets(backend: ScoringBackend, input_ids: torch.Tensor, atte
 def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", threads: int = 2) -> LoadedReward:
     """Open ``version`` from the store (checksums verified) and build a backend.
 
-    Either reward format loads (shared.reward_model.load_reward_model). ONNX
+    Either reward format loads (shared.models.reward.model.load_reward_model). ONNX
     uses the version's model.onnx; a version without one is exported to a
     private temporary directory (the version directory is immutable) and
-    checked against torch (shared.reward_onnx); if that fails, or the manifest
+    checked against torch (shared.models.reward.onnx_export); if that fails, or the manifest
     notes say ``scoring_backend: torch``, the torch backend serves instead."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from services.reward.config import RewardConfig
 from services.reward.scorer import KIND, RewardScorer
 from shared.errors import Unavailable
-from shared.grpc_server import GrpcServer, ServiceBinding
-from shared.model_store import ModelStore
-from shared.model_updates import ModelUpdateFollower
+from shared.grpc.server import GrpcServer, ServiceBinding
+from shared.models.store import ModelStore
+from shared.models.update_follower import ModelUpdateFollower
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from shared.service_main import run_service
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from shared.channels import ClientTLS, open_channel
+from shared.grpc.channels import ClientTLS, open_channel
+from shared.models.reward.ensemble import describe_score
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
-from shared.reward_ensemble import describe_score
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RewardClient:
         self.backoff_s = backoff_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         # Several reward replicas (host1:port1,host2:port2, or a name with several
-        # addresses) are spread over with gRPC's round_robin (shared.channels).
+        # addresses) are spread over with gRPC's round_robin (shared.grpc.channels).
         self.channel = open_channel(
             address,
             tls,
@@ -99,7 +99,7 @@ class RewardClient:
 
     @property
     def score_used(self) -> str:
-        """Which score the last call returned (shared.reward_ensemble.describe_score)."""
+        """Which score the last call returned (shared.models.reward.ensemble.describe_score)."""
         return describe_score(self.last_ensemble_size, self.last_conservative_k)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:

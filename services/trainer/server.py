@@ -24,12 +24,12 @@ from services.trainer.data.ledger import FeedbackLedger
 from services.trainer.loop.canary import CanaryReport
 from services.trainer.loop.online import OnlineTrainer
 from services.trainer.loop.promotion import Promoter, kind_name
-from shared.grpc_server import GrpcServer, ServiceBinding
-from shared.kafka_io import DeadLetterProducer, create_producer
-from shared.model_store import ModelStore
+from shared.grpc.server import GrpcServer, ServiceBinding
+from shared.grpc.tls import client_tls
+from shared.kafka.io import DeadLetterProducer, create_producer
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from shared.service_main import run_service
-from shared.tls import client_tls
 
 log = logging.getLogger(__name__)
 

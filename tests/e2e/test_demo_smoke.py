@@ -11,7 +11,7 @@ import random
 import pytest
 
 from rlhf_cli.stack import available_services
-from shared import events
+from shared.kafka import events
 from shared.proto.rlhf.v1 import events_pb2
 from tests.helpers import free_port_offset, read_topic
 

@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from rlhf_cli.stack import Stack
-from shared import events
-from shared.model_store import ModelStore
-from shared.prompting import ChatMessage, encode_prompt, render_chat
+from shared.kafka import events
+from shared.models.prompting import ChatMessage, encode_prompt, render_chat
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import (
     common_pb2,
     events_pb2,

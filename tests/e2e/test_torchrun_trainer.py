@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from rlhf_cli.stack import health_status
-from shared.broker import free_port
-from shared.model_store import ModelStore
+from shared.kafka.broker import free_port
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.helpers import wait_until
 

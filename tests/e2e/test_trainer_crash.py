@@ -22,11 +22,11 @@ import grpc
 import pytest
 
 from demo.world import format_prompt
-from shared import events
 from shared.config import ServiceConfig
-from shared.grpc_server import GrpcServer, ServiceBinding
-from shared.kafka_io import create_producer, produce_event
-from shared.model_store import ModelStore
+from shared.grpc.server import GrpcServer, ServiceBinding
+from shared.kafka import events
+from shared.kafka.io import create_producer, produce_event
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.helpers import wait_until
 

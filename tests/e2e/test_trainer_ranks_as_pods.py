@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from rlhf_cli.stack import health_status
-from shared.broker import free_port
-from shared.model_store import ModelStore
+from shared.kafka.broker import free_port
+from shared.models.store import ModelStore
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).parents[2]

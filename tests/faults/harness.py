@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer
 
 from rlhf_cli.stack import ServiceProcess, Stack, health_status
-from shared import events
+from shared.kafka import events
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 from shared.proto.rlhf.v1.events_pb2 import FeedbackEvent, GenerationEvent
 from tests.helpers import free_port_offset, read_topic

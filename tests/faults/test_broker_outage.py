@@ -26,9 +26,9 @@ import time
 
 import pytest
 
-from shared import events
-from shared.broker import EmbeddedBroker, free_port
-from shared.kafka_io import ensure_topics
+from shared.kafka import events
+from shared.kafka.broker import EmbeddedBroker, free_port
+from shared.kafka.io import ensure_topics
 from tests.faults.harness import (
     SimulatedUsers,
     dropped_generations,

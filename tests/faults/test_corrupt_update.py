@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from rlhf_cli.stack import ServiceProcess, health_status
-from shared import events
-from shared.broker import free_port
-from shared.kafka_io import create_producer, produce_event
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.kafka.broker import free_port
+from shared.kafka.io import create_producer, produce_event
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import (
     common_pb2,
     events_pb2,

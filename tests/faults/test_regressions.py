@@ -28,9 +28,9 @@ from services.feedback.config import FeedbackConfig
 from services.feedback.server import FeedbackGatewayServer
 from services.trainer.data.ingest import TOPICS, FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
-from shared import events
-from shared.broker import EmbeddedBroker, free_port
-from shared.kafka_io import (
+from shared.kafka import events
+from shared.kafka.broker import EmbeddedBroker, free_port
+from shared.kafka.io import (
     ConsumerSettings,
     DeadLetterProducer,
     EventConsumerLoop,

@@ -14,9 +14,9 @@ import signal
 import grpc
 import pytest
 
-from shared import events
-from shared.kafka_io import create_producer, produce_event
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.kafka.io import create_producer, produce_event
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.faults.harness import channel, kill, log_tails, restart, start_stack, write_report
 from tests.helpers import start_group_at_end, wait_until

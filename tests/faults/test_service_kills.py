@@ -17,8 +17,8 @@ import time
 import grpc
 import pytest
 
-from shared import events
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 from tests.faults.harness import (
     SimulatedUsers,

@@ -14,7 +14,7 @@ import threading
 import grpc
 import pytest
 
-from shared import events
+from shared.kafka import events
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 from tests.faults.harness import channel, start_stack, write_report
 from tests.helpers import read_topic, wait_until

@@ -8,7 +8,7 @@ import pytest
 
 from demo.bootstrap import CACHE_DIR, DIGEST_NOTE, BootstrapError, run_bootstrap
 from demo.bootstrap_config import reduced_config
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 
 # The bootstrap builds real (small) models: ~20 s before the first test.
 pytestmark = pytest.mark.slow
@@ -63,8 +63,8 @@ def test_each_step_learned(bootstrapped):
 
 def test_models_load_and_generate(bootstrapped):
     from demo.world import build_prompts
-    from shared.policy_eval import SamplingSettings, load_policy, sample_responses
-    from shared.reward_model import load_reward_model, score_texts
+    from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses
+    from shared.models.reward.model import load_reward_model, score_texts
 
     root, _, _, _ = bootstrapped
     store = ModelStore(root)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from services.trainer.parallel.coordinator import Coordinator
 from services.trainer.parallel.group import DataParallel, exit_rank
-from shared.broker import free_port
+from shared.kafka.broker import free_port
 from tests.helpers import wait_until
 
 LOST_RANK_EXIT_CODE = 3

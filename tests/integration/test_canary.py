@@ -17,11 +17,11 @@ from services.policy.config import PolicyConfig
 from services.policy.server import PolicyService
 from services.trainer.config import TrainerConfig
 from services.trainer.server import TrainerServer
-from shared import events
 from shared.canary import serves_canary
 from shared.errors import FailedPrecondition
-from shared.kafka_io import create_producer, produce_event
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.kafka.io import create_producer, produce_event
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.helpers import read_topic, start_group_at_end, wait_until
 

@@ -8,9 +8,9 @@ import threading
 
 from prometheus_client import REGISTRY
 
-from shared import events
 from shared.feedback_rules import validating_feedback_handler
-from shared.kafka_io import (
+from shared.kafka import events
+from shared.kafka.io import (
     ConsumerSettings,
     DeadLetterProducer,
     EventConsumerLoop,

@@ -25,8 +25,8 @@ from services.trainer.parallel.worker import Worker
 from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.ppo.ppo_rollout import Rollout
 from services.trainer.ppo.ppo_trainer import PPOTrainer
-from shared.broker import free_port
-from shared.model_store import ModelStore
+from shared.kafka.broker import free_port
+from shared.models.store import ModelStore
 
 # lr 1e-3 moves the weights well beyond the tolerance; AdamW's eps 1e-6 (not 1e-8) keeps it from
 # blowing float rounding in near-zero gradients up to whole update steps (m / sqrt(v) ~ +-1).
@@ -200,7 +200,7 @@ REWARD_TRAINING = dict(steps=3, batch_size=4, lr=1e-3, head_lr=1e-2, trainable_l
 def reward_model_without_dropout():
     """The bundled MiniLM reward model, dropout off: the ranks' dropout masks would differ
     from one process's, and this compares the gradient arithmetic, not the noise."""
-    from shared.reward_model import new_reward_model
+    from shared.models.reward.model import new_reward_model
 
     model, tokenizer = new_reward_model(max_length=32, seed=0)
     for module in model.modules():

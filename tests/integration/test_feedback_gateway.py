@@ -11,8 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.feedback.config import FeedbackConfig
 from services.feedback.server import FeedbackGatewayServer
-from shared import events
-from shared.events import new_id
+from shared.kafka import events
+from shared.kafka.events import new_id
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 from tests.helpers import read_topic

@@ -12,12 +12,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.feedback.config import FeedbackConfig
 from services.feedback.server import FeedbackGatewayServer
-from shared import events
-from shared.channels import open_channel
-from shared.events import new_id
+from shared.grpc.channels import open_channel
+from shared.grpc.tls import ClientTLS
+from shared.kafka import events
+from shared.kafka.events import new_id
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
-from shared.tls import ClientTLS
 from tests.helpers import read_topic
 from tests.tls_certs import make_pki
 

@@ -26,8 +26,9 @@ from services.reward.config import RewardConfig
 from services.reward.server import RewardServer
 from services.trainer.config import TrainerConfig
 from services.trainer.server import TrainerServer
-from shared import events
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.models.reward.model import new_reward_model, save_reward_model
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import (
     common_pb2,
     events_pb2,
@@ -40,7 +41,6 @@ from shared.proto.rlhf.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from shared.reward_model import new_reward_model, save_reward_model
 from tests.helpers import start_group_at_end
 from tests.integration.test_trainer_service import copy_dir
 

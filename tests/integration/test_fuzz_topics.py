@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 
 from services.trainer.data.ingest import TOPICS, FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
-from shared import events
 from shared.feedback_rules import feedback_problems, fill_defaults
-from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, create_producer, produce_event
-from shared.model_store import ModelStore
-from shared.model_updates import ModelUpdateFollower
+from shared.kafka import events
+from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, create_producer, produce_event
+from shared.models.store import ModelStore
+from shared.models.update_follower import ModelUpdateFollower
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
 from tests.helpers import read_topic, wait_until
 
@@ -46,8 +46,8 @@ FUZZ = settings(
 def broker():
     """This module's own broker, in place of the session's: the garbage fuzzed onto
     the topics here must never reach the topics other tests read and decode."""
-    from shared.broker import EmbeddedBroker
-    from shared.kafka_io import ensure_topics
+    from shared.kafka.broker import EmbeddedBroker
+    from shared.kafka.io import ensure_topics
 
     with EmbeddedBroker(port=0) as b:
         ensure_topics(b.bootstrap)

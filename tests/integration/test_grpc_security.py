@@ -17,10 +17,11 @@ from rlhf_cli.main import main as rlhf_main
 from rlhf_cli.stack import health_status
 from services.trainer.reward_client import RewardClient
 from shared import env
-from shared.auth import current_principal
-from shared.channels import open_channel
 from shared.config import ServiceConfig, log_config
-from shared.grpc_server import GrpcServer, ServiceBinding
+from shared.grpc.auth import current_principal
+from shared.grpc.channels import open_channel
+from shared.grpc.server import GrpcServer, ServiceBinding
+from shared.grpc.tls import ClientTLS, client_tls_from_env
 from shared.logs import JsonFormatter
 from shared.proto.rlhf.v1 import (
     common_pb2,
@@ -30,7 +31,6 @@ from shared.proto.rlhf.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from shared.tls import ClientTLS, client_tls_from_env
 from tests.tls_certs import NAMED_SERVER, Pki, make_pki
 
 APP_TOKEN = "app-token-0123456789abcdef"

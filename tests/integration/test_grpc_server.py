@@ -1,4 +1,4 @@
-"""shared.grpc_server: a real server on a free port, with a small servicer of
+"""shared.grpc.server: a real server on a free port, with a small servicer of
 the RewardService contract written here to exercise the plumbing."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from shared import errors
 from shared.config import ServiceConfig
-from shared.grpc_server import REQUEST_ID_HEADER, RETRY_AFTER_HEADER, GrpcServer, ServiceBinding
+from shared.grpc.server import REQUEST_ID_HEADER, RETRY_AFTER_HEADER, GrpcServer, ServiceBinding
 from shared.logs import request_id_var
 from shared.metrics import start_metrics_server
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
@@ -172,7 +172,7 @@ def test_metrics_endpoint_counts_calls(served):
 
 
 def test_container_healthcheck_exits_zero_only_while_serving(served, capsys):
-    from shared.healthcheck import main as healthcheck
+    from shared.grpc.healthcheck import main as healthcheck
 
     server, _, _ = served
     address = f"127.0.0.1:{server.port}"

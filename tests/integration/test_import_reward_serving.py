@@ -9,11 +9,11 @@ import pytest
 from services.reward.config import RewardConfig
 from services.reward.scorer import load_reward_version
 from services.reward.server import RewardServer
-from shared.kafka_io import create_producer
-from shared.model_import import import_reward
-from shared.model_store import ModelStore
+from shared.kafka.io import create_producer
+from shared.models.importer import import_reward
+from shared.models.reward.model import ONNX_FILE, load_reward_model, score_texts
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-from shared.reward_model import ONNX_FILE, load_reward_model, score_texts
 from tests.foreign_models import build_tiny_seq_cls_reward
 
 PAIRS = [
@@ -113,7 +113,7 @@ def test_the_trainer_fine_tunes_an_imported_model_and_promotes_it(broker, import
 
 
 def test_a_minilm_format_dir_imports_as_itself(tmp_path):
-    from shared.reward_model import new_reward_model, save_reward_model
+    from shared.models.reward.model import new_reward_model, save_reward_model
 
     model, tokenizer = new_reward_model(max_length=32, seed=4)
     src = save_reward_model(model, tokenizer, tmp_path / "minilm")

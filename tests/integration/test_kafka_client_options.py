@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import shared.kafka_io as kafka_io
+import shared.kafka.io as kafka_io
 from services.feedback.config import FeedbackConfig
 from services.feedback.server import FeedbackGatewayServer
 from services.policy.config import PolicyConfig
@@ -25,7 +25,7 @@ from services.reward.config import RewardConfig
 from services.reward.server import RewardServer
 from services.trainer.config import TrainerConfig
 from services.trainer.server import TrainerServer
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2
 from tests.helpers import wait_until
 
@@ -167,8 +167,8 @@ KAFKA_CLASSES = {"KafkaProducer", "KafkaConsumer", "KafkaAdminClient"}
 # Plumbing that forwards the options it is given (checked by the behaviour tests above),
 # and the embedded broker, which is plaintext on loopback by construction.
 FORWARDING = {
-    "shared/kafka_io.py",
-    "shared/model_updates.py",
+    "shared/kafka/io.py",
+    "shared/models/update_follower.py",
     "services/trainer/data/ingest.py",
     "rlhf_cli/broker_cmd.py",
 }
@@ -197,8 +197,8 @@ def kafka_call_sites() -> list[tuple[str, int, str, str]]:
 def test_every_kafka_client_is_made_with_the_services_options():
     sites = kafka_call_sites()
     assert any(name == "create_producer" for _, _, name, _ in sites), "the scan finds the call sites"
-    direct = [f"{p}:{line}" for p, line, name, _ in sites if name in KAFKA_CLASSES and p != "shared/kafka_io.py"]
-    assert not direct, f"kafka-python clients made outside shared/kafka_io.py: {direct}"
+    direct = [f"{p}:{line}" for p, line, name, _ in sites if name in KAFKA_CLASSES and p != "shared/kafka/io.py"]
+    assert not direct, f"kafka-python clients made outside shared/kafka/io.py: {direct}"
     bypassing = [
         f"{p}:{line} {name}(...)"
         for p, line, name, text in sites

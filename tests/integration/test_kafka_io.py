@@ -1,4 +1,4 @@
-"""shared.kafka_io against the real embedded broker."""
+"""shared.kafka.io against the real embedded broker."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import types
 
 from kafka import KafkaConsumer
 
-from shared import events, kafka_io
-from shared.kafka_io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.kafka import events
+from shared.kafka import io as kafka_io
+from shared.kafka.io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
 from shared.proto.rlhf.v1 import events_pb2
 from tests.helpers import FAST_GROUP, read_topic, wait_until
 
@@ -192,7 +193,7 @@ def test_broadcast_loop_without_group_starts_at_the_end(broker, unique_name):
 
 
 def test_buffered_publisher_survives_a_missing_broker_then_delivers(broker, unique_name):
-    from shared.broker import EmbeddedBroker, free_port
+    from shared.kafka.broker import EmbeddedBroker, free_port
 
     port = free_port()
     topic = "rlhf.generations.v1"
@@ -212,7 +213,7 @@ def test_buffered_publisher_survives_a_missing_broker_then_delivers(broker, uniq
 
 def test_buffered_publisher_counts_what_it_drops(unique_name):
     from shared import metrics
-    from shared.broker import free_port
+    from shared.kafka.broker import free_port
 
     topic = f"t-{unique_name}"
     publisher = BufferedEventPublisher(
@@ -228,7 +229,7 @@ def test_buffered_publisher_counts_what_it_drops(unique_name):
 
 
 def test_buffered_publisher_recovers_when_the_broker_restarts_empty(unique_name):
-    from shared.broker import EmbeddedBroker, free_port
+    from shared.kafka.broker import EmbeddedBroker, free_port
 
     port = free_port()
     topic = "rlhf.generations.v1"
@@ -316,7 +317,7 @@ def test_a_loop_reads_everything_a_broker_restarted_empty_gets_without_restartin
     # end with no records and no OFFSET_OUT_OF_RANGE, so a loop that read 6 records from the old
     # broker waited at offset 6 of the new one: its first 6 records were never read, and the loop
     # counted itself caught up.
-    from shared.broker import EmbeddedBroker, free_port
+    from shared.kafka.broker import EmbeddedBroker, free_port
 
     port = free_port()
     topic = f"t-{unique_name}"

@@ -20,7 +20,7 @@ from services.openai_api.config import OpenAIApiConfig
 from services.openai_api.server import OpenAIApiServer
 from services.policy.config import PolicyConfig
 from services.policy.server import PolicyService
-from shared import events
+from shared.kafka import events
 from shared.proto.rlhf.v1 import events_pb2
 from tests.foreign_models import CHAT_TEMPLATE_NO_BOS, build_tiny_llama
 from tests.helpers import free_port_offset, read_topic, wait_until

@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 
 from services.policy.config import PolicyConfig
 from services.policy.server import PolicyService
-from shared import events
-from shared.prompting import ChatMessage, encode_prompt, render_chat
+from shared.kafka import events
+from shared.models.prompting import ChatMessage, encode_prompt, render_chat
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 from tests.foreign_models import CHAT_TEMPLATE_NO_BOS, build_tiny_llama
 from tests.helpers import read_topic, wait_until

@@ -10,9 +10,9 @@ import grpc
 
 from services.policy.config import PolicyConfig
 from services.policy.server import PolicyService
-from shared import events
-from shared.kafka_io import create_producer, produce_event
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.kafka.io import create_producer, produce_event
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 from tests.helpers import wait_until
 

@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from rlhf_cli.stack import Stack
-from shared.channels import open_channel
-from shared.model_store import ModelStore
+from shared.grpc.channels import open_channel
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from tests.helpers import free_port_offset, wait_until
 

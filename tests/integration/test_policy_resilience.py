@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.policy.config import PolicyConfig
 from services.policy.server import PolicyService
-from shared.broker import free_port
+from shared.kafka.broker import free_port
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 from tests.helpers import wait_until
 

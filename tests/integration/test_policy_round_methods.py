@@ -22,7 +22,7 @@ from services.trainer.loop.policy_round import PolicyRounds
 from services.trainer.policy_gradient.rloo_config import GRPOConfig, RLOOConfig
 from services.trainer.policy_gradient.rloo_trainer import PolicyGradientTrainer
 from shared.config import load_config
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 from tests.unit.test_ledger import preference, rating
 from tests.unit.test_preference_sets import gen, prompt_where
 

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.policy.config import PolicyConfig
 from services.policy.server import PolicyService
-from shared import events
+from shared.kafka import events
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 from tests.helpers import read_topic, wait_until
 

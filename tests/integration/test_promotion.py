@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.loop.promotion import Promoter
-from shared import events, kafka_io
-from shared.broker import EmbeddedBroker, free_port
 from shared.errors import Unavailable
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.kafka import io as kafka_io
+from shared.kafka.broker import EmbeddedBroker, free_port
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2
 from tests.helpers import read_topic, wait_until
 

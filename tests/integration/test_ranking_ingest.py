@@ -7,9 +7,9 @@ import pytest
 
 from services.trainer.data.ingest import FeedbackIngest
 from services.trainer.data.ledger import MIXED_PROMPTS, FeedbackLedger
-from shared import events
-from shared.events import ConsumedEvent
-from shared.kafka_io import DeadLetterProducer, InvalidEvent, create_producer
+from shared.kafka import events
+from shared.kafka.events import ConsumedEvent
+from shared.kafka.io import DeadLetterProducer, InvalidEvent, create_producer
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from tests.helpers import read_topic, wait_until
 

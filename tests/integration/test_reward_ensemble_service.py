@@ -9,10 +9,10 @@ import pytest
 from services.reward.config import RewardConfig
 from services.reward.scorer import load_reward_version
 from services.reward.server import RewardServer
-from shared.model_store import ModelStore
+from shared.models.reward.model import new_reward_model, save_reward_model
+from shared.models.reward.onnx_export import export_verified_onnx
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
-from shared.reward_model import new_reward_model, save_reward_model
-from shared.reward_onnx import export_verified_onnx
 
 PAIRS = [
     ("How do I boil an egg?", "Boil it for nine minutes."),

@@ -12,11 +12,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.reward.config import RewardConfig
 from services.reward.scorer import RewardLimits, RewardScorer, load_reward_version
 from services.reward.server import RewardServer
-from shared import events
-from shared.kafka_io import create_producer, produce_event
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.kafka.io import create_producer, produce_event
+from shared.models.reward.model import export_onnx, load_reward_model, new_reward_model, save_reward_model, score_texts
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, reward_pb2, reward_pb2_grpc
-from shared.reward_model import export_onnx, load_reward_model, new_reward_model, save_reward_model, score_texts
 from tests.helpers import wait_until
 
 PAIRS = [

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from rlhf_cli.main import main
-from shared.model_store import ModelStore, sha256_file
+from shared.models.store import ModelStore, sha256_file
 
 ANSWERS = {
     "boil an egg": "Put the egg in boiling water for nine minutes.",
@@ -69,7 +69,7 @@ def policy_store(tiny_lm_dir, tmp_path) -> ModelStore:
 
 @pytest.fixture(scope="module")
 def reward_v1_dir(tmp_path_factory):
-    from shared.reward_model import new_reward_model, save_reward_model
+    from shared.models.reward.model import new_reward_model, save_reward_model
 
     model, tokenizer = new_reward_model(max_length=32)
     return save_reward_model(model, tokenizer, tmp_path_factory.mktemp("reward-v1"))
@@ -130,7 +130,7 @@ def test_sft_writes_policy_v2_with_heldout_metrics_and_provenance(policy_store, 
     assert "policy v2 written (from v1" in out and "held-out response loss" in out and "->" in out
     assert "rlhf promote policy v2" in out
 
-    from shared.policy_eval import load_policy
+    from shared.models.policy_eval import load_policy
 
     model, _ = load_policy(policy_store.open_version("policy", "v2"))  # every sha256 checks out
     assert model.config.n_layer == 2
@@ -252,7 +252,7 @@ def test_train_reward_writes_reward_v2_with_pairwise_accuracy_before_and_after(r
     assert "reward v2 written (from v1" in out and "held-out pairwise accuracy" in out
     assert "reward v2 is now CURRENT" in out
 
-    from shared.reward_model import load_reward_model, score_texts
+    from shared.models.reward.model import load_reward_model, score_texts
 
     model, tokenizer = load_reward_model(reward_store.open_version("reward", "v2"))
     assert model.head_config.max_length == 24  # scored at the length it was trained at (v1: 32)

@@ -19,9 +19,9 @@ from services.trainer.loop.heldout import HeldoutSplit
 from services.trainer.loop.lineage import in_ranges, parse_ranges
 from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.server import TrainerServer
-from shared import events
-from shared.kafka_io import create_producer, produce_event
-from shared.model_store import ModelStore
+from shared.kafka import events
+from shared.kafka.io import create_producer, produce_event
+from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.helpers import FAST_GROUP_CONFIG, read_topic, start_group_at_end, wait_until
 
@@ -344,7 +344,7 @@ def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path)
     from services.trainer.data.ledger import Comparison
     from services.trainer.loop.promotion import Promoter
     from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
-    from shared.reward_model import new_reward_model, save_reward_model
+    from shared.models.reward.model import new_reward_model, save_reward_model
 
     store = ModelStore(tmp_path / "store")
     model, tokenizer = new_reward_model(max_length=32)

@@ -11,7 +11,7 @@ import pytest
 from services.trainer.data.ledger import VersionFeedback
 from services.trainer.loop.canary import COMPLETED, ROLLED_BACK, RUNNING, CanarySettings, feedback_scores, judge_canary
 from shared.canary import serves_canary, user_bucket
-from shared.model_store import ModelStore, ModelStoreError
+from shared.models.store import ModelStore, ModelStoreError
 
 SETTINGS = CanarySettings(share=0.2, min_feedback=10, confidence_z=1.645)
 

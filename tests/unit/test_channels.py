@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rlhf_cli.stack import Stack, policy_replica_ports
-from shared.channels import SERVICE_CONFIG, channel_options, channel_target
+from shared.grpc.channels import SERVICE_CONFIG, channel_options, channel_target
 
 
 def test_a_list_of_replicas_becomes_one_ipv4_target():

@@ -11,7 +11,8 @@ import tomllib
 import pytest
 import yaml
 
-from shared import env, events
+from shared import env
+from shared.kafka import events
 from tests.deploy_checks import ROOT, by_kind, render, tool
 
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -80,7 +81,7 @@ def test_services_start_in_order_by_health_and_completion_not_crash_loops():
         "feedback",
     }
     for name in LOOP:
-        assert svc[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "shared.healthcheck"], name
+        assert svc[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "shared.grpc.healthcheck"], name
     assert svc["bootstrap"]["healthcheck"] == {"disable": True}
     assert svc["bootstrap"]["command"][:2] == ["rlhf", "bootstrap"]
 
@@ -96,7 +97,7 @@ def test_the_trainer_keeps_its_ledger_on_a_volume():
 def test_images_have_a_healthcheck_and_every_package(dockerfile):
     text = (ROOT / "docker" / dockerfile).read_text()
     healthcheck = re.search(r"^HEALTHCHECK .* CMD (.+)$", text, re.M)
-    assert healthcheck and healthcheck.group(1) == '["python", "-m", "shared.healthcheck"]'
+    assert healthcheck and healthcheck.group(1) == '["python", "-m", "shared.grpc.healthcheck"]'
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
     assert {p.rstrip("*") for p in packages} <= copied, (

@@ -10,9 +10,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared import env, events
+from shared import env
 from shared.config import ConfigError, ServiceConfig, load_config
-from shared.model_store import CURRENT
+from shared.kafka import events
+from shared.models.store import CURRENT
 from tests.deploy_checks import (
     OVERLAYS,
     ROOT,

@@ -14,7 +14,7 @@ from services.reward.config import RewardConfig
 from services.trainer.config import TrainerConfig
 from shared import env
 from shared.config import ConfigError, load_config
-from shared.tls import client_tls, server_tls
+from shared.grpc.tls import client_tls, server_tls
 from tests.deploy_checks import (
     TLS_FILE_VARS,
     by_kind,

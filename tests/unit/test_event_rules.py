@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from services.trainer.data.ingest import generation_problems
 from shared.feedback_rules import DEFAULT_LIMITS, feedback_problems
-from shared.model_updates import update_problems
+from shared.models.update_follower import update_problems
 from shared.proto.rlhf.v1 import common_pb2
 from shared.proto.rlhf.v1 import events_pb2 as ev
 

@@ -1,6 +1,6 @@
 import pytest
 
-from shared import events
+from shared.kafka import events
 from shared.proto.rlhf.v1 import events_pb2
 
 

@@ -138,7 +138,7 @@ class _EnsembleReward:
     conservative-score math."""
 
     def __init__(self, members: dict[str, list[float]], k: float):
-        from shared.reward_ensemble import describe_score
+        from shared.models.reward.ensemble import describe_score
 
         self.members, self.k = members, k
         self.score_used = describe_score(len(next(iter(members.values()))), k)
@@ -147,7 +147,7 @@ class _EnsembleReward:
         import torch
 
         from services.trainer.reward_client import ScoredPairs
-        from shared.reward_ensemble import conservative_scores, member_mean, member_std
+        from shared.models.reward.ensemble import conservative_scores, member_mean, member_std
 
         rows = torch.tensor([self.members[r] for r in responses], dtype=torch.float64)
         return ScoredPairs(

@@ -21,9 +21,9 @@ from services.trainer.config import TrainerConfig
 from services.trainer.data.ingest import FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
 from shared.config import ConfigError, ServiceConfig
-from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop
-from shared.model_store import ModelStore
-from shared.model_updates import ModelUpdateFollower
+from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop
+from shared.models.store import ModelStore
+from shared.models.update_follower import ModelUpdateFollower
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP_MIN_SESSION_TIMEOUT_MS = 6_000
@@ -31,8 +31,8 @@ GROUP_MAX_SESSION_TIMEOUT_MS = 1_800_000
 # The places that build a consumer, as (file, enclosing function, constructor).
 # A new one must be added here and below, so its settings are checked too.
 CONSUMER_SITES = {
-    ("shared/kafka_io.py", "_connect", "KafkaConsumer"),
-    ("shared/model_updates.py", "__init__", "ConsumerSettings"),
+    ("shared/kafka/io.py", "_connect", "KafkaConsumer"),
+    ("shared/models/update_follower.py", "__init__", "ConsumerSettings"),
     ("services/trainer/data/ingest.py", "consumer_loop", "ConsumerSettings"),
 }
 # Callers that hand a service's Kafka options to one of those sites.

@@ -17,7 +17,7 @@ from services.trainer.loop.lineage import (
     reward_lineage,
     versions_shaped_by,
 )
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 from tests.unit.test_ledger import gen, preference
 from tests.unit.test_ledger_caps import correction, deletion
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from rlhf_cli.main import main as rlhf_main
-from shared.model_import import ModelImportError, import_policy, import_reward
-from shared.model_store import MANIFEST, ModelStore, sha256_file
-from shared.prompting import ChatMessage, encode_prompt, render_chat
+from shared.models.importer import ModelImportError, import_policy, import_reward
+from shared.models.prompting import ChatMessage, encode_prompt, render_chat
+from shared.models.store import MANIFEST, ModelStore, sha256_file
 from tests.foreign_models import build_tiny_llama, build_tiny_seq_cls_reward
 
 
@@ -92,7 +92,7 @@ def build_bad_dir(case: str, models, tmp_path):
     """(importer, dir) for each refusal case."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from shared.reward_model import minilm_dir
+    from shared.models.reward.model import minilm_dir
 
     if case == "missing-dir":
         return import_policy, tmp_path / "nowhere"

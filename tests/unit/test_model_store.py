@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from shared.model_store import MANIFEST, ModelStore, ModelStoreError, version_number
+from shared.models.store import MANIFEST, ModelStore, ModelStoreError, version_number
 
 
 def write_files(files: dict[str, bytes]):

@@ -15,8 +15,8 @@ from services.policy.sampling import SamplingDefaults, resolve_sampling
 from services.trainer.ppo.ppo_rollout import demonstration_batch, tokenize_prompts
 from services.trainer.supervised.sft import IGNORE_INDEX, build_sft_example, encode_demonstration
 from shared.errors import InvalidArgument
-from shared.policy_eval import SamplingSettings, sample_responses
-from shared.prompting import (
+from shared.models.policy_eval import SamplingSettings, sample_responses
+from shared.models.prompting import (
     ChatMessage,
     PromptError,
     encode_demonstration_ids,

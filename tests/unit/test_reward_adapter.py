@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 
-from shared.model_import import import_reward
-from shared.model_store import ModelStore
-from shared.prompting import encode_prompt
-from shared.reward_adapter import SequenceClassificationReward
-from shared.reward_model import (
+from shared.models.importer import import_reward
+from shared.models.prompting import encode_prompt
+from shared.models.reward.adapter import SequenceClassificationReward
+from shared.models.reward.model import (
     REWARD_CONFIG_FILE,
     encode_pairs,
     load_reward_model,
@@ -21,6 +20,7 @@ from shared.reward_model import (
     score_texts,
     uses_text_pairs,
 )
+from shared.models.store import ModelStore
 from tests.foreign_models import build_tiny_seq_cls_reward
 
 PROMPTS = ["<|user|>\nHow do I boil an egg?\n<|assistant|>\n", "What is the capital of France?", ""]
@@ -142,8 +142,8 @@ class LengthDependentReward(SequenceClassificationReward):
 
 
 def test_an_onnx_graph_that_disagrees_with_torch_is_not_kept(imported, tmp_path):
-    from shared.reward_model import ONNX_FILE
-    from shared.reward_onnx import export_verified_onnx
+    from shared.models.reward.model import ONNX_FILE
+    from shared.models.reward.onnx_export import export_verified_onnx
 
     model, tokenizer = load_reward_model(imported["llama"])
     good = export_verified_onnx(model, tokenizer, tmp_path / "good")

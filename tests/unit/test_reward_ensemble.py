@@ -1,5 +1,5 @@
 """Reward ensembles: the conservative score's math, bootstrap members, training,
-store round trip and ONNX (shared.reward_ensemble, shared.reward_model)."""
+store round trip and ONNX (shared.models.reward.ensemble, shared.models.reward.model)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.reward_ensemble import (
+from shared.models.reward.ensemble import (
     bootstrap_counts,
     conservative_scores,
     describe_score,
@@ -21,7 +21,7 @@ from shared.reward_ensemble import (
     resize_ensemble,
     score_members,
 )
-from shared.reward_model import (
+from shared.models.reward.model import (
     REWARD_CONFIG_FILE,
     load_reward_model,
     new_reward_model,
@@ -149,8 +149,8 @@ def test_a_bad_ensemble_size_in_the_reward_config_names_the_field(ensemble, tmp_
 def test_onnx_outputs_every_member_and_matches_torch_within_1e_4(ensemble, tmp_path):
     import onnxruntime as ort
 
-    from shared.reward_model import ONNX_FILE, encode_pairs
-    from shared.reward_onnx import export_verified_onnx
+    from shared.models.reward.model import ONNX_FILE, encode_pairs
+    from shared.models.reward.onnx_export import export_verified_onnx
 
     model, tokenizer = ensemble
     check = export_verified_onnx(model, tokenizer, tmp_path)

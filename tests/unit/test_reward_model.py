@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.reward_model import (
+from shared.models.reward.model import (
     ONNX_FILE,
     encode_pairs,
     export_onnx,

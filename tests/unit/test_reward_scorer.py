@@ -8,7 +8,7 @@ from services.reward.config import RewardConfig
 from services.reward.scorer import RewardLimits, RewardScorer
 from shared.config import ConfigError
 from shared.errors import InvalidArgument, Unavailable
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ Demonstrations (``rlhf sft --data``), one of two forms per line:
 - ``{"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", "content": "..."}]}``:
   the last message is the assistant's reply (the response to learn); the
   earlier ones are rendered with the policy's chat template
-  (:func:`shared.prompting.render_chat`, ending where the reply starts) into
+  (:func:`shared.models.prompting.render_chat`, ending where the reply starts) into
   the prompt, so training sees the prompt exactly as serving renders it.
 
 Comparisons (``rlhf train-reward --data``), the format TRL's reward trainer
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.prompting import CHAT_ROLES, ChatMessage, PromptError, has_chat_template, render_chat
+from shared.models.prompting import CHAT_ROLES, ChatMessage, PromptError, has_chat_template, render_chat
 
 MAX_REPORTED_PROBLEMS = 20
 HH_ASSISTANT_MARKER = "\n\nAssistant:"

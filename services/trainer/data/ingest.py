@@ -33,8 +33,7 @@ from dataclasses import dataclass
 
 from services.trainer import metrics as tm
 from services.trainer.data.ledger import FeedbackLedger, FeedbackRejected
-from shared import events, metrics
-from shared.events import ConsumedEvent
+from shared import metrics
 from shared.feedback_rules import (
     INVALID_FEEDBACK_REASON,
     FeedbackLimits,
@@ -42,7 +41,9 @@ from shared.feedback_rules import (
     timestamp_problems,
     validating_feedback_handler,
 )
-from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent
+from shared.kafka import events
+from shared.kafka.events import ConsumedEvent
+from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent
 from shared.proto.rlhf.v1 import events_pb2
 
 log = logging.getLogger(__name__)

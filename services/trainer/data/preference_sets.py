@@ -11,7 +11,7 @@ out by the ``is_heldout`` predicate the caller passes.
   strictly-ordered pair of each Ranking, weighted 2/K as for the reward model
   (services.trainer.data.training_sets). The prompt
   is the GenerationEvent's prompt text: the rendered text serving encoded, so
-  shared.prompting.encode_prompt rebuilds the tokens the policy saw. A pair of
+  shared.models.prompting.encode_prompt rebuilds the tokens the policy saw. A pair of
   two different prompts cannot be a DPO pair and is skipped.
 - **Rated responses** (KTO): each Rating with score > 0 is desirable, < 0
   undesirable (a thumb is +1 / -1), 0 is skipped: it says nothing either way.

@@ -2,7 +2,7 @@
 
 A (prompt, response) becomes tokens exactly as a PPO-ptx demonstration does
 (services.trainer.supervised.sft.encode_demonstration): the prompt encoded as
-serving encodes it (shared.prompting.encode_prompt), the response as the
+serving encodes it (shared.models.prompting.encode_prompt), the response as the
 tokens the policy would sample to write it, then EOS. So the log-prob DPO and
 KTO move is the log-prob of the answer as served. A served answer cut at
 ``max_new_tokens`` is trained on as if it had ended there (EOS appended), as

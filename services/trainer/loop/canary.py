@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from services.trainer import metrics as tm
 from services.trainer.data.ledger import VersionFeedback
-from shared.model_store import CanaryPointer
+from shared.models.store import CanaryPointer
 
 log = logging.getLogger(__name__)
 

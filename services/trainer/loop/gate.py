@@ -26,7 +26,7 @@ trainer also samples fresh responses for each re-test.
 
 The reward is the current reward model's score; when that version is an
 ensemble of heads, it is its conservative score, mean - k * std over the heads
-(shared.reward_ensemble: what the policy was trained on, and the score that is
+(shared.models.reward.ensemble: what the policy was trained on, and the score that is
 hardest to win by exploiting one head's mistakes). Each evaluation records
 which score it holds (``reward_score``); the decision says which one it used,
 and refuses to compare two evaluations scored differently (the reward version
@@ -58,7 +58,7 @@ class PolicyEvaluation:
     prompt_judge_scores: tuple[float, ...] = ()
     extra: dict[str, float] = field(default_factory=dict)  # reported, not gated
     # Which score prompt_rewards hold ("single head", "conservative: ...";
-    # shared.reward_ensemble.describe_score); "" when the reward callable does not say.
+    # shared.models.reward.ensemble.describe_score); "" when the reward callable does not say.
     reward_score: str = ""
     # An ensemble's mean over heads per prompt (empty for a single head): reported, not gated.
     prompt_mean_rewards: tuple[float, ...] = ()

@@ -177,7 +177,7 @@ class PolicyRounds:
         return self.method_config(window)
 
     def _fresh_trainer(self, version: str) -> PolicyTrainer:
-        from shared.policy_eval import load_policy
+        from shared.models.policy_eval import load_policy
 
         lm, tokenizer = load_policy(self.store.open_version("policy", version))
         trainer = build_trainer(self.method, lm, tokenizer, self.reward_fn, self._config(version), self.data_source)
@@ -261,7 +261,7 @@ class PolicyRounds:
         its scores, on held-out ``prompts`` for the trainer's policy or a stored version."""
         import torch
 
-        from shared.policy_eval import SamplingSettings, kl_to_reference, load_policy, sample_responses
+        from shared.models.policy_eval import SamplingSettings, kl_to_reference, load_policy, sample_responses
 
         trainer = self.ensure_trainer()
         policy, tokenizer = trainer.policy, trainer.tokenizer

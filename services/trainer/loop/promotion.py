@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer import metrics as tm
-from shared import events
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shared.kafka_io import produce_event
-from shared.model_store import KINDS, ModelStore, ModelStoreError, version_number
+from shared.kafka import events
+from shared.kafka.io import produce_event
+from shared.models.store import KINDS, ModelStore, ModelStoreError, version_number
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
 
 log = logging.getLogger(__name__)

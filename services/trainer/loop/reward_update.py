@@ -15,9 +15,9 @@ accuracy are both weighted, so a user flooding contradicting preferences
 counts at most their share in training and in the check that keeps or
 discards the result.
 
-Ensembles (shared.reward_ensemble): a MiniLM version is fine-tuned with
+Ensembles (shared.models.reward.ensemble): a MiniLM version is fine-tuned with
 ``ensemble_size`` heads (the current version's heads, widened or narrowed by
-:func:`shared.reward_ensemble.resize_ensemble` when the setting changed), each
+:func:`shared.models.reward.ensemble.resize_ensemble` when the setting changed), each
 on its own bootstrap resample of the new comparisons, drawn from a seed derived
 from the parent version. The held-out accuracy that keeps or discards the
 result is the conservative score's (what the policy is trained on).
@@ -51,7 +51,7 @@ class RewardUpdateSettings:
     head_lr: float = 2e-4
     trainable_layers: int = 2
     min_heldout_pairs: int = 20  # held-out comparisons needed before a promotion
-    ensemble_size: int = 1  # reward heads of a MiniLM version (shared.reward_ensemble); 1: a single head
+    ensemble_size: int = 1  # reward heads of a MiniLM version (shared.models.reward.ensemble); 1: a single head
     conservative_k: float = 1.0  # score = mean - conservative_k * std over the heads
 
 
@@ -75,7 +75,7 @@ def pair_weights(comparisons: Sequence[Comparison]) -> list[float] | None:
 
 def heldout_accuracy(model, tokenizer, heldout: Sequence[Comparison]) -> float:
     """Weighted pairwise accuracy on held-out comparisons."""
-    from shared.reward_model import pairwise_accuracy
+    from shared.models.reward.model import pairwise_accuracy
 
     return pairwise_accuracy(model, tokenizer, as_pairs(heldout), weights=pair_weights(heldout))
 
@@ -90,8 +90,8 @@ def apply_ensemble_settings(model, settings: RewardUpdateSettings, version: str)
     """Resize a MiniLM model's heads to ``settings.ensemble_size`` (and record
     ``conservative_k``) when they differ; returns the settings to send to other
     ranks (empty when nothing changed). A sequence-classification model keeps its one head."""
-    from shared.reward_ensemble import resize_ensemble
-    from shared.reward_model import RewardModel
+    from shared.models.reward.ensemble import resize_ensemble
+    from shared.models.reward.model import RewardModel
 
     wanted = (settings.ensemble_size, settings.conservative_k)
     if (model.ensemble_size, model.head_config.conservative_k) == wanted:
@@ -165,9 +165,9 @@ def update_reward_model(
     import torch
 
     from services.trainer.supervised.reward_training import TrainingInterrupted
-    from shared.reward_ensemble import describe_score
-    from shared.reward_model import ONNX_FILE, load_reward_model, save_reward_model
-    from shared.reward_onnx import export_verified_onnx
+    from shared.models.reward.ensemble import describe_score
+    from shared.models.reward.model import ONNX_FILE, load_reward_model, save_reward_model
+    from shared.models.reward.onnx_export import export_verified_onnx
 
     torch.set_num_threads(threads)
     train = split.split_pairs(list(new_comparisons), lambda c: c.prompt)[0]

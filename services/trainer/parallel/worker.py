@@ -24,7 +24,7 @@ from services.trainer.parallel.coordinator import sync_ppo_state
 from services.trainer.parallel.group import DataParallel, RanksFailedTogether
 from services.trainer.ppo.ppo_config import PPOConfig
 from services.trainer.ppo.ppo_trainer import PPOTrainer, RewardFn
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Worker:
 
     def _build_trainer(self, version: str, config: PPOConfig) -> PPOTrainer:
         """A trainer of the same architecture as rank 0's; its weights come from rank 0 next."""
-        from shared.policy_eval import load_policy
+        from shared.models.policy_eval import load_policy
 
         lm, tokenizer = load_policy(self.store.open_version("policy", version))
         return PPOTrainer(lm, tokenizer, self._reward(), config)
@@ -98,7 +98,7 @@ class Worker:
             return self._reward_fn
         if self._reward_client is None:
             from services.trainer.reward_client import RewardClient
-            from shared.tls import client_tls
+            from shared.grpc.tls import client_tls
 
             c = self.config
             self._reward_client = RewardClient(
@@ -113,11 +113,11 @@ class Worker:
 
     def _train_reward(self, version: str, pairs: list[list[str]], settings: dict[str, Any]) -> None:
         from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
-        from shared.reward_model import load_reward_model
+        from shared.models.reward.model import load_reward_model
 
         model, tokenizer = load_reward_model(self.store.open_version("reward", version))
         if "ensemble_size" in settings:  # rank 0 resized the heads (reward_update.apply_ensemble_settings)
-            from shared.reward_ensemble import resize_ensemble
+            from shared.models.reward.ensemble import resize_ensemble
 
             settings = dict(settings)
             size, k = int(settings.pop("ensemble_size")), float(settings.pop("conservative_k"))

@@ -2,7 +2,7 @@
 
 Also builds the PPO-ptx demonstration batches, since both turn text into
 (prompt tokens, response tokens) the same way: the prompt encoded as serving
-encodes it (shared.prompting.encode_prompt), the response continuing it with
+encodes it (shared.models.prompting.encode_prompt), the response continuing it with
 the tokens the policy would sample for it. So a demonstration is trained on the
 token boundaries a rollout would produce, and a rollout on the tokens served.
 """
@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from services.trainer.ppo.ppo_model import CausalLM
 from services.trainer.supervised.sft import encode_demonstration
-from shared.policy_eval import left_padded
-from shared.prompting import encode_prompt, keep_last_tokens
+from shared.models.policy_eval import left_padded
+from shared.models.prompting import encode_prompt, keep_last_tokens
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Rollout:
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask, each row encoded exactly as serving
-    encodes the prompt (shared.prompting.encode_prompt); long prompts keep
+    encodes the prompt (shared.models.prompting.encode_prompt); long prompts keep
     their last ``max_length`` tokens (and a leading BOS)."""
     rows = [keep_last_tokens(tokenizer, encode_prompt(tokenizer, p), max_length) for p in prompts]
     if any(len(r) == 0 for r in rows):

@@ -40,7 +40,7 @@ from services.trainer.data.datasets import (
     load_comparisons,
     load_demonstrations,
 )
-from shared.model_store import ModelStore, sha256_file
+from shared.models.store import ModelStore, sha256_file
 
 # Longer contexts are allowed with --max-length; this default keeps a CPU run affordable.
 DEFAULT_MAX_SFT_TOKENS = 512
@@ -176,7 +176,7 @@ def sft_from_file(
     from transformers import AutoTokenizer
 
     from services.trainer.supervised.sft import build_sft_example, evaluate_response_loss, sft_train
-    from shared.policy_eval import load_policy
+    from shared.models.policy_eval import load_policy
 
     path = Path(data_path)
     base = resolve_base(store, "policy", base)
@@ -244,8 +244,8 @@ def reward_from_file(
     import torch
 
     from services.trainer.supervised.reward_training import train_reward_model
-    from shared.reward_model import ONNX_FILE, load_reward_model, pairwise_accuracy, save_reward_model
-    from shared.reward_onnx import export_verified_onnx
+    from shared.models.reward.model import ONNX_FILE, load_reward_model, pairwise_accuracy, save_reward_model
+    from shared.models.reward.onnx_export import export_verified_onnx
 
     path = Path(data_path)
     base = resolve_base(store, "reward", base)

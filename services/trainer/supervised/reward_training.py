@@ -5,18 +5,18 @@ reward trainer; optionally weighted per pair (the online trainer down-weights
 users who send more than their share of the feedback,
 services.trainer.data.fair_share). Used by the bootstrap (step 3) and by the online trainer on
 preferences from the feedback ledger: both call :func:`train_reward_model`
-with a reward model of either format (shared.reward_model) and a list of
+with a reward model of either format (shared.models.reward.model) and a list of
 (prompt, chosen, rejected).
 
 Two paths. The MiniLM RewardModel freezes its lower layers and caches their
 output per text, so each step runs only the top layers (what makes it
 affordable on a CPU). Any other reward model (an imported Hugging Face
-sequence-classification model, shared.reward_adapter) trains the top
+sequence-classification model, shared.models.reward.adapter) trains the top
 ``trainable_layers`` blocks and everything above them (final norm, pooler,
 score head) with a full forward pass per step; all parameters when
 ``trainable_layers`` is None or its blocks cannot be found.
 
-An ensemble (``model.ensemble_size`` K > 1 heads, shared.reward_ensemble)
+An ensemble (``model.ensemble_size`` K > 1 heads, shared.models.reward.ensemble)
 trains all K heads in the same steps, on the same batches, from one backbone
 pass: member m's loss weighs each pair by its count in member m's bootstrap
 resample of ``pairs`` (drawn from ``seed``), and the loss is the mean over
@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from services.trainer.parallel.group import DataParallel
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
 from services.trainer.supervised.pretrain import lr_at
-from shared.reward_ensemble import ensemble_bradley_terry_loss, member_weights
-from shared.reward_model import RewardModel, encode_pairs, pairwise_accuracy
+from shared.models.reward.ensemble import ensemble_bradley_terry_loss, member_weights
+from shared.models.reward.model import RewardModel, encode_pairs, pairwise_accuracy
 
 Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
 from services.trainer.supervised.pretrain import lr_at
-from shared.prompting import encode_demonstration_ids, keep_last_tokens
+from shared.models.prompting import encode_demonstration_ids, keep_last_tokens
 
 IGNORE_INDEX = -100  # cross_entropy skips these label positions
 
@@ -29,7 +29,7 @@ def encode_demonstration(
     max_response_tokens: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids) exactly as generation sees them: the prompt
-    encoded as serving encodes it (shared.prompting.encode_prompt, BOS and all),
+    encoded as serving encodes it (shared.models.prompting.encode_prompt, BOS and all),
     then the response continuing it and ending in EOS.
 
     SFT (bootstrap, `rlhf sft`) and PPO-ptx (corrections) both go through here:
@@ -37,7 +37,7 @@ def encode_demonstration(
     the leading space after "Assistant:") teaches it a shifted distribution,
     which PPO's KL penalty then measures as drift. The join rule (a space only
     when the prompt does not end in whitespace; the response's tokens as they
-    come in context) is shared.prompting.encode_demonstration_ids's. The prompt
+    come in context) is shared.models.prompting.encode_demonstration_ids's. The prompt
     is cut from the left (keeping a leading BOS), the response (EOS included)
     from the right."""
     prompt_ids, response_ids = encode_demonstration_ids(tokenizer, prompt, response)

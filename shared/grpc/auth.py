@@ -68,7 +68,7 @@ class Principal:
         return self.role is Role.OPERATOR or method in APPLICATION_METHODS
 
 
-# The caller of the RPC being served (set by shared.grpc_server's AuthInterceptor).
+# The caller of the RPC being served (set by shared.grpc.server's AuthInterceptor).
 principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
 

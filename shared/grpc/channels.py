@@ -3,7 +3,7 @@
 Every client the project has (the trainer's reward client, the rlhf CLI,
 `rlhf up`'s health checks, the demo's simulator and monitor, the HTTP front
 door) opens its channels here, so turning TLS on is a setting, never a code
-change. The TLS settings themselves are :class:`shared.tls.ClientTLS`.
+change. The TLS settings themselves are :class:`shared.grpc.tls.ClientTLS`.
 
 Channels spread calls over every replica of a service, with gRPC's own
 client-side load balancing (no proxy in between).
@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from shared.tls import ClientTLS
+from shared.grpc.tls import ClientTLS
 
 __all__ = ["ClientTLS", "channel_options", "channel_target", "open_channel"]
 

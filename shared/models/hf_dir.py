@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.model_store import MANIFEST, PICKLE_SUFFIXES
+from shared.models.store import MANIFEST, PICKLE_SUFFIXES
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"

@@ -3,9 +3,9 @@
 :class:`SequenceClassificationReward` wraps any ``AutoModelForSequenceClassification``
 whose config has ``num_labels == 1`` (a BERT/DeBERTa cross-encoder, a
 Llama/GPT-2-style model with a score head, ...) so it looks to the platform
-like the MiniLM :class:`shared.reward_model.RewardModel`: ``forward(input_ids,
+like the MiniLM :class:`shared.models.reward.model.RewardModel`: ``forward(input_ids,
 attention_mask) -> scores [batch]`` and a ``head_config``. Loading, saving,
-scoring, ONNX export and training go through shared.reward_model, which
+scoring, ONNX export and training go through shared.models.reward.model, which
 dispatches on the ``format`` recorded in ``reward_config.json``.
 
 On disk (format ``hf-sequence-classification``): what ``save_pretrained``
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from shared.reward_model import REWARD_CONFIG_FILE, RewardHeadConfig, write_reward_config
+from shared.models.reward.model import REWARD_CONFIG_FILE, RewardHeadConfig, write_reward_config
 
 HF_FORMAT = "hf-sequence-classification"
 # Longest input scored by default: beyond this the CPU cost per pair grows
@@ -76,7 +76,7 @@ def pair_segment_token(tokenizer, config) -> int | None:
     pairs (BERT-style: type_vocab_size > 1 and the tokenizer marks the second
     text with type 1), else None. The adapter then rebuilds token types inside
     forward(), so ONNX and the service keep two inputs."""
-    from shared.reward_model import uses_text_pairs
+    from shared.models.reward.model import uses_text_pairs
 
     if getattr(config, "type_vocab_size", 0) <= 1 or not uses_text_pairs(tokenizer):
         return None
@@ -105,7 +105,7 @@ class SequenceClassificationReward(torch.nn.Module):
         self.head_config = head_config
         self.sep_token_id = sep_token_id
 
-    ensemble_size = 1  # one head: its score is the score (shared.reward_ensemble)
+    ensemble_size = 1  # one head: its score is the score (shared.models.reward.ensemble)
 
     def member_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The one head's score as a [batch, 1] ensemble."""

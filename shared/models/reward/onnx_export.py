@@ -1,6 +1,6 @@
 """Export a reward model to ONNX and keep the file only if ONNX Runtime agrees with torch.
 
-The reward service prefers ONNX Runtime (shared.reward_model.export_onnx gives
+The reward service prefers ONNX Runtime (shared.models.reward.model.export_onnx gives
 the graph). Not every architecture traces cleanly, and a graph that traces
 can still compute something else, so whoever writes a reward version
 (`rlhf import reward`, the trainer's reward update) calls
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.reward_model import ONNX_FILE, ScalarReward, encode_pairs, export_onnx
+from shared.models.reward.model import ONNX_FILE, ScalarReward, encode_pairs, export_onnx
 
 ONNX_TOLERANCE = 1e-4
 # Varied lengths and a batch size unlike the export example's, so the dynamic

@@ -1,6 +1,6 @@
 """Ask a gRPC server whether it is SERVING (grpc.health.v1): the containers' health check.
 
-    python -m shared.healthcheck [ADDRESS]     # default 127.0.0.1:$RLHF_PORT
+    python -m shared.grpc.healthcheck [ADDRESS]     # default 127.0.0.1:$RLHF_PORT
 
 Over TLS when RLHF_TLS_CA is set (as for every client). Exits 0 when the
 server answers SERVING, 1 otherwise (NOT_SERVING while the
@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import env
-from shared.channels import open_channel
-from shared.tls import ClientTLS, client_tls_from_env
+from shared.grpc.channels import open_channel
+from shared.grpc.tls import ClientTLS, client_tls_from_env
 
 
 def health_status(address: str, timeout_s: float = 1.0, tls: ClientTLS | None = None) -> str:

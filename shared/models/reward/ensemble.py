@@ -110,7 +110,7 @@ def describe_score(ensemble_size: int, conservative_k: float) -> str:
 @torch.no_grad()
 def score_members(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64):
     """Member scores [n, K] of (prompt, response) pairs, in order (K = 1 for a single head)."""
-    from shared.reward_model import encode_pairs
+    from shared.models.reward.model import encode_pairs
 
     model.eval()
     rows = []

@@ -3,7 +3,7 @@
 What a servicer gets for free: health checking (NOT_SERVING until the service
 says it is ready, and again from SIGTERM on), server reflection, bounded
 message sizes, TLS (optionally mutual), bearer-token auth with roles
-(shared.auth), a request id per call, Prometheus metrics per RPC, the mapping
+(shared.grpc.auth), a request id per call, Prometheus metrics per RPC, the mapping
 of shared.errors to status codes, and a graceful shutdown that lets in-flight
 calls finish. The interceptors are separate
 classes (after grpc's examples/python/interceptors) so each does one thing.
@@ -25,11 +25,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import errors, metrics
-from shared.auth import Principal, TokenRegistry, principal_var
 from shared.config import ServiceConfig
-from shared.events import new_id
+from shared.grpc.auth import Principal, TokenRegistry, principal_var
+from shared.grpc.tls import server_tls
+from shared.kafka.events import new_id
 from shared.logs import request_id_var
-from shared.tls import server_tls
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +162,11 @@ class RequestIdInterceptor(_WrappingInterceptor):
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Bearer token → principal with a role (shared.auth); health and reflection stay open.
+    """Bearer token → principal with a role (shared.grpc.auth); health and reflection stay open.
 
     A missing or unknown token → UNAUTHENTICATED; a known token whose role may
     not call the method → PERMISSION_DENIED. While the call is served,
-    ``shared.auth.current_principal()`` is its caller. Tokens are never logged.
+    ``shared.grpc.auth.current_principal()`` is its caller. Tokens are never logged.
     """
 
     def __init__(self, registry: TokenRegistry):
@@ -206,7 +206,7 @@ def _denying(code: grpc.StatusCode, detail: str) -> Callable[[Behavior, bool], B
 
 
 def _as_caller(principal: Principal, behavior: Behavior, streaming: bool) -> Behavior:
-    """``behavior`` run with ``principal`` as shared.auth.current_principal()."""
+    """``behavior`` run with ``principal`` as shared.grpc.auth.current_principal()."""
     if streaming:
 
         def run_stream(request, context):

@@ -23,8 +23,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from shared import events, metrics
+from shared import metrics
 from shared.config import KAFKA_HEARTBEAT_INTERVAL_MS, KAFKA_MAX_POLL_INTERVAL_MS, KAFKA_SESSION_TIMEOUT_MS
+from shared.kafka import events
 from shared.proto.rlhf.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class ConsumerSettings:
     # Group timing: Apache Kafka's defaults unless given (a service passes its
     # config's, ServiceConfig.kafka_consumer_options). The embedded broker
     # completes a group join after about twice the session timeout, so the
-    # tests and `rlhf up` pass a short one (shared.broker.EMBEDDED_GROUP_TIMING).
+    # tests and `rlhf up` pass a short one (shared.kafka.broker.EMBEDDED_GROUP_TIMING).
     session_timeout_ms: int = KAFKA_SESSION_TIMEOUT_MS
     heartbeat_interval_ms: int = KAFKA_HEARTBEAT_INTERVAL_MS
     max_poll_interval_ms: int = KAFKA_MAX_POLL_INTERVAL_MS

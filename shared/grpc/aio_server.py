@@ -1,4 +1,4 @@
-"""The grpc.aio twin of shared.grpc_server.GrpcServer, for servicers whose methods are coroutines.
+"""The grpc.aio twin of shared.grpc.server.GrpcServer, for servicers whose methods are coroutines.
 
 Each call gets what the sync interceptors give it, in the same order: Prometheus
 metrics per method and code, a request id (taken from x-request-id or made,
@@ -29,10 +29,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import errors, metrics
-from shared.auth import TokenRegistry, principal_var
 from shared.config import ServiceConfig
-from shared.events import new_id
-from shared.grpc_server import (
+from shared.grpc.auth import TokenRegistry, principal_var
+from shared.grpc.server import (
     _LOOPBACK_HOSTS,
     _PUBLIC_PREFIXES,
     _STATUS_BY_ERROR,
@@ -42,8 +41,9 @@ from shared.grpc_server import (
     ServiceBinding,
     wait_for_signal,
 )
+from shared.grpc.tls import server_tls
+from shared.kafka.events import new_id
 from shared.logs import request_id_var
-from shared.tls import server_tls
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,11 @@ from collections.abc import Callable
 
 from kafka import KafkaProducer
 
-from shared import events, metrics
-from shared.events import ConsumedEvent
-from shared.kafka_io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent, create_producer
-from shared.model_store import CanaryPointer, ModelStore, ModelStoreError, version_number
+from shared import metrics
+from shared.kafka import events
+from shared.kafka.events import ConsumedEvent
+from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent, create_producer
+from shared.models.store import CanaryPointer, ModelStore, ModelStoreError, version_number
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
 
 log = logging.getLogger(__name__)

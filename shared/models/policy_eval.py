@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from shared.prompting import encode_prompt
+from shared.models.prompting import encode_prompt
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, t
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings) -> list[Sample]:
     """``settings.samples_per_prompt`` sampled responses per prompt, each prompt
-    encoded exactly as serving encodes it (shared.prompting.encode_prompt)."""
+    encoded exactly as serving encodes it (shared.models.prompting.encode_prompt)."""
     torch.manual_seed(settings.seed)
     encoded = {p: encode_prompt(tokenizer, p) for p in prompts}
     expanded = [p for p in prompts for _ in range(settings.samples_per_prompt)]

@@ -1,0 +1,1 @@
+"""gRPC transport: servers, channels, auth, TLS, health checks."""

@@ -1,0 +1,1 @@
+"""Kafka messaging: the embedded broker, event codecs, producers, the consumer loop, dead letters."""

@@ -1,0 +1,1 @@
+"""Models: the versioned store, import, prompting, policy evaluation, hot swaps."""

@@ -1,0 +1,1 @@
+"""Reward models: formats, scoring, ensembles, ONNX export."""
