@@ -29,8 +29,10 @@ from pathlib import Path
 from services.trainer.data.ingest import FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
 from shared.kafka import events
+from shared.kafka.admin import ensure_topics
 from shared.kafka.broker import EMBEDDED_GROUP_TIMING, EmbeddedBroker
-from shared.kafka.io import DeadLetterProducer, create_producer, ensure_topics, produce_event
+from shared.kafka.deadletter import DeadLetterProducer
+from shared.kafka.producer import create_producer, produce_event
 from shared.proto.rlhf.v1 import events_pb2
 
 HOLD_S = 1.0  # the trainer tests' feedback_hold_s
@@ -100,7 +102,7 @@ def main() -> None:
     parser.add_argument("--wait-s", type=float, default=60.0, help="a marker not joined by then is lost")
     parser.add_argument("--busy", action="store_true", help="keep a busy loop running (the other core)")
     args = parser.parse_args()
-    logging.getLogger("shared.kafka.io").setLevel(logging.ERROR)  # a line per dead letter otherwise
+    logging.getLogger("shared.kafka.deadletter").setLevel(logging.ERROR)  # a line per dead letter otherwise
     results: list[dict] = []
     with EmbeddedBroker(port=0) as broker:
         ensure_topics(broker.bootstrap)

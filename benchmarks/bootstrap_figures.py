@@ -23,7 +23,8 @@ def onnx_max_abs_diff(reward_dir) -> tuple[float, int]:
     import torch
 
     from demo.world import build_prompts, make_response
-    from shared.models.reward.model import encode_pairs, load_reward_model
+    from shared.models.reward.encoding import encode_pairs
+    from shared.models.reward.format import load_reward_model
 
     model, tokenizer = load_reward_model(reward_dir)
     rng = random.Random(0)

@@ -34,8 +34,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from shared.feedback_rules import validating_feedback_handler
 from shared.kafka import events
+from shared.kafka.admin import ensure_topics
 from shared.kafka.broker import EMBEDDED_GROUP_TIMING, EmbeddedBroker, free_port
-from shared.kafka.io import ConsumerSettings, EventConsumerLoop, create_producer, ensure_topics, produce_event
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop
+from shared.kafka.producer import create_producer, produce_event
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 

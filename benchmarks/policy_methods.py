@@ -36,7 +36,8 @@ import torch  # noqa: E402
 
 from demo.world import build_prompts, judge, make_response  # noqa: E402
 from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
-from shared.models.reward.model import load_reward_model, score_texts  # noqa: E402
+from shared.models.reward.format import load_reward_model  # noqa: E402
+from shared.models.reward.scoring import score_texts
 
 # "ptx-only": PPO with its policy loss off (policy_loss_coef 0), i.e. SFT on the corrections
 # alone: the ablation that says what the policy gradient adds when corrections are on.
@@ -65,24 +66,24 @@ def paired_gain(after: dict, before: dict, index: int) -> tuple[float, float]:
 
 
 def build(method: str, args, store: str, reward_fn):
-    from services.trainer.policy_gradient.rloo_config import GRPOConfig, RLOOConfig
-    from services.trainer.policy_gradient.rloo_trainer import PolicyGradientTrainer
-    from services.trainer.ppo.ppo_config import PPOConfig
-    from services.trainer.ppo.ppo_trainer import PPOTrainer
+    from services.trainer.methods.policy_gradient.grpo_config import GRPOConfig
+    from services.trainer.methods.policy_gradient.grpo_trainer import GRPOTrainer
+    from services.trainer.methods.policy_gradient.rloo_config import RLOOConfig
+    from services.trainer.methods.policy_gradient.rloo_trainer import RLOOTrainer
+    from services.trainer.methods.ppo.ppo_config import PPOConfig
+    from services.trainer.methods.ppo.ppo_trainer import PPOTrainer
 
     policy, tokenizer = load_policy(f"{store}/policy/v1")
     common = dict(learning_rate=args.lr, ptx_batch_size=args.ptx_batch_size, max_new_tokens=24, num_threads=1)
     n = args.samples_per_step
     if method in ("ppo", "ptx-only"):
         policy_loss_coef = 0.0 if method == "ptx-only" else 1.0
-        config = PPOConfig(
-            batch_size=n, mini_batch_size=n // 2, ppo_epochs=2, policy_loss_coef=policy_loss_coef, **common
-        )
+        config = PPOConfig(batch_size=n, mini_batch_size=n // 2, epochs=2, policy_loss_coef=policy_loss_coef, **common)
         return PPOTrainer(policy, tokenizer, reward_fn, config)
     k = args.k
-    config_class = RLOOConfig if method == "rloo" else GRPOConfig
-    pg_config = config_class(batch_size=n // k, samples_per_prompt=k, mini_batch_size=n // 2, num_epochs=2, **common)
-    return PolicyGradientTrainer(policy, tokenizer, reward_fn, pg_config)
+    config_class, trainer_class = (RLOOConfig, RLOOTrainer) if method == "rloo" else (GRPOConfig, GRPOTrainer)
+    pg_config = config_class(batch_size=n // k, samples_per_prompt=k, mini_batch_size=n // 2, epochs=2, **common)
+    return trainer_class(policy, tokenizer, reward_fn, pg_config)
 
 
 def main() -> None:

@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.policy.engine import EngineSettings, GenerationEngine
     from services.policy.model import load_bundle
+    from shared.kafka.admin import ensure_topics
     from shared.kafka.broker import EmbeddedBroker
-    from shared.kafka.io import ensure_topics
 
     levels = [int(c) for c in args.clients.split(",")]
     thread_counts = sorted({int(t) for t in args.in_process_threads.split(",")})

@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from shared.kafka.admin import ensure_topics
     from shared.kafka.broker import EmbeddedBroker
-    from shared.kafka.io import ensure_topics
 
     results: dict = {
         "clients": args.clients,

@@ -6,7 +6,7 @@ Offline, on one thread, against a bootstrapped store's policy v1 and reward v1:
   ``--corrections`` world-written good answers mixed in as the ptx SFT loss
   (0 = PPO alone);
 - ``sft``: ``sft.sft_train`` on the same corrections, compared at the same
-  number of optimizer updates (a PPO step is ppo_epochs x minibatches of them);
+  number of optimizer updates (a PPO step is epochs x minibatches of them);
 - ``agreement``: how often reward v1 ranks policy v1's own samples as the
   judge does (pairs of samples of one prompt where the judge calls exactly one good).
 
@@ -38,7 +38,8 @@ import torch  # noqa: E402
 from demo.evaluation import judge_rates  # noqa: E402
 from demo.world import build_prompts, judge, make_response  # noqa: E402
 from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
-from shared.models.reward.model import load_reward_model, score_texts  # noqa: E402
+from shared.models.reward.format import load_reward_model  # noqa: E402
+from shared.models.reward.scoring import score_texts
 
 EVAL_SETTINGS = SamplingSettings(samples_per_prompt=2, max_new_tokens=40, seed=7)
 
@@ -64,8 +65,8 @@ def corrections(prompts, n: int, rng: random.Random) -> list[tuple[str, str]]:
 
 
 def run_ppo(args, store: str, every_prompt, train) -> list[dict]:
-    from services.trainer.ppo.ppo_config import PPOConfig
-    from services.trainer.ppo.ppo_trainer import PPOTrainer
+    from services.trainer.methods.ppo.ppo_config import PPOConfig
+    from services.trainer.methods.ppo.ppo_trainer import PPOTrainer
 
     policy, tokenizer = load_policy(f"{store}/policy/v1")
     reward_model, reward_tokenizer = load_reward_model(f"{store}/reward/v1")
@@ -81,8 +82,8 @@ def run_ppo(args, store: str, every_prompt, train) -> list[dict]:
         learning_rate=args.lr,
         batch_size=16,
         mini_batch_size=8,
-        ppo_epochs=2,
-        init_kl_coef=0.1,
+        epochs=2,
+        kl_coef=0.1,
         ptx_batch_size=args.ptx_batch_size,
         num_threads=1,
     )
@@ -94,7 +95,7 @@ def run_ppo(args, store: str, every_prompt, train) -> list[dict]:
             rows.append(
                 {
                     "step": step,
-                    "updates": step * config.ppo_epochs * config.num_mini_batches,
+                    "updates": step * config.epochs * config.num_mini_batches,
                     "kl": stats.kl,
                     **satisfaction(trainer.policy, tokenizer, every_prompt),
                     "seconds": time.perf_counter() - start,

@@ -109,8 +109,8 @@ def child_ours(workdir: Path, s: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2ForSequenceClassification
 
     sys.path.insert(0, str(REPO))
-    from services.trainer.ppo.ppo_config import PPOConfig
-    from services.trainer.ppo.ppo_trainer import PPOTrainer
+    from services.trainer.methods.ppo.ppo_config import PPOConfig
+    from services.trainer.methods.ppo.ppo_trainer import PPOTrainer
 
     torch.set_num_threads(s["threads"])
     tokenizer = AutoTokenizer.from_pretrained(workdir / "policy")
@@ -128,9 +128,9 @@ def child_ours(workdir: Path, s: dict) -> dict:
         return reward_model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist()
 
     config = PPOConfig(
-        batch_size=s["batch_size"], mini_batch_size=s["batch_size"] // s["mini_batches"], ppo_epochs=s["epochs"],
+        batch_size=s["batch_size"], mini_batch_size=s["batch_size"] // s["mini_batches"], epochs=s["epochs"],
         learning_rate=s["learning_rate"], max_new_tokens=s["response_length"], temperature=1.0,
-        init_kl_coef=s["kl_coef"], adaptive_kl=False, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
+        kl_coef=s["kl_coef"], adaptive_kl=False, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
         gamma=1.0, lam=0.95, seed=0, ptx_coef=0.0,
     )  # fmt: skip
     trainer = PPOTrainer(AutoModelForCausalLM.from_pretrained(workdir / "policy"), tokenizer, reward_fn, config)
@@ -160,7 +160,7 @@ def child_trl(workdir: Path, s: dict) -> dict:
         output_dir=str(workdir / "trl-out"), report_to=[], save_strategy="no", logging_steps=1_000_000,
         use_cpu=True, bf16=False, fp16=False, seed=0, dataloader_num_workers=0,
         per_device_train_batch_size=s["batch_size"], gradient_accumulation_steps=1,
-        num_mini_batches=s["mini_batches"], num_ppo_epochs=s["epochs"],
+        num_mini_batches=s["mini_batches"], num_epochs=s["epochs"],
         local_rollout_forward_batch_size=s["batch_size"],
         total_episodes=s["batch_size"] * total_steps, response_length=s["response_length"], temperature=1.0,
         learning_rate=s["learning_rate"], kl_coef=s["kl_coef"], kl_estimator="k1", cliprange=0.2,

@@ -187,8 +187,9 @@ def run(
     import torch
 
     from services.trainer.loop.promotion import Promoter
+    from shared.kafka.admin import ensure_topics
     from shared.kafka.broker import EmbeddedBroker
-    from shared.kafka.io import create_producer, ensure_topics
+    from shared.kafka.producer import create_producer
     from shared.models.store import ModelStore
     from shared.proto.rlhf.v1 import policy_pb2_grpc
 

@@ -50,7 +50,9 @@ RESPONSES = [
 
 
 def build_store(root: str) -> tuple[object, str]:
-    from shared.models.reward.model import export_onnx, new_reward_model, save_reward_model
+    from shared.models.reward.format import save_reward_model
+    from shared.models.reward.minilm import new_reward_model
+    from shared.models.reward.onnx_export import export_onnx
     from shared.models.store import ModelStore
 
     store = ModelStore(root)
@@ -162,7 +164,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from services.reward.scorer import load_reward_version
-    from shared.models.reward.model import ONNX_FILE, encode_pairs
+    from shared.models.reward.encoding import encode_pairs
+    from shared.models.reward.onnx_export import ONNX_FILE
 
     prompts, responses = workload(args.batch, args.varied)
     load_before = os.getloadavg()

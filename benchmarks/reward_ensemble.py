@@ -40,7 +40,7 @@ from demo.world import PROMPT_FRAME, build_prompts, judge, preference_pairs, spl
 from services.trainer.supervised.reward_training import train_reward_model  # noqa: E402
 from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses  # noqa: E402
 from shared.models.reward.ensemble import conservative_scores, member_mean, score_members  # noqa: E402
-from shared.models.reward.model import new_reward_model  # noqa: E402
+from shared.models.reward.minilm import new_reward_model  # noqa: E402
 from shared.models.store import ModelStore  # noqa: E402
 
 

@@ -44,10 +44,11 @@ import torch  # noqa: E402
 
 from demo.simulation import BASE_AXIS_WEIGHTS  # noqa: E402
 from demo.world import judge  # noqa: E402
-from services.trainer.data.ledger import Comparison, FeedbackLedger  # noqa: E402
+from services.trainer.data.ledger import FeedbackLedger  # noqa: E402
+from services.trainer.data.training_sets import Comparison
 from services.trainer.loop.heldout import HeldoutSplit  # noqa: E402
 from services.trainer.loop.reward_update import RewardUpdateSettings, fine_tune, heldout_accuracy  # noqa: E402
-from shared.models.reward.model import load_reward_model  # noqa: E402
+from shared.models.reward.format import load_reward_model  # noqa: E402
 from shared.models.store import ModelStore  # noqa: E402
 
 # The trainer's own update (services.trainer.config defaults), then stronger ones.

@@ -14,6 +14,10 @@ Caching: each finished step is kept under
 an interrupted run resumes and a changed SFT setting reuses the pre-trained
 model and the reward model; once v1 of both kinds carries the config digest in its manifest
 notes, a rerun returns at once without loading torch.
+
+The demo is an application: it trains through the platform's public training
+API (services.trainer.supervised.api) and the model store, as any app could;
+pre-training from scratch is the demo's own (demo/pretrain.py).
 """
 
 from __future__ import annotations
@@ -103,9 +107,9 @@ def _world(config: BootstrapConfig):
 
 def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str, float]:
     """Tokenizer + GPT-2 from scratch, trained on mixed-quality world text."""
+    from demo.pretrain import pretrain_causal_lm
     from demo.tiny_lm import new_gpt2, save_causal_lm, train_tokenizer
     from demo.world import pretrain_corpus
-    from services.trainer.supervised.pretrain import pretrain_causal_lm
 
     train, _ = _world(config)
     corpus = pretrain_corpus(
@@ -145,7 +149,7 @@ def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: boo
     """Short SFT of the pre-trained model on good demonstrations."""
     from demo.tiny_lm import save_causal_lm
     from demo.world import sft_demonstrations
-    from services.trainer.supervised.sft import sft_train
+    from services.trainer.supervised.api import sft_train
     from shared.models.policy_eval import load_policy
 
     train, _ = _world(config)
@@ -168,8 +172,11 @@ def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: boo
 def reward_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[str, float]:
     """Bradley-Terry training of MiniLM + scalar head; ONNX export."""
     from demo.world import preference_pairs
-    from services.trainer.supervised.reward_training import train_reward_model
-    from shared.models.reward.model import export_onnx, new_reward_model, pairwise_accuracy, save_reward_model
+    from services.trainer.supervised.api import train_reward_model
+    from shared.models.reward.format import save_reward_model
+    from shared.models.reward.minilm import new_reward_model
+    from shared.models.reward.onnx_export import export_onnx
+    from shared.models.reward.scoring import pairwise_accuracy
 
     train, heldout = _world(config)
     from demo.world import PROMPT_FRAME
@@ -212,7 +219,7 @@ def evaluate_step(config: BootstrapConfig, pretrained: Path, sft: Path, reward: 
     """Base vs SFT on held-out prompts: judge rates, mean reward, KL to SFT."""
     from demo.evaluation import evaluate_policy
     from shared.models.policy_eval import SamplingSettings, load_policy
-    from shared.models.reward.model import load_reward_model
+    from shared.models.reward.format import load_reward_model
 
     _, heldout = _world(config)
     settings = SamplingSettings(

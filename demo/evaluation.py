@@ -57,7 +57,7 @@ def evaluate_policy(
     metrics["samples"] = float(len(samples))
     metrics["mean_response_words"] = sum(len(s.text.split()) for s in samples) / max(1, len(samples))
     if reward is not None:
-        from shared.models.reward.model import score_texts
+        from shared.models.reward.scoring import score_texts
 
         scores = score_texts(reward[0], reward[1], [s.prompt for s in samples], [s.text for s in samples])
         metrics["reward_mean"] = sum(scores) / max(1, len(scores))

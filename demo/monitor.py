@@ -80,8 +80,8 @@ class LoopMonitor:
         for r in fresh:
             by_version[r.model_version].append(r)
         ppo_kl = None
-        if self.trainer_status is not None and self.trainer_status.HasField("last_ppo"):
-            ppo_kl = self.trainer_status.last_ppo.kl if self.trainer_status.last_ppo.step else None
+        if self.trainer_status is not None and self.trainer_status.HasField("last_policy_update"):
+            ppo_kl = self.trainer_status.last_policy_update.kl if self.trainer_status.last_policy_update.step else None
         points = []
         for version, served in by_version.items():
             reward, reward_version = self._mean_reward(served)
@@ -152,10 +152,10 @@ class LoopMonitor:
             f"trainer: {trainer_pb2.TrainerState.Name(status.state).removeprefix('TRAINER_STATE_').lower()}"
             f"  policy {status.policy_version or '?'}  reward {status.reward_version or '?'}  ledger: {counts}"
         )
-        if status.last_ppo.step:
+        if status.last_policy_update.step:
             line += (
-                f"  policy step {status.last_ppo.step}: reward {status.last_ppo.mean_reward:.3f}"
-                f" KL {status.last_ppo.kl:.2f}"
+                f"  policy step {status.last_policy_update.step}: reward {status.last_policy_update.mean_reward:.3f}"
+                f" KL {status.last_policy_update.kl:.2f}"
             )
         return line
 

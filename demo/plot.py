@@ -135,7 +135,12 @@ def save_series(series: LoopSeries, png_path: str | Path, json_path: str | Path 
 
 
 def plot_series(series: LoopSeries, png_path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:  # the platform does not depend on it; the demo extra does
+        raise ImportError(
+            "the demo's plot needs matplotlib: install the demo extra, pip install -e '.[demo]' (`make demo` does)"
+        ) from exc
 
     matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt

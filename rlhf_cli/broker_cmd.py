@@ -19,8 +19,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from shared.kafka import events
+    from shared.kafka.admin import ensure_topics
     from shared.kafka.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
-    from shared.kafka.io import ensure_topics
     from shared.logs import setup_logging
 
     setup_logging("broker", fmt="text")

@@ -1,6 +1,7 @@
 """`rlhf demo`: the whole loop on this machine. Builds the demo models if the
-store has none, starts the broker and every service, lets simulated users talk
-to the policy for --minutes, and shows (terminal + PNG + JSON) how satisfaction,
+store has none (what `rlhf bootstrap` does; `rlhf up` never builds models),
+starts the broker and every service, lets simulated users talk to the policy
+for --minutes, and shows (terminal + PNG + JSON) how satisfaction,
 reward and KL of the deployed policy move as the trainer promotes new versions.
 Ctrl-C stops everything cleanly and still saves what was measured."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,6 +45,12 @@ def add_parser(subparsers) -> None:
         help="KL budget line for the plot (default: what the trainer's gate reports)",
     )
     parser.add_argument("--port-offset", type=int, default=0, help="add this to every service port")
+    parser.add_argument(
+        "--no-bootstrap",
+        action="store_true",
+        help="do not build the demo models when the store has none (serve what it holds, e.g. a copy of a "
+        "bootstrapped store)",
+    )
     # Users arrive at a rate; unpaced, the simulator took most of the CPU the
     # trainer needs on a 2-core machine (51 calls/s, 16 PPO steps in 10 min).
     parser.set_defaults(func=run, rate=float(os.environ.get(env.SIM_RATE, "8")))
@@ -61,6 +69,20 @@ def ensure_models(model_store: str, console) -> None:
     code = bootstrap_cmd.run(argparse.Namespace(model_store=model_store, no_progress=False, json=False))
     if code:
         raise SystemExit(f"rlhf demo: the bootstrap failed (exit code {code})")
+
+
+def plot_available() -> bool:
+    """matplotlib (the demo extra) is there, checked before the 10 minutes rather than when the plot is saved."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    print(
+        "rlhf demo: the demo's plot needs matplotlib, which the platform does not install; install the demo "
+        "extra: pip install -e '.[demo]' (`make demo` does)",
+        file=sys.stderr,
+    )
+    return False
 
 
 def render(simulator_stats, monitor, elapsed_s: float, total_s: float):
@@ -138,12 +160,24 @@ def run(args) -> int:
     from demo.simulator import Simulator
     from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
     from rlhf_cli.stack import Stack, available_services, describe_process
-    from rlhf_cli.up_cmd import trainer_args
+    from rlhf_cli.up_cmd import missing_models, selected_services, trainer_args
 
     console = Console()
+    if not plot_available():
+        return 2
     if not args.no_bootstrap:
         ensure_models(args.model_store, console)  # Ctrl-C here is a plain KeyboardInterrupt: nothing runs yet
-    services = [s for s in args.services.split(",") if s] or available_services()
+    services = selected_services(args)
+    missing_kinds = missing_models(args.model_store, services)
+    if missing_kinds:
+        print(
+            f"rlhf demo --no-bootstrap: the model store {args.model_store} holds "
+            + " and ".join(f"no {kind} version" for kind in missing_kinds)
+            + "; nothing was started. Without --no-bootstrap, rlhf demo builds the demo's models into it "
+            "(or run `rlhf bootstrap` first).",
+            file=sys.stderr,
+        )
+        return 2
     missing = [s for s in ("policy", "feedback") if s not in services]
     if missing:
         console.print(

@@ -53,7 +53,8 @@ def evaluate(args) -> dict:
     from demo.evaluation import evaluate_policy
     from demo.world import build_prompts, preference_pairs, split_prompts
     from shared.models.policy_eval import SamplingSettings, load_policy
-    from shared.models.reward.model import load_reward_model, pairwise_accuracy
+    from shared.models.reward.format import load_reward_model
+    from shared.models.reward.scoring import pairwise_accuracy
     from shared.models.store import ModelStore
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -95,7 +95,7 @@ def version_report(args) -> dict:
 
 def user_report(args) -> dict:
     """The user's feedback, deletion requests and the versions it shaped, as a dict."""
-    from services.trainer.data.ledger import read_user_rows
+    from services.trainer.data.ledger_lineage import read_user_rows
     from services.trainer.loop.lineage import versions_shaped_by
     from shared.models.store import ModelStore
 

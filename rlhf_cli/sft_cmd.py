@@ -105,7 +105,7 @@ def print_result(command: str, result, rows: list[tuple[str, str, str]]) -> None
 
 
 def add_parser(subparsers) -> None:
-    from services.trainer.supervised.from_file import SftFileSettings
+    from services.trainer.supervised.api import SftFileSettings
 
     parser = subparsers.add_parser(
         "sft",
@@ -127,7 +127,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from services.trainer.supervised.from_file import SftFileSettings, sft_from_file
+    from services.trainer.supervised.api import SftFileSettings, sft_from_file
 
     quiet_library_progress(args)
     settings = SftFileSettings(
@@ -145,8 +145,7 @@ def run(args) -> int:
 def train_from_file(args, command: str, train, settings, rows: list[tuple[str, str, str]]) -> int:
     """Run ``train`` (sft_from_file or reward_from_file) on ``args.data`` and report it;
     exit code 2 with the message on a data, training or store error."""
-    from services.trainer.data.datasets import DataFileError
-    from services.trainer.supervised.from_file import FileTrainingError
+    from services.trainer.supervised.api import DataFileError, FileTrainingError
     from shared.models.store import ModelStore, ModelStoreError
 
     try:

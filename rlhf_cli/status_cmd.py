@@ -109,8 +109,8 @@ def print_status(status) -> None:
     if held.waiting_for:
         overview.add_row("promotions wait for", held.waiting_for)
     console.print(overview)
-    if status.HasField("last_ppo"):
-        ppo = Table(title=f"last policy step ({status.last_ppo.step})")
+    if status.HasField("last_policy_update"):
+        ppo = Table(title=f"last policy step ({status.last_policy_update.step})")
         for name in (
             "mean_reward",
             "kl",
@@ -125,7 +125,7 @@ def print_status(status) -> None:
             ppo.add_column(name, justify="right")
         ppo.add_row(
             *(
-                f"{getattr(status.last_ppo, n):.4g}"
+                f"{getattr(status.last_policy_update, n):.4g}"
                 for n in (
                     "mean_reward",
                     "kl",

@@ -6,7 +6,7 @@ from rlhf_cli.sft_cmd import add_training_flags, positive_float, positive_int, q
 
 
 def add_parser(subparsers) -> None:
-    from services.trainer.supervised.from_file import RewardFileSettings
+    from services.trainer.supervised.api import RewardFileSettings
 
     defaults = RewardFileSettings
     parser = subparsers.add_parser(
@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from services.trainer.supervised.from_file import RewardFileSettings, reward_from_file
+    from services.trainer.supervised.api import RewardFileSettings, reward_from_file
 
     quiet_library_progress(args)
     settings = RewardFileSettings(

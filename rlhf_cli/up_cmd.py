@@ -1,10 +1,16 @@
-"""`rlhf up`: broker + every service on this machine; Ctrl-C stops them cleanly."""
+"""`rlhf up`: broker + every service on this machine; Ctrl-C stops them cleanly.
+
+It serves whatever the model store holds and builds nothing: with no policy
+(or no reward) version in the store it stops before starting anything and says
+how to put one there (`rlhf import`, or the demo's `rlhf bootstrap` / `rlhf demo`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -23,12 +29,18 @@ def add_parser(subparsers) -> None:
         "--restart-backoff-max-s", type=float, default=60.0, help="longest wait; it doubles with each quick crash"
     )
     restart.add_argument("--no-restart", action="store_true", help="stop the whole stack when a service exits instead")
+    parser.add_argument(
+        "--no-bootstrap",
+        action="store_true",
+        help="deprecated, does nothing (rlhf up never builds models; `rlhf bootstrap` builds the demo's); "
+        "removed in the next release",
+    )
     parser.set_defaults(func=run)
 
 
 def add_stack_arguments(parser, default_policy_method: str | None = None) -> None:
     """Flags of the stack; ``default_policy_method`` replaces the trainer's own default method."""
-    from services.trainer.loop.policy_methods import POLICY_METHODS
+    from services.trainer.methods.registry import POLICY_METHODS
 
     parser.add_argument(
         "--model-store",
@@ -41,9 +53,6 @@ def add_stack_arguments(parser, default_policy_method: str | None = None) -> Non
     parser.add_argument("--broker-port", type=int, default=9092, help="port of the embedded broker")
     parser.add_argument("--log-dir", default="./runs/logs", help="where each service's log goes")
     parser.add_argument("--services", default="", help="comma-separated subset (default: all)")
-    parser.add_argument(
-        "--no-bootstrap", action="store_true", help="do not build the demo models when the store has none"
-    )
     parser.add_argument(
         "--policy-replicas",
         type=replica_count,
@@ -80,18 +89,55 @@ def replica_count(text: str) -> int:
     return value
 
 
-def start_stack(args, console):
-    """Bootstrap if needed, then start broker and services; returns the Stack."""
-    from rlhf_cli.stack import Stack, available_services, describe_process
+# The model kinds each service loads from the store at start.
+MODELS_NEEDED = {"policy": ("policy",), "reward": ("reward",), "trainer": ("policy", "reward")}
+
+
+def selected_services(args) -> list[str]:
+    """--services, else every service of this checkout, in start order."""
+    from rlhf_cli.stack import available_services
+
+    return [s for s in args.services.split(",") if s] or available_services()
+
+
+def missing_models(model_store: str | Path, services: list[str]) -> list[str]:
+    """Model kinds ``services`` need that the store holds no version of ("policy", "reward")."""
     from shared.models.store import ModelStore
 
-    store = ModelStore(args.model_store)
-    if not args.no_bootstrap and (store.current("policy") is None or store.current("reward") is None):
-        from demo.bootstrap import run_bootstrap
+    store = ModelStore(model_store)
+    needed = {kind for name in services for kind in MODELS_NEEDED.get(name, ())}
+    return [kind for kind in ("policy", "reward") if kind in needed and store.current(kind) is None]
 
-        console.print("[bold]No models in the store yet: running the four-step bootstrap[/bold]")
-        run_bootstrap(args.model_store, log=console.print)
-    services = [s for s in args.services.split(",") if s] or available_services()
+
+def missing_models_message(model_store: str, missing: list[str]) -> str:
+    """What `rlhf up` says when the store lacks models: where they come from, as commands to run."""
+    default_store = os.environ.get(env.MODEL_STORE, "./model-store")
+    store_flag = "" if model_store == default_store else f" --model-store {shlex.quote(model_store)}"
+    lacks = " and ".join(f"no {kind} version" for kind in missing)
+    lines = [
+        f"rlhf up: the model store {model_store} ({Path(model_store).resolve()}) holds {lacks}; nothing was "
+        "started. rlhf up serves the models in the store and builds none.",
+        "Your own model (a Hugging Face directory, safetensors):",
+    ]
+    hints = {
+        "policy": "a causal LM with its tokenizer",
+        "reward": "a sequence classifier with one label",
+    }
+    lines += [f"  rlhf import {kind} DIR --set-current{store_flag}    # {hints[kind]}" for kind in missing]
+    lines += [
+        "  then, optionally, on your own data: rlhf sft --data FILE / rlhf train-reward --data FILE",
+        "The demo's toy models:",
+        f"  rlhf bootstrap{store_flag}    # builds policy v1 and reward v1 into the store; then rlhf up again",
+        f"  rlhf demo{store_flag}         # builds them if needed and runs the loop with simulated users",
+    ]
+    return "\n".join(lines)
+
+
+def start_stack(args, console):
+    """Start broker and services on the models in the store; returns the Stack."""
+    from rlhf_cli.stack import Stack, describe_process
+
+    services = selected_services(args)
     stack = Stack(
         model_store=Path(args.model_store).resolve(),
         log_dir=Path(args.log_dir),
@@ -143,6 +189,16 @@ def run(args) -> int:
 
     from rlhf_cli.supervisor import RestartPolicy
 
+    if args.no_bootstrap:
+        print(
+            "rlhf up: --no-bootstrap is deprecated and does nothing (rlhf up never builds models; `rlhf bootstrap` "
+            "builds the demo's); it will be removed in the next release",
+            file=sys.stderr,
+        )
+    missing = missing_models(args.model_store, selected_services(args))
+    if missing:
+        print(missing_models_message(args.model_store, missing), file=sys.stderr)
+        return 2
     console = Console()
     stack = start_stack(args, console)
     restart_policy = None

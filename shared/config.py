@@ -6,6 +6,11 @@ dataclass into an argparse parser, so ``python -m services.X --help`` lists
 every setting with its variable, and precedence is flag > env > default.
 Validation lives in each config's ``__post_init__`` and raises ConfigError
 with a message that names the setting and what to change.
+
+A renamed setting keeps its old flag and variable for one release: the config
+class lists it once in ``renamed`` (:class:`Renamed`, old name -> new name),
+and :func:`load_config` accepts the old spelling with a logged deprecation
+warning (the new one wins when both are given).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, TypeVar
 from shared import env
 
 C = TypeVar("C")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -42,6 +48,36 @@ def nested(cls: type, *, env_prefix: str, exclude: Sequence[str] = ()) -> Any:
     return dataclasses.field(
         default_factory=cls, metadata={"nested": cls, "env_prefix": env_prefix, "exclude": tuple(exclude)}
     )
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """A setting renamed in this release: its old flag and variable still work, with a warning.
+
+    Declared once, in the config class's ``renamed: ClassVar[tuple[Renamed, ...]]``. The old
+    flag is ``--<old>`` under the same prefix as the new one (``--ppo-ppo-epochs`` for
+    TrainerConfig.ppo's ``ppo_epochs``); the old variable is ``env`` when the setting has a
+    variable of its own (shared.env), else derived from the nested config's prefix."""
+
+    old: str
+    new: str
+    env: str | None = None
+
+
+def renamed_settings(cls: type) -> tuple[Renamed, ...]:
+    """The renames ``cls`` (and its bases) declare."""
+    return tuple(getattr(cls, "renamed", ()))
+
+
+def upgrade_renamed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (field name -> value, e.g. a saved config) with old names moved to their
+    new ones, for reading what an older release wrote."""
+    out = dict(values)
+    for rename in renamed_settings(cls):
+        if rename.old in out:
+            old = out.pop(rename.old)
+            out.setdefault(rename.new, old)
+    return out
 
 
 def check(condition: bool, name: str, message: str) -> None:
@@ -79,6 +115,25 @@ def _flag_fields(cls: type, prefix: str = "", env_prefix: str | None = None, exc
             continue
         var = f.metadata.get("env") or (f"{env_prefix}{f.name.upper()}" if env_prefix else None)
         yield prefix + f.name, f, hints[f.name], var
+
+
+def _renamed_flags(cls: type, prefix: str = "", env_prefix: str | None = None):
+    """(old dest, new dest, old env var) of every renamed setting of ``cls``, nested configs included."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for rename in renamed_settings(cls):
+        new = fields[rename.new]
+        var = rename.env or (
+            f"{env_prefix}{rename.old.upper()}" if env_prefix and not new.metadata.get("env") else None
+        )
+        yield prefix + rename.old, prefix + rename.new, var
+    for f in fields.values():
+        inner = f.metadata.get("nested")
+        if inner is not None:
+            yield from _renamed_flags(inner, f"{prefix}{f.name}_", f.metadata["env_prefix"])
+
+
+def _deprecated_dest(old_dest: str) -> str:
+    return f"deprecated__{old_dest}"
 
 
 def _build(cls: Any, values: dict[str, Any], prefix: str = "") -> Any:
@@ -124,6 +179,15 @@ def config_parser(
             parser.add_argument(
                 flag, dest=dest, type=_converter(tp), default=None, choices=meta.get("choices"), help=help_text
             )
+    types = {dest: (f, tp) for dest, f, tp, _ in flags}
+    for old, new, _ in _renamed_flags(cls):
+        if new not in types:
+            continue  # the new setting is set by the outer config (nested exclude): so is the old
+        f, tp = types[new]
+        flag, kind = "--" + old.replace("_", "-"), _parse_bool if tp is bool else _converter(tp)
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if tp is bool else {"choices": f.metadata.get("choices")}
+        # Hidden from --help: the new flag is the one to learn.
+        parser.add_argument(flag, dest=_deprecated_dest(old), type=kind, default=None, help=argparse.SUPPRESS, **extra)
     return parser, flags
 
 
@@ -141,8 +205,43 @@ def load_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | 
                 values[dest] = _converter(tp)(os.environ[var])
             except ValueError as exc:
                 raise ConfigError(f"{var}={os.environ[var]!r}: {exc}") from exc
+    types = {dest: (tp, var) for dest, _, tp, var in flags}
+    for old, new, old_var in _renamed_flags(cls):
+        if new not in types:
+            continue  # set by the outer config (a nested exclude)
+        _apply_renamed(values, args, old, new, old_var, *types[new])
     config: C = _build(cls, values)
     return config
+
+
+def _apply_renamed(
+    values: dict[str, Any], args: argparse.Namespace, old: str, new: str, var: str | None, tp: Any, new_var: str | None
+) -> None:
+    """Take a renamed setting's value from its old flag or variable (with a warning) unless the new one is set."""
+    new_flag, old_flag = "--" + new.replace("_", "-"), "--" + old.replace("_", "-")
+    sources: list[tuple[str, str, Any]] = []  # (old spelling, its replacement, value)
+    from_flag = getattr(args, _deprecated_dest(old), None)
+    if from_flag is not None:
+        sources.append((old_flag, new_flag, from_flag))
+    if var and var in os.environ:
+        try:
+            sources.append((var, new_var or new_flag, _converter(tp)(os.environ[var])))
+        except ValueError as exc:
+            raise ConfigError(f"{var}={os.environ[var]!r}: {exc}") from exc
+    if not sources:
+        return
+    used, replacement, value = sources[0]
+    if new in values:
+        log.warning(
+            f"{used} is deprecated and ignored: {replacement} is set",
+            extra={"deprecated": used, "replacement": replacement},
+        )
+        return
+    values[new] = value
+    log.warning(
+        f"{used} is deprecated (renamed {replacement}); it is still read in this release",
+        extra={"deprecated": used, "replacement": replacement},
+    )
 
 
 def config_summary(config: Any) -> dict[str, Any]:

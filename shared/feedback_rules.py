@@ -7,7 +7,7 @@ with the field as a request path (``feedback[3].rating.score``) so a person
 can find and fix it.
 
 No grpc here: the gateway turns a problem into shared.errors.InvalidArgument,
-a consumer into kafka_io.InvalidEvent (see :func:`validating_feedback_handler`).
+a consumer into shared.kafka.consumer.InvalidEvent (see :func:`validating_feedback_handler`).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def validating_feedback_handler(handler: Callable, limits: FeedbackLimits = DEFA
     """Wrap an EventConsumerLoop handler for rlhf.feedback.v1: defaults are
     filled, and an event that breaks the rules raises InvalidEvent (so the
     loop dead-letters it with every problem) instead of reaching ``handler``."""
-    from shared.kafka.io import InvalidEvent  # kafka_io imports the Kafka client; keep this module light
+    from shared.kafka.consumer import InvalidEvent  # imports the Kafka client; keep this module light
 
     def handle(event) -> None:
         message = event.message

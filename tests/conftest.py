@@ -33,8 +33,8 @@ TINY_LM_TEXTS = [
 @pytest.fixture(scope="session")
 def broker():
     """A real Kafka-protocol broker (Tansu) on a free loopback port, with the topics."""
+    from shared.kafka.admin import ensure_topics
     from shared.kafka.broker import EmbeddedBroker
-    from shared.kafka.io import ensure_topics
 
     with EmbeddedBroker(port=0) as b:
         ensure_topics(b.bootstrap)
@@ -60,7 +60,9 @@ def unique_name(request) -> str:
 def tiny_store(tmp_path_factory, tiny_lm_dir) -> Path:
     """A model store: policy v1 = the session's tiny random GPT-2; reward v1 = MiniLM with a
     fresh head (+ ONNX). Shared by the session: copy it before writing to it."""
-    from shared.models.reward.model import export_onnx, new_reward_model, save_reward_model
+    from shared.models.reward.format import save_reward_model
+    from shared.models.reward.minilm import new_reward_model
+    from shared.models.reward.onnx_export import export_onnx
     from shared.models.store import ModelStore
 
     store = ModelStore(tmp_path_factory.mktemp("tiny-store"))

@@ -131,7 +131,7 @@ def build_tiny_seq_cls_reward(
         tokenizer = tiny_llama_tokenizer(with_pad_token=with_pad_token)
         model = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=num_labels, initializer_range=0.2))
     elif arch == "bert":
-        from shared.models.reward.model import minilm_dir
+        from shared.models.reward.minilm import minilm_dir
 
         tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
         config = BertConfig(

@@ -11,7 +11,7 @@ from __future__ import annotations
 PROMPT_TEMPLATE = "User: {question}\nAssistant:"
 _USER_PREFIX = "User:"
 _ASSISTANT_SUFFIX = "Assistant:"
-# What the reward model strips from a prompt (shared.models.reward.model.RewardHeadConfig).
+# What the reward model strips from a prompt (shared.models.reward.head_config.RewardHeadConfig).
 PROMPT_FRAME = (_USER_PREFIX, _ASSISTANT_SUFFIX)
 
 

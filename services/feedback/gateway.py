@@ -4,15 +4,15 @@ No grpc here; the servicer in server.py only translates requests and replies.
 
 Idempotency: the first answer for each feedback_id is kept for ``dedup_ttl_s``
 (bounded by ``dedup_capacity``), and concurrent submissions of one id are
-single-flighted so it is produced once. This covers one gateway replica while
-the id is remembered; across replicas and restarts the trainer's ledger,
-which deduplicates by feedback_id, is the final guarantee.
+single-flighted so it is produced once (services.feedback.dedup). This covers
+one gateway replica while the id is remembered; across replicas and restarts
+the trainer's ledger, which deduplicates by feedback_id, is the final
+guarantee. Each client is rate-limited (services.feedback.rate_limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 import time
@@ -24,11 +24,13 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import Counter
 
+from services.feedback.dedup import FirstAnswerCache
+from services.feedback.rate_limit import ClientRateLimiter
 from shared import metrics
-from shared.errors import PermissionDenied, ResourceExhausted, Unavailable
+from shared.errors import PermissionDenied, Unavailable
 from shared.feedback_rules import FeedbackLimits, batch_problems, feedback_problems, fill_defaults, raise_first
 from shared.kafka import events
-from shared.kafka.io import produce_event
+from shared.kafka.producer import produce_event
 from shared.proto.rlhf.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -51,98 +53,6 @@ class FeedbackReceipt:
     offset: int
 
 
-class FirstAnswerCache:
-    """First answers by feedback_id (bounded, expiring) plus the submissions
-    in flight, so a duplicate either gets the stored answer or waits for the
-    one being produced instead of producing again."""
-
-    def __init__(self, ttl_s: float, capacity: int):
-        self.ttl_s = ttl_s
-        self.capacity = capacity
-        self._answers: collections.OrderedDict[str, tuple[float, FeedbackReceipt]] = collections.OrderedDict()
-        self._in_flight: dict[str, Future] = {}
-        self._lock = threading.Lock()
-
-    def claim(self, feedback_id: str) -> tuple[FeedbackReceipt | None, Future, bool]:
-        """(stored answer or None, future of the answer, whether the caller must produce it)."""
-        now = time.monotonic()
-        with self._lock:
-            self._expire(now)
-            hit = self._answers.get(feedback_id)
-            if hit is not None:
-                return hit[1], None, False
-            pending = self._in_flight.get(feedback_id)
-            if pending is not None:
-                return None, pending, False
-            future: Future = Future()
-            self._in_flight[feedback_id] = future
-            return None, future, True
-
-    def finish(self, feedback_id: str, receipt: FeedbackReceipt) -> None:
-        with self._lock:
-            future = self._in_flight.pop(feedback_id)
-            self._answers[feedback_id] = (time.monotonic(), receipt)
-            while len(self._answers) > self.capacity:
-                self._answers.popitem(last=False)
-        future.set_result(receipt)
-
-    def fail(self, feedback_id: str, exc: BaseException) -> None:
-        # Forget the id so the client's retry produces it again.
-        with self._lock:
-            future = self._in_flight.pop(feedback_id)
-        future.set_exception(exc)
-
-    def _expire(self, now: float) -> None:
-        answers = self._answers
-        while answers:
-            stored_at = next(iter(answers.values()))[0]
-            if now - stored_at <= self.ttl_s:
-                break
-            answers.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._answers)
-
-
-class ClientRateLimiter:
-    """A token bucket per client id: ``rate_per_s`` events a second with
-    bursts up to ``burst``. Idle buckets are forgotten so memory stays bounded."""
-
-    def __init__(self, rate_per_s: float, burst: float, max_clients: int = 100_000):
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self.max_clients = max_clients
-        self._buckets: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def acquire(self, client_id: str, cost: float = 1.0) -> None:
-        """Take ``cost`` tokens or raise ResourceExhausted with when to retry."""
-        if self.rate_per_s <= 0:
-            return
-        now = time.monotonic()
-        with self._lock:
-            bucket = self._buckets.get(client_id)
-            if bucket is None:
-                bucket = [self.burst, now]
-                self._buckets[client_id] = bucket
-                if len(self._buckets) > self.max_clients:
-                    self._buckets.popitem(last=False)
-            else:
-                self._buckets.move_to_end(client_id)
-                bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate_per_s)
-                bucket[1] = now
-            if bucket[0] >= cost:
-                bucket[0] -= cost
-                return
-            wait_s = (cost - bucket[0]) / self.rate_per_s
-        raise ResourceExhausted(
-            f"rate limit: {self.rate_per_s:g} feedback events/s per client (burst {self.burst:g}); "
-            f"retry in {wait_s:.2f} s",
-            retry_after_s=wait_s,
-        )
-
-
 class FeedbackGateway:
     """Validates FeedbackEvents and produces each accepted one exactly once
     (per feedback_id) to rlhf.feedback.v1, answering after the broker's ack."""
@@ -151,7 +61,7 @@ class FeedbackGateway:
         self,
         producer: KafkaProducer,
         limits: FeedbackLimits,
-        answers: FirstAnswerCache,
+        answers: FirstAnswerCache[FeedbackReceipt],
         limiter: ClientRateLimiter,
         *,
         ack_timeout_s: float = 10.0,
@@ -214,19 +124,7 @@ class FeedbackGateway:
     def _accept(self, batch: Sequence[events_pb2.FeedbackEvent]) -> list[FeedbackReceipt]:
         claims, sends, producer = self._send_owned(batch)
         self._settle_all(sends, producer, self.ack_timeout_s)
-        receipts = []
-        for stored, future, owner in claims:
-            if stored is not None:
-                receipts.append(_as_duplicate(stored))
-                continue
-            try:
-                receipt = future.result(timeout=self.ack_timeout_s + 1.0)
-            except Unavailable:  # the owner's failure is ours too
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. the owner is still waiting after our timeout
-                raise _not_accepted(exc) from exc
-            receipts.append(receipt if owner else _as_duplicate(receipt))
-        return receipts
+        return [_receipt(stored, future, owner, self.ack_timeout_s + 1.0) for stored, future, owner in claims]
 
     async def _accept_async(self, batch: Sequence[events_pb2.FeedbackEvent]) -> list[FeedbackReceipt]:
         claims, sends, producer = self._send_owned(batch)
@@ -237,19 +135,12 @@ class FeedbackGateway:
         self._settle_all(sends, producer, 0.0)
         receipts = []
         for stored, future, owner in claims:
-            if stored is not None:
-                receipts.append(_as_duplicate(stored))
-                continue
-            try:
-                if future.done():
-                    receipt = future.result()
-                else:  # another call owns this id and is still waiting for its ack
-                    receipt = await asyncio.wait_for(asyncio.wrap_future(future), self.ack_timeout_s + 1.0)
-            except Unavailable:  # the owner's failure is ours too
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. the owner is still waiting after our timeout
-                raise _not_accepted(exc) from exc
-            receipts.append(receipt if owner else _as_duplicate(receipt))
+            if stored is None and not future.done():
+                # Another call owns this id and is still waiting for its ack: wait as long as
+                # the blocking path would, without blocking the event loop (nor cancelling the
+                # owner's future when the wait ends).
+                await asyncio.wait([asyncio.wrap_future(future)], timeout=self.ack_timeout_s + 1.0)
+            receipts.append(_receipt(stored, future, owner, 0.0))
         return receipts
 
     def _send_owned(self, batch: Sequence[events_pb2.FeedbackEvent]) -> tuple[list, list, KafkaProducer]:
@@ -361,6 +252,21 @@ def _assign_defaults(event: events_pb2.FeedbackEvent) -> None:
     if not event.HasField("created_at"):
         event.created_at.FromNanoseconds(time.time_ns())
     fill_defaults(event)
+
+
+def _receipt(stored: FeedbackReceipt | None, future: Future | None, owner: bool, timeout_s: float) -> FeedbackReceipt:
+    """The answer for one claimed id (FirstAnswerCache.claim): the stored one, else the
+    one its future gives within ``timeout_s``, marked duplicate unless this call produced it."""
+    if stored is not None:
+        return _as_duplicate(stored)
+    assert future is not None, "a claim without a stored answer has a future"
+    try:
+        receipt = future.result(timeout=timeout_s)
+    except Unavailable:  # the owner's failure is ours too
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. the owner is still waiting after our timeout
+        raise _not_accepted(exc) from exc
+    return receipt if owner else _as_duplicate(receipt)
 
 
 def _not_accepted(exc: Exception) -> Unavailable:

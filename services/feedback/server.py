@@ -14,11 +14,14 @@ from collections.abc import Sequence
 import grpc
 
 from services.feedback.config import FeedbackConfig
-from services.feedback.gateway import ClientRateLimiter, FeedbackGateway, FeedbackReceipt, FirstAnswerCache
+from services.feedback.dedup import FirstAnswerCache
+from services.feedback.gateway import FeedbackGateway, FeedbackReceipt
+from services.feedback.rate_limit import ClientRateLimiter
 from shared.grpc.aio_server import AioGrpcServer
 from shared.grpc.auth import current_principal
-from shared.grpc.server import GrpcServer, ServiceBinding
-from shared.kafka.io import create_producer
+from shared.grpc.lifecycle import ServerLifecycle, ServiceBinding
+from shared.grpc.server import GrpcServer
+from shared.kafka.producer import create_producer
 from shared.proto.rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 from shared.service_main import run_service
 
@@ -117,7 +120,7 @@ class FeedbackGatewayServer:
             feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
         )
         server_cls = AioGrpcServer if config.server == "aio" else GrpcServer
-        self.grpc: GrpcServer | AioGrpcServer = server_cls(config, SERVICE_NAME, [binding])
+        self.grpc: ServerLifecycle = server_cls(config, SERVICE_NAME, [binding])
 
     def start(self) -> int:
         port = self.grpc.start()

@@ -81,6 +81,11 @@ class OpenAIApiConfig:
     log_level: str = setting("INFO", "log level", env=env.LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "log format", env=env.LOG_FORMAT, choices=("json", "text"))
 
+    @property
+    def metrics_bind_host(self) -> str:
+        """/metrics follows --host, as a ServiceConfig's does without --metrics-host (shared.service_main)."""
+        return self.host
+
     def __post_init__(self) -> None:
         check(0 <= self.port <= 65535, "port", f"must be in 0..65535, got {self.port}")
         check(-1 <= self.metrics_port <= 65535, "metrics_port", f"must be in -1..65535, got {self.metrics_port}")

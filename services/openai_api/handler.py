@@ -3,7 +3,7 @@ call the route, answer JSON or a chunked ``text/event-stream``.
 
 Every request gets an ``x-request-id`` (the client's, or a new one), returned
 in the response, logged, and passed to the gRPC services; the bearer token is
-checked as shared.grpc.server's AuthInterceptor checks it and passed on too.
+checked as shared.grpc.calls.authorize checks a gRPC caller's and passed on too.
 Bodies are read by Content-Length (over --max-request-bytes: 413); more than
 --max-workers requests at once get 429. ``GET /health`` needs no token.
 """
@@ -23,7 +23,7 @@ from services.openai_api import api_errors
 from services.openai_api import metrics as m
 from services.openai_api.api_errors import ApiError
 from services.openai_api.routes import CallContext, Reply, StreamReply
-from shared.grpc.server import REQUEST_ID_HEADER
+from shared.grpc.calls import REQUEST_ID_HEADER
 from shared.kafka.events import new_id
 from shared.logs import request_id_var
 
@@ -168,7 +168,7 @@ class FrontDoorHandler(BaseHTTPRequestHandler):
         return routes.model(unquote(path[len(MODELS_PREFIX) :]), ctx)
 
     def _authorize(self) -> CallContext:
-        """Check the bearer token like shared.grpc.server.AuthInterceptor; keep it to pass on."""
+        """Check the bearer token like the gRPC servers' auth (shared.grpc.calls.authorize); keep it to pass on."""
         given = self.headers.get("Authorization", "")
         expected = self.server.expected_auth
         if expected is not None and not hmac.compare_digest(given.encode(), expected):

@@ -5,19 +5,18 @@ Python's ThreadingHTTPServer speaking HTTP/1.1, a thread per connection
 --idle-timeout-s. ``GET /health`` (no token) says 200 SERVING or 503
 NOT_SERVING.
 
-SIGTERM, as for the gRPC services (shared.service_main): /health turns 503,
-the drain delay passes, the listening socket closes, in-flight requests
-(streams included) get up to the grace period to finish, then the remaining
-connections are closed and the gRPC channels with them.
+It runs through shared.service_main.run_service, as the gRPC services do
+(config, logging, /metrics, start, wait for the signal, stop). On SIGTERM
+/health turns 503, the drain delay passes, the listening socket closes,
+in-flight requests (streams included) get up to the grace period to finish,
+then the remaining connections are closed and the gRPC channels with them.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import socketserver
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -26,10 +25,8 @@ from http.server import ThreadingHTTPServer
 from services.openai_api.config import OpenAIApiConfig
 from services.openai_api.handler import FrontDoorHandler
 from services.openai_api.routes import OpenAIRoutes, Upstream
-from shared.config import ConfigError, load_config, log_config
 from shared.grpc.tls import ClientTLS
-from shared.logs import setup_logging
-from shared.metrics import start_metrics_server
+from shared.service_main import run_service
 
 log = logging.getLogger(__name__)
 
@@ -140,41 +137,6 @@ class OpenAIApiServer:
             close()
 
 
-def wait_for_signal() -> int:
-    """Block until SIGTERM or SIGINT; returns the signal number."""
-    received: list[int] = []
-    done = threading.Event()
-
-    def on_signal(signum, _frame):
-        received.append(signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not done.wait(0.5):
-        pass
-    log.info("signal received; shutting down", extra={"signal": signal.Signals(received[0]).name})
-    return received[0]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until signalled; the exit code is 2 for a bad config, 1 for a failed start."""
-    try:
-        config = load_config(OpenAIApiConfig, argv, prog=f"python -m services.{SERVICE_NAME}")
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(SERVICE_NAME, config.log_level, config.log_format)
-    log_config(config, log)
-    start_metrics_server(config.metrics_port, config.host)
-    server = OpenAIApiServer(config)
-    try:
-        server.start()
-    except Exception:
-        log.exception("service failed to start", extra={"service": SERVICE_NAME})
-        server.stop(grace_s=0)
-        return 1
-    wait_for_signal()
-    server.stop()
-    log.info("service stopped", extra={"service": SERVICE_NAME})
-    return 0
+    return run_service(OpenAIApiConfig, SERVICE_NAME, OpenAIApiServer, argv)

@@ -12,8 +12,8 @@ import grpc
 
 from services.openai_api.api_errors import UpstreamError
 from services.openai_api.routes import CallContext
+from shared.grpc.calls import REQUEST_ID_HEADER, RETRY_AFTER_HEADER
 from shared.grpc.channels import ClientTLS, open_channel
-from shared.grpc.server import REQUEST_ID_HEADER, RETRY_AFTER_HEADER
 from shared.proto.rlhf.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 CLIENT_ID_HEADER = "x-client-id"  # what services/feedback rate-limits by

@@ -21,7 +21,7 @@ from shared import metrics
 from shared.errors import Unavailable
 from shared.grpc.server import GrpcServer, ServiceBinding
 from shared.kafka import events
-from shared.kafka.io import BufferedEventPublisher
+from shared.kafka.publisher import BufferedEventPublisher
 from shared.logs import request_id_var
 from shared.models.prompting import ChatMessage
 from shared.models.store import CanaryPointer, ModelStore

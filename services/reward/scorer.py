@@ -29,9 +29,10 @@ from prometheus_client import Histogram
 
 from shared import metrics
 from shared.errors import Unavailable, require
+from shared.models.reward.encoding import encode_pairs
 from shared.models.reward.ensemble import conservative_scores, member_mean, member_std
-from shared.models.reward.model import ONNX_FILE, encode_pairs, load_reward_model
-from shared.models.reward.onnx_export import export_verified_onnx
+from shared.models.reward.format import load_reward_model
+from shared.models.reward.onnx_export import ONNX_FILE, export_verified_onnx
 from shared.models.store import Manifest, ModelStore
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def run_in_length_buckets(backend: ScoringBackend, input_ids: torch.Tensor, atte
 def load_reward_version(store: ModelStore, version: str, backend: str = "onnx", threads: int = 2) -> LoadedReward:
     """Open ``version`` from the store (checksums verified) and build a backend.
 
-    Either reward format loads (shared.models.reward.model.load_reward_model). ONNX
+    Either reward format loads (shared.models.reward.format.load_reward_model). ONNX
     uses the version's model.onnx; a version without one is exported to a
     private temporary directory (the version directory is immutable) and
     checked against torch (shared.models.reward.onnx_export); if that fails, or the manifest

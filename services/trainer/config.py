@@ -1,33 +1,52 @@
 """Settings of the online trainer (flags > RLHF_* env > defaults).
 
 ``--policy-method`` picks how the policy learns (ppo, rloo, grpo, dpo, kto:
-services.trainer.loop.policy_methods). Each method's hyperparameters are one
-dataclass, composed here: :class:`services.trainer.ppo.ppo_config.PPOConfig` as
-``TrainerConfig.ppo`` (flags ``--ppo-<name>``, env ``RLHF_TRAINER_PPO_<NAME>``),
-:class:`services.trainer.policy_gradient.rloo_config.RLOOConfig` and
-``GRPOConfig`` as ``rloo`` and ``grpo`` (``--rloo-<name>``, ``--grpo-<name>``),
-:class:`services.trainer.dpo.dpo_config.DPOConfig` and ``KTOConfig`` as ``dpo``
-and ``kto`` (``--dpo-<name>``, ``--kto-<name>``), each declared once, in its class.
+services.trainer.methods.registry). Each registered method's hyperparameters
+are its own config dataclass, composed here as one nested field named after
+the method (``TrainerConfig.ppo``, ``.rloo``, ``.grpo``, ``.dpo``, ``.kto``:
+flags ``--<method>-<name>``, variables ``RLHF_TRAINER_<METHOD>_<NAME>``),
+declared once, in its class; the fields are added from the registry, so a new
+method needs no edit here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from services.trainer.data.fair_share import UserCaps
-from services.trainer.dpo.dpo_config import DPOConfig, KTOConfig, fit_context
-from services.trainer.loop.policy_methods import POLICY_METHODS, PREFERENCE_METHODS
-from services.trainer.policy_gradient.rloo_config import GRPOConfig, RLOOConfig
-from services.trainer.ppo.ppo_config import PPOConfig
+from services.trainer.methods.base_config import MethodConfig
+from services.trainer.methods.registry import POLICY_METHODS, REGISTRY
 from shared import env
-from shared.config import ServiceConfig, check, nested, setting
+from shared.config import Renamed, ServiceConfig, check, nested, setting
+
+# The policy checkpoint's directory under --state-dir, and its name before this release (migrated on start).
+POLICY_CHECKPOINT_DIR = "policy-checkpoint"
+OLD_POLICY_CHECKPOINT_DIR = "ppo-checkpoint"
+
+
+def _with_method_configs(cls: type) -> type:
+    """One nested config per registered method (before ``@dataclass``): ``TrainerConfig.<method>``.
+    ``num_threads`` is excluded: --torch-threads sets it for every method."""
+    annotations = cls.__dict__.get("__annotations__", {})
+    for method in REGISTRY.values():
+        annotations[method.name] = method.config
+        setattr(cls, method.name, nested(method.config, env_prefix=method.env_prefix, exclude=("num_threads",)))
+    cls.__annotations__ = annotations
+    return cls
 
 
 @dataclass(frozen=True)
+@_with_method_configs
 class TrainerConfig(ServiceConfig):
     """Online trainer: joins feedback to generations, trains reward and policy, promotes through a gate."""
+
+    renamed: ClassVar[tuple[Renamed, ...]] = (
+        Renamed("ppo_min_prompts", "policy_min_prompts", env.TRAINER_PPO_MIN_PROMPTS),
+        Renamed("ppo_min_new_feedback", "policy_min_new_feedback", env.TRAINER_PPO_MIN_NEW_FEEDBACK),
+        Renamed("ppo_steps_per_round", "policy_steps_per_round", env.TRAINER_PPO_STEPS_PER_ROUND),
+    )
 
     port: int = setting(50054, "gRPC port (0 picks a free port)", env=env.PORT)
     metrics_port: int = setting(
@@ -35,7 +54,7 @@ class TrainerConfig(ServiceConfig):
     )
     state_dir: str = setting(
         "./trainer-state",
-        "where the feedback ledger (SQLite) and the PPO checkpoint live; keep it on a persistent volume",
+        "where the feedback ledger (SQLite) and the policy checkpoint live; keep it on a persistent volume",
         env=env.TRAINER_STATE_DIR,
     )
     consumer_group: str = setting(
@@ -88,7 +107,7 @@ class TrainerConfig(ServiceConfig):
     )
     reward_conservative_k: float = setting(
         1.0,
-        "with an ensemble, the reward used for PPO and the gate is mean - k * std over the heads "
+        "with an ensemble, the reward used for policy training and the gate is mean - k * std over the heads "
         "(Coste et al. 2023; 0: the plain mean)",
         env=env.TRAINER_REWARD_CONSERVATIVE_K,
     )
@@ -110,29 +129,28 @@ class TrainerConfig(ServiceConfig):
         "unused (0 = no limit)",
         env=env.TRAINER_USER_MAX_PER_WINDOW,
     )
-    ppo_min_prompts: int = setting(
-        32, "distinct recent prompts needed before a PPO round starts", env=env.TRAINER_PPO_MIN_PROMPTS
+    policy_min_prompts: int = setting(
+        32, "distinct recent prompts needed before a policy round starts", env=env.TRAINER_POLICY_MIN_PROMPTS
     )
-    ppo_min_new_feedback: int = setting(
-        50, "feedback events accepted since the last round that start a new one", env=env.TRAINER_PPO_MIN_NEW_FEEDBACK
+    policy_min_new_feedback: int = setting(
+        50,
+        "feedback events accepted since the last round that start a new one",
+        env=env.TRAINER_POLICY_MIN_NEW_FEEDBACK,
     )
-    ppo_steps_per_round: int = setting(
-        10, "PPO steps in one round; a candidate is evaluated after each round", env=env.TRAINER_PPO_STEPS_PER_ROUND
+    policy_steps_per_round: int = setting(
+        10,
+        "policy steps (of --policy-method) in one round; a candidate is evaluated after each round",
+        env=env.TRAINER_POLICY_STEPS_PER_ROUND,
     )
     policy_method: str = setting(
         "ppo",
         "how the policy learns: from the reward model with ppo (critic, GAE), rloo (leave-one-out baseline "
         "over --rloo-samples-per-prompt samples, no critic) or grpo (group-normalised advantages, no critic); "
         "or directly from the users' judgements with dpo (the served pairs they compared) or kto (their thumbs "
-        "and flags); each reads its own --ppo-*, --rloo-*, --grpo-*, --dpo-* or --kto-* settings",
+        "and flags); each reads its own --<method>-* settings (--ppo-*, --rloo-*, ...)",
         env=env.TRAINER_POLICY_METHOD,
         choices=POLICY_METHODS,
     )
-    ppo: PPOConfig = nested(PPOConfig, env_prefix="RLHF_TRAINER_PPO_", exclude=("num_threads",))
-    rloo: RLOOConfig = nested(RLOOConfig, env_prefix="RLHF_TRAINER_RLOO_", exclude=("num_threads",))
-    grpo: GRPOConfig = nested(GRPOConfig, env_prefix="RLHF_TRAINER_GRPO_", exclude=("num_threads",))
-    dpo: DPOConfig = nested(DPOConfig, env_prefix="RLHF_TRAINER_DPO_", exclude=("num_threads",))
-    kto: KTOConfig = nested(KTOConfig, env_prefix="RLHF_TRAINER_KTO_", exclude=("num_threads",))
     gate_min_reward_gain: float = setting(
         0.0,
         "the lower confidence bound of a candidate's paired reward gain "
@@ -255,9 +273,17 @@ class TrainerConfig(ServiceConfig):
             "user_max_per_window",
             f"must be >= 0 (0 = no limit), got {self.user_max_per_window}",
         )
-        check(self.ppo_min_prompts >= 1, "ppo_min_prompts", f"must be >= 1, got {self.ppo_min_prompts}")
-        check(self.ppo_min_new_feedback >= 0, "ppo_min_new_feedback", f"must be >= 0, got {self.ppo_min_new_feedback}")
-        check(self.ppo_steps_per_round >= 1, "ppo_steps_per_round", f"must be >= 1, got {self.ppo_steps_per_round}")
+        check(self.policy_min_prompts >= 1, "policy_min_prompts", f"must be >= 1, got {self.policy_min_prompts}")
+        check(
+            self.policy_min_new_feedback >= 0,
+            "policy_min_new_feedback",
+            f"must be >= 0, got {self.policy_min_new_feedback}",
+        )
+        check(
+            self.policy_steps_per_round >= 1,
+            "policy_steps_per_round",
+            f"must be >= 1, got {self.policy_steps_per_round}",
+        )
         check(self.gate_kl_budget > 0, "gate_kl_budget", f"must be > 0, got {self.gate_kl_budget}")
         check(self.gate_confidence_z >= 0, "gate_confidence_z", f"must be >= 0, got {self.gate_confidence_z}")
         check(self.gate_prompts >= 0, "gate_prompts", f"must be >= 0, got {self.gate_prompts}")
@@ -301,34 +327,21 @@ class TrainerConfig(ServiceConfig):
             f"must be one of {', '.join(POLICY_METHODS)}, got {self.policy_method!r}",
         )
 
-    def ppo_config(self, max_positions: int | None = None) -> PPOConfig:
-        """The PPO hyperparameters for a policy with a ``max_positions`` context:
-        a prompt plus its response must fit it."""
-        return self._fitted(self.ppo, max_positions)
+    def method_config(self, method: str) -> Any:
+        """The settings of a registered method as given (``TrainerConfig.<method>``)."""
+        return getattr(self, method)
 
-    def policy_config(self, max_positions: int | None = None):
-        """The hyperparameters of ``policy_method`` (PPOConfig, RLOOConfig, GRPOConfig, DPOConfig,
-        KTOConfig), fitted to a ``max_positions`` context like :meth:`ppo_config`."""
-        if self.policy_method in PREFERENCE_METHODS:
-            preference = self.dpo if self.policy_method == "dpo" else self.kto
-            return fit_context(preference, max_positions, self.torch_threads)
-        configs = {"ppo": self.ppo, "rloo": self.rloo, "grpo": self.grpo}
-        return self._fitted(configs[self.policy_method], max_positions)
+    def policy_config(self, max_positions: int | None = None) -> Any:
+        """The hyperparameters of ``policy_method`` (its registry entry's config class), fitted to a
+        policy with a ``max_positions`` context: a prompt plus its response must fit it."""
+        method_config: MethodConfig = self.method_config(self.policy_method)
+        return method_config.fit_context(max_positions, self.torch_threads)
 
     @property
     def gate_max_new_tokens(self) -> int:
-        """Longest answer the gate samples from candidate and current policy: the method's rollout
-        length; DPO and KTO sample nothing while training, so the longest answer they train on."""
-        method_config = self.policy_config()
-        if self.policy_method in PREFERENCE_METHODS:
-            return int(method_config.max_response_length)
-        return int(method_config.max_new_tokens)
-
-    def _fitted(self, method_config, max_positions: int | None):
-        prompt_limit = method_config.max_prompt_length
-        if max_positions:
-            prompt_limit = max(1, min(prompt_limit, max_positions - method_config.max_new_tokens))
-        return dataclasses.replace(method_config, max_prompt_length=prompt_limit, num_threads=self.torch_threads)
+        """Longest answer the gate samples from candidate and current policy: the method's response
+        length (its rollouts'; for DPO and KTO, which sample nothing, the answers they train on)."""
+        return int(self.policy_config().response_length)
 
     @property
     def user_caps(self) -> UserCaps:
@@ -341,4 +354,5 @@ class TrainerConfig(ServiceConfig):
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.state_dir) / "ppo-checkpoint"
+        """The policy trainer's checkpoint (every method's); see migrate_checkpoint_dir."""
+        return Path(self.state_dir) / POLICY_CHECKPOINT_DIR

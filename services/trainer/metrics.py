@@ -24,22 +24,20 @@ FEEDBACK_VERDICTS = Counter(
 ROUND_FAILURES = Counter("rlhf_trainer_round_failures_total", "training rounds that failed with an error (retried)")
 LAST_PROGRESS = Gauge(
     "rlhf_trainer_last_progress_timestamp_seconds",
-    "when the training thread last made progress (a check finished or a PPO step ran), Unix time",
+    "when the training thread last made progress (a check finished or a policy step ran), Unix time",
 )
 GATE_KL_BUDGET = Gauge("rlhf_gate_kl_budget", "the gate's KL budget to the reference (--gate-kl-budget), nats")
 
-PPO_MEAN_REWARD = Gauge("rlhf_ppo_mean_reward", "mean reward-service score of the last PPO step's rollouts")
-PPO_KL = Gauge("rlhf_ppo_kl", "KL to the reference, nats per response, last PPO step")
-PPO_KL_COEF = Gauge("rlhf_ppo_kl_coef", "KL penalty coefficient beta after the last PPO step")
-PPO_POLICY_LOSS = Gauge("rlhf_ppo_policy_loss", "clipped policy loss, last PPO step")
-PPO_VALUE_LOSS = Gauge("rlhf_ppo_value_loss", "clipped value loss, last PPO step")
-PPO_CLIP_FRACTION = Gauge("rlhf_ppo_clip_fraction", "share of tokens whose ratio was clipped, last PPO step")
-PPO_ENTROPY = Gauge("rlhf_ppo_entropy", "mean token entropy of the policy, last PPO step")
-PPO_APPROX_KL = Gauge("rlhf_ppo_approx_kl", "approximate KL between old and new policy, last PPO step")
-PPO_SAMPLES_PER_SECOND = Gauge("rlhf_ppo_samples_per_second", "rollouts per second, last PPO step")
-PPO_STEPS = Counter("rlhf_ppo_steps_total", "PPO steps run")
-# The rlhf_ppo_* gauges above describe the last policy step of whichever method runs (--policy-method);
-# their names stay so dashboards and alerts keep working. These say which method and add what PPO lacked.
+# The last policy step of whichever method runs (--policy-method); a statistic the method lacks is NaN.
+POLICY_MEAN_REWARD = Gauge("rlhf_policy_mean_reward", "mean reward-service score of the last policy step's samples")
+POLICY_KL = Gauge("rlhf_policy_kl", "KL to the reference, nats per response, last policy step")
+POLICY_KL_COEF = Gauge("rlhf_policy_kl_coef", "KL coefficient (kl_coef, beta) after the last policy step")
+POLICY_LOSS = Gauge("rlhf_policy_loss", "the method's policy loss, last policy step")
+POLICY_VALUE_LOSS = Gauge("rlhf_policy_value_loss", "clipped value loss, last policy step (PPO only)")
+POLICY_CLIP_FRACTION = Gauge("rlhf_policy_clip_fraction", "share of tokens whose ratio was clipped, last policy step")
+POLICY_ENTROPY = Gauge("rlhf_policy_entropy", "mean token entropy of the policy, last policy step")
+POLICY_APPROX_KL = Gauge("rlhf_policy_approx_kl", "approximate KL between old and new policy, last policy step")
+POLICY_SAMPLES_PER_SECOND = Gauge("rlhf_policy_samples_per_second", "samples (or examples) per second, last step")
 POLICY_METHOD = Gauge("rlhf_policy_method", "1 for the policy method the trainer runs (--policy-method)", ["method"])
 POLICY_STEPS = Counter("rlhf_policy_steps_total", "policy training steps run, by method", ["method"])
 POLICY_GRAD_NORM = Gauge("rlhf_policy_grad_norm", "global gradient norm before clipping, last policy step")
@@ -69,21 +67,20 @@ def stat(stats, name: str) -> float:
     return float("nan") if value is None else float(value)
 
 
-def export_ppo_stats(stats, method: str = "ppo") -> None:
-    """Set the rlhf_ppo_* gauges from ``method``'s step stats: a ppo_trainer.PPOStats (RLOO and
-    GRPO report the same statistics, value_loss NaN: no critic) or a DPO/KTO PreferenceStats
-    (what it lacks is NaN); count the step under ``method``."""
+def export_policy_stats(stats, method: str = "ppo") -> None:
+    """Set the rlhf_policy_* gauges from ``method``'s step stats: a PolicyUpdateStats (RLOO and
+    GRPO: value_loss NaN, no critic) or a DPO/KTO PreferenceStats (what it lacks is NaN);
+    count the step under ``method``."""
     POLICY_METHOD.labels(method).set(1)
     POLICY_STEPS.labels(method).inc()
     POLICY_GRAD_NORM.set(stat(stats, "grad_norm"))
-    PPO_MEAN_REWARD.set(stat(stats, "mean_score"))
-    PPO_KL.set(stat(stats, "kl"))
-    PPO_KL_COEF.set(stat(stats, "kl_coef"))
-    PPO_POLICY_LOSS.set(stat(stats, "policy_loss"))
-    PPO_VALUE_LOSS.set(stat(stats, "value_loss"))
-    PPO_CLIP_FRACTION.set(stat(stats, "clipfrac"))
-    PPO_ENTROPY.set(stat(stats, "entropy"))
-    PPO_APPROX_KL.set(stat(stats, "approx_kl"))
-    PPO_SAMPLES_PER_SECOND.set(stat(stats, "samples_per_s"))
-    PPO_STEPS.inc()
+    POLICY_MEAN_REWARD.set(stat(stats, "mean_score"))
+    POLICY_KL.set(stat(stats, "kl"))
+    POLICY_KL_COEF.set(stat(stats, "kl_coef"))
+    POLICY_LOSS.set(stat(stats, "policy_loss"))
+    POLICY_VALUE_LOSS.set(stat(stats, "value_loss"))
+    POLICY_CLIP_FRACTION.set(stat(stats, "clipfrac"))
+    POLICY_ENTROPY.set(stat(stats, "entropy"))
+    POLICY_APPROX_KL.set(stat(stats, "approx_kl"))
+    POLICY_SAMPLES_PER_SECOND.set(stat(stats, "samples_per_s"))
     LAST_PROGRESS.set_to_current_time()

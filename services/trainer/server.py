@@ -26,7 +26,8 @@ from services.trainer.loop.online import OnlineTrainer
 from services.trainer.loop.promotion import Promoter, kind_name
 from shared.grpc.server import GrpcServer, ServiceBinding
 from shared.grpc.tls import client_tls
-from shared.kafka.io import DeadLetterProducer, create_producer
+from shared.kafka.deadletter import DeadLetterProducer
+from shared.kafka.producer import create_producer
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from shared.service_main import run_service
@@ -97,10 +98,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             consumer_lag=consumer_lag(self.group),
             heldout=trainer_pb2.HeldoutStatus(**self.trainer.heldout_status()),
         )
-        stats = self.trainer.last_ppo
+        stats = self.trainer.last_policy_update
         if stats is not None:
-            status.last_ppo.CopyFrom(
-                trainer_pb2.PPOStats(  # DPO/KTO stats lack the sampling ones: NaN (tm.stat)
+            status.last_policy_update.CopyFrom(
+                trainer_pb2.PolicyUpdateStats(  # DPO/KTO stats lack the sampling ones: NaN (tm.stat)
                     mean_reward=tm.stat(stats, "mean_score"),
                     kl=tm.stat(stats, "kl"),
                     kl_coef=tm.stat(stats, "kl_coef"),

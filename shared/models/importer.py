@@ -3,7 +3,7 @@
 :func:`import_policy` takes any ``AutoModelForCausalLM`` with its tokenizer;
 :func:`import_reward` any ``AutoModelForSequenceClassification`` with one
 label, or the platform's MiniLM + scalar-head format (a dir with
-``reward_config.json``, as shared.models.reward.model saves it). Both check the
+``reward_config.json``, as shared.models.reward.format saves it). Both check the
 directory completely BEFORE writing anything (files, config, tokenizer, that
 the weights load into the right kind of model and produce finite outputs),
 raising :class:`ModelImportError` with what is missing or unsupported; then
@@ -44,7 +44,7 @@ from shared.models.hf_dir import (
 from shared.models.store import ModelStore
 
 if TYPE_CHECKING:  # torch loads only when an import runs
-    from shared.models.reward.model import ScalarReward
+    from shared.models.reward.head_config import ScalarReward
 
 POLICY_FORMAT = "hf-causal-lm"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -256,7 +256,8 @@ def _check_sequence_classifier(model_dir: ModelDir, config) -> str:
 def _load_reward(model_dir: ModelDir, config, tokenizer) -> tuple[ScalarReward, Any, str, list[Patch], str]:
     """(model, tokenizer, format, patches, pad note) for either reward format."""
     from shared.models.reward.adapter import HF_FORMAT, load_sequence_classification_reward, set_missing_pad_token
-    from shared.models.reward.model import REWARD_CONFIG_FILE, load_reward_model, reward_format, write_reward_config
+    from shared.models.reward.format import load_reward_model, reward_format
+    from shared.models.reward.head_config import REWARD_CONFIG_FILE, write_reward_config
 
     patches: list[Patch] = []
     pad_note = f"{tokenizer.pad_token!r} (the tokenizer's own)" if tokenizer.pad_token is not None else ""
@@ -302,8 +303,8 @@ def import_reward(
     """Import a reward model directory as the next reward version (see the module docstring)."""
     import math
 
-    from shared.models.reward.model import ONNX_FILE, score_texts
-    from shared.models.reward.onnx_export import export_verified_onnx
+    from shared.models.reward.onnx_export import ONNX_FILE, export_verified_onnx
+    from shared.models.reward.scoring import score_texts
 
     model_dir = inspect_model_dir(src_dir)
     config = load_config(model_dir)

@@ -104,6 +104,21 @@ def _check_kind(kind: str) -> None:
         raise ModelStoreError(f"unknown model kind {kind!r}; expected one of {KINDS}")
 
 
+def _inside(vdir: Path, rel: str) -> Path:
+    """``vdir / rel`` for a manifest's file name, refusing one that leaves the version directory.
+
+    A manifest is data on a shared volume: an absolute name, a ``..`` or a link
+    pointing out of the version must never make a reader hash or load a file
+    elsewhere (another version's, or the host's)."""
+    name = Path(rel)
+    if not rel or name.is_absolute() or ".." in name.parts or "\\" in rel:
+        raise ModelStoreError(f"manifest names {rel!r}: a file name must be relative and inside its version")
+    path = vdir / name
+    if not path.resolve().is_relative_to(vdir.resolve()):
+        raise ModelStoreError(f"manifest names {rel!r}, which resolves outside its version directory")
+    return path
+
+
 class ModelStore:
     """The model store rooted at a local directory (a PersistentVolume on k8s)."""
 
@@ -113,6 +128,12 @@ class ModelStore:
     def kind_dir(self, kind: str) -> Path:
         _check_kind(kind)
         return self.root / kind
+
+    def version_dir(self, kind: str, version: str) -> Path:
+        """``<root>/<kind>/<version>``, for a well-formed version name only (v<N>): a name
+        from a caller, a pointer file or an event never reaches outside the kind's directory."""
+        version_number(version)
+        return self.kind_dir(kind) / version
 
     def versions(self, kind: str) -> list[str]:
         """Complete versions of ``kind``, oldest first."""
@@ -178,7 +199,7 @@ class ModelStore:
             raise
 
     def manifest(self, kind: str, version: str) -> Manifest:
-        path = self.kind_dir(kind) / version / MANIFEST
+        path = self.version_dir(kind, version) / MANIFEST
         if not path.parent.is_dir():
             raise ModelStoreError(
                 f"{kind} {version} is not in the model store at {self.root} "
@@ -190,17 +211,24 @@ class ModelStore:
                 "or was not created by the model store; refusing to load it"
             )
         try:
-            return Manifest.from_json(path.read_text())
-        except (ValueError, KeyError) as exc:
+            manifest = Manifest.from_json(path.read_text())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelStoreError(f"{path} is not a valid manifest: {exc}") from exc
+        if (manifest.kind, manifest.version) != (kind, version):
+            raise ModelStoreError(
+                f"{path} says it is {manifest.kind} {manifest.version}, not {kind} {version}: refusing it"
+            )
+        for rel in manifest.files:
+            _inside(path.parent, rel)
+        return manifest
 
     def open_version(self, kind: str, version: str, *, verify: bool = True) -> Path:
         """Return the directory of a complete version, checking every sha256."""
         manifest = self.manifest(kind, version)
-        vdir = self.kind_dir(kind) / version
+        vdir = self.version_dir(kind, version)
         if verify:
             for rel, expected in manifest.files.items():
-                path = vdir / rel
+                path = _inside(vdir, rel)
                 if not path.is_file():
                     raise ModelStoreError(f"{kind} {version} is corrupt: {rel} is missing")
                 if sha256_file(path) != expected:
@@ -216,7 +244,7 @@ class ModelStore:
         return vdir
 
     def manifest_sha256(self, kind: str, version: str) -> str:
-        return sha256_file(self.kind_dir(kind) / version / MANIFEST)
+        return sha256_file(self.version_dir(kind, version) / MANIFEST)
 
     def current(self, kind: str) -> str | None:
         """The version replicas should serve: CURRENT, else the latest version."""
@@ -224,6 +252,12 @@ class ModelStore:
         if pointer.is_file():
             version = pointer.read_text().strip()
             if version:
+                try:
+                    version_number(version)
+                except ModelStoreError as exc:
+                    raise ModelStoreError(
+                        f"{pointer} names {version!r}, not a version (v<N>): fix or remove it"
+                    ) from exc
                 return version
         return self.latest(kind)
 

@@ -34,8 +34,10 @@ from kafka import KafkaProducer
 
 from shared import metrics
 from shared.kafka import events
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.kafka.deadletter import DeadLetterProducer
 from shared.kafka.events import ConsumedEvent
-from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent, create_producer
+from shared.kafka.producer import create_producer
 from shared.models.store import CanaryPointer, ModelStore, ModelStoreError, version_number
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
 

@@ -25,7 +25,7 @@ from demo.world import format_prompt
 from shared.config import ServiceConfig
 from shared.grpc.server import GrpcServer, ServiceBinding
 from shared.kafka import events
-from shared.kafka.io import create_producer, produce_event
+from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.helpers import wait_until
@@ -96,8 +96,8 @@ def status(stub):
 
 def checkpointed_steps(state_dir: Path) -> int:
     """step_count of the last complete checkpoint; a kill between atomic_dir's two
-    renames leaves it under .ppo-checkpoint.old-<pid>, which the trainer recovers."""
-    for path in [state_dir / "ppo-checkpoint", *state_dir.glob(".ppo-checkpoint.old-*")]:
+    renames leaves it under .policy-checkpoint.old-<pid>, which the trainer recovers."""
+    for path in [state_dir / "policy-checkpoint", *state_dir.glob(".policy-checkpoint.old-*")]:
         if (path / "trainer_state.json").is_file():
             return json.loads((path / "trainer_state.json").read_text())["step_count"]
     raise AssertionError(f"no complete PPO checkpoint under {state_dir}")
@@ -136,12 +136,12 @@ def test_kill_minus_nine_mid_ppo_resumes_and_keeps_feedback_exactly_once(
         unique_name,
         "--reward-addr",
         reward_addr,
-        "--ppo-min-prompts",
+        "--policy-min-prompts",
         "2",
-        "--ppo-min-new-feedback",
+        "--policy-min-new-feedback",
         "1",
         # A round far longer than the test: the kill always lands mid-round.
-        "--ppo-steps-per-round",
+        "--policy-steps-per-round",
         "100000",
         "--ppo-batch-size",
         "2",
@@ -197,7 +197,7 @@ def test_kill_minus_nine_mid_ppo_resumes_and_keeps_feedback_exactly_once(
         produce_feedback(first + first[:3])  # three duplicates by feedback_id
 
         trainer = TrainerProcess(args, log_path)
-        checkpoint_state = state_dir / "ppo-checkpoint" / "trainer_state.json"
+        checkpoint_state = state_dir / "policy-checkpoint" / "trainer_state.json"
         wait_until(
             lambda: checkpoint_state.exists() or not trainer.alive(),
             timeout_s=90,
@@ -222,13 +222,13 @@ def test_kill_minus_nine_mid_ppo_resumes_and_keeps_feedback_exactly_once(
             message="every feedback id in the ledger after the restart",
         )
         resumed = wait_until(
-            lambda: (s := status(stub)) is not None and s.HasField("last_ppo") and s,
+            lambda: (s := status(stub)) is not None and s.HasField("last_policy_update") and s,
             timeout_s=90,
             interval_s=0.2,
             message="a PPO step after the restart",
         )
         # A fresh trainer would report step 0; the resumed one continues the count.
-        assert resumed.last_ppo.step >= steps_at_kill
+        assert resumed.last_policy_update.step >= steps_at_kill
         assert "resumed PPO from checkpoint" in log_path.read_text()
 
         rows = [r for r in ledger_rows(state_dir / "ledger.sqlite") if r.startswith(unique_name)]

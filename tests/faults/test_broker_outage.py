@@ -27,8 +27,8 @@ import time
 import pytest
 
 from shared.kafka import events
+from shared.kafka.admin import ensure_topics
 from shared.kafka.broker import EmbeddedBroker, free_port
-from shared.kafka.io import ensure_topics
 from tests.faults.harness import (
     SimulatedUsers,
     dropped_generations,

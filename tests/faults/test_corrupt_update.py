@@ -21,7 +21,7 @@ import pytest
 from rlhf_cli.stack import ServiceProcess, health_status
 from shared.kafka import events
 from shared.kafka.broker import free_port
-from shared.kafka.io import create_producer, produce_event
+from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import (
     common_pb2,

@@ -29,15 +29,11 @@ from services.feedback.server import FeedbackGatewayServer
 from services.trainer.data.ingest import TOPICS, FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
 from shared.kafka import events
+from shared.kafka.admin import ensure_topics
 from shared.kafka.broker import EmbeddedBroker, free_port
-from shared.kafka.io import (
-    ConsumerSettings,
-    DeadLetterProducer,
-    EventConsumerLoop,
-    create_producer,
-    ensure_topics,
-    produce_event,
-)
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop
+from shared.kafka.deadletter import DeadLetterProducer
+from shared.kafka.producer import create_producer, produce_event
 from shared.proto.rlhf.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
 from tests.helpers import FAST_GROUP, FAST_GROUP_CONFIG, read_topic, start_group_at_end, wait_until
 

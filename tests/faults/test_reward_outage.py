@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from shared.kafka import events
-from shared.kafka.io import create_producer, produce_event
+from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.faults.harness import channel, kill, log_tails, restart, start_stack, write_report
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # PPO steps, an outage of the reward service and 
 
 STEPS_PER_ROUND = 12
 TRAINER_ARGS = [
-    "--ppo-min-prompts", "2", "--ppo-min-new-feedback", "1", "--ppo-steps-per-round", str(STEPS_PER_ROUND),
+    "--policy-min-prompts", "2", "--policy-min-new-feedback", "1", "--policy-steps-per-round", str(STEPS_PER_ROUND),
     "--ppo-batch-size", "2", "--ppo-mini-batch-size", "2", "--ppo-max-new-tokens", "6",
     "--round-check-s", "0.5", "--feedback-hold-s", "600", "--reward-timeout-s", "2",
     # A gate that promotes whatever it can score: a promotion needs scores, nothing else.
@@ -65,7 +65,7 @@ def _status(stub) -> trainer_pb2.TrainerStatus | None:
 
 def _ppo_step(stub) -> int:
     status = _status(stub)
-    return status.last_ppo.step if status is not None and status.HasField("last_ppo") else 0
+    return status.last_policy_update.step if status is not None and status.HasField("last_policy_update") else 0
 
 
 def test_reward_down_mid_round_trainer_retries_and_promotes_nothing_unscored(

@@ -1,7 +1,7 @@
 """SIGTERM while streams are being generated: with a grace period long enough
 they all finish (and their GenerationEvents are flushed to Kafka before the
 process exits 0); with no grace period each one still ends with a clear
-status, never a hang. New calls after SIGTERM are refused with UNAVAILABLE.
+status, never a hang. New calls once the server drains are refused with UNAVAILABLE.
 
 A real policy process on the test broker, tiny model.
 """
@@ -14,6 +14,7 @@ import threading
 import grpc
 import pytest
 
+from shared.grpc.healthcheck import health_status
 from shared.kafka import events
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 from tests.faults.harness import channel, start_stack, write_report
@@ -63,6 +64,10 @@ def test_sigterm_during_streams_finishes_them_or_ends_them_clearly(grace_s, faul
             for reader in readers:
                 reader.join(timeout=90)
             assert not any(r.is_alive() for r in readers), "a stream hung after SIGTERM"
+            # The streams may all end before the process even reads the signal (a tiny model, a busy
+            # machine): wait for the draining state first. With no drain delay the server reports
+            # NOT_SERVING only once it refuses new calls (its health call itself may be refused too).
+            wait_until(lambda: health_status(policy.address) != "SERVING", 60, message="the server draining")
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Generate(policy_pb2.GenerateRequest(prompt="User: hi\nAssistant:"), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -62,7 +62,7 @@ def test_up_restarts_a_killed_service_with_backoff_and_stops_only_on_sigterm(fau
     out_path = tmp_path / "up.out"
     command = [
         sys.executable, "-m", "rlhf_cli.main", "up",
-        "--model-store", str(fault_store), "--kafka", broker.bootstrap, "--no-bootstrap",
+        "--model-store", str(fault_store), "--kafka", broker.bootstrap,
         "--services", "policy,feedback", "--port-offset", str(offset), "--log-dir", str(tmp_path / "logs"),
         "--restart-backoff-s", "0.5", "--restart-backoff-max-s", "4",
     ]  # fmt: skip

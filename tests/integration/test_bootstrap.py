@@ -64,7 +64,8 @@ def test_each_step_learned(bootstrapped):
 def test_models_load_and_generate(bootstrapped):
     from demo.world import build_prompts
     from shared.models.policy_eval import SamplingSettings, load_policy, sample_responses
-    from shared.models.reward.model import load_reward_model, score_texts
+    from shared.models.reward.format import load_reward_model
+    from shared.models.reward.scoring import score_texts
 
     root, _, _, _ = bootstrapped
     store = ModelStore(root)

@@ -20,7 +20,7 @@ from services.trainer.server import TrainerServer
 from shared.canary import serves_canary
 from shared.errors import FailedPrecondition
 from shared.kafka import events
-from shared.kafka.io import create_producer, produce_event
+from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.helpers import read_topic, start_group_at_end, wait_until

@@ -10,14 +10,10 @@ from prometheus_client import REGISTRY
 
 from shared.feedback_rules import validating_feedback_handler
 from shared.kafka import events
-from shared.kafka.io import (
-    ConsumerSettings,
-    DeadLetterProducer,
-    EventConsumerLoop,
-    create_producer,
-    ensure_topics,
-    produce_event,
-)
+from shared.kafka.admin import ensure_topics
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop
+from shared.kafka.deadletter import DeadLetterProducer
+from shared.kafka.producer import create_producer, produce_event
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from tests.helpers import FAST_GROUP, read_topic, wait_until
 

@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from services.trainer.config import TrainerConfig
 from services.trainer.loop.policy_round import PolicyRounds
+from services.trainer.methods.ppo.ppo_config import PPOConfig
+from services.trainer.methods.ppo.ppo_trainer import PPOTrainer
+from services.trainer.methods.rollout import Rollout
 from services.trainer.parallel.coordinator import Coordinator
 from services.trainer.parallel.group import DataParallel, exit_rank
 from services.trainer.parallel.worker import Worker
-from services.trainer.ppo.ppo_config import PPOConfig
-from services.trainer.ppo.ppo_rollout import Rollout
-from services.trainer.ppo.ppo_trainer import PPOTrainer
 from shared.kafka.broker import free_port
 from shared.models.store import ModelStore
 
@@ -33,7 +33,7 @@ from shared.models.store import ModelStore
 CONFIG = PPOConfig(
     batch_size=4,
     mini_batch_size=2,
-    ppo_epochs=2,
+    epochs=2,
     max_new_tokens=8,
     ptx_batch_size=3,
     seed=3,
@@ -146,7 +146,7 @@ def online_rank_main(rank: int, world_size: int, port: int, store_root: str, wor
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0"
     )
     torch.set_num_threads(1)
-    store, checkpoint = ModelStore(store_root), Path(work_dir) / "ppo-checkpoint"
+    store, checkpoint = ModelStore(store_root), Path(work_dir) / "policy-checkpoint"
     group = DataParallel.from_env("gloo", timeout_s=300)
     try:
         if group.is_main:
@@ -200,7 +200,7 @@ REWARD_TRAINING = dict(steps=3, batch_size=4, lr=1e-3, head_lr=1e-2, trainable_l
 def reward_model_without_dropout():
     """The bundled MiniLM reward model, dropout off: the ranks' dropout masks would differ
     from one process's, and this compares the gradient arithmetic, not the noise."""
-    from shared.models.reward.model import new_reward_model
+    from shared.models.reward.minilm import new_reward_model
 
     model, tokenizer = new_reward_model(max_length=32, seed=0)
     for module in model.modules():

@@ -13,16 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.trainer.data.fair_share import NO_CAPS
 from services.trainer.data.ledger import FeedbackLedger
 from services.trainer.data.preference_sets import PreferencePair, RatedResponse
-from services.trainer.dpo.dpo_config import DPOConfig, KTOConfig
-from services.trainer.dpo.dpo_data import batch_logprobs, sequence_batch
-from services.trainer.dpo.dpo_trainer import (
-    DPOTrainer,
-    KTOTrainer,
-    build_preference_trainer,
-    preference_data_source,
-    preference_trainer_from_checkpoint,
-)
 from services.trainer.loop.heldout import HeldoutSplit
+from services.trainer.methods.dpo.dpo_config import DPOConfig
+from services.trainer.methods.dpo.dpo_data import batch_logprobs, ledger_source, sequence_batch
+from services.trainer.methods.dpo.dpo_trainer import DPOTrainer
+from services.trainer.methods.dpo.kto_config import KTOConfig
+from services.trainer.methods.dpo.kto_trainer import KTOTrainer
+from services.trainer.methods.registry import build_trainer
 from tests.unit.test_ledger import preference, rating
 from tests.unit.test_preference_sets import gen, prompt_where
 
@@ -35,7 +32,7 @@ PROMPTS = [
 GOOD, BAD = "the answer is here, see", "no no no no"
 PAIRS = [PreferencePair(p, GOOD, BAD) for p in PROMPTS]
 THUMBS = [RatedResponse(p, GOOD, True) for p in PROMPTS] + [RatedResponse(p, BAD, False) for p in PROMPTS]
-SETTINGS = dict(batch_size=8, mini_batch_size=4, learning_rate=3e-3, beta=0.5, max_response_length=16)
+SETTINGS = dict(batch_size=8, mini_batch_size=4, learning_rate=3e-3, kl_coef=0.5, max_response_length=16)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +101,7 @@ def test_checkpoint_restore_resumes_identically(tiny_lm, tmp_path):
     expected = [trainer.step(PROMPTS, demos).as_dict() for _ in range(2)]
     expected_weights = snapshot(trainer.policy)
 
-    resumed = preference_trainer_from_checkpoint(tmp_path / "ckpt", lambda: pairs)
+    resumed = DPOTrainer.from_checkpoint(tmp_path / "ckpt", lambda: pairs)
     assert isinstance(resumed, DPOTrainer) and resumed.step_count == 2 and resumed.config == config
     got = [resumed.step(PROMPTS, demos).as_dict() for _ in range(2)]
     for want, have in zip(expected, got):
@@ -119,8 +116,8 @@ def test_checkpoint_restore_resumes_identically(tiny_lm, tmp_path):
 
 def test_without_feedback_a_step_is_sft_on_corrections_or_no_update(tiny_lm):
     lm_dir, tokenizer = tiny_lm
-    trainer = build_preference_trainer(
-        "kto", AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, lambda: [], KTOConfig(**SETTINGS)
+    trainer = build_trainer(
+        "kto", AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, None, KTOConfig(**SETTINGS), lambda: []
     )
     before = snapshot(trainer.policy)
     idle = trainer.step(PROMPTS)
@@ -129,10 +126,10 @@ def test_without_feedback_a_step_is_sft_on_corrections_or_no_update(tiny_lm):
     sft = trainer.step(PROMPTS, [(PROMPTS[0], GOOD)])
     assert math.isfinite(sft.ptx_loss) and math.isnan(sft.policy_loss)
     assert not same_weights(before, snapshot(trainer.policy))
-    with pytest.raises(ValueError, match="not a preference method"):
-        build_preference_trainer("ppo", trainer.policy, tokenizer, lambda: [])
+    with pytest.raises(ValueError, match="kto learns from the ledger's feedback: it needs a data_source"):
+        build_trainer("kto", trainer.policy, tokenizer, None, None)
     with pytest.raises(TypeError, match="takes a DPOConfig"):
-        build_preference_trainer("dpo", trainer.policy, tokenizer, lambda: [], KTOConfig())
+        build_trainer("dpo", trainer.policy, tokenizer, None, KTOConfig(), lambda: [])
 
 
 def test_the_ledger_source_feeds_live_pairs_and_thumbs_to_the_trainers(tiny_lm, tmp_path):
@@ -147,11 +144,9 @@ def test_the_ledger_source_feeds_live_pairs_and_thumbs_to_the_trainers(tiny_lm, 
         ledger.record_feedback(rating(f"r{key}", f"{key}b", -1.0))
     ledger.commit()
     for method, config in (("dpo", DPOConfig(**SETTINGS)), ("kto", KTOConfig(**SETTINGS))):
-        source = preference_data_source(method, ledger, split.is_heldout, config)
+        source = ledger_source(ledger, split.is_heldout, config)
         assert [e.prompt for e in source()] == [train], "the held-out prompt is the gate's, never trained on"
-        trainer = build_preference_trainer(
-            method, AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, source, config
-        )
+        trainer = build_trainer(method, AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, None, config, source)
         stats = trainer.step(PROMPTS * 2)
         assert stats.examples_used == 1 and math.isfinite(stats.policy_loss)
     ledger.close()

@@ -27,7 +27,8 @@ from services.reward.server import RewardServer
 from services.trainer.config import TrainerConfig
 from services.trainer.server import TrainerServer
 from shared.kafka import events
-from shared.models.reward.model import new_reward_model, save_reward_model
+from shared.models.reward.format import save_reward_model
+from shared.models.reward.minilm import new_reward_model
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import (
     common_pb2,

@@ -26,7 +26,9 @@ from services.trainer.data.ingest import TOPICS, FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
 from shared.feedback_rules import feedback_problems, fill_defaults
 from shared.kafka import events
-from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, create_producer, produce_event
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop
+from shared.kafka.deadletter import DeadLetterProducer
+from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.models.update_follower import ModelUpdateFollower
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
@@ -46,8 +48,8 @@ FUZZ = settings(
 def broker():
     """This module's own broker, in place of the session's: the garbage fuzzed onto
     the topics here must never reach the topics other tests read and decode."""
+    from shared.kafka.admin import ensure_topics
     from shared.kafka.broker import EmbeddedBroker
-    from shared.kafka.io import ensure_topics
 
     with EmbeddedBroker(port=0) as b:
         ensure_topics(b.bootstrap)

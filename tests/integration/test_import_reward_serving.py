@@ -9,9 +9,11 @@ import pytest
 from services.reward.config import RewardConfig
 from services.reward.scorer import load_reward_version
 from services.reward.server import RewardServer
-from shared.kafka.io import create_producer
+from shared.kafka.producer import create_producer
 from shared.models.importer import import_reward
-from shared.models.reward.model import ONNX_FILE, load_reward_model, score_texts
+from shared.models.reward.format import load_reward_model
+from shared.models.reward.onnx_export import ONNX_FILE
+from shared.models.reward.scoring import score_texts
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from tests.foreign_models import build_tiny_seq_cls_reward
@@ -65,7 +67,7 @@ def test_the_reward_service_serves_an_imported_model_with_onnx(imported):
 
 
 def test_the_trainer_fine_tunes_an_imported_model_and_promotes_it(broker, imported):
-    from services.trainer.data.ledger import Comparison
+    from services.trainer.data.training_sets import Comparison
     from services.trainer.loop.heldout import HeldoutSplit
     from services.trainer.loop.promotion import Promoter
     from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
@@ -113,7 +115,8 @@ def test_the_trainer_fine_tunes_an_imported_model_and_promotes_it(broker, import
 
 
 def test_a_minilm_format_dir_imports_as_itself(tmp_path):
-    from shared.models.reward.model import new_reward_model, save_reward_model
+    from shared.models.reward.format import save_reward_model
+    from shared.models.reward.minilm import new_reward_model
 
     model, tokenizer = new_reward_model(max_length=32, seed=4)
     src = save_reward_model(model, tokenizer, tmp_path / "minilm")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-import shared.kafka.io as kafka_io
+import shared.kafka.admin as kafka_admin
+import shared.kafka.consumer as kafka_consumer
+import shared.kafka.producer as kafka_producer
 from services.feedback.config import FeedbackConfig
 from services.feedback.server import FeedbackGatewayServer
 from services.policy.config import PolicyConfig
@@ -82,9 +84,9 @@ class RecordingAdmin(RecordingClient):
 def recorded(monkeypatch, tmp_path):
     """The recorders in place, and settings that ask for SSL to a CA file."""
     RecordingClient.built = []
-    monkeypatch.setattr(kafka_io, "KafkaProducer", RecordingProducer)
-    monkeypatch.setattr(kafka_io, "KafkaConsumer", RecordingConsumer)
-    monkeypatch.setattr(kafka_io, "KafkaAdminClient", RecordingAdmin)
+    monkeypatch.setattr(kafka_producer, "KafkaProducer", RecordingProducer)
+    monkeypatch.setattr(kafka_consumer, "KafkaConsumer", RecordingConsumer)
+    monkeypatch.setattr(kafka_admin, "KafkaAdminClient", RecordingAdmin)
     cafile = tmp_path / "kafka-ca.pem"
     cafile.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
     settings = dict(
@@ -164,10 +166,12 @@ CLIENT_MAKERS = {
     "consumer_loop",
 }
 KAFKA_CLASSES = {"KafkaProducer", "KafkaConsumer", "KafkaAdminClient"}
+# The modules of shared/kafka/ that make kafka-python clients (and alone may).
+KAFKA_CLIENT_MODULES = {"shared/kafka/admin.py", "shared/kafka/producer.py", "shared/kafka/consumer.py"}
 # Plumbing that forwards the options it is given (checked by the behaviour tests above),
 # and the embedded broker, which is plaintext on loopback by construction.
-FORWARDING = {
-    "shared/kafka/io.py",
+FORWARDING = KAFKA_CLIENT_MODULES | {
+    "shared/kafka/publisher.py",
     "shared/models/update_follower.py",
     "services/trainer/data/ingest.py",
     "rlhf_cli/broker_cmd.py",
@@ -197,8 +201,8 @@ def kafka_call_sites() -> list[tuple[str, int, str, str]]:
 def test_every_kafka_client_is_made_with_the_services_options():
     sites = kafka_call_sites()
     assert any(name == "create_producer" for _, _, name, _ in sites), "the scan finds the call sites"
-    direct = [f"{p}:{line}" for p, line, name, _ in sites if name in KAFKA_CLASSES and p != "shared/kafka/io.py"]
-    assert not direct, f"kafka-python clients made outside shared/kafka/io.py: {direct}"
+    direct = [f"{p}:{line}" for p, line, name, _ in sites if name in KAFKA_CLASSES and p not in KAFKA_CLIENT_MODULES]
+    assert not direct, f"kafka-python clients made outside {sorted(KAFKA_CLIENT_MODULES)}: {direct}"
     bypassing = [
         f"{p}:{line} {name}(...)"
         for p, line, name, text in sites

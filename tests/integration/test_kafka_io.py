@@ -1,4 +1,4 @@
-"""shared.kafka.io against the real embedded broker."""
+"""shared.kafka's admin, producers, dead letters, consumer loop and publisher against the real embedded broker."""
 
 from __future__ import annotations
 
@@ -9,23 +9,26 @@ import types
 from kafka import KafkaConsumer
 
 from shared.kafka import events
-from shared.kafka import io as kafka_io
-from shared.kafka.io import BufferedEventPublisher, ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.kafka.admin import ensure_topics
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.kafka.deadletter import MAX_DEAD_LETTER_VALUE_BYTES, DeadLetterProducer
+from shared.kafka.producer import create_producer, produce_event
+from shared.kafka.publisher import BufferedEventPublisher
 from shared.proto.rlhf.v1 import events_pb2
 from tests.helpers import FAST_GROUP, read_topic, wait_until
 
 
 def _topic(broker, name: str, partitions: int = 2) -> str:
-    kafka_io.ensure_topics(broker.bootstrap, {name: partitions})
+    ensure_topics(broker.bootstrap, {name: partitions})
     return name
 
 
 def _produce(broker, topic: str, n: int, prefix: str = "g") -> None:
     """Produce one at a time, each acknowledged, as model updates are published."""
-    producer = kafka_io.create_producer(broker.bootstrap)
+    producer = create_producer(broker.bootstrap)
     for i in range(n):
         message = events_pb2.GenerationEvent(generation_id=f"{prefix}{i}")
-        kafka_io.produce_event(producer, topic, f"{prefix}{i}", message).get(timeout=10)
+        produce_event(producer, topic, f"{prefix}{i}", message).get(timeout=10)
     producer.close()
 
 
@@ -94,11 +97,11 @@ def test_consumer_group_rebalances_to_a_second_member(broker, unique_name):
 
 def test_loop_dead_letters_poison_and_commits_the_rest(broker, unique_name):
     topic = _topic(broker, f"t-{unique_name}", partitions=1)
-    producer = kafka_io.create_producer(broker.bootstrap)
-    kafka_io.produce_event(producer, topic, "ok1", events_pb2.GenerationEvent(generation_id="ok1")).get(10)
+    producer = create_producer(broker.bootstrap)
+    produce_event(producer, topic, "ok1", events_pb2.GenerationEvent(generation_id="ok1")).get(10)
     producer.send(topic, key=b"bad", value=b"\xff\x00garbage").get(10)
-    kafka_io.produce_event(producer, topic, "invalid", events_pb2.GenerationEvent(generation_id="")).get(10)
-    kafka_io.produce_event(producer, topic, "ok2", events_pb2.GenerationEvent(generation_id="ok2")).get(10)
+    produce_event(producer, topic, "invalid", events_pb2.GenerationEvent(generation_id="")).get(10)
+    produce_event(producer, topic, "ok2", events_pb2.GenerationEvent(generation_id="ok2")).get(10)
 
     handled: list[str] = []
     committed_batches = []
@@ -114,7 +117,7 @@ def test_loop_dead_letters_poison_and_commits_the_rest(broker, unique_name):
     loop = EventConsumerLoop(
         settings,
         handler,
-        dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id),
+        dead_letters=DeadLetterProducer(producer, settings.group_id),
         before_commit=lambda: committed_batches.append(list(handled)),
     )
     stop = threading.Event()
@@ -137,12 +140,12 @@ def test_loop_dead_letters_poison_and_commits_the_rest(broker, unique_name):
     loop2 = EventConsumerLoop(
         settings,
         lambda e: again.append(e.message.generation_id),
-        dead_letters=kafka_io.DeadLetterProducer(producer, settings.group_id),
+        dead_letters=DeadLetterProducer(producer, settings.group_id),
     )
     stop2 = threading.Event()
     t2 = loop2.start(stop2)
     wait_until(loop2.ready.is_set, 15, message="second loop assigned")
-    kafka_io.produce_event(producer, topic, "ok3", events_pb2.GenerationEvent(generation_id="ok3")).get(10)
+    produce_event(producer, topic, "ok3", events_pb2.GenerationEvent(generation_id="ok3")).get(10)
     wait_until(lambda: again == ["ok3"], 15, message="only the new event")
     stop2.set()
     t2.join(10)
@@ -204,7 +207,7 @@ def test_buffered_publisher_survives_a_missing_broker_then_delivers(broker, uniq
         publisher.publish(f"late{i}", events_pb2.GenerationEvent(generation_id=f"late{i}-{unique_name}"))
     assert publisher.pending() > 0, "nothing can be sent yet"
     with EmbeddedBroker(port=port) as late_broker:
-        kafka_io.ensure_topics(late_broker.bootstrap)
+        ensure_topics(late_broker.bootstrap)
         wait_until(lambda: publisher.pending() == 0, 30, message="buffer drained once the broker is up")
         got = read_topic(late_broker.bootstrap, topic, events_pb2.GenerationEvent, min_count=5)
         assert sorted(m.generation_id for _, m in got) == [f"late{i}-{unique_name}" for i in range(5)]
@@ -236,12 +239,12 @@ def test_buffered_publisher_recovers_when_the_broker_restarts_empty(unique_name)
     overrides = {"bootstrap_timeout_ms": 1000, "delivery_timeout_ms": 1500, "request_timeout_ms": 1000}
     publisher = BufferedEventPublisher(f"127.0.0.1:{port}", topic, capacity=100, producer_overrides=overrides)
     with EmbeddedBroker(port=port) as first:
-        kafka_io.ensure_topics(first.bootstrap)
+        ensure_topics(first.bootstrap)
         publisher.publish("before", events_pb2.GenerationEvent(generation_id=f"before-{unique_name}"))
         wait_until(lambda: publisher.pending() == 0, 20, message="first event sent")
     # Same address, new broker with no memory of the publisher's producer id.
     with EmbeddedBroker(port=port) as second:
-        kafka_io.ensure_topics(second.bootstrap)
+        ensure_topics(second.bootstrap)
         publisher.publish("after", events_pb2.GenerationEvent(generation_id=f"after-{unique_name}"))
         got = read_topic(second.bootstrap, topic, events_pb2.GenerationEvent, min_count=1, timeout_s=30)
         assert [m.generation_id for _, m in got] == [f"after-{unique_name}"]
@@ -286,12 +289,12 @@ def test_dead_letters_carry_null_headers_and_a_huge_value(broker, unique_name):
         partition=0,
         offset=7,
         key=b"k",
-        value=b"x" * (kafka_io.MAX_DEAD_LETTER_VALUE_BYTES + 600_000),
+        value=b"x" * (MAX_DEAD_LETTER_VALUE_BYTES + 600_000),
         headers=[("content-type", None), ("x-trace", b"\xff\xfe")],
     )
-    producer = kafka_io.create_producer(broker.bootstrap)
+    producer = create_producer(broker.bootstrap)
     try:
-        kafka_io.DeadLetterProducer(producer, "g").send(record, "decode_error", "not protobuf")
+        DeadLetterProducer(producer, "g").send(record, "decode_error", "not protobuf")
     finally:
         producer.close()
     [letter] = [
@@ -300,11 +303,11 @@ def test_dead_letters_carry_null_headers_and_a_huge_value(broker, unique_name):
         if m.source_topic == topic
     ]
     assert letter.headers == {"content-type": "", "x-trace": "\ufffd\ufffd"}
-    assert len(letter.value) == kafka_io.MAX_DEAD_LETTER_VALUE_BYTES and "value truncated from" in letter.error
+    assert len(letter.value) == MAX_DEAD_LETTER_VALUE_BYTES and "value truncated from" in letter.error
 
 
 def _produce_to_partition_0(bootstrap: str, topic: str, n: int, prefix: str) -> None:
-    producer = kafka_io.create_producer(bootstrap)
+    producer = create_producer(bootstrap)
     for i in range(n):
         value, headers = events.encode(events_pb2.GenerationEvent(generation_id=f"{prefix}{i}"))
         producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)

@@ -22,7 +22,8 @@ from services.trainer.data.fair_share import NO_CAPS, UserCaps
 from services.trainer.data.ledger import FeedbackLedger
 from services.trainer.loop.gate import GateBudget, PolicyEvaluation, promote_if_better
 from services.trainer.loop.reward_update import RewardUpdateSettings, fine_tune
-from shared.models.reward.model import new_reward_model, pairwise_accuracy, score_texts
+from shared.models.reward.minilm import new_reward_model
+from shared.models.reward.scoring import pairwise_accuracy, score_texts
 from shared.proto.rlhf.v1 import events_pb2
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import grpc
 from services.policy.config import PolicyConfig
 from services.policy.server import PolicyService
 from shared.kafka import events
-from shared.kafka.io import create_producer, produce_event
+from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 from tests.helpers import wait_until

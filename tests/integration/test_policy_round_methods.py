@@ -15,12 +15,14 @@ from prometheus_client import REGISTRY
 
 from services.trainer.config import TrainerConfig
 from services.trainer.data.ledger import FeedbackLedger
-from services.trainer.dpo.dpo_config import DPOConfig
-from services.trainer.dpo.dpo_trainer import DPOTrainer, KTOTrainer
 from services.trainer.loop.online import OnlineTrainer
 from services.trainer.loop.policy_round import PolicyRounds
-from services.trainer.policy_gradient.rloo_config import GRPOConfig, RLOOConfig
-from services.trainer.policy_gradient.rloo_trainer import PolicyGradientTrainer
+from services.trainer.methods.dpo.dpo_config import DPOConfig
+from services.trainer.methods.dpo.dpo_trainer import DPOTrainer
+from services.trainer.methods.dpo.kto_trainer import KTOTrainer
+from services.trainer.methods.policy_gradient.grpo_config import GRPOConfig
+from services.trainer.methods.policy_gradient.pg_trainer import PolicyGradientTrainer
+from services.trainer.methods.policy_gradient.rloo_config import RLOOConfig
 from shared.config import load_config
 from shared.models.store import ModelStore
 from tests.unit.test_ledger import preference, rating
@@ -42,7 +44,7 @@ def store(tiny_store, tmp_path):
 
 
 def test_an_rloo_round_resumes_after_a_restart_and_another_method_starts_over(store, tmp_path):
-    checkpoint = tmp_path / "state" / "ppo-checkpoint"
+    checkpoint = tmp_path / "state" / "policy-checkpoint"
     rounds = PolicyRounds(store, checkpoint, short_answer_reward, lambda _: RLOO, method="rloo")
     rounds.begin_round()
     for _ in range(2):
@@ -97,7 +99,7 @@ def write_judged_answers(ledger_path) -> list[str]:
 
 def online_trainer(store, state_dir, method: str) -> OnlineTrainer:
     flags = ["--state-dir", str(state_dir), "--policy-method", method, "--torch-threads", "1"]
-    flags += ["--ppo-steps-per-round", "2", "--gate-heldout-one-in", "3"]  # prompt_where's split
+    flags += ["--policy-steps-per-round", "2", "--gate-heldout-one-in", "3"]  # prompt_where's split
     flags += [f"--{method}-batch-size", "4", f"--{method}-mini-batch-size", "2", f"--{method}-max-response-length", "8"]
     config = load_config(TrainerConfig, flags)
     # No promoter: with one held-out prompt the gate can only say heldout_too_small (keep training).
@@ -118,14 +120,14 @@ def test_a_preference_round_learns_from_the_ledger_checkpoints_and_resumes(
     online._policy_round(None)
     trainer = online.rounds.trainer
     assert isinstance(trainer, trainer_class) and trainer.step_count == 2
-    stats = online.last_ppo
+    stats = online.last_policy_update
     assert stats.method == method and stats.examples_available == examples, "held-out prompt left out"
     assert math.isfinite(stats.policy_loss) and math.isfinite(stats.grad_norm)
     assert not all(torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
     assert online.recent_candidates[-1].reason == "heldout_too_small"
     assert REGISTRY.get_sample_value("rlhf_policy_steps_total", {"method": method}) == steps_before + 2
     assert REGISTRY.get_sample_value("rlhf_policy_method", {"method": method}) == 1.0
-    assert math.isnan(REGISTRY.get_sample_value("rlhf_ppo_value_loss"))  # DPO/KTO have no critic
+    assert math.isnan(REGISTRY.get_sample_value("rlhf_policy_value_loss"))  # DPO/KTO have no critic
     assert json.loads(online.rounds.round_file.read_text())["method"] == method
 
     restarted = online_trainer(policy_store, state, method)  # after kill -9: the same state directory
@@ -136,6 +138,12 @@ def test_a_preference_round_learns_from_the_ledger_checkpoints_and_resumes(
     restarted.rounds.begin_round()
     more = restarted.rounds.run_step(["unused: DPO and KTO read the ledger"], [])
     assert more.step == 2 and more.examples_available == examples
+
+    # A state directory of the release before: the checkpoint under ppo-checkpoint/ is moved and resumed.
+    (state / "policy-checkpoint").rename(state / "ppo-checkpoint")
+    migrated = online_trainer(policy_store, state, method)
+    assert not (state / "ppo-checkpoint").exists() and (state / "policy-checkpoint" / "trainer_state.json").is_file()
+    assert migrated.rounds.ensure_trainer().step_count == 3 and migrated.rounds.resumed_from_step == 3
 
     other = "kto" if method == "dpo" else "dpo"
     switched = online_trainer(policy_store, state, other)

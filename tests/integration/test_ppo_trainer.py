@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.trainer.ppo.ppo_config import PPOConfig
-from services.trainer.ppo.ppo_trainer import VALUE_HEAD_FILE, PPOTrainer
+from services.trainer.methods.ppo.ppo_config import PPOConfig
+from services.trainer.methods.ppo.ppo_trainer import VALUE_HEAD_FILE, PPOTrainer
 
 PROMPTS = [
     "User: how do I boil an egg?\nAssistant:",
@@ -40,9 +40,7 @@ def tiny_lm(tiny_lm_dir):
 
 def make_trainer(tiny_lm, **overrides) -> PPOTrainer:
     lm_dir, tokenizer = tiny_lm
-    settings = dict(
-        batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, max_new_tokens=12, init_kl_coef=0.02
-    )
+    settings = dict(batch_size=16, mini_batch_size=8, epochs=2, learning_rate=3e-3, max_new_tokens=12, kl_coef=0.02)
     settings.update(overrides)
     return PPOTrainer(AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, letter_e_reward, PPOConfig(**settings))
 
@@ -79,9 +77,9 @@ def test_ppo_increases_the_reward_and_keeps_kl_finite(tiny_lm):
 
 
 def test_ptx_loss_learns_a_demonstration(tiny_lm):
-    from services.trainer.ppo.ppo_rollout import demonstration_batch, demonstration_loss
+    from services.trainer.methods.rollout import demonstration_batch, demonstration_loss
 
-    trainer = make_trainer(tiny_lm, batch_size=4, mini_batch_size=4, ppo_epochs=1, ptx_coef=1.0)
+    trainer = make_trainer(tiny_lm, batch_size=4, mini_batch_size=4, epochs=1, ptx_coef=1.0)
     demo = [("User: how do I boil an egg?\nAssistant:", " Put the egg in boiling water for nine minutes.")]
     cfg = trainer.config
     batch = demonstration_batch(trainer.tokenizer, demo, cfg.max_prompt_length, cfg.max_new_tokens)
@@ -97,7 +95,7 @@ def test_ptx_loss_learns_a_demonstration(tiny_lm):
 
 def test_ptx_frames_a_correction_exactly_as_sft_and_sampling_do(tiny_lm):
     # A correction arrives as bare text; the policy samples " text<eos>" after "Assistant:".
-    from services.trainer.ppo.ppo_rollout import demonstration_batch
+    from services.trainer.methods.rollout import demonstration_batch
     from services.trainer.supervised.sft import IGNORE_INDEX, build_sft_example
 
     trainer = make_trainer(tiny_lm, batch_size=4, mini_batch_size=4)

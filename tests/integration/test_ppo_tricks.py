@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.trainer.ppo.ppo_config import PPOConfig
-from services.trainer.ppo.ppo_trainer import PPOTrainer
+from services.trainer.methods.ppo.ppo_config import PPOConfig
+from services.trainer.methods.ppo.ppo_trainer import PPOTrainer
 
 PROMPTS = ["User: how do I boil an egg?\nAssistant:", "User: what is the capital of France?\nAssistant:"]
 
@@ -34,7 +34,7 @@ def tiny_lm(tiny_lm_dir):
 
 def make_trainer(tiny_lm, reward=None, **overrides) -> PPOTrainer:
     lm_dir, tokenizer = tiny_lm
-    settings = dict(batch_size=8, mini_batch_size=4, ppo_epochs=1, learning_rate=3e-3, max_new_tokens=8)
+    settings = dict(batch_size=8, mini_batch_size=4, epochs=1, learning_rate=3e-3, max_new_tokens=8)
     settings.update(overrides)
     reward = reward or RecordingReward()
     return PPOTrainer(AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, reward, PPOConfig(**settings))
@@ -42,16 +42,18 @@ def make_trainer(tiny_lm, reward=None, **overrides) -> PPOTrainer:
 
 def test_several_samples_per_prompt_roll_each_prompt_out_k_times(tiny_lm):
     reward = RecordingReward()
-    trainer = make_trainer(tiny_lm, reward, samples_per_prompt=4)
+    trainer = make_trainer(tiny_lm, reward, batch_size=2, samples_per_prompt=4)
     assert trainer.prompts_per_step == 2
     trainer.step(PROMPTS)
     assert reward.prompts == [[PROMPTS[0]] * 4 + [PROMPTS[1]] * 4]
-    with pytest.raises(ValueError, match="step needs 2 prompts \\(batch_size=8 / samples_per_prompt=4\\), got 8"):
+    with pytest.raises(
+        ValueError, match="step needs batch_size=2 prompts \\(each sampled samples_per_prompt=4 times\\), got 8"
+    ):
         trainer.step(PROMPTS * 4)
 
 
 def test_normalised_scores_use_the_running_moments_and_survive_a_checkpoint(tiny_lm, tmp_path):
-    trainer = make_trainer(tiny_lm, samples_per_prompt=4, normalize_scores=True)
+    trainer = make_trainer(tiny_lm, batch_size=2, samples_per_prompt=4, normalize_scores=True)
     first = trainer.step(PROMPTS)
     assert abs(first.mean_score) < 1e-5  # the first batch is normalised by its own moments
     assert trainer.score_moments.count == 8
@@ -61,7 +63,7 @@ def test_normalised_scores_use_the_running_moments_and_survive_a_checkpoint(tiny
 
 
 def test_value_warmup_moves_only_the_value_head_then_the_policy(tiny_lm, tmp_path):
-    trainer = make_trainer(tiny_lm, samples_per_prompt=4, value_warmup_steps=1)
+    trainer = make_trainer(tiny_lm, batch_size=2, samples_per_prompt=4, value_warmup_steps=1)
     lm_before = [p.detach().clone() for p in trainer.policy.parameters()]
     head_before = [p.detach().clone() for p in trainer.model.value_head.parameters()]
     trainer.step(PROMPTS, [(PROMPTS[0], "eggs boil")])  # the ptx term waits for the warm-up too

@@ -8,8 +8,9 @@ import pytest
 from services.trainer.loop.promotion import Promoter
 from shared.errors import Unavailable
 from shared.kafka import events
-from shared.kafka import io as kafka_io
+from shared.kafka.admin import ensure_topics
 from shared.kafka.broker import EmbeddedBroker, free_port
+from shared.kafka.producer import create_producer
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2
 from tests.helpers import read_topic, wait_until
@@ -28,10 +29,10 @@ def test_unacknowledged_update_is_republished_not_duplicated(tmp_path):
     store.write_version("policy", weights(b"v1"))
     port = free_port()
     broker = EmbeddedBroker(port=port).start()
-    kafka_io.ensure_topics(broker.bootstrap)
+    ensure_topics(broker.bootstrap)
     promoter = Promoter(
         store,
-        lambda: kafka_io.create_producer(
+        lambda: create_producer(
             f"127.0.0.1:{port}", delivery_timeout_ms=1500, request_timeout_ms=1000, bootstrap_timeout_ms=1000
         ),
         ack_timeout_s=3,
@@ -52,7 +53,7 @@ def test_unacknowledged_update_is_republished_not_duplicated(tmp_path):
     assert store.current("policy") == "v1"
 
     with EmbeddedBroker(port=port) as back:
-        kafka_io.ensure_topics(back.bootstrap)
+        ensure_topics(back.bootstrap)
         wait_until(promoter.announce_pending, 30, interval_s=0.5, message="the pending update is published")
         published = [
             m

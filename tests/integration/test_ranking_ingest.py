@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.data.ingest import FeedbackIngest
-from services.trainer.data.ledger import MIXED_PROMPTS, FeedbackLedger
+from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.data.ledger_joins import MIXED_PROMPTS
 from shared.kafka import events
+from shared.kafka.consumer import InvalidEvent
+from shared.kafka.deadletter import DeadLetterProducer
 from shared.kafka.events import ConsumedEvent
-from shared.kafka.io import DeadLetterProducer, InvalidEvent, create_producer
+from shared.kafka.producer import create_producer
 from shared.proto.rlhf.v1 import events_pb2 as ev
 from tests.helpers import read_topic, wait_until
 

@@ -9,7 +9,8 @@ import pytest
 from services.reward.config import RewardConfig
 from services.reward.scorer import load_reward_version
 from services.reward.server import RewardServer
-from shared.models.reward.model import new_reward_model, save_reward_model
+from shared.models.reward.format import save_reward_model
+from shared.models.reward.minilm import new_reward_model
 from shared.models.reward.onnx_export import export_verified_onnx
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc

@@ -13,8 +13,11 @@ from services.reward.config import RewardConfig
 from services.reward.scorer import RewardLimits, RewardScorer, load_reward_version
 from services.reward.server import RewardServer
 from shared.kafka import events
-from shared.kafka.io import create_producer, produce_event
-from shared.models.reward.model import export_onnx, load_reward_model, new_reward_model, save_reward_model, score_texts
+from shared.kafka.producer import create_producer, produce_event
+from shared.models.reward.format import load_reward_model, save_reward_model
+from shared.models.reward.minilm import new_reward_model
+from shared.models.reward.onnx_export import export_onnx
+from shared.models.reward.scoring import score_texts
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, reward_pb2, reward_pb2_grpc
 from tests.helpers import wait_until

@@ -9,8 +9,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.trainer.policy_gradient.rloo_config import GRPOConfig, PolicyGradientConfig, RLOOConfig
-from services.trainer.policy_gradient.rloo_trainer import PolicyGradientTrainer
+from services.trainer.methods.policy_gradient.grpo_config import GRPOConfig
+from services.trainer.methods.policy_gradient.grpo_trainer import GRPOTrainer
+from services.trainer.methods.policy_gradient.pg_config import PolicyGradientConfig
+from services.trainer.methods.policy_gradient.pg_trainer import PolicyGradientTrainer
+from services.trainer.methods.policy_gradient.rloo_config import RLOOConfig
+from services.trainer.methods.policy_gradient.rloo_trainer import RLOOTrainer
+from services.trainer.methods.rollout import repeat_prompts
+
+TRAINERS: dict[type, type] = {RLOOConfig: RLOOTrainer, GRPOConfig: GRPOTrainer}
 
 PROMPTS = [
     "User: how do I boil an egg?\nAssistant:",
@@ -38,7 +45,7 @@ def make_trainer(tiny_lm, config_class: type[PolicyGradientConfig], **overrides)
     settings = dict(batch_size=4, samples_per_prompt=4, mini_batch_size=8, learning_rate=3e-3, max_new_tokens=12)
     settings.update(overrides)
     config = config_class(**settings)
-    return PolicyGradientTrainer(AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, letter_e_reward, config)
+    return TRAINERS[config_class](AutoModelForCausalLM.from_pretrained(lm_dir), tokenizer, letter_e_reward, config)
 
 
 @pytest.mark.parametrize("config_class", [RLOOConfig, GRPOConfig], ids=["rloo", "grpo"])
@@ -58,7 +65,7 @@ def test_the_method_increases_the_reward_without_a_critic(tiny_lm, config_class)
 
 def test_a_step_samples_each_prompt_k_times_in_consecutive_rows(tiny_lm):
     trainer = make_trainer(tiny_lm, RLOOConfig, batch_size=2, samples_per_prompt=3, mini_batch_size=3)
-    rollout = trainer.rollout(PROMPTS[:2])
+    rollout = trainer.rollout(repeat_prompts(PROMPTS[:2], 3))  # a step repeats each prompt k times
     assert rollout.prompts == [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
     assert torch.equal(rollout.logprobs, rollout.ref_logprobs)
     with pytest.raises(ValueError, match="batch_size=2 prompts"):
@@ -82,7 +89,7 @@ def test_checkpoint_restore_resumes_bit_for_bit(tiny_lm, tmp_path, config_class)
     trainer.step(PROMPTS, demos)
     trainer.checkpoint(tmp_path / "ckpt")
     expected = trainer.step(PROMPTS, demos)  # before the restore: sampling uses torch's global generator
-    resumed = PolicyGradientTrainer.from_checkpoint(tmp_path / "ckpt", letter_e_reward)
+    resumed = TRAINERS[config_class].from_checkpoint(tmp_path / "ckpt", letter_e_reward)
     assert resumed.config == trainer.config and resumed.method == trainer.method and resumed.step_count == 1
     assert resumed.score_moments.count == 16
     got = resumed.step(PROMPTS, demos)
@@ -96,5 +103,5 @@ def test_checkpoint_restore_resumes_bit_for_bit(tiny_lm, tmp_path, config_class)
 
 def test_a_checkpoint_of_another_method_is_refused(tiny_lm, tmp_path):
     make_trainer(tiny_lm, RLOOConfig).checkpoint(tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="rloo checkpoint; this trainer runs grpo"):
+    with pytest.raises(ValueError, match="a rloo checkpoint cannot resume a grpo trainer"):
         make_trainer(tiny_lm, GRPOConfig).restore(tmp_path / "ckpt")

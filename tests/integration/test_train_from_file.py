@@ -69,7 +69,8 @@ def policy_store(tiny_lm_dir, tmp_path) -> ModelStore:
 
 @pytest.fixture(scope="module")
 def reward_v1_dir(tmp_path_factory):
-    from shared.models.reward.model import new_reward_model, save_reward_model
+    from shared.models.reward.format import save_reward_model
+    from shared.models.reward.minilm import new_reward_model
 
     model, tokenizer = new_reward_model(max_length=32)
     return save_reward_model(model, tokenizer, tmp_path_factory.mktemp("reward-v1"))
@@ -252,7 +253,8 @@ def test_train_reward_writes_reward_v2_with_pairwise_accuracy_before_and_after(r
     assert "reward v2 written (from v1" in out and "held-out pairwise accuracy" in out
     assert "reward v2 is now CURRENT" in out
 
-    from shared.models.reward.model import load_reward_model, score_texts
+    from shared.models.reward.format import load_reward_model
+    from shared.models.reward.scoring import score_texts
 
     model, tokenizer = load_reward_model(reward_store.open_version("reward", "v2"))
     assert model.head_config.max_length == 24  # scored at the length it was trained at (v1: 32)

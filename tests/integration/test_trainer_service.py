@@ -13,14 +13,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.trainer.config import TrainerConfig
-from services.trainer.data.ledger import read_user_rows
+from services.trainer.data.ledger_lineage import read_user_rows
 from services.trainer.loop.gate import GateBudget
 from services.trainer.loop.heldout import HeldoutSplit
 from services.trainer.loop.lineage import in_ranges, parse_ranges
-from services.trainer.ppo.ppo_config import PPOConfig
+from services.trainer.methods.ppo.ppo_config import PPOConfig
 from services.trainer.server import TrainerServer
 from shared.kafka import events
-from shared.kafka.io import create_producer, produce_event
+from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import common_pb2, events_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.helpers import FAST_GROUP_CONFIG, read_topic, start_group_at_end, wait_until
@@ -63,9 +63,9 @@ def trainer(broker, tiny_lm_dir, tmp_path, unique_name):
         consumer_group=unique_name,
         feedback_hold_s=1.0,
         grace_period_s=1,
-        ppo_min_prompts=2,
-        ppo_min_new_feedback=1,
-        ppo_steps_per_round=2,
+        policy_min_prompts=2,
+        policy_min_new_feedback=1,
+        policy_steps_per_round=2,
         ppo=PPOConfig(batch_size=2, mini_batch_size=2, max_new_tokens=6, learning_rate=1e-4),
         gate_prompts=2,
         gate_min_prompts=2,
@@ -301,7 +301,7 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     [promotion] = store.history("policy", "v2")
     assert promotion["event_id"] == notes["promotion_event_id"] and promotion["actor"] == "trainer gate"
     status = stub.GetStatus(trainer_pb2.GetStatusRequest())
-    assert status.last_ppo.step == 3 and status.recent_candidates[-1].promoted
+    assert status.last_policy_update.step == 3 and status.recent_candidates[-1].promoted
     assert status.recent_candidates[-1].version == "v2" and status.recent_candidates[-1].reason == "passed"
 
     # New feedback starts another round. A gain that is not significant (here: an
@@ -335,16 +335,17 @@ def test_training_round_promotes_keeps_training_then_discards(trainer, producer,
     last = stub.GetStatus(trainer_pb2.GetStatusRequest()).recent_candidates[-1]
     assert not last.promoted and last.reason == "kl_over_budget"
     # the third round trained on from the second round's weights, not from a fresh copy of v2
-    assert last.metrics["ppo_step"] == steps_before + server.config.ppo_steps_per_round
+    assert last.metrics["ppo_step"] == steps_before + server.config.policy_steps_per_round
     assert store.versions("policy") == ["v1", "v2"] and store.current("policy") == "v2"
     assert not server.config.checkpoint_dir.exists()  # the discarded candidate's weights are gone
 
 
 def test_reward_update_promotes_within_tolerance_and_publishes(broker, tmp_path):
-    from services.trainer.data.ledger import Comparison
+    from services.trainer.data.training_sets import Comparison
     from services.trainer.loop.promotion import Promoter
     from services.trainer.loop.reward_update import RewardUpdateSettings, update_reward_model
-    from shared.models.reward.model import new_reward_model, save_reward_model
+    from shared.models.reward.format import save_reward_model
+    from shared.models.reward.minilm import new_reward_model
 
     store = ModelStore(tmp_path / "store")
     model, tokenizer = new_reward_model(max_length=32)

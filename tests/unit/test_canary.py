@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from services.trainer.data.ledger import VersionFeedback
+from services.trainer.data.ledger_lineage import VersionFeedback
 from services.trainer.loop.canary import COMPLETED, ROLLED_BACK, RUNNING, CanarySettings, feedback_scores, judge_canary
 from shared.canary import serves_canary, user_bucket
 from shared.models.store import ModelStore, ModelStoreError

@@ -6,7 +6,7 @@ import pytest
 
 import services
 from shared import env
-from shared.config import ConfigError, ServiceConfig, config_parser, config_summary, load_config, setting
+from shared.config import ConfigError, ServiceConfig, config_parser, config_summary, load_config, nested, setting
 
 
 def test_defaults_without_flags_or_env(monkeypatch):
@@ -107,3 +107,53 @@ def test_trainer_names_its_own_flag_when_ppo_config_refuses_a_value(flags, named
     with pytest.raises(ConfigError) as refused:
         load_config(TrainerConfig, flags)
     assert str(refused.value).startswith(named)
+
+
+def test_a_renamed_setting_keeps_its_old_flag_and_variable_with_a_warning(monkeypatch, caplog):
+    from typing import ClassVar
+
+    from shared.config import Renamed
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        renamed: ClassVar[tuple[Renamed, ...]] = (Renamed("old_epochs", "epochs"),)
+        epochs: int = setting(1, "passes")
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer(ServiceConfig):
+        renamed: ClassVar[tuple[Renamed, ...]] = (Renamed("old_steps", "steps", "RLHF_TEST_OLD_STEPS"),)
+        steps: int = setting(2, "steps", env="RLHF_TEST_STEPS")
+        inner: Inner = nested(Inner, env_prefix="RLHF_TEST_INNER_")
+
+    with caplog.at_level("WARNING", logger="shared.config"):
+        config = load_config(Outer, ["--old-steps", "5", "--inner-old-epochs", "3"])
+    assert (config.steps, config.inner.epochs) == (5, 3)
+    assert "--old-steps is deprecated (renamed --steps)" in caplog.text
+    assert "--inner-old-epochs is deprecated (renamed --inner-epochs)" in caplog.text
+
+    monkeypatch.setenv("RLHF_TEST_OLD_STEPS", "6")
+    monkeypatch.setenv("RLHF_TEST_INNER_OLD_EPOCHS", "4")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shared.config"):
+        config = load_config(Outer, [])
+    assert (config.steps, config.inner.epochs) == (6, 4)
+    assert "RLHF_TEST_OLD_STEPS is deprecated (renamed RLHF_TEST_STEPS)" in caplog.text
+    assert "RLHF_TEST_INNER_OLD_EPOCHS is deprecated (renamed RLHF_TEST_INNER_EPOCHS)" in caplog.text
+
+    # The new name wins; the old one is ignored, with a warning; --help lists only the new one.
+    monkeypatch.setenv("RLHF_TEST_STEPS", "7")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shared.config"):
+        assert load_config(Outer, ["--old-steps", "5"]).steps == 7
+    assert "--old-steps is deprecated and ignored" in caplog.text
+    help_text = config_parser(Outer)[0].format_help()
+    assert "--steps" in help_text and "--old-steps" not in help_text
+
+
+def test_the_trainer_still_reads_the_ppo_names_of_the_policy_round_settings(monkeypatch):
+    from services.trainer.config import TrainerConfig
+
+    monkeypatch.setenv(env.TRAINER_PPO_STEPS_PER_ROUND, "3")
+    config = load_config(TrainerConfig, ["--ppo-min-prompts", "4", "--ppo-ppo-epochs", "5", "--dpo-beta", "0.2"])
+    assert (config.policy_steps_per_round, config.policy_min_prompts) == (3, 4)
+    assert config.ppo.epochs == 5 and config.dpo.kl_coef == 0.2

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from services.trainer.dpo import dpo_math as dm
-from services.trainer.dpo.dpo_config import DPOConfig, KTOConfig, fit_context
+from services.trainer.methods.dpo import dpo_math as dm
+from services.trainer.methods.dpo.dpo_config import DPOConfig
+from services.trainer.methods.dpo.kto_config import KTOConfig
 from shared.config import ConfigError
 
 
@@ -92,8 +93,8 @@ def test_kto_loss_is_eq8_of_ethayarajh_et_al():
 
 
 def test_configs_refuse_bad_values_naming_the_flag():
-    with pytest.raises(ConfigError, match="--beta"):
-        DPOConfig(beta=0)
+    with pytest.raises(ConfigError, match="--kl-coef"):
+        DPOConfig(kl_coef=0)
     with pytest.raises(ConfigError, match="--label-smoothing"):
         DPOConfig(label_smoothing=0.5)
     with pytest.raises(ConfigError, match="--mini-batch-size"):
@@ -101,14 +102,14 @@ def test_configs_refuse_bad_values_naming_the_flag():
     with pytest.raises(ConfigError, match="--undesirable-weight"):
         KTOConfig(undesirable_weight=0)
     config = KTOConfig(ptx_coef=0)
-    assert config.ptx_coef == 0 and config.beta == 0.1 and config.flags_as_undesirable
+    assert config.ptx_coef == 0 and config.kl_coef == 0.1 and config.flags_as_undesirable
     with pytest.raises(AttributeError):
-        config.beta = 1.0  # type: ignore[misc]
+        config.kl_coef = 1.0  # type: ignore[misc]
 
 
 def test_fit_context_cuts_prompts_so_prompt_and_response_fit_the_window():
     config = DPOConfig(max_prompt_length=128, max_response_length=64)
-    fitted = fit_context(config, max_positions=128, num_threads=2)
+    fitted = config.fit_context(max_positions=128, num_threads=2)
     assert (fitted.max_prompt_length, fitted.max_response_length, fitted.num_threads) == (64, 64, 2)
-    assert isinstance(fitted, DPOConfig) and fitted.beta == config.beta
-    assert fit_context(KTOConfig(), max_positions=None).max_prompt_length == KTOConfig().max_prompt_length
+    assert isinstance(fitted, DPOConfig) and fitted.kl_coef == config.kl_coef
+    assert KTOConfig().fit_context(max_positions=None).max_prompt_length == KTOConfig().max_prompt_length

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from services.feedback.config import FeedbackConfig
-from services.feedback.gateway import ClientRateLimiter, FeedbackReceipt, FirstAnswerCache
+from services.feedback.dedup import FirstAnswerCache
+from services.feedback.gateway import FeedbackReceipt
+from services.feedback.rate_limit import ClientRateLimiter
 from shared.config import ConfigError
 from shared.errors import ResourceExhausted, Unavailable
 

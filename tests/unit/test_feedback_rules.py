@@ -16,8 +16,8 @@ from shared.feedback_rules import (
     raise_first,
     validating_feedback_handler,
 )
+from shared.kafka.consumer import InvalidEvent
 from shared.kafka.events import ConsumedEvent
-from shared.kafka.io import InvalidEvent
 from shared.proto.rlhf.v1 import events_pb2 as ev
 
 LIMITS = FeedbackLimits(max_batch_size=4, max_comment_chars=10, max_correction_chars=20)

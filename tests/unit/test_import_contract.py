@@ -1,10 +1,22 @@
-"""The platform never imports the demo: shared/ and services/ work for any
-application, and the demo plugs in through the same interfaces an app uses
-(flags such as --gate-judge, the gRPC API, the model store).
+"""The platform never imports the demo: shared/, services/ and the `rlhf` command
+(rlhf_cli/) work for any application, and the demo plugs in through the same
+interfaces an app uses (flags such as --gate-judge, the gRPC API, the model
+store, the public training API).
 
-Two checks: no import statement in the platform's source names ``demo``, and
-importing every platform module in a fresh interpreter loads no ``demo``
-module (which would also catch an import hidden behind a string)."""
+The rule, checked here:
+
+- shared/ and services/ never import ``demo``, anywhere;
+- rlhf_cli/ never imports ``demo`` at module level (`rlhf --help` builds every
+  command's parser and must load no demo module). Only the demo's own commands
+  (:data:`DEMO_COMMANDS`) import it, inside the command, when it runs;
+- demo/ reaches the platform as an application would: ``shared`` (the client
+  package: stubs, channels, config helpers, the model store and model formats)
+  and ``services.trainer.supervised.api`` (training from data), never another
+  ``services`` module and never ``rlhf_cli``.
+
+Static checks read every import statement; a fresh interpreter that imports
+every platform and CLI module must load no ``demo`` module (which would also
+catch an import hidden behind a string)."""
 
 from __future__ import annotations
 
@@ -15,43 +27,112 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PLATFORM = ("shared", "services")
+# The `rlhf` commands that exist for the demo application and may import demo/
+# inside the command: `rlhf demo` (the demo itself), `rlhf bootstrap` (builds the
+# demo's toy models), `rlhf simulate` (the demo's simulated users), `rlhf eval`
+# (scores a version on the demo world's held-out prompts with its judge).
+DEMO_COMMANDS = frozenset({"demo_cmd", "bootstrap_cmd", "simulate_cmd", "eval_cmd"})
+# What demo/ may import from the platform besides ``shared``.
+PUBLIC_SERVICE_MODULES = frozenset({"services.trainer.supervised.api"})
 
 
-def _platform_files() -> list[Path]:
-    return sorted(p for pkg in PLATFORM for p in (ROOT / pkg).rglob("*.py") if "proto" not in p.parts)
+def _files(*packages: str) -> list[Path]:
+    return sorted(p for pkg in packages for p in (ROOT / pkg).rglob("*.py") if "proto" not in p.parts)
+
+
+def _names(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module]
+    return []
 
 
 def _imported_names(path: Path) -> list[str]:
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
+    return [name for node in ast.walk(ast.parse(path.read_text(), filename=str(path))) for name in _names(node)]
+
+
+def _module_level_imports(path: Path) -> list[str]:
+    """Imports that run when the module is imported: everything outside function bodies."""
+    names: list[str] = []
+    pending: list[ast.AST] = [ast.parse(path.read_text(), filename=str(path))]
+    while pending:
+        node = pending.pop()
+        names.extend(_names(node))
+        pending.extend(
+            child
+            for child in ast.iter_child_nodes(node)
+            if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        )
     return names
+
+
+def _is_demo(name: str) -> bool:
+    return name == "demo" or name.startswith("demo.")
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
 def test_no_platform_source_imports_the_demo():
     offenders = [
         f"{path.relative_to(ROOT)}: import {name}"
-        for path in _platform_files()
+        for path in _files(*PLATFORM)
         for name in _imported_names(path)
-        if name == "demo" or name.startswith("demo.")
+        if _is_demo(name)
     ]
     assert offenders == [], "the platform must not import demo/:\n" + "\n".join(offenders)
 
 
-def test_importing_every_platform_module_loads_no_demo_module():
-    modules = [
-        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for p in _platform_files()
-        if p.name != "__main__.py"
+def test_no_cli_module_imports_the_demo_at_module_level():
+    offenders = [
+        f"{path.relative_to(ROOT)}: import {name}"
+        for path in _files("rlhf_cli")
+        for name in _module_level_imports(path)
+        if _is_demo(name)
     ]
+    assert offenders == [], (
+        "rlhf_cli/ must not import demo/ at module level (`rlhf --help` imports every command module); "
+        "a demo command imports it inside the command:\n" + "\n".join(offenders)
+    )
+
+
+def test_only_the_demo_commands_import_the_demo():
+    offenders = [
+        f"{path.relative_to(ROOT)}: import {name}"
+        for path in _files("rlhf_cli")
+        if path.stem not in DEMO_COMMANDS
+        for name in _imported_names(path)
+        if _is_demo(name)
+    ]
+    assert offenders == [], (
+        f"only the demo's own commands ({', '.join(sorted(DEMO_COMMANDS))}) may import demo/; the platform's "
+        "commands (up, import, sft, ...) work on any model store:\n" + "\n".join(offenders)
+    )
+
+
+def test_the_demo_reaches_the_platform_only_through_its_public_interfaces():
+    offenders = [
+        f"{path.relative_to(ROOT)}: import {name}"
+        for path in _files("demo")
+        for name in _imported_names(path)
+        if name.split(".")[0] == "rlhf_cli" or (name.split(".")[0] == "services" and name not in PUBLIC_SERVICE_MODULES)
+    ]
+    assert offenders == [], (
+        f"demo/ is an application: it may import shared and {', '.join(sorted(PUBLIC_SERVICE_MODULES))}, "
+        "not the trainer's or any service's internals, nor the CLI:\n" + "\n".join(offenders)
+    )
+
+
+def test_importing_every_platform_and_cli_module_loads_no_demo_module():
+    modules = [_module_name(p) for p in _files(*PLATFORM, "rlhf_cli") if p.name != "__main__.py"]
     script = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+        "importlib.import_module('rlhf_cli.main').build_parser()  # what `rlhf --help` does\n"
         "print(','.join(sorted(m for m in sys.modules if m == 'demo' or m.startswith('demo.'))))"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "", f"importing the platform loaded demo modules: {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"importing the platform or the CLI loaded demo modules: {out.stdout.strip()}"

@@ -21,7 +21,8 @@ from services.trainer.config import TrainerConfig
 from services.trainer.data.ingest import FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
 from shared.config import ConfigError, ServiceConfig
-from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop
+from shared.kafka.deadletter import DeadLetterProducer
 from shared.models.store import ModelStore
 from shared.models.update_follower import ModelUpdateFollower
 
@@ -31,7 +32,7 @@ GROUP_MAX_SESSION_TIMEOUT_MS = 1_800_000
 # The places that build a consumer, as (file, enclosing function, constructor).
 # A new one must be added here and below, so its settings are checked too.
 CONSUMER_SITES = {
-    ("shared/kafka/io.py", "_connect", "KafkaConsumer"),
+    ("shared/kafka/consumer.py", "_connect", "KafkaConsumer"),
     ("shared/models/update_follower.py", "__init__", "ConsumerSettings"),
     ("services/trainer/data/ingest.py", "consumer_loop", "ConsumerSettings"),
 }

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from services.trainer.data.ledger import Comparison, FeedbackLedger
+from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.data.training_sets import Comparison
 from shared.proto.rlhf.v1 import events_pb2
 
 

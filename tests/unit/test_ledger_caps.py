@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from services.trainer.data.fair_share import NO_CAPS, UserCaps
-from services.trainer.data.ledger import FeedbackLedger, read_user_rows
+from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.data.ledger_lineage import read_user_rows
 from shared.proto.rlhf.v1 import events_pb2
 from tests.unit.test_ledger import gen, preference, rating
 

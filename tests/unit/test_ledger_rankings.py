@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.data.fair_share import UserCaps
-from services.trainer.data.ledger import MIXED_PROMPTS, FeedbackLedger, FeedbackRejected
+from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.data.ledger_joins import MIXED_PROMPTS, FeedbackRejected
 from services.trainer.loop.heldout import HeldoutSplit
 from shared.proto.rlhf.v1 import events_pb2 as ev
 

@@ -92,7 +92,7 @@ def build_bad_dir(case: str, models, tmp_path):
     """(importer, dir) for each refusal case."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from shared.models.reward.model import minilm_dir
+    from shared.models.reward.minilm import minilm_dir
 
     if case == "missing-dir":
         return import_policy, tmp_path / "nowhere"

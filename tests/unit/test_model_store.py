@@ -112,3 +112,47 @@ def test_only_ascii_v_numbers_are_versions(name):
     with pytest.raises(ModelStoreError, match="bad version name"):
         version_number(name)
     assert version_number("v12") == 12
+
+
+@pytest.mark.parametrize("version", ["../reward/v1", "v1/../../x", "/etc", "", "latest", "v1/"])
+def test_every_method_refuses_a_version_name_that_is_not_one(tmp_path, version):
+    store = ModelStore(tmp_path)
+    store.write_version("policy", write_files({"model.safetensors": b"a"}))
+    for call in (store.manifest, store.open_version, store.manifest_sha256, store.version_dir):
+        with pytest.raises(ModelStoreError, match="bad version name"):
+            call("policy", version)
+    with pytest.raises(ModelStoreError, match="bad version name"):
+        store.set_current("policy", version)
+
+
+@pytest.mark.parametrize("hostile", ["../../secret.txt", "/abs/secret.txt", "sub/../../secret.txt", "link/secret.txt"])
+def test_a_hostile_manifest_cannot_name_a_file_outside_its_version(tmp_path, hostile):
+    store = ModelStore(tmp_path / "store")
+    (tmp_path / "secret.txt").write_text("not a model")
+    store.write_version("policy", write_files({"model.safetensors": b"a"}))
+    vdir = store.version_dir("policy", "v1")
+    (vdir / "link").symlink_to(tmp_path, target_is_directory=True)  # a link out of the version
+    manifest = json.loads((vdir / MANIFEST).read_text())
+    manifest["files"][hostile] = "0" * 64
+    (vdir / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelStoreError, match="inside its version|outside its version"):
+        store.open_version("policy", "v1")
+
+
+def test_a_manifest_that_names_another_version_is_refused(tmp_path):
+    store = ModelStore(tmp_path)
+    store.write_version("policy", write_files({"model.safetensors": b"a"}))
+    store.write_version("policy", write_files({"model.safetensors": b"b"}))
+    manifest = json.loads((tmp_path / "policy" / "v2" / MANIFEST).read_text())
+    manifest["version"] = "v1"
+    (tmp_path / "policy" / "v2" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelStoreError, match="says it is policy v1, not policy v2"):
+        store.open_version("policy", "v2")
+
+
+def test_a_current_pointer_that_names_no_version_is_an_error_saying_what_to_fix(tmp_path):
+    store = ModelStore(tmp_path)
+    store.write_version("policy", write_files({"model.safetensors": b"a"}))
+    (tmp_path / "policy" / "CURRENT").write_text("../../etc\n")
+    with pytest.raises(ModelStoreError, match="CURRENT names '../../etc', not a version"):
+        store.current("policy")

@@ -69,7 +69,12 @@ def test_every_dashboard_query_is_valid_promql_over_metrics_the_code_defines():
             pytest.fail(f"dashboard panel {title!r}: {exc}")
         assert_defined(names, f"dashboard panel {title!r}")
     queried = {name for _, expr in targets for name in promql_series(expr, grafana=True)}
-    for needed in ("rlhf_rpc_requests_total", "rlhf_feedback_accepted_total", "rlhf_ppo_kl", "rlhf_promotions_total"):
+    for needed in (
+        "rlhf_rpc_requests_total",
+        "rlhf_feedback_accepted_total",
+        "rlhf_policy_kl",
+        "rlhf_promotions_total",
+    ):
         assert needed in queried
     assert "rlhf_trainer_feedback_verdicts_total" in queried, "per-version satisfaction"
 

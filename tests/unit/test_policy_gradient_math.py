@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from services.trainer.policy_gradient import pg_math
-from services.trainer.ppo.reward_normalizer import RunningMoments
+from services.trainer.methods.policy_gradient import pg_math
+from services.trainer.methods.reward_normalizer import RunningMoments
 
 
 def test_rloo_subtracts_the_mean_of_the_other_samples_of_the_same_prompt():

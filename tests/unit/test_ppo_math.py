@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from services.trainer.ppo import ppo_math as pm
-from services.trainer.ppo.ppo_config import PPOConfig
+from services.trainer.methods.ppo import ppo_math as pm
+from services.trainer.methods.ppo.ppo_config import PPOConfig
 from shared.config import ConfigError
 
 

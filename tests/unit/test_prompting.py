@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from services.policy.engine import EngineSettings, GenerationEngine
 from services.policy.model import load_bundle
 from services.policy.sampling import SamplingDefaults, resolve_sampling
-from services.trainer.ppo.ppo_rollout import demonstration_batch, tokenize_prompts
+from services.trainer.methods.rollout import demonstration_batch, tokenize_prompts
 from services.trainer.supervised.sft import IGNORE_INDEX, build_sft_example, encode_demonstration
 from shared.errors import InvalidArgument
 from shared.models.policy_eval import SamplingSettings, sample_responses

@@ -11,15 +11,10 @@ import torch
 from shared.models.importer import import_reward
 from shared.models.prompting import encode_prompt
 from shared.models.reward.adapter import SequenceClassificationReward
-from shared.models.reward.model import (
-    REWARD_CONFIG_FILE,
-    encode_pairs,
-    load_reward_model,
-    pairwise_accuracy,
-    save_reward_model,
-    score_texts,
-    uses_text_pairs,
-)
+from shared.models.reward.encoding import encode_pairs, uses_text_pairs
+from shared.models.reward.format import load_reward_model, save_reward_model
+from shared.models.reward.head_config import REWARD_CONFIG_FILE
+from shared.models.reward.scoring import pairwise_accuracy, score_texts
 from shared.models.store import ModelStore
 from tests.foreign_models import build_tiny_seq_cls_reward
 
@@ -142,8 +137,7 @@ class LengthDependentReward(SequenceClassificationReward):
 
 
 def test_an_onnx_graph_that_disagrees_with_torch_is_not_kept(imported, tmp_path):
-    from shared.models.reward.model import ONNX_FILE
-    from shared.models.reward.onnx_export import export_verified_onnx
+    from shared.models.reward.onnx_export import ONNX_FILE, export_verified_onnx
 
     model, tokenizer = load_reward_model(imported["llama"])
     good = export_verified_onnx(model, tokenizer, tmp_path / "good")

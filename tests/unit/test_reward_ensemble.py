@@ -1,5 +1,5 @@
 """Reward ensembles: the conservative score's math, bootstrap members, training,
-store round trip and ONNX (shared.models.reward.ensemble, shared.models.reward.model)."""
+store round trip and ONNX (shared.models.reward.ensemble, minilm, format, onnx_export)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,10 @@ from shared.models.reward.ensemble import (
     resize_ensemble,
     score_members,
 )
-from shared.models.reward.model import (
-    REWARD_CONFIG_FILE,
-    load_reward_model,
-    new_reward_model,
-    save_reward_model,
-    score_texts,
-)
+from shared.models.reward.format import load_reward_model, save_reward_model
+from shared.models.reward.head_config import REWARD_CONFIG_FILE
+from shared.models.reward.minilm import new_reward_model
+from shared.models.reward.scoring import score_texts
 
 PROMPTS = ["How do I boil an egg?", "What is the capital of France?", "Name a colour."]
 RESPONSES = ["Boil it for nine minutes.", "Paris.", "Blue."]
@@ -149,8 +146,8 @@ def test_a_bad_ensemble_size_in_the_reward_config_names_the_field(ensemble, tmp_
 def test_onnx_outputs_every_member_and_matches_torch_within_1e_4(ensemble, tmp_path):
     import onnxruntime as ort
 
-    from shared.models.reward.model import ONNX_FILE, encode_pairs
-    from shared.models.reward.onnx_export import export_verified_onnx
+    from shared.models.reward.encoding import encode_pairs
+    from shared.models.reward.onnx_export import ONNX_FILE, export_verified_onnx
 
     model, tokenizer = ensemble
     check = export_verified_onnx(model, tokenizer, tmp_path)

@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.models.reward.model import (
-    ONNX_FILE,
-    encode_pairs,
-    export_onnx,
-    load_reward_model,
-    minilm_dir,
-    new_reward_model,
-    save_reward_model,
-    score_texts,
-)
+from shared.models.reward.encoding import encode_pairs
+from shared.models.reward.format import load_reward_model, save_reward_model
+from shared.models.reward.minilm import minilm_dir, new_reward_model
+from shared.models.reward.onnx_export import ONNX_FILE, export_onnx
+from shared.models.reward.scoring import score_texts
 
 PROMPTS = [
     "User: How do I boil an egg?\nAssistant:",

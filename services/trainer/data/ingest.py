@@ -32,7 +32,8 @@ from collections import Counter as Tally
 from dataclasses import dataclass
 
 from services.trainer import metrics as tm
-from services.trainer.data.ledger import FeedbackLedger, FeedbackRejected
+from services.trainer.data.ledger import FeedbackLedger
+from services.trainer.data.ledger_joins import FeedbackRejected
 from shared import metrics
 from shared.feedback_rules import (
     INVALID_FEEDBACK_REASON,
@@ -42,8 +43,9 @@ from shared.feedback_rules import (
     validating_feedback_handler,
 )
 from shared.kafka import events
+from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop, InvalidEvent
+from shared.kafka.deadletter import DeadLetterProducer
 from shared.kafka.events import ConsumedEvent
-from shared.kafka.io import ConsumerSettings, DeadLetterProducer, EventConsumerLoop, InvalidEvent
 from shared.proto.rlhf.v1 import events_pb2
 
 log = logging.getLogger(__name__)

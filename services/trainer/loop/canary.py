@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.trainer import metrics as tm
-from services.trainer.data.ledger import VersionFeedback
+from services.trainer.data.ledger_lineage import VersionFeedback
 from shared.models.store import CanaryPointer
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
 """Policy rounds against the reward callable, checkpointed after every step.
 
 A round is ``steps`` steps of the configured method (``--policy-method``: PPO,
-RLOO, GRPO, DPO or KTO, through services.trainer.loop.policy_methods.PolicyTrainer)
+RLOO, GRPO, DPO or KTO, through services.trainer.methods.registry.PolicyTrainer)
 on prompts sampled from the ledger's recent prompts (DPO and KTO read the judged
 answers of their ``data_source`` instead), with the ledger's corrections mixed
 in (PPO-ptx). The trainer's checkpoint
-(services.trainer.ppo.ppo_checkpoint: atomic, no pickle) is written after every
+(services.trainer.methods.checkpoint: atomic, no pickle) is written after every
 step, and ``round.json`` beside it says which method and policy version the
 weights descend from and at which step the round began; so after a kill -9 a
 restart continues the same round from the last finished step.
@@ -30,14 +30,14 @@ from typing import Any
 
 from services.trainer.loop.gate import PolicyEvaluation, gate_scores
 from services.trainer.loop.judge_plugin import JudgeFn
-from services.trainer.loop.policy_methods import (
+from services.trainer.methods.checkpoint import STATE_FILE
+from services.trainer.methods.registry import (
     DATA_PARALLEL_METHODS,
     DataSource,
     PolicyTrainer,
     build_trainer,
     resume_trainer,
 )
-from services.trainer.ppo.ppo_trainer import STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,20 @@ def per_prompt_means(values: Sequence[float], samples_per_prompt: int) -> tuple[
         group = [v for v in values[start : start + samples_per_prompt] if math.isfinite(v)]
         means.append(sum(group) / len(group) if group else float("nan"))
     return tuple(means)
+
+
+def migrate_checkpoint_dir(checkpoint_dir: Path, old_dir: Path) -> bool:
+    """Rename a checkpoint directory of an older release (``ppo-checkpoint``) to ``checkpoint_dir``,
+    so a round it interrupted resumes; True if one was moved. A checkpoint already at the new
+    name wins (the old one is left for the operator)."""
+    if not old_dir.is_dir() or checkpoint_dir.exists():
+        return False
+    old_dir.rename(checkpoint_dir)
+    log.warning(
+        "moved the policy checkpoint to its new directory name",
+        extra={"from": str(old_dir), "to": str(checkpoint_dir)},
+    )
+    return True
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -106,7 +120,7 @@ class PolicyRounds:
         self._recover_interrupted_checkpoint()
 
     def _recover_interrupted_checkpoint(self) -> None:
-        """ppo_checkpoint.atomic_dir moves the old checkpoint aside before moving the
+        """checkpoint.atomic_dir moves the old checkpoint aside before moving the
         new one in; a kill between the two renames leaves only ``.<name>.old-<pid>``.
         Put it back, and drop half-written temporary directories."""
         parent, name = self.checkpoint_dir.parent, self.checkpoint_dir.name
@@ -115,7 +129,7 @@ class PolicyRounds:
         for old in sorted(parent.glob(f".{name}.old-*")):
             if not self.checkpoint_dir.exists() and (old / STATE_FILE).is_file():
                 old.rename(self.checkpoint_dir)
-                log.warning("recovered the PPO checkpoint from an interrupted write", extra={"from": str(old)})
+                log.warning("recovered the policy checkpoint from an interrupted write", extra={"from": str(old)})
             else:
                 shutil.rmtree(old, ignore_errors=True)
         for tmp in parent.glob(f".{name}.tmp-*"):
@@ -226,7 +240,7 @@ class PolicyRounds:
 
     def run_step(self, prompts: Sequence[str], demonstrations: Sequence[tuple[str, str]]) -> Any:
         """One step on ``trainer.prompts_per_step`` prompts drawn from ``prompts``; checkpointed.
-        Returns the method's stats (PPOStats; DPO/KTO: PreferenceStats)."""
+        Returns the method's stats (PolicyUpdateStats; DPO/KTO: PreferenceStats)."""
         trainer = self.ensure_trainer()
         batch = [self.rng.choice(list(prompts)) for _ in range(trainer.prompts_per_step)]
         if self.coordinator is not None:

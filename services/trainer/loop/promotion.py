@@ -35,7 +35,7 @@ from typing import Any
 from services.trainer import metrics as tm
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.kafka import events
-from shared.kafka.io import produce_event
+from shared.kafka.producer import produce_event
 from shared.models.store import KINDS, ModelStore, ModelStoreError, version_number
 from shared.proto.rlhf.v1 import common_pb2, events_pb2
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer.data.ledger import Comparison
+from services.trainer.data.training_sets import Comparison
 from services.trainer.loop.heldout import HeldoutSplit
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def pair_weights(comparisons: Sequence[Comparison]) -> list[float] | None:
 
 def heldout_accuracy(model, tokenizer, heldout: Sequence[Comparison]) -> float:
     """Weighted pairwise accuracy on held-out comparisons."""
-    from shared.models.reward.model import pairwise_accuracy
+    from shared.models.reward.scoring import pairwise_accuracy
 
     return pairwise_accuracy(model, tokenizer, as_pairs(heldout), weights=pair_weights(heldout))
 
@@ -91,7 +91,7 @@ def apply_ensemble_settings(model, settings: RewardUpdateSettings, version: str)
     ``conservative_k``) when they differ; returns the settings to send to other
     ranks (empty when nothing changed). A sequence-classification model keeps its one head."""
     from shared.models.reward.ensemble import resize_ensemble
-    from shared.models.reward.model import RewardModel
+    from shared.models.reward.minilm import RewardModel
 
     wanted = (settings.ensemble_size, settings.conservative_k)
     if (model.ensemble_size, model.head_config.conservative_k) == wanted:
@@ -166,8 +166,8 @@ def update_reward_model(
 
     from services.trainer.supervised.reward_training import TrainingInterrupted
     from shared.models.reward.ensemble import describe_score
-    from shared.models.reward.model import ONNX_FILE, load_reward_model, save_reward_model
-    from shared.models.reward.onnx_export import export_verified_onnx
+    from shared.models.reward.format import load_reward_model, save_reward_model
+    from shared.models.reward.onnx_export import ONNX_FILE, export_verified_onnx
 
     torch.set_num_threads(threads)
     train = split.split_pairs(list(new_comparisons), lambda c: c.prompt)[0]

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
+from services.trainer.methods.ppo.ppo_trainer import PPOTrainer
 from services.trainer.parallel.group import DataParallel
-from services.trainer.ppo.ppo_trainer import PPOTrainer
 
 log = logging.getLogger(__name__)
 

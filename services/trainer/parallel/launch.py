@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from services.trainer.config import TrainerConfig
-from services.trainer.loop.policy_methods import DATA_PARALLEL_METHODS
+from services.trainer.methods.registry import DATA_PARALLEL_METHODS
 from services.trainer.parallel.coordinator import Coordinator
 from services.trainer.parallel.group import DataParallel, exit_rank
 from services.trainer.parallel.worker import run_worker

@@ -20,10 +20,10 @@ import threading
 from typing import Any
 
 from services.trainer.config import TrainerConfig
+from services.trainer.methods.ppo.ppo_config import PPOConfig
+from services.trainer.methods.ppo.ppo_trainer import PPOTrainer, RewardFn
 from services.trainer.parallel.coordinator import sync_ppo_state
 from services.trainer.parallel.group import DataParallel, RanksFailedTogether
-from services.trainer.ppo.ppo_config import PPOConfig
-from services.trainer.ppo.ppo_trainer import PPOTrainer, RewardFn
 from shared.models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Worker:
 
     def _train_reward(self, version: str, pairs: list[list[str]], settings: dict[str, Any]) -> None:
         from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
-        from shared.models.reward.model import load_reward_model
+        from shared.models.reward.format import load_reward_model
 
         model, tokenizer = load_reward_model(self.store.open_version("reward", version))
         if "ensemble_size" in settings:  # rank 0 resized the heads (reward_update.apply_ensemble_settings)

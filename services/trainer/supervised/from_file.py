@@ -244,8 +244,9 @@ def reward_from_file(
     import torch
 
     from services.trainer.supervised.reward_training import train_reward_model
-    from shared.models.reward.model import ONNX_FILE, load_reward_model, pairwise_accuracy, save_reward_model
-    from shared.models.reward.onnx_export import export_verified_onnx
+    from shared.models.reward.format import load_reward_model, save_reward_model
+    from shared.models.reward.onnx_export import ONNX_FILE, export_verified_onnx
+    from shared.models.reward.scoring import pairwise_accuracy
 
     path = Path(data_path)
     base = resolve_base(store, "reward", base)

@@ -5,7 +5,7 @@ reward trainer; optionally weighted per pair (the online trainer down-weights
 users who send more than their share of the feedback,
 services.trainer.data.fair_share). Used by the bootstrap (step 3) and by the online trainer on
 preferences from the feedback ledger: both call :func:`train_reward_model`
-with a reward model of either format (shared.models.reward.model) and a list of
+with a reward model of either format (shared.models.reward.format) and a list of
 (prompt, chosen, rejected).
 
 Two paths. The MiniLM RewardModel freezes its lower layers and caches their
@@ -40,9 +40,11 @@ from tqdm.auto import tqdm
 
 from services.trainer.parallel.group import DataParallel
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
-from services.trainer.supervised.pretrain import lr_at
+from services.trainer.supervised.schedule import lr_at
+from shared.models.reward.encoding import encode_pairs
 from shared.models.reward.ensemble import ensemble_bradley_terry_loss, member_weights
-from shared.models.reward.model import RewardModel, encode_pairs, pairwise_accuracy
+from shared.models.reward.minilm import RewardModel
+from shared.models.reward.scoring import pairwise_accuracy
 
 Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
 

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
-from services.trainer.supervised.pretrain import lr_at
+from services.trainer.supervised.schedule import lr_at
 from shared.models.prompting import encode_demonstration_ids, keep_last_tokens
 
 IGNORE_INDEX = -100  # cross_entropy skips these label positions

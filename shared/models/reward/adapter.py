@@ -3,10 +3,11 @@
 :class:`SequenceClassificationReward` wraps any ``AutoModelForSequenceClassification``
 whose config has ``num_labels == 1`` (a BERT/DeBERTa cross-encoder, a
 Llama/GPT-2-style model with a score head, ...) so it looks to the platform
-like the MiniLM :class:`shared.models.reward.model.RewardModel`: ``forward(input_ids,
-attention_mask) -> scores [batch]`` and a ``head_config``. Loading, saving,
-scoring, ONNX export and training go through shared.models.reward.model, which
-dispatches on the ``format`` recorded in ``reward_config.json``.
+like the MiniLM :class:`shared.models.reward.minilm.RewardModel`: ``forward(input_ids,
+attention_mask) -> scores [batch]`` and a ``head_config``. Loading and saving
+go through shared.models.reward.format, which dispatches on the ``format``
+recorded in ``reward_config.json``; scoring, ONNX export and training treat
+both alike.
 
 On disk (format ``hf-sequence-classification``): what ``save_pretrained``
 writes (config.json, safetensors weights, possibly sharded), the tokenizer
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from shared.models.reward.model import REWARD_CONFIG_FILE, RewardHeadConfig, write_reward_config
+from shared.models.reward.head_config import REWARD_CONFIG_FILE, RewardHeadConfig, write_reward_config
 
 HF_FORMAT = "hf-sequence-classification"
 # Longest input scored by default: beyond this the CPU cost per pair grows
@@ -76,7 +77,7 @@ def pair_segment_token(tokenizer, config) -> int | None:
     pairs (BERT-style: type_vocab_size > 1 and the tokenizer marks the second
     text with type 1), else None. The adapter then rebuilds token types inside
     forward(), so ONNX and the service keep two inputs."""
-    from shared.models.reward.model import uses_text_pairs
+    from shared.models.reward.encoding import uses_text_pairs
 
     if getattr(config, "type_vocab_size", 0) <= 1 or not uses_text_pairs(tokenizer):
         return None

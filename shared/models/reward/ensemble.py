@@ -110,19 +110,10 @@ def describe_score(ensemble_size: int, conservative_k: float) -> str:
 @torch.no_grad()
 def score_members(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64):
     """Member scores [n, K] of (prompt, response) pairs, in order (K = 1 for a single head)."""
-    from shared.models.reward.model import encode_pairs
+    from shared.models.reward.encoding import encoded_batches
 
     model.eval()
-    rows = []
-    for start in range(0, len(prompts), batch_size):
-        batch = encode_pairs(
-            tokenizer,
-            prompts[start : start + batch_size],
-            responses[start : start + batch_size],
-            model.head_config.max_length,
-            frame=model.head_config.frame,
-        )
-        rows.append(model.member_scores(**batch))
+    rows = [model.member_scores(**batch) for batch in encoded_batches(model, tokenizer, prompts, responses, batch_size)]
     return torch.cat(rows) if rows else torch.zeros((0, model.ensemble_size))
 
 

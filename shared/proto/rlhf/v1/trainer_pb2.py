@@ -27,7 +27,7 @@ from shared.proto.rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 from shared.proto.rlhf.v1 import events_pb2 as rlhf_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rlhf/v1/trainer.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14rlhf/v1/common.proto\x1a\x14rlhf/v1/events.proto\"\x12\n\x10GetStatusRequest\"i\n\x0ePromoteRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x04 \x01(\x01\"W\n\x0fRollbackRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x12\n\nto_version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1e\n\x0cPauseRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0f\n\rResumeRequest\"\xca\x01\n\x08PPOStats\x12\x13\n\x0bmean_reward\x18\x01 \x01(\x01\x12\n\n\x02kl\x18\x02 \x01(\x01\x12\x0f\n\x07kl_coef\x18\x03 \x01(\x01\x12\x13\n\x0bpolicy_loss\x18\x04 \x01(\x01\x12\x12\n\nvalue_loss\x18\x05 \x01(\x01\x12\x15\n\rclip_fraction\x18\x06 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x07 \x01(\x01\x12\x11\n\tapprox_kl\x18\x08 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\t \x01(\x01\x12\x0c\n\x04step\x18\n \x01(\x03\"\xfe\x01\n\x0f\x43\x61ndidateReport\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08promoted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x36\n\x07metrics\x18\x05 \x03(\x0b\x32%.rlhf.v1.CandidateReport.MetricsEntry\x12.\n\ndecided_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8e\x01\n\rHeldoutStatus\x12\x14\n\x0cgate_prompts\x18\x01 \x01(\x03\x12\x1d\n\x15gate_prompts_required\x18\x02 \x01(\x03\x12\x14\n\x0creward_pairs\x18\x03 \x01(\x03\x12\x1d\n\x15reward_pairs_required\x18\x04 \x01(\x03\x12\x13\n\x0bwaiting_for\x18\x05 \x01(\t\"\xcd\x04\n\rTrainerStatus\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.rlhf.v1.TrainerState\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x16\n\x0ereward_version\x18\x03 \x01(\t\x12\x43\n\x0f\x66\x65\x65\x64\x62\x61\x63k_counts\x18\x04 \x03(\x0b\x32*.rlhf.v1.TrainerStatus.FeedbackCountsEntry\x12\x18\n\x10generations_seen\x18\x05 \x01(\x03\x12\x1d\n\x15\x66\x65\x65\x64\x62\x61\x63k_pending_join\x18\x06 \x01(\x03\x12#\n\x08last_ppo\x18\x07 \x01(\x0b\x32\x11.rlhf.v1.PPOStats\x12\x33\n\x11recent_candidates\x18\x08 \x03(\x0b\x32\x18.rlhf.v1.CandidateReport\x12\x14\n\x0cpause_reason\x18\t \x01(\t\x12=\n\x0c\x63onsumer_lag\x18\n \x03(\x0b\x32\'.rlhf.v1.TrainerStatus.ConsumerLagEntry\x12\'\n\x07heldout\x18\x0b \x01(\x0b\x32\x16.rlhf.v1.HeldoutStatus\x12%\n\x06\x63\x61nary\x18\x0c \x01(\x0b\x32\x15.rlhf.v1.CanaryStatus\x1a\x35\n\x13\x46\x65\x65\x64\x62\x61\x63kCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x32\n\x10\x43onsumerLagEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc8\x02\n\x0c\x43\x61naryStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0estable_version\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x61nary_feedback\x18\x06 \x01(\x03\x12\x17\n\x0fstable_feedback\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61nary_score\x18\x08 \x01(\x01\x12\x14\n\x0cstable_score\x18\t \x01(\x01\x12\x12\n\ndifference\x18\n \x01(\x01\x12\x16\n\x0estandard_error\x18\x0b \x01(\x01\x12\x14\n\x0cmin_feedback\x18\x0c \x01(\x03\x12.\n\nstarted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x0e \x01(\x08*\xdf\x01\n\x0cTrainerState\x12\x1d\n\x19TRAINER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINER_STATE_STARTING\x10\x01\x12\x16\n\x12TRAINER_STATE_IDLE\x10\x02\x12!\n\x1dTRAINER_STATE_TRAINING_REWARD\x10\x03\x12!\n\x1dTRAINER_STATE_TRAINING_POLICY\x10\x04\x12\x1c\n\x18TRAINER_STATE_EVALUATING\x10\x05\x12\x18\n\x14TRAINER_STATE_PAUSED\x10\x06\x32\xc2\x02\n\x0eTrainerService\x12>\n\tGetStatus\x12\x19.rlhf.v1.GetStatusRequest\x1a\x16.rlhf.v1.TrainerStatus\x12=\n\x07Promote\x12\x17.rlhf.v1.PromoteRequest\x1a\x19.rlhf.v1.ModelUpdateEvent\x12?\n\x08Rollback\x12\x18.rlhf.v1.RollbackRequest\x1a\x19.rlhf.v1.ModelUpdateEvent\x12\x36\n\x05Pause\x12\x15.rlhf.v1.PauseRequest\x1a\x16.rlhf.v1.TrainerStatus\x12\x38\n\x06Resume\x12\x16.rlhf.v1.ResumeRequest\x1a\x16.rlhf.v1.TrainerStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rlhf/v1/trainer.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14rlhf/v1/common.proto\x1a\x14rlhf/v1/events.proto\"\x12\n\x10GetStatusRequest\"i\n\x0ePromoteRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x04 \x01(\x01\"W\n\x0fRollbackRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x12\n\nto_version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1e\n\x0cPauseRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0f\n\rResumeRequest\"\xd3\x01\n\x11PolicyUpdateStats\x12\x13\n\x0bmean_reward\x18\x01 \x01(\x01\x12\n\n\x02kl\x18\x02 \x01(\x01\x12\x0f\n\x07kl_coef\x18\x03 \x01(\x01\x12\x13\n\x0bpolicy_loss\x18\x04 \x01(\x01\x12\x12\n\nvalue_loss\x18\x05 \x01(\x01\x12\x15\n\rclip_fraction\x18\x06 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x07 \x01(\x01\x12\x11\n\tapprox_kl\x18\x08 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\t \x01(\x01\x12\x0c\n\x04step\x18\n \x01(\x03\"\xfe\x01\n\x0f\x43\x61ndidateReport\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rlhf.v1.ModelKind\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08promoted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x36\n\x07metrics\x18\x05 \x03(\x0b\x32%.rlhf.v1.CandidateReport.MetricsEntry\x12.\n\ndecided_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8e\x01\n\rHeldoutStatus\x12\x14\n\x0cgate_prompts\x18\x01 \x01(\x03\x12\x1d\n\x15gate_prompts_required\x18\x02 \x01(\x03\x12\x14\n\x0creward_pairs\x18\x03 \x01(\x03\x12\x1d\n\x15reward_pairs_required\x18\x04 \x01(\x03\x12\x13\n\x0bwaiting_for\x18\x05 \x01(\t\"\xf0\x04\n\rTrainerStatus\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.rlhf.v1.TrainerState\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x16\n\x0ereward_version\x18\x03 \x01(\t\x12\x43\n\x0f\x66\x65\x65\x64\x62\x61\x63k_counts\x18\x04 \x03(\x0b\x32*.rlhf.v1.TrainerStatus.FeedbackCountsEntry\x12\x18\n\x10generations_seen\x18\x05 \x01(\x03\x12\x1d\n\x15\x66\x65\x65\x64\x62\x61\x63k_pending_join\x18\x06 \x01(\x03\x12\x33\n\x11recent_candidates\x18\x08 \x03(\x0b\x32\x18.rlhf.v1.CandidateReport\x12\x14\n\x0cpause_reason\x18\t \x01(\t\x12=\n\x0c\x63onsumer_lag\x18\n \x03(\x0b\x32\'.rlhf.v1.TrainerStatus.ConsumerLagEntry\x12\'\n\x07heldout\x18\x0b \x01(\x0b\x32\x16.rlhf.v1.HeldoutStatus\x12%\n\x06\x63\x61nary\x18\x0c \x01(\x0b\x32\x15.rlhf.v1.CanaryStatus\x12\x36\n\x12last_policy_update\x18\r \x01(\x0b\x32\x1a.rlhf.v1.PolicyUpdateStats\x1a\x35\n\x13\x46\x65\x65\x64\x62\x61\x63kCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x32\n\x10\x43onsumerLagEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01J\x04\x08\x07\x10\x08R\x08last_ppo\"\xc8\x02\n\x0c\x43\x61naryStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0estable_version\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x61nary_feedback\x18\x06 \x01(\x03\x12\x17\n\x0fstable_feedback\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61nary_score\x18\x08 \x01(\x01\x12\x14\n\x0cstable_score\x18\t \x01(\x01\x12\x12\n\ndifference\x18\n \x01(\x01\x12\x16\n\x0estandard_error\x18\x0b \x01(\x01\x12\x14\n\x0cmin_feedback\x18\x0c \x01(\x03\x12.\n\nstarted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x0e \x01(\x08*\xdf\x01\n\x0cTrainerState\x12\x1d\n\x19TRAINER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINER_STATE_STARTING\x10\x01\x12\x16\n\x12TRAINER_STATE_IDLE\x10\x02\x12!\n\x1dTRAINER_STATE_TRAINING_REWARD\x10\x03\x12!\n\x1dTRAINER_STATE_TRAINING_POLICY\x10\x04\x12\x1c\n\x18TRAINER_STATE_EVALUATING\x10\x05\x12\x18\n\x14TRAINER_STATE_PAUSED\x10\x06\x32\xc2\x02\n\x0eTrainerService\x12>\n\tGetStatus\x12\x19.rlhf.v1.GetStatusRequest\x1a\x16.rlhf.v1.TrainerStatus\x12=\n\x07Promote\x12\x17.rlhf.v1.PromoteRequest\x1a\x19.rlhf.v1.ModelUpdateEvent\x12?\n\x08Rollback\x12\x18.rlhf.v1.RollbackRequest\x1a\x19.rlhf.v1.ModelUpdateEvent\x12\x36\n\x05Pause\x12\x15.rlhf.v1.PauseRequest\x1a\x16.rlhf.v1.TrainerStatus\x12\x38\n\x06Resume\x12\x16.rlhf.v1.ResumeRequest\x1a\x16.rlhf.v1.TrainerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINERSTATUS_FEEDBACKCOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_TRAINERSTATUS_CONSUMERLAGENTRY']._loaded_options = None
   _globals['_TRAINERSTATUS_CONSUMERLAGENTRY']._serialized_options = b'8\001'
-  _globals['_TRAINERSTATE']._serialized_start=1907
-  _globals['_TRAINERSTATE']._serialized_end=2130
+  _globals['_TRAINERSTATE']._serialized_start=1951
+  _globals['_TRAINERSTATE']._serialized_end=2174
   _globals['_GETSTATUSREQUEST']._serialized_start=111
   _globals['_GETSTATUSREQUEST']._serialized_end=129
   _globals['_PROMOTEREQUEST']._serialized_start=131
@@ -52,22 +52,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAUSEREQUEST']._serialized_end=357
   _globals['_RESUMEREQUEST']._serialized_start=359
   _globals['_RESUMEREQUEST']._serialized_end=374
-  _globals['_PPOSTATS']._serialized_start=377
-  _globals['_PPOSTATS']._serialized_end=579
-  _globals['_CANDIDATEREPORT']._serialized_start=582
-  _globals['_CANDIDATEREPORT']._serialized_end=836
-  _globals['_CANDIDATEREPORT_METRICSENTRY']._serialized_start=790
-  _globals['_CANDIDATEREPORT_METRICSENTRY']._serialized_end=836
-  _globals['_HELDOUTSTATUS']._serialized_start=839
-  _globals['_HELDOUTSTATUS']._serialized_end=981
-  _globals['_TRAINERSTATUS']._serialized_start=984
-  _globals['_TRAINERSTATUS']._serialized_end=1573
-  _globals['_TRAINERSTATUS_FEEDBACKCOUNTSENTRY']._serialized_start=1468
-  _globals['_TRAINERSTATUS_FEEDBACKCOUNTSENTRY']._serialized_end=1521
-  _globals['_TRAINERSTATUS_CONSUMERLAGENTRY']._serialized_start=1523
-  _globals['_TRAINERSTATUS_CONSUMERLAGENTRY']._serialized_end=1573
-  _globals['_CANARYSTATUS']._serialized_start=1576
-  _globals['_CANARYSTATUS']._serialized_end=1904
-  _globals['_TRAINERSERVICE']._serialized_start=2133
-  _globals['_TRAINERSERVICE']._serialized_end=2455
+  _globals['_POLICYUPDATESTATS']._serialized_start=377
+  _globals['_POLICYUPDATESTATS']._serialized_end=588
+  _globals['_CANDIDATEREPORT']._serialized_start=591
+  _globals['_CANDIDATEREPORT']._serialized_end=845
+  _globals['_CANDIDATEREPORT_METRICSENTRY']._serialized_start=799
+  _globals['_CANDIDATEREPORT_METRICSENTRY']._serialized_end=845
+  _globals['_HELDOUTSTATUS']._serialized_start=848
+  _globals['_HELDOUTSTATUS']._serialized_end=990
+  _globals['_TRAINERSTATUS']._serialized_start=993
+  _globals['_TRAINERSTATUS']._serialized_end=1617
+  _globals['_TRAINERSTATUS_FEEDBACKCOUNTSENTRY']._serialized_start=1496
+  _globals['_TRAINERSTATUS_FEEDBACKCOUNTSENTRY']._serialized_end=1549
+  _globals['_TRAINERSTATUS_CONSUMERLAGENTRY']._serialized_start=1551
+  _globals['_TRAINERSTATUS_CONSUMERLAGENTRY']._serialized_end=1601
+  _globals['_CANARYSTATUS']._serialized_start=1620
+  _globals['_CANARYSTATUS']._serialized_end=1948
+  _globals['_TRAINERSERVICE']._serialized_start=2177
+  _globals['_TRAINERSERVICE']._serialized_end=2499
 # @@protoc_insertion_point(module_scope)

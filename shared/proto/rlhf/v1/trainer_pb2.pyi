@@ -65,7 +65,7 @@ class ResumeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class PPOStats(_message.Message):
+class PolicyUpdateStats(_message.Message):
     __slots__ = ("mean_reward", "kl", "kl_coef", "policy_loss", "value_loss", "clip_fraction", "entropy", "approx_kl", "samples_per_second", "step")
     MEAN_REWARD_FIELD_NUMBER: _ClassVar[int]
     KL_FIELD_NUMBER: _ClassVar[int]
@@ -127,7 +127,7 @@ class HeldoutStatus(_message.Message):
     def __init__(self, gate_prompts: _Optional[int] = ..., gate_prompts_required: _Optional[int] = ..., reward_pairs: _Optional[int] = ..., reward_pairs_required: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
 
 class TrainerStatus(_message.Message):
-    __slots__ = ("state", "policy_version", "reward_version", "feedback_counts", "generations_seen", "feedback_pending_join", "last_ppo", "recent_candidates", "pause_reason", "consumer_lag", "heldout", "canary")
+    __slots__ = ("state", "policy_version", "reward_version", "feedback_counts", "generations_seen", "feedback_pending_join", "recent_candidates", "pause_reason", "consumer_lag", "heldout", "canary", "last_policy_update")
     class FeedbackCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,25 +148,25 @@ class TrainerStatus(_message.Message):
     FEEDBACK_COUNTS_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_SEEN_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_PENDING_JOIN_FIELD_NUMBER: _ClassVar[int]
-    LAST_PPO_FIELD_NUMBER: _ClassVar[int]
     RECENT_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     PAUSE_REASON_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_LAG_FIELD_NUMBER: _ClassVar[int]
     HELDOUT_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
+    LAST_POLICY_UPDATE_FIELD_NUMBER: _ClassVar[int]
     state: TrainerState
     policy_version: str
     reward_version: str
     feedback_counts: _containers.ScalarMap[str, int]
     generations_seen: int
     feedback_pending_join: int
-    last_ppo: PPOStats
     recent_candidates: _containers.RepeatedCompositeFieldContainer[CandidateReport]
     pause_reason: str
     consumer_lag: _containers.ScalarMap[str, int]
     heldout: HeldoutStatus
     canary: CanaryStatus
-    def __init__(self, state: _Optional[_Union[TrainerState, str]] = ..., policy_version: _Optional[str] = ..., reward_version: _Optional[str] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., generations_seen: _Optional[int] = ..., feedback_pending_join: _Optional[int] = ..., last_ppo: _Optional[_Union[PPOStats, _Mapping]] = ..., recent_candidates: _Optional[_Iterable[_Union[CandidateReport, _Mapping]]] = ..., pause_reason: _Optional[str] = ..., consumer_lag: _Optional[_Mapping[str, int]] = ..., heldout: _Optional[_Union[HeldoutStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ...) -> None: ...
+    last_policy_update: PolicyUpdateStats
+    def __init__(self, state: _Optional[_Union[TrainerState, str]] = ..., policy_version: _Optional[str] = ..., reward_version: _Optional[str] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., generations_seen: _Optional[int] = ..., feedback_pending_join: _Optional[int] = ..., recent_candidates: _Optional[_Iterable[_Union[CandidateReport, _Mapping]]] = ..., pause_reason: _Optional[str] = ..., consumer_lag: _Optional[_Mapping[str, int]] = ..., heldout: _Optional[_Union[HeldoutStatus, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ..., last_policy_update: _Optional[_Union[PolicyUpdateStats, _Mapping]] = ...) -> None: ...
 
 class CanaryStatus(_message.Message):
     __slots__ = ("version", "stable_version", "share", "decision", "detail", "canary_feedback", "stable_feedback", "canary_score", "stable_score", "difference", "standard_error", "min_feedback", "started_at", "active")
