@@ -56,6 +56,13 @@ class Manifest:
     files: dict[str, str]
     eval_metrics: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    # A LoRA adapter version names the full-weights version it applies to (shared.models.adapters);
+    # empty for full weights.
+    base_version: str = ""
+
+    @property
+    def is_adapter(self) -> bool:
+        return bool(self.base_version)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -71,6 +78,7 @@ class Manifest:
             files=dict(data["files"]),
             eval_metrics={k: float(v) for k, v in data.get("eval_metrics", {}).items()},
             notes=dict(data.get("notes", {})),
+            base_version=str(data.get("base_version", "")),
         )
 
 
@@ -155,9 +163,20 @@ class ModelStore:
         parent_version: str = "",
         eval_metrics: dict[str, float] | None = None,
         notes: dict[str, str] | None = None,
+        base_version: str = "",
     ) -> Manifest:
         """Create the next version: ``fill(tmp_dir)`` writes the files, then the
-        manifest is written and the directory renamed into place atomically."""
+        manifest is written and the directory renamed into place atomically.
+
+        ``base_version`` makes it an adapter on that version, which must be a
+        complete full-weights version of the same kind (adapters do not stack)."""
+        if base_version:
+            base = self.manifest(kind, base_version)
+            if base.is_adapter:
+                raise ModelStoreError(
+                    f"{kind} {base_version} is itself an adapter on {base.base_version}: "
+                    "an adapter applies to a full-weights version"
+                )
         kdir = self.kind_dir(kind)
         kdir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=kdir))
@@ -185,6 +204,7 @@ class ModelStore:
                     files=files,
                     eval_metrics=dict(eval_metrics or {}),
                     notes=dict(notes or {}),
+                    base_version=base_version,
                 )
                 (tmp / MANIFEST).write_text(manifest.to_json())
                 _fsync_dir(tmp)
@@ -214,6 +234,8 @@ class ModelStore:
             manifest = Manifest.from_json(path.read_text())
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelStoreError(f"{path} is not a valid manifest: {exc}") from exc
+        if manifest.base_version:
+            version_number(manifest.base_version)  # a name from a file on a shared volume
         if (manifest.kind, manifest.version) != (kind, version):
             raise ModelStoreError(
                 f"{path} says it is {manifest.kind} {manifest.version}, not {kind} {version}: refusing it"
