@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import env
-from shared.config import ServiceConfig, load_config
+from shared.config import load_config
 from shared.grpc.healthcheck import health_status
 from shared.grpc.tls import client_tls_from_env
 from shared.kafka.admin import ensure_topics
 from shared.kafka.broker import EMBEDDED_GROUP_TIMING_ENV, EmbeddedBroker
+from shared.service_config import ServiceConfig
 
 # name -> (gRPC port, metrics port): the services' own defaults.
 SERVICE_PORTS = {

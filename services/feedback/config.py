@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared import env
-from shared.config import ServiceConfig, check, setting
+from shared.config import check, setting
 from shared.feedback_rules import FeedbackLimits
+from shared.service_config import ServiceConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from services.policy.engine import EngineSettings
 from services.policy.sampling import SamplingDefaults
 from shared import env
-from shared.config import ServiceConfig, check, setting
+from shared.config import check, setting
+from shared.service_config import ServiceConfig
 
 
 @dataclass(frozen=True)
@@ -141,4 +142,5 @@ class PolicyConfig(ServiceConfig):
             continuous_batching=self.continuous_batching,
             max_chat_messages=self.max_chat_messages,
             stream_interval=self.stream_interval,
+            sampling=self.sampling_defaults,
         )

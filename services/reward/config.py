@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from services.reward.scorer import BACKENDS, RewardLimits
 from shared import env
-from shared.config import ServiceConfig, check, setting
+from shared.config import check, setting
+from shared.service_config import ServiceConfig
 
 
 @dataclass(frozen=True)

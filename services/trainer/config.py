@@ -19,7 +19,8 @@ from services.trainer.data.fair_share import UserCaps
 from services.trainer.methods.base_config import MethodConfig
 from services.trainer.methods.registry import POLICY_METHODS, REGISTRY
 from shared import env
-from shared.config import Renamed, ServiceConfig, check, nested, setting
+from shared.config import Renamed, check, nested, setting
+from shared.service_config import ServiceConfig
 
 # The policy checkpoint's directory under --state-dir, and its name before this release (migrated on start).
 POLICY_CHECKPOINT_DIR = "policy-checkpoint"

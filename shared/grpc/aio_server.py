@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from shared.config import ServiceConfig
 from shared.grpc import calls
 from shared.grpc.auth import TokenRegistry, principal_var
 from shared.grpc.calls import REQUEST_ID_HEADER
@@ -39,6 +38,7 @@ from shared.grpc.lifecycle import (
     wants_health_port,
 )
 from shared.logs import request_id_var
+from shared.service_config import ServiceConfig
 
 
 class AioCallInterceptor(grpc.aio.ServerInterceptor):

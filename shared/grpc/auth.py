@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shared.config import ServiceConfig
+    from shared.service_config import ServiceConfig
 
 BEARER_PREFIX = "Bearer "
 

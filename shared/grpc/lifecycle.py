@@ -23,9 +23,9 @@ from typing import Any
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared.config import ServiceConfig
 from shared.grpc.auth import TokenRegistry
 from shared.grpc.tls import ServerTLS, server_tls
+from shared.service_config import ServiceConfig
 
 log = logging.getLogger(__name__)
 

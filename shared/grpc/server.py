@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health
 
-from shared.config import ServiceConfig
 from shared.grpc import calls
 from shared.grpc.auth import Principal, TokenRegistry, principal_var
 from shared.grpc.calls import REQUEST_ID_HEADER, RETRY_AFTER_HEADER
@@ -36,6 +35,7 @@ from shared.grpc.lifecycle import (
     wants_health_port,
 )
 from shared.logs import request_id_var
+from shared.service_config import ServiceConfig
 
 # Importers of this module have always found these here (the front door, tests).
 __all__ = [

@@ -23,7 +23,7 @@ from shared import env
 if TYPE_CHECKING:  # grpc is imported where credentials are made: the rlhf CLI's --help stays fast
     import grpc
 
-    from shared.config import ServiceConfig
+    from shared.service_config import ServiceConfig
 
 SYSTEM_ROOTS = "system"
 

@@ -20,9 +20,9 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from shared import metrics
-from shared.config import KAFKA_HEARTBEAT_INTERVAL_MS, KAFKA_MAX_POLL_INTERVAL_MS, KAFKA_SESSION_TIMEOUT_MS
 from shared.kafka import events
 from shared.kafka.deadletter import DeadLetterProducer
+from shared.service_config import KAFKA_HEARTBEAT_INTERVAL_MS, KAFKA_MAX_POLL_INTERVAL_MS, KAFKA_SESSION_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
 

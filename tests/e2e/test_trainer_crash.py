@@ -22,12 +22,12 @@ import grpc
 import pytest
 
 from demo.world import format_prompt
-from shared.config import ServiceConfig
 from shared.grpc.server import GrpcServer, ServiceBinding
 from shared.kafka import events
 from shared.kafka.producer import create_producer, produce_event
 from shared.models.store import ModelStore
 from shared.proto.rlhf.v1 import events_pb2, reward_pb2, reward_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from shared.service_config import ServiceConfig
 from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from rlhf_cli.main import main as rlhf_main
 from rlhf_cli.stack import health_status
 from services.trainer.reward_client import RewardClient
 from shared import env
-from shared.config import ServiceConfig, log_config
+from shared.config import log_config
 from shared.grpc.auth import current_principal
 from shared.grpc.channels import open_channel
 from shared.grpc.server import GrpcServer, ServiceBinding
@@ -31,6 +31,7 @@ from shared.proto.rlhf.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
+from shared.service_config import ServiceConfig
 from tests.tls_certs import NAMED_SERVER, Pki, make_pki
 
 APP_TOKEN = "app-token-0123456789abcdef"

@@ -13,11 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from shared import errors
-from shared.config import ServiceConfig
 from shared.grpc.server import REQUEST_ID_HEADER, RETRY_AFTER_HEADER, GrpcServer, ServiceBinding
 from shared.logs import request_id_var
 from shared.metrics import start_metrics_server
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
+from shared.service_config import ServiceConfig
 from tests.helpers import wait_until
 
 SERVICE = "rlhf.v1.RewardService"

@@ -6,7 +6,8 @@ import pytest
 
 import services
 from shared import env
-from shared.config import ConfigError, ServiceConfig, config_parser, config_summary, load_config, nested, setting
+from shared.config import ConfigError, config_parser, config_summary, load_config, nested, setting
+from shared.service_config import ServiceConfig
 
 
 def test_defaults_without_flags_or_env(monkeypatch):

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from shared import env
-from shared.config import ConfigError, ServiceConfig, load_config
+from shared.config import ConfigError, load_config
 from shared.kafka import events
 from shared.models.store import CURRENT
+from shared.service_config import ServiceConfig
 from tests.deploy_checks import (
     OVERLAYS,
     ROOT,

@@ -20,11 +20,12 @@ from services.reward.config import RewardConfig
 from services.trainer.config import TrainerConfig
 from services.trainer.data.ingest import FeedbackIngest
 from services.trainer.data.ledger import FeedbackLedger
-from shared.config import ConfigError, ServiceConfig
+from shared.config import ConfigError
 from shared.kafka.consumer import ConsumerSettings, EventConsumerLoop
 from shared.kafka.deadletter import DeadLetterProducer
 from shared.models.store import ModelStore
 from shared.models.update_follower import ModelUpdateFollower
+from shared.service_config import ServiceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP_MIN_SESSION_TIMEOUT_MS = 6_000

@@ -10,12 +10,13 @@ import pytest
 
 from services.feedback.gateway import bind_user_id
 from shared import env
-from shared.config import ConfigError, ServiceConfig, config_summary, load_config
+from shared.config import ConfigError, config_summary, load_config
 from shared.errors import PermissionDenied
 from shared.grpc import auth
 from shared.grpc.auth import APPLICATION_METHODS, Principal, Role, TokenFileError, TokenRegistry, read_tokens_file
 from shared.grpc.tls import ClientTLS, client_tls, client_tls_from_env, read_pem, server_tls
 from shared.proto.rlhf.v1 import events_pb2, feedback_pb2, policy_pb2, reward_pb2, trainer_pb2
+from shared.service_config import ServiceConfig
 
 
 def sha(token: str) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer import metrics as tm
+from services.trainer.loop.canary_moves import CanaryMoves
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.kafka import events
 from shared.kafka.producer import produce_event
@@ -52,7 +53,7 @@ def kind_name(kind: int) -> str:
     raise InvalidArgument("kind", "set MODEL_KIND_POLICY or MODEL_KIND_REWARD")
 
 
-class Promoter:
+class Promoter(CanaryMoves):
     """Writes, points CURRENT and publishes; one change at a time.
 
     It owns its producer (made by ``producer_factory``) and replaces it after
@@ -104,9 +105,11 @@ class Promoter:
         expected_current: str | None = None,
         canary_share: float = 0.0,
         actor: str = "trainer gate",
+        base_version: str = "",
     ) -> events_pb2.ModelUpdateEvent:
         """Store a new version made by ``fill`` and make it current, or with ``canary_share``
-        > 0 start it as a canary for that share of users.
+        > 0 start it as a canary for that share of users. ``base_version``: ``fill`` writes a
+        LoRA adapter on that full-weights version (shared.models.adapters).
 
         ``expected_current``: refuse (FailedPrecondition) if an operator moved
         CURRENT since the candidate was trained from it. ``actor``: who or what
@@ -123,7 +126,12 @@ class Promoter:
             event_id = events.new_id()
             lineage = {"promoted_by": actor, "promotion_reason": reason, "promotion_event_id": event_id}
             manifest = self.store.write_version(
-                kind, fill, parent_version=parent_version, eval_metrics=eval_metrics, notes={**(notes or {}), **lineage}
+                kind,
+                fill,
+                parent_version=parent_version,
+                eval_metrics=eval_metrics,
+                notes={**(notes or {}), **lineage},
+                base_version=base_version,
             )
             # Not announced yet is fine here: the version is current (or the canary) and
             # announce_pending() keeps publishing it; retrying would store a duplicate.
@@ -224,100 +232,6 @@ class Promoter:
             )
         tm.ROLLBACKS.labels(kind).inc()
         return self._require_announced(update, announced)
-
-    # --- canary rollouts ------------------------------------------------------------------
-    def complete_canary(
-        self, kind: str, version: str, reason: str, metrics: dict[str, float]
-    ) -> events_pb2.ModelUpdateEvent:
-        """The canary ``version`` proved itself: make it CURRENT, remove the pointer, publish CANARY_COMPLETE."""
-        with self._lock:
-            self._announce_pending_locked()
-            stable = self._running_canary(kind, version).stable_version
-            self.store.set_current(kind, version)
-            self.store.clear_canary(kind)
-            update, _ = self._announce(
-                kind,
-                version,
-                stable,
-                events_pb2.MODEL_UPDATE_ACTION_CANARY_COMPLETE,
-                reason,
-                metrics,
-                actor="trainer canary judge",
-            )
-        tm.PROMOTIONS.labels(kind, "canary").inc()
-        return update
-
-    def rollback_canary(
-        self, kind: str, version: str, reason: str, metrics: dict[str, float]
-    ) -> events_pb2.ModelUpdateEvent:
-        """Withdraw the canary ``version``: remove the pointer, publish CANARY_ROLLBACK (CURRENT stays)."""
-        with self._lock:
-            self._announce_pending_locked()
-            self._running_canary(kind, version)
-            self.store.clear_canary(kind)
-            stable = self.store.current(kind) or ""
-            update, _ = self._announce(
-                kind,
-                stable,
-                version,
-                events_pb2.MODEL_UPDATE_ACTION_CANARY_ROLLBACK,
-                reason,
-                metrics,
-                actor="trainer canary judge",
-            )
-        tm.ROLLBACKS.labels(kind).inc()
-        return update
-
-    def _running_canary(self, kind: str, version: str):
-        pointer = self.store.canary(kind)
-        if pointer is None or pointer.version != version:
-            raise FailedPrecondition(f"the {kind} canary {version} is no longer running (an operator ended it)")
-        return pointer
-
-    def _check_canary_request(self, kind: str, version: str, current: str, share: float) -> None:
-        if kind != "policy":
-            raise InvalidArgument("canary_share", "only a policy can be served as a canary (users are routed to it)")
-        if not 0.0 < share < 1.0:
-            raise InvalidArgument("canary_share", f"must be between 0 and 1 (exclusive), got {share}")
-        if version == current:
-            raise InvalidArgument("version", f"{version} is already the current {kind} version")
-
-    def _start_canary(
-        self,
-        kind: str,
-        version: str,
-        stable: str,
-        share: float,
-        reason: str,
-        eval_metrics: dict[str, float],
-        *,
-        actor: str,
-        event_id: str = "",
-    ) -> tuple[events_pb2.ModelUpdateEvent, bool]:
-        """Point CANARY at ``version`` and publish CANARY_START; returns the event and whether Kafka acknowledged it."""
-        self.store.set_canary(kind, version, share, stable)
-        announced = self._announce(
-            kind,
-            version,
-            stable,
-            events_pb2.MODEL_UPDATE_ACTION_CANARY_START,
-            reason,
-            eval_metrics,
-            share,
-            actor=actor,
-            event_id=event_id,
-        )
-        tm.CANARY_DECISIONS.labels("started").inc()
-        return announced
-
-    def _end_canary_by_operator(self, kind: str):
-        """Remove a running canary's pointer (an operator's change supersedes it); returns it, or None."""
-        pointer = self.store.canary(kind)
-        if pointer is not None:
-            self.store.clear_canary(kind)
-            tm.CANARY_DECISIONS.labels("ended_by_operator").inc()
-            log.info("canary ended by an operator's change", extra={"kind": kind, "version": pointer.version})
-        return pointer
 
     @staticmethod
     def _require_announced(update: events_pb2.ModelUpdateEvent, announced: bool) -> events_pb2.ModelUpdateEvent:
