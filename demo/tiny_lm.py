@@ -14,11 +14,13 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, chat_template: str | None = None):
     """A byte-level BPE tokenizer (GPT-2 style) trained on ``texts``.
 
     EOS doubles as BOS; a separate PAD token keeps padding out of the loss.
-    Padding side is left, as batched generation needs.
+    Padding side is left, as batched generation needs. ``chat_template`` (the
+    demo's: demo.world.CHAT_TEMPLATE) is saved with it; without one, chat
+    messages are refused and only plain prompts are served.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -33,7 +35,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
         bos_token=EOS_TOKEN,
@@ -41,6 +43,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
         pad_token=PAD_TOKEN,
         padding_side="left",
     )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
 
 
 def new_gpt2(tokenizer, *, n_layer: int = 2, n_head: int = 4, n_embd: int = 128, n_positions: int = 256, seed: int = 0):

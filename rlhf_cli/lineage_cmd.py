@@ -1,10 +1,10 @@
 """`rlhf lineage`: what made a version, and which versions a user's feedback shaped.
 
 ``rlhf lineage KIND VERSION`` reads the model store: the version's manifest
-(parent, the reward version that scored it, the ledger ranges of feedback and
-corrections it trained on, the gate's evidence, who promoted it) and the
-store's history of CURRENT (every promotion and rollback, by whom, when, the
-update event's id).
+(parent, the base version a LoRA adapter version applies to, the reward
+version that scored it, the ledger ranges of feedback and corrections it
+trained on, the gate's evidence, who promoted it) and the store's history
+of CURRENT (every promotion and rollback, by whom, when, the update event's id).
 
 ``rlhf lineage --user USER_ID`` reads the trainer's ledger (read-only) and the
 store: the user's feedback, whether they asked for their data to be excluded,
@@ -74,17 +74,22 @@ def version_report(args) -> dict:
     try:
         manifest = store.manifest(args.kind, args.version)
         ancestors = []
+        bases = {manifest.version: manifest.base_version}  # each adapter in the chain: its base
         parent = manifest.parent_version
         while parent and parent not in ancestors and len(ancestors) < 1000:
             ancestors.append(parent)
-            parent = store.manifest(args.kind, parent).parent_version
+            parent_manifest = store.manifest(args.kind, parent)
+            bases[parent] = parent_manifest.base_version
+            parent = parent_manifest.parent_version
     except ModelStoreError as exc:
         raise ValueError(str(exc)) from exc
     return {
         "kind": args.kind,
         "version": manifest.version,
         "parent_version": manifest.parent_version,
+        "base_version": manifest.base_version,  # "" for full weights
         "ancestors": ancestors,
+        "ancestor_bases": {v: b for v, b in bases.items() if b},
         "created_at": manifest.created_at,
         "notes": manifest.notes,
         "eval_metrics": manifest.eval_metrics,
@@ -123,9 +128,14 @@ def print_version(report: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    chain = " <- ".join([report["version"], *report["ancestors"]])
+    bases = report.get("ancestor_bases", {})
+    chain = " <- ".join(
+        f"{v} (adapter on {bases[v]})" if v in bases else v for v in [report["version"], *report["ancestors"]]
+    )
     current = " (current)" if report["current"] else ""
     console.print(f"[bold]{report['kind']} {report['version']}[/bold]{current}, created {_when(report['created_at'])}")
+    if report.get("base_version"):
+        console.print(f"a LoRA adapter on base {report['kind']} {report['base_version']} (full weights)")
     console.print(f"lineage: {chain}")
     made = Table(title="what made it (manifest notes)", show_header=False)
     for key, value in sorted(report["notes"].items()):

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "broker_cmd",
     "up_cmd",
     "import_cmd",
+    "export_cmd",
     "sft_cmd",
     "train_reward_cmd",
     "bootstrap_cmd",

@@ -12,12 +12,23 @@ import time
 from shared import env
 from shared.grpc.tls import add_client_tls_flags, client_tls_from_args
 
+# Applications whose simulated users `rlhf simulate --app` drives; each is imported only when chosen.
+APPS = ("demo", "assistant")
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "simulate", help="simulated users: ask the policy, send feedback", description=__doc__
     )
     add_simulation_arguments(parser)
+    parser.add_argument(
+        "--app",
+        choices=APPS,
+        default="demo",
+        help="whose users: demo (the demo world's, judged by its world judge) or assistant (everyday questions "
+        "with known answers for a real chat model, judged on free text; --preference then takes "
+        "module:function(user, item, response, verdict), default assistant.users:default_utility)",
+    )
     parser.add_argument(
         "--policy",
         default=os.environ.get(env.POLICY_ADDR, "127.0.0.1:50051"),
@@ -118,6 +129,41 @@ def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=N
     )
 
 
+def assistant_config(args, policy_addr: str, feedback_addr: str, *, duration_s=None, requests=None):
+    """The assistant app's simulator settings from the same flags (``--app assistant``)."""
+    from assistant.feedback import parse_feedback_mix
+    from assistant.simulator import AssistantSimulatorConfig
+    from assistant.users import default_utility, load_preference
+
+    if args.users < 1 or args.concurrency < 1:
+        raise SystemExit("--users and --concurrency must be at least 1")
+    if args.rate < 0:
+        raise SystemExit(f"--rate must be >= 0 (0 = unpaced), got {args.rate}")
+    try:
+        mix = parse_feedback_mix(args.feedback_mix)
+        preference = load_preference(args.preference) if args.preference else default_utility
+    except (ValueError, ImportError) as exc:
+        raise SystemExit(str(exc)) from exc
+    return AssistantSimulatorConfig(
+        policy_addr=policy_addr,
+        feedback_addr=feedback_addr,
+        auth_token=args.auth_token,
+        tls=client_tls_from_args(args),
+        users=args.users,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        duration_s=duration_s,
+        requests=requests,
+        seed=args.seed,
+        mean_noise=args.noise,
+        prompt_split=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        preference=preference,
+        feedback_mix=mix,
+    )
+
+
 def live_line(stats) -> str:
     """One line: requests, feedback, and recent satisfaction per model version."""
     from demo.simulation import version_sort_key
@@ -175,11 +221,19 @@ def run(args) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from demo.simulator import Simulator
-
     console = Console()
-    config = simulator_config(args, args.policy, args.feedback, duration_s=args.duration_s, requests=args.requests)
-    simulator = Simulator(config).start()
+    if getattr(args, "app", "demo") == "assistant":
+        from assistant.simulator import AssistantSimulator
+
+        config = assistant_config(args, args.policy, args.feedback, duration_s=args.duration_s, requests=args.requests)
+        simulator = AssistantSimulator(config).start()
+        line, table = (lambda s: s.live_line()), (lambda s: s.table())
+    else:
+        from demo.simulator import Simulator
+
+        config = simulator_config(args, args.policy, args.feedback, duration_s=args.duration_s, requests=args.requests)
+        simulator = Simulator(config).start()
+        line, table = live_line, version_table
     interrupted = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
@@ -187,14 +241,14 @@ def run(args) -> int:
         f"{config.users} simulated users, {config.concurrency} in flight → policy {config.policy_addr}, "
         f"feedback {config.feedback_addr}; Ctrl-C stops"
     )
-    with Live(live_line(simulator.stats), console=console, refresh_per_second=4) as live:
+    with Live(line(simulator.stats), console=console, refresh_per_second=4) as live:
         while simulator.running() and not interrupted.wait(0.25):
-            live.update(live_line(simulator.stats))
+            live.update(line(simulator.stats))
         live.update("stopping: sending the queued feedback…")
         simulator.stop()
-        live.update(live_line(simulator.stats))
+        live.update(line(simulator.stats))
     stats = simulator.stats
-    console.print(version_table(stats))
+    console.print(table(stats))
     console.print(feedback_summary(stats))
     if stats.request_errors:
         console.print(f"[yellow]{stats.request_errors} Generate calls failed; last error: {stats.last_error}[/yellow]")

@@ -1,4 +1,8 @@
-"""`rlhf status`: what the trainer is doing (TrainerService.GetStatus)."""
+"""`rlhf status`: what the trainer is doing (TrainerService.GetStatus).
+
+When the model store is readable here (``--model-store``), a policy version that is
+a LoRA adapter is shown with the base version it applies to: the trainer's status
+names versions only, the store's manifests say what they are."""
 
 from __future__ import annotations
 
@@ -38,6 +42,12 @@ def add_parser(subparsers) -> None:
         "the recent candidates with the gate's reasons.",
     )
     add_trainer_flags(parser)
+    parser.add_argument(
+        "--model-store",
+        default=os.environ.get(env.MODEL_STORE, "./model-store"),
+        help=f"model store root, read (if present) to say which base an adapter version applies to "
+        f"[env {env.MODEL_STORE}]",
+    )
     parser.set_defaults(func=run)
 
 
@@ -75,14 +85,28 @@ def run(args) -> int:
     if error:
         print(f"rlhf status: {error}")
         return 2
+    base = policy_base_version(getattr(args, "model_store", ""), status.policy_version)
     if args.json:
-        print(json.dumps(to_dict(status), indent=2, sort_keys=True))
+        print(json.dumps({**to_dict(status), "policy_base_version": base}, indent=2, sort_keys=True))
         return 0
-    print_status(status)
+    print_status(status, base)
     return 0
 
 
-def print_status(status) -> None:
+def policy_base_version(store_root: str, version: str) -> str:
+    """The base version of a LoRA adapter policy ``version`` ("" for full weights, or when the
+    store is not readable from here: status is the trainer's, the store is optional)."""
+    from shared.models.store import ModelStore, ModelStoreError
+
+    if not version or not store_root:
+        return ""
+    try:
+        return ModelStore(store_root).manifest("policy", version).base_version
+    except (ModelStoreError, OSError):
+        return ""
+
+
+def print_status(status, policy_base: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -94,7 +118,8 @@ def print_status(status) -> None:
     overview.add_column("field")
     overview.add_column("value")
     overview.add_row("state", state + (f" ({status.pause_reason})" if status.pause_reason else ""))
-    overview.add_row("policy version", status.policy_version or "-")
+    adapter = f" (LoRA adapter on {policy_base})" if policy_base else ""
+    overview.add_row("policy version", (status.policy_version or "-") + adapter)
     overview.add_row("reward version", status.reward_version or "-")
     overview.add_row("generations seen", str(status.generations_seen))
     overview.add_row("feedback", ", ".join(f"{k} {v}" for k, v in sorted(status.feedback_counts.items())) or "-")

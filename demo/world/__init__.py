@@ -18,10 +18,18 @@ from demo.world.generator import (
     split_prompts,
 )
 from demo.world.judge import Verdict, judge
-from demo.world.template import PROMPT_FRAME, PROMPT_TEMPLATE, extract_question, format_prompt, question_key
+from demo.world.template import (
+    CHAT_TEMPLATE,
+    PROMPT_FRAME,
+    PROMPT_TEMPLATE,
+    extract_question,
+    format_prompt,
+    question_key,
+)
 
 __all__ = [
     "AXES",
+    "CHAT_TEMPLATE",
     "FLAWS",
     "KINDS",
     "PROMPT_FRAME",

@@ -13,6 +13,16 @@ _USER_PREFIX = "User:"
 _ASSISTANT_SUFFIX = "Assistant:"
 # What the reward model strips from a prompt (shared.models.reward.head_config.RewardHeadConfig).
 PROMPT_FRAME = (_USER_PREFIX, _ASSISTANT_SUFFIX)
+# The frame as the demo tokenizer's chat template (the bootstrap saves it with the tokenizer),
+# so chat clients (the front door's /v1/chat/completions, `rlhf sft` messages) reach the demo
+# policy in the frame it was trained on: one user message renders to exactly format_prompt(),
+# "User: {question}\nAssistant:". Earlier turns go one per line, each role as its own prefix
+# ("System: ...", "Assistant: ..."). No whitespace control in it: transformers renders chat
+# templates with trim_blocks, which leaves a newline *before* a tag alone.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] | trim }}\n"
+    "{% endfor %}{% if add_generation_prompt %}" + _ASSISTANT_SUFFIX + "{% endif %}"
+)
 
 
 def format_prompt(question: str) -> str:

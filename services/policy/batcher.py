@@ -8,6 +8,10 @@ started are prefilled on their own and joined to the running batch (their
 KV cache left-padded to the batch's length), so a newcomer waits one step,
 not for the longest request of the batch to finish.
 
+Every forward runs inside ``bundle.step()``: for a LoRA adapter version it
+applies the bundle's adapter to the batch's rows (services.policy.resident);
+the bundle of a batch is fixed, so every row of a batch uses one adapter today.
+
 Text is decoded per step only for rows that need it (stop strings to look
 for, or a streamed message due); other rows are decoded once when they
 finish, which keeps per-token Python work small. A streaming row sends its
@@ -198,13 +202,14 @@ class BatchDecoder:
             mask[b, width - len(ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         device = bundle.device
-        out = bundle.model(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with bundle.step():  # the bundle's adapter (if any) on its rows
+            out = bundle.model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
         sampler = RowSampler([r.handle.spec for r in rows], [r.handle.spec.row_seed(r.index) for r in rows])
         return _Running(
             rows, getattr(out, _cache_kwarg(bundle.model)), mask, positions[:, -1:] + 1, out.logits[:, -1, :], sampler
@@ -227,13 +232,14 @@ class BatchDecoder:
             batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
             threads = self.tuner.threads_for_next_step()
             started = time.perf_counter()
-            out = model(
-                input_ids=tokens[:, None].to(device),
-                attention_mask=batch.mask.to(device),
-                position_ids=batch.next_pos.to(device),
-                use_cache=True,
-                **{cache_kw: batch.cache},
-            )
+            with bundle.step():
+                out = model(
+                    input_ids=tokens[:, None].to(device),
+                    attention_mask=batch.mask.to(device),
+                    position_ids=batch.next_pos.to(device),
+                    use_cache=True,
+                    **{cache_kw: batch.cache},
+                )
             self.tuner.record(threads, time.perf_counter() - started)
             batch.cache = getattr(out, cache_kw)
             batch.logits = out.logits[:, -1, :]

@@ -23,7 +23,8 @@ from services.policy import metrics as pm
 from services.policy.batcher import BatchDecoder
 from services.policy.model import ModelBundle
 from services.policy.requests import GenerationHandle
-from services.policy.sampling import SamplingSpec
+from services.policy.resident import collect_unused
+from services.policy.sampling import SamplingDefaults, SamplingRequest, SamplingSpec
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable, require
 from shared.kafka.events import new_id
 from shared.models.prompting import ChatMessage, PromptError
@@ -50,6 +51,8 @@ class EngineSettings:
     # every message costs the decoder a detokenization and a hand-off to a gRPC
     # thread that then competes with it for the GIL and the cores.
     stream_interval: int = 4
+    # What a SamplingRequest's unset fields mean when the version's model sets no default of its own.
+    sampling: SamplingDefaults = SamplingDefaults()
 
 
 class GenerationEngine:
@@ -121,18 +124,26 @@ class GenerationEngine:
             )
         return text, ids
 
+    def resolve(self, bundle: ModelBundle, sampling: SamplingSpec | SamplingRequest) -> SamplingSpec:
+        """A request's spec for ``bundle``: unset fields take its model's defaults, else the server's."""
+        if isinstance(sampling, SamplingSpec):
+            return sampling
+        return sampling.resolve(bundle.sampling_defaults(self.settings.sampling))
+
     def submit(
         self,
         prompt: str,
-        spec: SamplingSpec,
+        sampling: SamplingSpec | SamplingRequest,
         *,
         messages: Sequence[ChatMessage] = (),
         stream: bool = False,
         request_id: str = "",
     ) -> GenerationHandle:
         """Queue a request for a raw ``prompt`` or chat ``messages`` (exactly one);
-        raises InvalidArgument, ResourceExhausted or Unavailable."""
+        raises InvalidArgument, ResourceExhausted or Unavailable. A SamplingRequest is
+        resolved against the version that tokenizes it (again if a swap comes first)."""
         bundle = self._bundle
+        spec = self.resolve(bundle, sampling)
         text, ids = self.tokenize_prompt(bundle, prompt, spec, messages)
         handle = GenerationHandle(
             prompt=text,
@@ -143,6 +154,7 @@ class GenerationEngine:
             tokenized_by=bundle.version,
             generation_ids=[new_id() for _ in range(spec.num_return_sequences)],
             messages=tuple(messages),
+            sampling=sampling if isinstance(sampling, SamplingRequest) else None,
         )
         with self._cond:
             if self._stopping:
@@ -185,6 +197,8 @@ class GenerationEngine:
             finally:
                 self._running = []
                 pm.NUM_REQUESTS_RUNNING.set(0)
+            del batch, bundle  # a bundle swapped out may be unused now: let its adapter go
+            collect_unused()
 
     def _admit(self, bundle: ModelBundle, free_rows: int, width: int, remaining: int) -> list[GenerationHandle]:
         """Requests that may join the running batch now (called between decode steps)."""
@@ -261,6 +275,8 @@ class GenerationEngine:
         try:
             # A chat is rendered again: the new version's template may differ.
             raw_prompt = "" if handle.messages else handle.prompt
+            if handle.sampling is not None:  # the new version's sampling defaults
+                handle.spec = self.resolve(bundle, handle.sampling)
             handle.prompt, handle.prompt_ids = self.tokenize_prompt(bundle, raw_prompt, handle.spec, handle.messages)
             handle.tokenized_by = bundle.version
             return True

@@ -21,3 +21,13 @@ BATCH_SIZE = Histogram(
     "rlhf_batch_size", "sequences (rows) per decoded batch", buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
 )
 FINISHED_SEQUENCES = Counter("rlhf_finished_sequences", "sequences finished, by reason", ["reason"])
+BASE_LOADS = Counter(
+    "rlhf_policy_base_loads", "full-weights models read from disk (an adapter swap on a resident base reads none)"
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "rlhf_policy_model_load_seconds",
+    "time to load a version: 'full' read a full-weights model, 'adapter' loaded an adapter onto a resident base, "
+    "'resident' reused both",
+    ["kind"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)

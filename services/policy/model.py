@@ -3,22 +3,42 @@ a ModelBundle: the weights, tokenizer and facts about one version.
 
 A bundle is immutable once built; a hot swap replaces the engine's reference
 to it, so a batch that started on one bundle finishes on it.
+
+A LoRA adapter version (shared.models.adapters) is loaded onto its base as the
+replica already holds it (services.policy.resident): the base is read once, a
+bundle of an adapter version shares the base module and names its adapter,
+and each forward runs inside :meth:`ModelBundle.step`, which applies that
+adapter to the bundle's rows. A full-weights version (or an adapter on a base
+not resident) loads normally.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from services.policy import metrics as pm
+from services.policy.resident import (
+    BASE_ROWS,
+    ResidentBase,
+    adapter_name,
+    collect_unused,
+    find_resident,
+    register_resident,
+)
+from services.policy.sampling import SamplingDefaults, model_sampling_defaults
+from shared.models.adapters import resolve_policy_dir
 from shared.models.prompting import ChatMessage, encode_prompt, has_chat_template, render_chat
-from shared.models.store import ModelStore
+from shared.models.store import ModelStore, ModelStoreError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +64,12 @@ class ModelBundle:
     created_at: float = 0.0
     eval_metrics: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    # An adapter version: its PEFT adapter name on the resident base ("policy-v7"); "" = the base's own weights.
+    adapter: str = ""
+    base_version: str = ""
+    resident: ResidentBase | None = field(default=None, repr=False, compare=False)
+    # Sampling defaults from the version's generation_config.json (sampling.model_sampling_defaults).
+    model_sampling: dict[str, float | int] = field(default_factory=dict)
     # Handler threads tokenize concurrently; a fast tokenizer's Rust object
     # can refuse concurrent mutable use ("Already borrowed"), so serialise it.
     _encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -56,6 +82,16 @@ class ModelBundle:
     def render(self, messages: Sequence[ChatMessage], max_messages: int | None = None) -> str:
         """A chat rendered with this version's chat template; raises PromptError."""
         return render_chat(self.tokenizer, messages, max_messages=max_messages)
+
+    def step(self) -> contextlib.AbstractContextManager:
+        """Context for one forward of this bundle's rows (its adapter applied to them)."""
+        if self.resident is None:
+            return contextlib.nullcontext()
+        return self.resident.step(self.adapter or BASE_ROWS)
+
+    def sampling_defaults(self, server: SamplingDefaults) -> SamplingDefaults:
+        """What an unset sampling field means for this version: its model's default, else the server's."""
+        return server.with_model(self.model_sampling)
 
     @property
     def has_chat_template(self) -> bool:
@@ -85,22 +121,27 @@ def load_bundle(
     created_at: float = 0.0,
     eval_metrics: dict[str, float] | None = None,
 ) -> ModelBundle:
-    """Load a causal LM directory; never reaches a model hub."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    """Load a causal LM directory, or a store adapter version onto its base; never reaches a model hub.
 
-    hf_logging.disable_progress_bar()  # a tqdm bar per load would break the one-JSON-object-per-line logs
-
+    A base this process already holds (same directory and device) is reused, not read again."""
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist")
+    collect_unused()  # adapters no bundle uses any more go before another comes
     start = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load a causal LM from {path}: {exc}") from exc
-    model.to(device).eval()
+        dirs = resolve_policy_dir(path)
+    except ModelStoreError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    base, base_read = _resident_base(dirs.base_dir, dirs.base_version or version, device)
+    name, adapter_read = "", False
+    if dirs.adapter_dir is not None:
+        name = adapter_name(version)
+        try:
+            adapter_read = base.acquire(name, dirs.adapter_dir)
+        except Exception as exc:  # noqa: BLE001 - safetensors, PEFT and torch raise their own types
+            raise ModelLoadError(f"cannot load the LoRA adapter {path} onto {dirs.base_dir}: {exc}") from exc
+    model, tokenizer = base.model, base.tokenizer
     gen = model.generation_config
     eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
@@ -113,7 +154,7 @@ def load_bundle(
         version=version,
         path=str(path),
         architecture=(model.config.architectures or [type(model).__name__])[0],
-        num_parameters=sum(p.numel() for p in model.parameters()),
+        num_parameters=base.num_parameters,
         context_window=_context_window(model, tokenizer),
         eos_token_ids=eos_ids,
         pad_token_id=int(pad),
@@ -121,17 +162,51 @@ def load_bundle(
         created_at=created_at,
         eval_metrics=dict(eval_metrics or {}),
         device=device,
+        adapter=name,
+        base_version=dirs.base_version,
+        resident=base,
+        model_sampling=model_sampling_defaults(*[d for d in (dirs.adapter_dir, dirs.base_dir) if d is not None]),
+        _encode_lock=base.encode_lock,
     )
+    if name:
+        weakref.finalize(bundle, base.release, name)  # the adapter is unloaded once no bundle names it
+    kind = "full" if base_read else "adapter" if adapter_read else "resident"
+    load_s = time.perf_counter() - start
+    pm.MODEL_LOAD_SECONDS.labels(kind).observe(load_s)
     log.info(
         "model loaded",
         extra={
             "version": version,
             "path": str(path),
             "parameters": bundle.num_parameters,
-            "load_s": round(time.perf_counter() - start, 3),
+            "load_s": round(load_s, 3),
+            "loaded": kind,
+            "base_version": dirs.base_version,
+            "adapter": name,
         },
     )
     return bundle
+
+
+def _resident_base(path: Path, version: str, device: str) -> tuple[ResidentBase, bool]:
+    """The base this process holds for ``path`` on ``device``, or a fresh load of it; (base, whether read now)."""
+    base = find_resident(path, device)
+    if base is not None:
+        return base, False
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a tqdm bar per load would break the one-JSON-object-per-line logs
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a causal LM from {path}: {exc}") from exc
+    model.to(device).eval()
+    pm.BASE_LOADS.inc()
+    loaded = ResidentBase(path, version, model, tokenizer, device)
+    base = register_resident(loaded)
+    return base, base is loaded
 
 
 def load_from_store(
@@ -141,7 +216,8 @@ def load_from_store(
     device: str = "cpu",
     expected_manifest_sha256: str = "",
 ) -> ModelBundle:
-    """Load policy ``version`` (default: the store's current) after checking every file's sha256."""
+    """Load policy ``version`` (default: the store's current) after checking every file's sha256
+    (an adapter's base too, unless this process already holds it)."""
     store = ModelStore(store_root)
     version = version or store.current(POLICY_KIND)
     if not version:
@@ -152,6 +228,10 @@ def load_from_store(
         raise ModelLoadError(f"policy {version}: manifest sha256 differs from the one announced")
     vdir = store.open_version(POLICY_KIND, version)
     manifest = store.manifest(POLICY_KIND, version)
+    if manifest.is_adapter:
+        base_dir = store.version_dir(POLICY_KIND, manifest.base_version)
+        if find_resident(base_dir, device) is None:
+            store.open_version(POLICY_KIND, manifest.base_version)
     return load_bundle(
         vdir,
         version,

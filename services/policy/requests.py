@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from services.policy import metrics as pm
-from services.policy.sampling import SamplingSpec
+from services.policy.sampling import SamplingRequest, SamplingSpec
 from shared.models.prompting import ChatMessage
 
 
@@ -66,6 +66,7 @@ class GenerationHandle:
     tokenized_by: str  # model version whose tokenizer produced prompt_ids
     generation_ids: list[str]
     messages: tuple[ChatMessage, ...] = ()  # the request's chat; empty for a raw prompt
+    sampling: SamplingRequest | None = None  # the fields as sent, when ``spec`` came from defaults per version
     submitted_at: float = field(default_factory=time.perf_counter)
     model_version: str = ""
     first_token_at: float | None = None

@@ -1,5 +1,16 @@
-"""Sampling parameters (validated, with server defaults filled in) and the
+"""Sampling parameters (validated, with defaults filled in) and the
 vectorised per-row sampler the decode loop uses.
+
+Defaults: a field a request leaves unset takes the served model's own default
+when its directory has a ``generation_config.json`` that sets it
+(:func:`model_sampling_defaults`: ``temperature``, ``top_p``, ``top_k``,
+``max_new_tokens`` clipped to the server cap; ``do_sample: false`` means
+greedy, as in ``transformers``' ``generate``), else the server's default
+(``--default-temperature`` etc.). An adapter version's file is used if it has
+one, else its base's. ``repetition_penalty`` and ``min_p`` are not applied
+(the sampler has no such penalty or filter) and are ignored. The engine resolves a request against the
+version that tokenizes it (again after a swap), and GetModelInfo reports the
+defaults of the version it serves.
 
 Every row of a batch carries its own temperature, top-k, top-p and its own
 seeded torch.Generator, so a request's tokens depend only on its own seed,
@@ -8,14 +19,21 @@ prompt and params, never on what it was batched with. No grpc here.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from shared.errors import require
 
+log = logging.getLogger(__name__)
+GENERATION_CONFIG = "generation_config.json"
 # Sampling noise is drawn in vocabulary order from the row's own generator, so
 # the same seed gives the same draws whatever the batch looks like.
 _TINY = 1e-20
@@ -34,6 +52,87 @@ class SamplingDefaults:
     top_k: int = 0
     max_new_tokens_cap: int = 512
     max_return_sequences: int = 4
+
+    def with_model(self, model: Mapping[str, float | int]) -> SamplingDefaults:
+        """These defaults overridden by a model's own (:func:`model_sampling_defaults`)."""
+        if not model:
+            return self
+        fields = dict(model)
+        if "max_new_tokens" in fields:
+            fields["max_new_tokens"] = min(int(fields["max_new_tokens"]), self.max_new_tokens_cap)
+        return replace(self, **fields)  # type: ignore[arg-type]
+
+
+def model_sampling_defaults(*dirs: str | os.PathLike[str]) -> dict[str, float | int]:
+    """The sampling defaults set in the first ``generation_config.json`` found in ``dirs``
+    (fields it leaves out, or sets to values this server cannot use, are left out)."""
+    for d in dirs:
+        path = Path(d) / GENERATION_CONFIG
+        if not path.is_file():
+            continue
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "unreadable generation config; using the server's sampling defaults",
+                extra={"path": str(path), "error": str(exc)},
+            )
+            return {}
+        return _sampling_fields(raw if isinstance(raw, dict) else {}, path)
+    return {}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _sampling_fields(raw: dict, path: Path) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    checks = {
+        "temperature": lambda v: _number(v) and v >= 0,
+        "top_p": lambda v: _number(v) and 0 < v <= 1,
+        "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "max_new_tokens": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    }
+    for name, ok in checks.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        if ok(value):
+            out[name] = float(value) if name in ("temperature", "top_p") else int(value)
+        else:
+            log.warning("ignoring a generation config value", extra={"path": str(path), "field": name, "value": value})
+    if raw.get("do_sample") is False:
+        out["temperature"] = 0.0  # transformers' generate decodes greedily then, whatever the temperature
+    unapplied = [k for k, off in (("repetition_penalty", 1.0), ("min_p", 0.0)) if raw.get(k) not in (None, off)]
+    if unapplied:  # the sampler has no such filter or penalty
+        log.info("generation config fields not applied", extra={"path": str(path), "fields": unapplied})
+    return out
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """A request's sampling fields as sent (None: unset), resolved per model version."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    num_return_sequences: int | None = None
+
+    def resolve(self, defaults: SamplingDefaults) -> SamplingSpec:
+        return resolve_sampling(
+            defaults,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=self.stop,
+            seed=self.seed,
+            num_return_sequences=self.num_return_sequences,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The PolicyService gRPC servicer and the service lifecycle.
 
 Servicer methods stay short (after grpc's route_guide example): turn the
-request into a validated SamplingSpec, hand it to the engine, build the reply
-and publish one GenerationEvent per returned sequence. Batching, sampling and
-model swaps live in the engine; which engine answers (stable or canary, by
-the request's user_id) is the CanaryRouter's call.
+request's sampling fields into a SamplingRequest (unset fields take the
+serving version's model defaults, else the server's: see
+services.policy.sampling), hand it to the engine, build the reply and publish
+one GenerationEvent per returned sequence. Batching, sampling and model swaps
+live in the engine; which engine answers (stable or canary, by the request's user_id) is the CanaryRouter's call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from services.policy.config import PolicyConfig
 from services.policy.engine import GenerationEngine
 from services.policy.model import POLICY_KIND, ModelBundle, load_bundle, load_from_store
 from services.policy.requests import FinishReason, GenerationHandle, SequenceResult
-from services.policy.sampling import SamplingDefaults, SamplingSpec, resolve_sampling
+from services.policy.resident import collect_unused
+from services.policy.sampling import SamplingDefaults, SamplingRequest, SamplingSpec
 from shared import metrics
 from shared.errors import Unavailable
 from shared.grpc.server import GrpcServer, ServiceBinding
@@ -39,14 +41,14 @@ _FINISH = {
 }
 
 
-def spec_from_proto(sampling: common_pb2.SamplingParams, defaults: SamplingDefaults) -> SamplingSpec:
-    """Proto → validated spec; unset optional fields take the server defaults."""
+def request_from_proto(sampling: common_pb2.SamplingParams) -> SamplingRequest:
+    """Proto → the fields as sent (unset optional fields are None: the engine fills them in
+    from the serving version's model defaults, else the server's)."""
 
     def opt(name):
         return getattr(sampling, name) if sampling.HasField(name) else None
 
-    return resolve_sampling(
-        defaults,
+    return SamplingRequest(
         max_new_tokens=opt("max_new_tokens"),
         temperature=opt("temperature"),
         top_p=opt("top_p"),
@@ -55,6 +57,11 @@ def spec_from_proto(sampling: common_pb2.SamplingParams, defaults: SamplingDefau
         seed=opt("seed"),
         num_return_sequences=opt("num_return_sequences"),
     )
+
+
+def spec_from_proto(sampling: common_pb2.SamplingParams, defaults: SamplingDefaults) -> SamplingSpec:
+    """Proto → validated spec; unset optional fields take ``defaults``."""
+    return request_from_proto(sampling).resolve(defaults)
 
 
 def spec_to_proto(spec: SamplingSpec, seed: int | None = None) -> common_pb2.SamplingParams:
@@ -83,7 +90,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         return self.engine
 
     def _submit(self, request, context, *, stream: bool) -> GenerationHandle:
-        spec = spec_from_proto(request.sampling, self.defaults)
+        spec = request_from_proto(request.sampling)
         messages = [ChatMessage(m.role, m.content) for m in request.messages]
         router = self.router
         engine = router.engine_for(request.user_id) if router is not None else self._engine()
@@ -138,6 +145,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     def GetModelInfo(self, request, context):
         bundle = self._engine().bundle
+        defaults = bundle.sampling_defaults(self.defaults)  # the model's own, else the server's
         info = common_pb2.ModelInfo(
             kind=common_pb2.MODEL_KIND_POLICY,
             version=bundle.version,
@@ -149,10 +157,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             device=bundle.device,
             backend="torch",
             default_sampling=common_pb2.SamplingParams(
-                max_new_tokens=self.defaults.max_new_tokens,
-                temperature=self.defaults.temperature,
-                top_p=self.defaults.top_p,
-                top_k=self.defaults.top_k,
+                max_new_tokens=defaults.max_new_tokens,
+                temperature=defaults.temperature,
+                top_p=defaults.top_p,
+                top_k=defaults.top_k,
                 num_return_sequences=1,
             ),
             limits={
@@ -281,6 +289,8 @@ class PolicyService:
         assert self.engine is not None
         self.engine.swap(bundle)
         self._label_version(bundle)
+        del bundle, canary
+        collect_unused()  # the adapter swapped out, if the engine is idle (else after its batch)
 
     def _serve_canary(self, pointer: CanaryPointer | None, manifest_sha256: str) -> None:
         """Serve ``pointer``'s version to its share of users (a second engine), or retire the canary."""
@@ -290,6 +300,8 @@ class PolicyService:
             if retired is not None:
                 log.info("canary retired", extra={"version": retired.bundle.version})
                 retired.stop()  # its queued requests finish first
+                del retired
+                collect_unused()
             return
         current = self.router.canary
         if current is not None and current.bundle.version == pointer.version:

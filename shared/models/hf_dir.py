@@ -32,6 +32,7 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
+GGUF_HINT = "`rlhf import policy FILE.gguf` converts it to safetensors"
 CONVERT_HINT = "load it and save it again as safetensors: model.save_pretrained(dir, safe_serialization=True)"
 
 
@@ -86,6 +87,8 @@ def inspect_model_dir(src: str | Path) -> ModelDir:
     if not path.exists():
         raise ModelImportError(f"{path} does not exist")
     if not path.is_dir():
+        if path.suffix.lower() == ".gguf":
+            raise ModelImportError(f"{path} is a GGUF file: only a policy is imported from one ({GGUF_HINT})")
         raise ModelImportError(f"{path} is not a directory; pass the directory save_pretrained wrote")
     path = path.resolve()
     names = {p.name for p in path.iterdir() if p.is_file()}
@@ -94,6 +97,12 @@ def inspect_model_dir(src: str | Path) -> ModelDir:
             raise ModelImportError(
                 f"{path} is a PEFT/LoRA adapter, not a full model: merge it into its base "
                 "first (model.merge_and_unload().save_pretrained(dir)) and import that"
+            )
+        ggufs = sorted(n for n in names if n.lower().endswith(".gguf"))
+        if ggufs:
+            raise ModelImportError(
+                f"{path} has no {CONFIG_FILE} but GGUF weights ({', '.join(ggufs)}): import the file "
+                f"as a policy ({GGUF_HINT})"
             )
         raise ModelImportError(f"{path} has no {CONFIG_FILE}; it is not a Hugging Face model directory")
     weights = _weights(path, names)

@@ -14,6 +14,9 @@ What is stored beyond a plain copy:
 
 - a tokenizer without a pad token gets its EOS as pad (tokenizer_config.json;
   for a reward model also config.json's pad_token_id), said in the notes;
+- policy: per-model sampling defaults (``sampling``, from `rlhf import policy
+  --sampling temperature=0.2,top_p=0.9`) merged into generation_config.json,
+  which serving uses for what a request leaves out;
 - reward: ``reward_config.json`` recording the format, and ``model.onnx``
   when the export works and ONNX Runtime matches torch within 1e-4
   (shared.models.reward.onnx_export); otherwise the notes say ``scoring_backend: torch`` and why.
@@ -41,6 +44,7 @@ from shared.models.hf_dir import (
     load_config,
     load_tokenizer,
 )
+from shared.models.sampling_defaults import sampling_patch, sampling_text
 from shared.models.store import ModelStore
 
 if TYPE_CHECKING:  # torch loads only when an import runs
@@ -52,7 +56,13 @@ _SMOKE_PAIRS = (("How do I boil an egg?", "Put it in boiling water for nine minu
 
 Patch = Callable[[Path], None]  # edits a copied file in the version being written
 
-__all__ = ["ImportResult", "ModelImportError", "POLICY_FORMAT", "import_policy", "import_reward"]
+__all__ = [
+    "ImportResult",
+    "ModelImportError",
+    "POLICY_FORMAT",
+    "import_policy",
+    "import_reward",
+]
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class ImportResult:
     notes: dict[str, str]  # as recorded in the version's manifest
     warnings: tuple[str, ...]
     current: bool  # whether CURRENT now names this version
+    reused: bool = False  # an earlier version of the same source, not a new one (GGUF imports)
 
 
 def _class_names(mapping: dict) -> set[str]:
@@ -198,9 +209,15 @@ def _base_notes(model_dir: ModelDir, format_name: str, architecture: str, extra:
 
 
 def import_policy(
-    store: ModelStore, src_dir: str | Path, *, set_current: bool = False, notes: dict[str, str] | None = None
+    store: ModelStore,
+    src_dir: str | Path,
+    *,
+    set_current: bool = False,
+    notes: dict[str, str] | None = None,
+    sampling: dict[str, float | int] | None = None,
 ) -> ImportResult:
-    """Import a causal-LM directory as the next policy version (see the module docstring)."""
+    """Import a causal-LM directory as the next policy version (see the module docstring);
+    ``sampling`` (shared.models.sampling_defaults) goes into its generation_config.json."""
     from shared.models.prompting import encode_prompt, has_chat_template
 
     model_dir = inspect_model_dir(src_dir)
@@ -228,6 +245,9 @@ def import_policy(
     )
     if not has_chat_template(tokenizer):
         warnings.append("the tokenizer has no chat template: clients must send a plain prompt, not messages")
+    if sampling:
+        patches.append(sampling_patch(sampling))
+        record["sampling"] = sampling_text(sampling)
     return _write(store, "policy", model_dir, patches, record, set_current, warnings)
 
 

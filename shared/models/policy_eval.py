@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,12 +44,21 @@ class Sample:
     text: str  # decoded response, special tokens removed
 
 
-def load_policy(model_dir: str | Path):
-    """A causal LM and its tokenizer from a local directory (eval mode)."""
+def load_policy(model_dir: str | Path, *, trainable_adapter: bool = False):
+    """A causal LM and its tokenizer from a local directory (eval mode): full weights, or a store
+    adapter version (shared.models.adapters): its base with the PEFT adapter on it, whose LoRA
+    weights require gradients with ``trainable_adapter`` (the trainer continuing it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    from shared.models.adapters import resolve_policy_dir
+
+    dirs = resolve_policy_dir(model_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(dirs.base_dir)
+    if dirs.adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(dirs.adapter_dir), is_trainable=trainable_adapter)
+    tokenizer = AutoTokenizer.from_pretrained(dirs.base_dir)  # an adapter version carries no tokenizer
     tokenizer.padding_side = "left"  # batched generation continues the prompt's last token
     model.eval()
     return model, tokenizer

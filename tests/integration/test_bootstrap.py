@@ -79,6 +79,18 @@ def test_models_load_and_generate(bootstrapped):
     assert len(score_texts(reward, reward_tokenizer, [prompt.text], [samples[0].text])) == 1
 
 
+def test_policy_renders_chat_in_its_training_frame(bootstrapped):
+    """The OpenAI front door's chat works on the demo policy: its tokenizer carries the frame's chat template."""
+    from demo.world import build_prompts
+    from shared.models.policy_eval import load_policy
+    from shared.models.prompting import ChatMessage, render_chat
+
+    root, _, _, _ = bootstrapped
+    _, tokenizer = load_policy(ModelStore(root).open_version("policy", "v1"))
+    prompt = build_prompts()[0]
+    assert render_chat(tokenizer, [ChatMessage("user", prompt.question)]) == prompt.text
+
+
 def test_rerun_is_cached_and_writes_nothing(bootstrapped):
     root, config, _, _ = bootstrapped
     again = run_bootstrap(root, config, progress=False, log=lambda _: None)

@@ -17,6 +17,10 @@ Notes (strings, as manifests hold them) the trainer writes:
 
 The model store's history (ModelStore.history) adds every later move of
 CURRENT: operator promotions and rollbacks, by whom, when, with the event id.
+
+A LoRA adapter version's manifest names its ``base_version`` (the full weights
+it applies to) beside its parent: :func:`base_note` says so wherever a version
+is described, since its behaviour is the base's as much as the adapter's.
 """
 
 from __future__ import annotations
@@ -131,6 +135,11 @@ class Shaped:
     how: str
 
 
+def base_note(manifest) -> str:
+    """ " (a LoRA adapter on vN)" for an adapter version's manifest, "" for full weights."""
+    return f" (a LoRA adapter on {manifest.base_version})" if getattr(manifest, "base_version", "") else ""
+
+
 def versions_shaped_by(store, user_feedback: Sequence[tuple[int, str, str]]) -> list[Shaped]:
     """Versions whose recorded training ranges include any of ``user_feedback``
     ((seq, kind, feedback_id) rows of one user, FeedbackLedger.user_feedback), and
@@ -149,7 +158,8 @@ def versions_shaped_by(store, user_feedback: Sequence[tuple[int, str, str]]) -> 
                 Shaped("reward", version, f"{len(hits)} comparisons/ratings (ledger seq {compact_ranges(hits)})")
             )
     for version in store.versions("policy"):
-        notes = store.manifest("policy", version).notes
+        manifest = store.manifest("policy", version)
+        notes = manifest.notes
         ranges = parse_ranges(notes.get("corrections_seqs", ""))
         hits = [seq for seq, kind, _ in user_feedback if kind == "correction" and in_ranges(seq, ranges)]
         scored_by = set(notes.get("reward_versions", "").split(",")) | {notes.get("reward_version", "")}
@@ -160,5 +170,5 @@ def versions_shaped_by(store, user_feedback: Sequence[tuple[int, str, str]]) -> 
         if via:
             how.append(f"scored by reward {', '.join(via)}, which the user's feedback shaped")
         if how:
-            out.append(Shaped("policy", version, "; ".join(how)))
+            out.append(Shaped("policy", version, "; ".join(how) + base_note(manifest)))
     return out

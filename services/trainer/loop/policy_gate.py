@@ -94,5 +94,6 @@ def promote_candidate(
         },
         expected_current=current,
         canary_share=config.canary_share,
+        base_version=rounds.adapter_base_version(),  # a LoRA run's candidate: its adapter on this base
     )
     return str(update.version)

@@ -10,8 +10,12 @@ step, and ``round.json`` beside it says which method and policy version the
 weights descend from and at which step the round began; so after a kill -9 a
 restart continues the same round from the last finished step.
 
-The reference policy is always the store's first policy version (v1), frozen:
-the KL penalty and the gate's KL budget both measure drift from it.
+The reference policy is the store's first policy version (v1), frozen: the KL
+penalty and the gate's KL budget both measure drift from it. A LoRA run
+(``lora_rank > 0``) trains an adapter instead, and its reference is the base the
+adapter applies to, with the adapter switched off (one copy of the base in
+memory): the current version if it is full weights, else the current adapter
+version's base, whose adapter it continues training.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from services.trainer.methods.registry import (
     build_trainer,
     resume_trainer,
 )
+from shared.models.adapters import ADAPTER_CONFIG, resolve_policy_dir
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +153,13 @@ class PolicyRounds:
             return self.trainer
         self.trainer, self.state = None, None
         saved = self.saved_state()
-        resumable = saved and saved.policy_version == current and saved.method == self.method
+        saved_adapter = (self.checkpoint_dir / "policy" / ADAPTER_CONFIG).is_file()
+        resumable = (
+            saved
+            and saved.policy_version == current
+            and saved.method == self.method
+            and saved_adapter == bool(self._config(current).lora_rank)  # LoRA switched on or off: start over
+        )
         if saved and resumable and (self.checkpoint_dir / STATE_FILE).is_file():
             self.trainer = resume_trainer(
                 self.method, self.checkpoint_dir, self.reward_fn, self._config(current), self.data_source
@@ -168,7 +179,7 @@ class PolicyRounds:
             return self.trainer
         if saved:
             log.info(
-                "discarding the policy checkpoint of another policy version or method",
+                "discarding the policy checkpoint of another policy version, method or LoRA setting",
                 extra={
                     "checkpoint_version": saved.policy_version,
                     "current": current,
@@ -186,17 +197,24 @@ class PolicyRounds:
     def _config(self, version: str):
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(self.store.open_version("policy", version, verify=False))
+        dirs = resolve_policy_dir(self.store.open_version("policy", version, verify=False))
+        config = AutoConfig.from_pretrained(dirs.base_dir)  # an adapter version's is its base's
         window = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0)
         return self.method_config(window)
 
     def _fresh_trainer(self, version: str) -> PolicyTrainer:
         from shared.models.policy_eval import load_policy
 
-        lm, tokenizer = load_policy(self.store.open_version("policy", version))
-        trainer = build_trainer(self.method, lm, tokenizer, self.reward_fn, self._config(version), self.data_source)
+        config = self._config(version)
+        version_dir = self.store.open_version("policy", version)
+        lm, tokenizer = load_policy(version_dir, trainable_adapter=bool(config.lora_rank))
+        trainer = build_trainer(self.method, lm, tokenizer, self.reward_fn, config, self.data_source)
         reference = self.store.versions("policy")[0]
-        if reference != version:
+        if config.lora_rank:  # the reference is the adapter's base, already in memory: trainer.reference
+            dirs = resolve_policy_dir(version_dir)
+            setattr(trainer, "lora_base_dir", dirs.base_dir)  # noqa: B010 (not in the PolicyTrainer protocol)
+            reference = dirs.base_version or version
+        elif reference != version:
             ref_lm, _ = load_policy(self.store.open_version("policy", reference))
             trainer.reference.load_state_dict(ref_lm.state_dict())
         log.info(
@@ -309,3 +327,11 @@ class PolicyRounds:
 
     def save_policy(self, out_dir: Path) -> None:
         self.trainer.save_policy(out_dir)
+
+    def adapter_base_version(self) -> str:
+        """The full-weights version the trainer's LoRA adapter applies to ('' when it trains full
+        weights): what a promoted candidate names as its ``base_version``."""
+        if self.trainer is None or self.state is None or not getattr(self.trainer, "adapter_run", False):
+            return ""
+        version = self.state.policy_version
+        return self.store.manifest("policy", version).base_version or version

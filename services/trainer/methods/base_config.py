@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from services.trainer.methods.lora_settings import target_modules_problem
 from shared.config import Renamed, check, setting, upgrade_renamed
 
 C = TypeVar("C", bound="MethodConfig")
@@ -44,6 +45,9 @@ class MethodConfig:
       window by :meth:`fit_context`.
     - ``ptx_coef``/``ptx_batch_size``: the SFT loss on users' corrections mixed
       into every optimizer step (InstructGPT's PPO-ptx), for every method.
+    - ``lora_*``: train a LoRA adapter on the frozen policy instead of all its
+      weights (services.trainer.methods.lora); the reference is then the base
+      with the adapter off, and promotion stores an adapter version.
     """
 
     # Settings renamed in this release (old name -> new): shared.config reads the old flag and variable.
@@ -82,6 +86,22 @@ class MethodConfig:
     )
     ptx_batch_size: int = setting(16, "demonstrations per optimizer step (cycled through the given list)")
 
+    # --- LoRA adapters (services.trainer.methods.lora) ---------------------
+    lora_rank: int = setting(
+        0,
+        "LoRA rank: > 0 trains an adapter on the frozen policy (reference = the base with the adapter off, "
+        "one copy in memory) and promotes adapter versions; 0 fine-tunes every weight",
+    )
+    lora_alpha: int = setting(16, "LoRA alpha: the adapter's update is scaled by alpha / rank")
+    lora_dropout: float = setting(
+        0.0, "dropout on the adapter's input, written into the adapter config (the trainer keeps dropout off)"
+    )
+    lora_target_modules: str = setting(
+        "all-linear",
+        'modules that get an adapter: "all-linear" (every linear layer but the output head) or a comma list '
+        "of module names, e.g. q_proj,v_proj",
+    )
+
     # --- reproducibility ---------------------------------------------------
     seed: int = setting(0, "seed for sampling and for picking and shuffling each step's rows")
     num_threads: int = setting(0, "torch CPU threads (0 leaves torch's default; the trainer sets --torch-threads)")
@@ -103,6 +123,11 @@ class MethodConfig:
         check(self.max_prompt_length >= 1, "max_prompt_length", f"must be >= 1, got {self.max_prompt_length}")
         check(self.ptx_coef >= 0, "ptx_coef", f"must be >= 0, got {self.ptx_coef}")
         check(self.ptx_batch_size >= 1, "ptx_batch_size", f"must be >= 1, got {self.ptx_batch_size}")
+        check(self.lora_rank >= 0, "lora_rank", f"must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
+        check(self.lora_alpha > 0, "lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        targets_problem = target_modules_problem(self.lora_target_modules)
+        check(targets_problem is None, "lora_target_modules", targets_problem or "")
         check(self.num_threads >= 0, "num_threads", f"must be >= 0 (0 = torch default), got {self.num_threads}")
 
     # --- what the subclasses define ------------------------------------------

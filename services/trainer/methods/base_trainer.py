@@ -8,6 +8,11 @@ A method subclasses it (PPOTrainer, RLOOTrainer, GRPOTrainer, DPOTrainer,
 KTOTrainer), names itself in ``method`` and keeps only its own math and
 ``step``; what it adds to a checkpoint goes through :meth:`_extra_state` and
 :meth:`_save_extra`/:meth:`_load_extra`.
+
+With ``lora_rank > 0`` the policy is a PEFT model training a LoRA adapter, the
+reference is that model with its adapter switched off (one copy of the base:
+services.trainer.methods.lora), AdamW holds the adapter's parameters only, and
+``save_policy`` and checkpoints write the adapter, not the base.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,10 +38,20 @@ from services.trainer.methods.checkpoint import (
     save_optimizer,
     save_served_policy,
 )
+from services.trainer.methods.lora import (
+    AdapterOffReference,
+    is_peft_model,
+    load_adapter_lm,
+    load_adapter_weights,
+    save_adapter,
+    with_adapter,
+)
 from services.trainer.methods.model import CausalLM, disable_dropout
 from services.trainer.methods.rollout import DemonstrationBatch, demonstration_batch, demonstration_loss
+from shared.models.adapters import ADAPTER_CONFIG
 
 ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+TOKENIZER_DIR = "tokenizer"  # a LoRA checkpoint's tokenizer (its policy/ holds PEFT's files alone)
 Trainer = TypeVar("Trainer", bound="MethodTrainer")
 
 
@@ -49,7 +64,9 @@ class MethodTrainer(Generic[ConfigT]):
     def __init__(
         self, lm: torch.nn.Module, tokenizer, config: ConfigT, reference: torch.nn.Module | None = None
     ) -> None:
-        """``lm`` is trained in place; ``reference`` (default: a copy of ``lm``) stays frozen."""
+        """``lm`` is trained in place; ``reference`` (default: a copy of ``lm``) stays frozen.
+        With ``lora_rank > 0``, ``lm`` (a PEFT model: its adapter trains on) gets an adapter and
+        the reference is its base: passing another reference is refused."""
         self.config: ConfigT = config
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
@@ -59,12 +76,24 @@ class MethodTrainer(Generic[ConfigT]):
         # argument), so the seed is global; checkpoints save its state.
         torch.manual_seed(config.seed)
         self.tokenizer = tokenizer
+        # Where the base weights of a LoRA run are on disk, for checkpoints (which hold the adapter
+        # only): the directory the LM was loaded from; the loop sets it to the store version's.
+        self.lora_base_dir: Path | None = _loaded_from(lm)
+        if config.lora_rank:
+            if reference is not None:
+                raise ValueError("a LoRA run's reference is its base with the adapter off; pass no reference")
+            lm = with_adapter(lm, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        elif _is_peft(lm):  # an adapter version fine-tuned in full: its merged weights
+            lm = cast(Any, lm).merge_and_unload()
         disable_dropout(lm)
         lm.eval()  # no dropout: the same tokens get the same log-prob in every pass; gradients still flow
         self.lm: CausalLM = lm
-        self.reference: CausalLM = reference if reference is not None else copy.deepcopy(lm)
-        self.reference.requires_grad_(False).eval()
-        disable_dropout(self.reference)
+        if config.lora_rank:
+            self.reference: CausalLM = AdapterOffReference(lm)
+        else:
+            self.reference = reference if reference is not None else copy.deepcopy(lm)
+            self.reference.requires_grad_(False).eval()
+            disable_dropout(self.reference)
         self.model: torch.nn.Module = self._trained_module(lm)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -79,6 +108,11 @@ class MethodTrainer(Generic[ConfigT]):
     def _trained_module(self, lm: torch.nn.Module) -> torch.nn.Module:
         """What the optimizer trains: the LM itself, or the LM with a head of the method's (PPO's value head)."""
         return lm
+
+    @property
+    def adapter_run(self) -> bool:
+        """True when the trainer trains a LoRA adapter (``lora_rank > 0``) rather than every weight."""
+        return bool(self.config.lora_rank)
 
     @property
     def policy(self) -> CausalLM:
@@ -109,15 +143,30 @@ class MethodTrainer(Generic[ConfigT]):
 
     # --- saving -------------------------------------------------------------------------
     def save_policy(self, out_dir: str | Path) -> Path:
-        """The causal LM alone (safetensors + config + tokenizer): what the policy service serves."""
+        """The causal LM alone (safetensors + config + tokenizer): what the policy service serves;
+        for a LoRA run the adapter alone (PEFT's files: an adapter version's payload)."""
+        if self.adapter_run:
+            return save_adapter(self.policy, out_dir)
         return save_served_policy(self.policy, self.tokenizer, out_dir)
 
     def checkpoint(self, out_dir: str | Path) -> Path:
         """Everything needed to resume exactly: policy, reference, optimizer moments, step count,
-        ptx cursor, RNG states and the method's own state. Atomic."""
+        ptx cursor, RNG states and the method's own state. Atomic. A LoRA run's checkpoint holds the
+        adapter and names its base's directory (the base never changes, so it is not copied)."""
+        lora: dict[str, Any] = {}
+        if self.adapter_run:
+            if self.lora_base_dir is None:
+                raise ValueError(
+                    "a LoRA checkpoint names its base model's directory: load the LM with from_pretrained(dir) "
+                    "or set trainer.lora_base_dir"
+                )
+            lora = {"lora_base_dir": str(self.lora_base_dir)}
         with atomic_dir(out_dir) as tmp:
             self.save_policy(tmp / "policy")
-            self.reference.save_pretrained(tmp / "reference", safe_serialization=True)
+            if self.adapter_run:
+                self.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            else:
+                self.reference.save_pretrained(tmp / "reference", safe_serialization=True)
             self._save_extra(tmp)
             save_optimizer(self.optimizer, tmp)
             rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_generator.get_state()}
@@ -127,6 +176,7 @@ class MethodTrainer(Generic[ConfigT]):
                 "step_count": self.step_count,
                 "ptx_cursor": self._ptx_cursor,
                 **self._extra_state(),
+                **lora,
                 "config": asdict(self.config),
             }
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -138,7 +188,15 @@ class MethodTrainer(Generic[ConfigT]):
 
         ckpt = Path(ckpt_dir)
         state = self._read_own_state(ckpt)
-        for module, sub in ((self.policy, "policy"), (self.reference, "reference")):
+        saved_adapter = (ckpt / "policy" / ADAPTER_CONFIG).is_file()
+        if saved_adapter != self.adapter_run:
+            kinds = {True: "a LoRA adapter (lora_rank > 0)", False: "full weights (lora_rank 0)"}
+            raise ValueError(
+                f"{ckpt}: a checkpoint of {kinds[saved_adapter]} cannot resume a trainer of {kinds[self.adapter_run]}"
+            )
+        if self.adapter_run:  # the reference is the base, which a checkpoint never changes
+            load_adapter_weights(self.policy, ckpt / "policy")
+        for module, sub in () if self.adapter_run else ((self.policy, "policy"), (self.reference, "reference")):
             saved = AutoModelForCausalLM.from_pretrained(ckpt / sub)  # resolves tied weights
             module.load_state_dict(saved.state_dict())
         self._load_extra(ckpt)
@@ -199,8 +257,26 @@ def saved_method_of(state: dict[str, Any]) -> str:
 
 
 def load_checkpointed_lm(ckpt_dir: str | Path) -> tuple[Any, Any]:
-    """The checkpoint's policy LM and tokenizer, to build a trainer on before :meth:`MethodTrainer.restore`."""
+    """The checkpoint's policy LM and tokenizer, to build a trainer on before :meth:`MethodTrainer.restore`
+    (a LoRA checkpoint's: its adapter on the base directory it names)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ckpt = Path(ckpt_dir)
+    if (ckpt / "policy" / ADAPTER_CONFIG).is_file():
+        base_dir = read_state(ckpt).get("lora_base_dir")
+        if not base_dir or not Path(base_dir).is_dir():
+            raise ValueError(f"{ckpt}: a LoRA checkpoint whose base model directory {base_dir!r} is gone")
+        lm = load_adapter_lm(base_dir, ckpt / "policy", trainable=True)
+        return lm, AutoTokenizer.from_pretrained(ckpt / TOKENIZER_DIR)
     return AutoModelForCausalLM.from_pretrained(ckpt / "policy"), AutoTokenizer.from_pretrained(ckpt / "policy")
+
+
+def _is_peft(lm: Any) -> bool:
+    """A PEFT model, told without importing peft (a full fine-tuning run never needs it)."""
+    return type(lm).__module__.startswith("peft.") and is_peft_model(lm)
+
+
+def _loaded_from(lm: Any) -> Path | None:
+    """The local directory ``lm`` was loaded from (transformers records it), if it still holds a model."""
+    path = Path(str(getattr(lm, "name_or_path", "") or ""))
+    return path if str(path) not in ("", ".") and (path / "config.json").is_file() else None

@@ -91,6 +91,9 @@ class PPOTrainer(SampledTrainer[PPOConfig]):
                 f"--ppo-mini-batch-size ({cfg.mini_batch_size}) must be at least the number of ranks "
                 f"({group.world_size}): every rank takes part of every minibatch"
             )
+        if cfg.lora_rank:
+            # sync_ppo_state broadcasts the reference as a module; a LoRA run's is a view of the policy.
+            raise ValueError("--ppo-lora-rank is not supported data-parallel (under torchrun) yet")
         if cfg.normalize_scores:
             # Each rank scores only its shard, so the ranks' running moments would drift apart.
             raise ValueError("--ppo-normalize-scores is not supported data-parallel (under torchrun) yet")
