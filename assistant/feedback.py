@@ -7,11 +7,8 @@ the same spelling as the demo's)."""
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from dataclasses import dataclass
 
 from assistant.dataset import Item
 from assistant.judge import Verdict, judge
@@ -19,54 +16,18 @@ from assistant.users import PreferenceFunction, UserProfile, choose, default_uti
 from assistant.users import write_correction as _write_correction
 from shared.proto.rlhf.v1 import events_pb2
 
-MIX_KINDS = ("comparisons", "rankings", "ratings", "flags", "corrections")
-RANKING_SHARE = 0.25  # of the requests that show several answers, the share asking for 3-4 to rank
-
-
-@dataclass(frozen=True)
-class FeedbackMix:
-    comparisons: float = 1.0
-    rankings: float = 1.0
-    ratings: float = 1.0
-    flags: float = 1.0
-    corrections: float = 1.0
-
-    def describe(self) -> str:
-        return ",".join(f"{f.name}={getattr(self, f.name):g}" for f in fields(self))
-
-
-def parse_feedback_mix(spec: str) -> FeedbackMix:
-    """``"corrections=0,rankings=2"`` -> FeedbackMix (unnamed kinds stay 1); ValueError when malformed."""
-    values: dict[str, float] = {}
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        kind, sep, raw = (s.strip() for s in part.partition("="))
-        if not sep or kind not in MIX_KINDS:
-            raise ValueError(f"--feedback-mix: {part!r} is not KIND=MULTIPLIER with KIND one of {', '.join(MIX_KINDS)}")
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"--feedback-mix: {kind} must be a finite number >= 0, got {raw!r}")
-        if kind in values:
-            raise ValueError(f"--feedback-mix: {kind} is given twice")
-        values[kind] = value
-    return FeedbackMix(**values)
-
-
-def _chance(rate: float, multiplier: float) -> float:
-    return min(1.0, max(0.0, rate * multiplier))
+# The feedback mix (the same --feedback-mix for every app), the event an end user
+# sends and its kind are the platform's; re-exported for the assistant's callers.
+from shared.simulated_feedback import FeedbackMix as FeedbackMix
+from shared.simulated_feedback import answers_to_show as shown_answers
+from shared.simulated_feedback import chance, feedback_event
+from shared.simulated_feedback import feedback_kind as feedback_kind
+from shared.simulated_feedback import parse_feedback_mix as parse_feedback_mix
 
 
 def answers_to_show(user: UserProfile, mix: FeedbackMix, rng: random.Random) -> int:
     """How many answers the app asks for: 3 or 4 to rank, 2 to compare, else 1."""
-    draw = rng.random()
-    rank = _chance(user.compare_rate * RANKING_SHARE, mix.rankings)
-    if draw < rank:
-        return rng.choice((3, 4))
-    if draw < rank + min(1.0 - rank, _chance(user.compare_rate * (1 - RANKING_SHARE), mix.comparisons)):
-        return 2
-    return 1
+    return shown_answers(user.compare_rate, mix, rng)
 
 
 @dataclass(frozen=True)
@@ -88,17 +49,8 @@ def assess(
 
 
 def _event(user: UserProfile, generation_id: str, comment: str = "") -> events_pb2.FeedbackEvent:
-    created = Timestamp()
-    created.GetCurrentTime()
-    return events_pb2.FeedbackEvent(
-        feedback_id=f"asst-{uuid.uuid4().hex}",
-        generation_id=generation_id,
-        user_id=user.user_id,
-        created_at=created,
-        source=events_pb2.FEEDBACK_SOURCE_END_USER,
-        comment=comment,
-        metadata={"simulated": "true", "app": "assistant"},
-    )
+    metadata = {"simulated": "true", "app": "assistant"}
+    return feedback_event(user.user_id, generation_id, id_prefix="asst", metadata=metadata, comment=comment)
 
 
 def rank(user: UserProfile, utilities: Sequence[float], rng: random.Random) -> list[list[int]]:
@@ -137,7 +89,7 @@ def react(
             event.preference.chosen_generation_id = answers[picked].generation_id
             event.preference.rejected_generation_id = answers[1 - picked].generation_id
             out.append(event)
-    elif answers and rng.random() < _chance(user.rate_rate, mix.ratings):
+    elif answers and rng.random() < chance(user.rate_rate, mix.ratings):
         event = _event(user, answers[0].generation_id)
         if user.rates_with_score:
             event.rating.score = rating_score(user, utilities[0], rng)
@@ -146,18 +98,14 @@ def react(
         out.append(event)
     for answer in answers:
         wrong = not answer.verdict.correct and not answer.verdict.refusal
-        if wrong and rng.random() < _chance(user.flag_rate, mix.flags):
+        if wrong and rng.random() < chance(user.flag_rate, mix.flags):
             event = _event(user, answer.generation_id)
             event.flag.category = events_pb2.FLAG_CATEGORY_WRONG
             out.append(event)
     all_bad = answers and not any(a.verdict.good for a in answers)
-    if all_bad and rng.random() < _chance(user.correct_rate, mix.corrections):
+    if all_bad and rng.random() < chance(user.correct_rate, mix.corrections):
         # Only when nothing shown was acceptable does a person bother to write the answer.
         event = _event(user, answers[0].generation_id, comment="here is the right answer")
         event.correction.response = _write_correction(user, item)
         out.append(event)
     return out
-
-
-def feedback_kind(event: events_pb2.FeedbackEvent) -> str:
-    return event.WhichOneof("kind") or "none"

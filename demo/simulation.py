@@ -1,7 +1,7 @@
 """Simulated app users: who they are, how they judge, what feedback they send.
 
 The core of `rlhf simulate` and `rlhf demo`, with no network in it (the gRPC
-driver is rlhf_cli/simulator.py), so the user model can be tested on its own.
+driver is demo/simulator.py), so the user model can be tested on its own.
 
 A user has a hidden preference over the world's ground-truth axes (a weight
 per axis of :data:`demo.world.AXES`) and a noise rate. For a response the
@@ -32,19 +32,18 @@ from __future__ import annotations
 import importlib
 import math
 import random
-import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from demo.user_feedback import FeedbackMix, best_in_taste, judged_utility, rank_answers
 from demo.world import AXES, Prompt, Verdict
 from shared.proto.rlhf.v1 import events_pb2
+from shared.simulated_feedback import feedback_event
+from shared.simulated_feedback import feedback_kind as feedback_kind  # re-exported: the demo's callers count by it
+from shared.simulated_users import DriverStats
 
 # How much an average person cares about each axis. Safety and correctness
 # matter most; conciseness least. Each user's weights scatter around these.
@@ -159,19 +158,7 @@ def flag_category(verdict: Verdict) -> int | None:
 
 # --- feedback events ---------------------------------------------------------------
 def _event(user: UserProfile, generation_id: str, comment: str = "") -> events_pb2.FeedbackEvent:
-    created = Timestamp()
-    created.GetCurrentTime()
-    # A fresh id per decision: the gateway treats a resent id as a duplicate,
-    # which the driver relies on when it retries a failed batch.
-    return events_pb2.FeedbackEvent(
-        feedback_id=f"sim-{uuid.uuid4().hex}",
-        generation_id=generation_id,
-        user_id=user.user_id,
-        created_at=created,
-        source=events_pb2.FEEDBACK_SOURCE_END_USER,
-        comment=comment,
-        metadata={"simulated": "true"},
-    )
+    return feedback_event(user.user_id, generation_id, id_prefix="sim", metadata={"simulated": "true"}, comment=comment)
 
 
 def preference_event(user: UserProfile, chosen_id: str, rejected_id: str) -> events_pb2.FeedbackEvent:
@@ -264,10 +251,6 @@ def react(
     return out
 
 
-def feedback_kind(event: events_pb2.FeedbackEvent) -> str:
-    return event.WhichOneof("kind") or "none"
-
-
 # --- what the simulator saw ----------------------------------------------------------
 @dataclass
 class VersionTally:
@@ -308,20 +291,15 @@ class ServedResponse:
     good: bool
 
 
-class SimulationStats:
-    """Thread-safe counters shared by the simulator's workers and its display."""
+class SimulationStats(DriverStats):
+    """Thread-safe counters shared by the simulator's workers and its display:
+    the driver's request and feedback counts, and what each version served."""
 
     def __init__(self, recent_window: int = 200):
-        self._lock = threading.Lock()
-        self.started = time.monotonic()
-        self.requests = 0
-        self.request_errors = 0
-        self.feedback_sent: dict[str, int] = {}
+        super().__init__()
         self.feedback_rejected = 0
-        self.feedback_errors = 0
         self.by_version: dict[str, VersionTally] = {}
         self.recent: deque[ServedResponse] = deque(maxlen=recent_window)
-        self.last_error = ""
 
     def record_response(
         self, model_version: str, prompt: str, response: str, verdict: Verdict, utility: float = 0.0
@@ -329,22 +307,6 @@ class SimulationStats:
         with self._lock:
             self.by_version.setdefault(model_version, VersionTally()).add(verdict, utility)
             self.recent.append(ServedResponse(time.monotonic(), model_version, prompt, response, verdict.good))
-
-    def record_request(self, ok: bool, error: str = "") -> None:
-        with self._lock:
-            self.requests += ok
-            self.request_errors += not ok
-            if error:
-                self.last_error = error
-
-    def record_feedback(self, kinds: Sequence[str], accepted: bool, error: str = "") -> None:
-        with self._lock:
-            if accepted:
-                for kind in kinds:
-                    self.feedback_sent[kind] = self.feedback_sent.get(kind, 0) + 1
-            else:
-                self.feedback_errors += len(kinds)
-                self.last_error = error or self.last_error
 
     def snapshot_recent(self) -> list[ServedResponse]:
         with self._lock:
@@ -364,10 +326,6 @@ class SimulationStats:
             return {
                 v: VersionTally(t.responses, t.good, dict(t.axes), t.utility_sum) for v, t in self.by_version.items()
             }
-
-    @property
-    def feedback_total(self) -> int:
-        return sum(self.feedback_sent.values())
 
 
 def version_sort_key(version: str) -> tuple[int, str]:

@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from shared import env
 
@@ -159,8 +158,8 @@ def run(args) -> int:
     from demo.simulation import SimulationStats
     from demo.simulator import Simulator
     from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
-    from rlhf_cli.stack import Stack, available_services, describe_process
-    from rlhf_cli.up_cmd import missing_models, selected_services, trainer_args
+    from rlhf_cli.stack import available_services, describe_process
+    from rlhf_cli.up_cmd import build_stack, missing_models, selected_services
 
     console = Console()
     if not plot_available():
@@ -197,16 +196,7 @@ def run(args) -> int:
     # The demo plugs its world's judge into the trainer's gate the way any application
     # would: by naming it (the platform never imports demo/ on its own).
     gate_judge = os.environ.get(env.TRAINER_GATE_JUDGE, "demo.evaluation:gate_judge")
-    stack = Stack(
-        model_store=Path(args.model_store).resolve(),
-        log_dir=Path(args.log_dir),
-        services=services,
-        kafka=args.kafka,
-        broker_port=args.broker_port,
-        port_offset=args.port_offset,
-        policy_replicas=args.policy_replicas,
-        service_args={"trainer": (["--gate-judge", gate_judge] if gate_judge else []) + trainer_args(args)},
-    )
+    stack = build_stack(args, services, ["--gate-judge", gate_judge] if gate_judge else [])
     if "trainer" in services and (stack.trainer_state_dir / "ledger.sqlite").exists():
         # A fresh store with an old ledger trains on earlier runs' feedback and carries their gate tests.
         console.print(

@@ -11,6 +11,7 @@ import time
 
 from shared import env
 from shared.grpc.tls import add_client_tls_flags, client_tls_from_args
+from shared.simulated_feedback import parse_feedback_mix
 
 # Applications whose simulated users `rlhf simulate --app` drives; each is imported only when chosen.
 APPS = ("demo", "assistant")
@@ -96,55 +97,37 @@ def add_simulation_arguments(parser) -> None:
 
 
 def simulator_config(args, policy_addr: str, feedback_addr: str, *, duration_s=None, requests=None):
+    """The demo's simulator settings from the flags (``--app demo``, and `rlhf demo`)."""
     from demo.simulation import load_preference, weighted_axes_utility
     from demo.simulator import SimulatorConfig
-    from demo.user_feedback import parse_feedback_mix
 
-    if args.users < 1 or args.concurrency < 1:
-        raise SystemExit("--users and --concurrency must be at least 1")
-    if args.rate < 0:
-        raise SystemExit(f"--rate must be >= 0 (0 = unpaced), got {args.rate}")
-    try:
-        mix = parse_feedback_mix(args.feedback_mix)
-        preference = load_preference(args.preference) if args.preference else weighted_axes_utility
-    except (ValueError, ImportError) as exc:
-        raise SystemExit(str(exc)) from exc
-    return SimulatorConfig(
-        policy_addr=policy_addr,
-        feedback_addr=feedback_addr,
-        auth_token=args.auth_token,
-        tls=client_tls_from_args(args),
-        users=args.users,
-        concurrency=args.concurrency,
-        rate=args.rate,
-        duration_s=duration_s,
-        requests=requests,
-        seed=args.seed,
-        mean_noise=args.noise,
-        prompt_split=args.prompts,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        preference=preference,
-        feedback_mix=mix,
-    )
+    parts = (SimulatorConfig, load_preference, weighted_axes_utility)
+    return _app_config(args, parts, policy_addr, feedback_addr, duration_s=duration_s, requests=requests)
 
 
 def assistant_config(args, policy_addr: str, feedback_addr: str, *, duration_s=None, requests=None):
     """The assistant app's simulator settings from the same flags (``--app assistant``)."""
-    from assistant.feedback import parse_feedback_mix
     from assistant.simulator import AssistantSimulatorConfig
     from assistant.users import default_utility, load_preference
 
+    parts = (AssistantSimulatorConfig, load_preference, default_utility)
+    return _app_config(args, parts, policy_addr, feedback_addr, duration_s=duration_s, requests=requests)
+
+
+def _app_config(args, parts, policy_addr: str, feedback_addr: str, *, duration_s, requests):
+    """Every app reads the same flags; ``parts`` are what differ, the app's own (imported
+    only when it is chosen): its config class, its --preference loader and its default taste."""
+    config_class, load_preference, default_preference = parts
     if args.users < 1 or args.concurrency < 1:
         raise SystemExit("--users and --concurrency must be at least 1")
     if args.rate < 0:
         raise SystemExit(f"--rate must be >= 0 (0 = unpaced), got {args.rate}")
     try:
         mix = parse_feedback_mix(args.feedback_mix)
-        preference = load_preference(args.preference) if args.preference else default_utility
+        preference = load_preference(args.preference) if args.preference else default_preference
     except (ValueError, ImportError) as exc:
         raise SystemExit(str(exc)) from exc
-    return AssistantSimulatorConfig(
+    return config_class(
         policy_addr=policy_addr,
         feedback_addr=feedback_addr,
         auth_token=args.auth_token,

@@ -13,6 +13,18 @@ from shared import env
 from shared.grpc.tls import add_client_tls_flags, client_tls_from_args
 
 DEFAULT_TRAINER = "127.0.0.1:50054"
+# The last policy step's fields `rlhf status` shows, one column each, in this order.
+POLICY_STEP_FIELDS = (
+    "mean_reward",
+    "kl",
+    "kl_coef",
+    "policy_loss",
+    "value_loss",
+    "clip_fraction",
+    "entropy",
+    "approx_kl",
+    "samples_per_second",
+)
 
 
 def add_trainer_flags(parser) -> None:
@@ -136,34 +148,9 @@ def print_status(status, policy_base: str = "") -> None:
     console.print(overview)
     if status.HasField("last_policy_update"):
         ppo = Table(title=f"last policy step ({status.last_policy_update.step})")
-        for name in (
-            "mean_reward",
-            "kl",
-            "kl_coef",
-            "policy_loss",
-            "value_loss",
-            "clip_fraction",
-            "entropy",
-            "approx_kl",
-            "samples_per_second",
-        ):
+        for name in POLICY_STEP_FIELDS:
             ppo.add_column(name, justify="right")
-        ppo.add_row(
-            *(
-                f"{getattr(status.last_policy_update, n):.4g}"
-                for n in (
-                    "mean_reward",
-                    "kl",
-                    "kl_coef",
-                    "policy_loss",
-                    "value_loss",
-                    "clip_fraction",
-                    "entropy",
-                    "approx_kl",
-                    "samples_per_second",
-                )
-            )
-        )
+        ppo.add_row(*(f"{getattr(status.last_policy_update, n):.4g}" for n in POLICY_STEP_FIELDS))
         console.print(ppo)
     if status.HasField("canary"):
         console.print(canary_table(status.canary))

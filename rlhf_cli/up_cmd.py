@@ -133,21 +133,28 @@ def missing_models_message(model_store: str, missing: list[str]) -> str:
     return "\n".join(lines)
 
 
-def start_stack(args, console):
-    """Start broker and services on the models in the store; returns the Stack."""
-    from rlhf_cli.stack import Stack, describe_process
+def build_stack(args, services: list[str], trainer_flags: list[str] | None = None):
+    """The Stack the stack flags (add_stack_arguments) describe, not started; ``trainer_flags``
+    go before the trainer's own flags (`rlhf demo` names its gate judge there)."""
+    from rlhf_cli.stack import Stack
 
-    services = selected_services(args)
-    stack = Stack(
+    return Stack(
         model_store=Path(args.model_store).resolve(),
         log_dir=Path(args.log_dir),
         services=services,
         kafka=args.kafka,
         broker_port=args.broker_port,
         policy_replicas=args.policy_replicas,
-        service_args={"trainer": trainer_args(args)},
+        service_args={"trainer": (trainer_flags or []) + trainer_args(args)},
         port_offset=getattr(args, "port_offset", 0),
     )
+
+
+def start_stack(args, console):
+    """Start broker and services on the models in the store; returns the Stack."""
+    from rlhf_cli.stack import describe_process
+
+    stack = build_stack(args, selected_services(args))
     stack.start_broker()
     console.print(f"broker: {stack.bootstrap}" + (" (embedded Tansu)" if stack.broker else ""))
     with console.status("starting services") as status:
