@@ -53,7 +53,22 @@ class VersionTally:
     clean: int = 0
     good: int = 0
     utility_sum: float = 0.0
+    utility_sq_sum: float = 0.0  # for the standard error of the mean utility
     words_sum: int = 0
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    """One answer a user saw, kept for the live view's per-interval points."""
+
+    at: float  # time.monotonic() when judged
+    model_version: str
+    prompt: str
+    response: str
+    utility: float
+    correct: bool
+    clean: bool
+    words: int
 
 
 class AssistantStats(DriverStats):
@@ -63,9 +78,9 @@ class AssistantStats(DriverStats):
     def __init__(self, recent_window: int = 200):
         super().__init__()
         self.by_version: dict[str, VersionTally] = {}
-        self.recent: deque[tuple[str, bool]] = deque(maxlen=recent_window)
+        self.recent: deque[ServedAnswer] = deque(maxlen=recent_window)
 
-    def record_answer(self, version: str, answer) -> None:
+    def record_answer(self, version: str, answer, prompt: str = "") -> None:
         with self._lock:
             t = self.by_version.setdefault(version, VersionTally())
             v = answer.verdict
@@ -74,8 +89,17 @@ class AssistantStats(DriverStats):
             t.clean += v.clean
             t.good += v.good
             t.utility_sum += answer.utility
+            t.utility_sq_sum += answer.utility**2
             t.words_sum += v.words
-            self.recent.append((version, v.good))
+            self.recent.append(
+                ServedAnswer(
+                    time.monotonic(), version, prompt, answer.text, answer.utility, v.correct, v.clean, v.words
+                )
+            )
+
+    def snapshot_recent(self) -> list[ServedAnswer]:
+        with self._lock:
+            return list(self.recent)
 
     def tallies(self) -> dict[str, VersionTally]:
         with self._lock:
@@ -85,10 +109,10 @@ class AssistantStats(DriverStats):
         with self._lock:
             recent = list(self.recent)
         per: dict[str, list[int]] = {}
-        for version, good in recent:
-            n_good = per.setdefault(version, [0, 0])
+        for served in recent:
+            n_good = per.setdefault(served.model_version, [0, 0])
             n_good[0] += 1
-            n_good[1] += good
+            n_good[1] += served.correct and served.clean
         versions = "  ".join(f"{v}: {g / n:.0%} (n={n})" for v, (n, g) in sorted(per.items())) or "-"
         elapsed = max(1e-9, time.monotonic() - self.started)
         line = (
@@ -154,7 +178,7 @@ class AssistantSimulator(SimulatedUsers[AssistantSimulatorConfig, AssistantStats
         reply = self._generate(self._request(user.user_id, item, answers_to_show(user, self.config.feedback_mix, rng)))
         answers = [assess(user, item, c.generation_id, c.text, self.config.preference) for c in reply.completions]
         for answer in answers:
-            self.stats.record_answer(reply.model_version, answer)
+            self.stats.record_answer(reply.model_version, answer, item.question)
         return react(user, item, answers, rng, self.config.feedback_mix)
 
     def _request(self, user_id: str, item: Item, n: int) -> policy_pb2.GenerateRequest:

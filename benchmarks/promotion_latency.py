@@ -136,19 +136,42 @@ def wait_answering(stub, version: str, timeout_s: float) -> float:
     raise TimeoutError(f"no answer from {version} within {timeout_s} s")
 
 
-def promote_round(promoter, store, model, tokenizer, stubs, replicas, timeout_s: float) -> dict[str, list[float]]:
-    """One promotion; returns, per stage, the seconds from the decision for each replica."""
+def close_all(promoter, channels, replicas: list[Replica]) -> None:
+    """Close the promoter and the channels, then stop every replica (killed if it will not stop)."""
+    promoter.close()
+    for channel in channels:
+        channel.close()
+    for replica in replicas:
+        replica.proc.terminate()
+    for replica in replicas:
+        try:
+            replica.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            replica.proc.kill()
+
+
+def save_full(model, tokenizer):
+    """The PPO trainer's save of full weights, as a ``promote_new`` fill."""
+    return lambda out: (model.save_pretrained(out, safe_serialization=True), tokenizer.save_pretrained(out))
+
+
+def promote_round(
+    promoter, store, fill, stubs, replicas, timeout_s: float, base_version: str = ""
+) -> dict[str, list[float]]:
+    """One promotion of what ``fill`` writes (a LoRA adapter on ``base_version`` when given);
+    returns, per stage, the seconds from the decision for each replica."""
     current = store.current("policy")
     answered: dict[str, float] = {}
     decided = time.time()
     update = promoter.promote_new(
         "policy",
-        lambda out: (model.save_pretrained(out, safe_serialization=True), tokenizer.save_pretrained(out)),
+        fill,
         parent_version=current,
         eval_metrics={},
         reason="benchmark: promotion latency",
         expected_current=current,
         actor="benchmark",
+        base_version=base_version,
     )
     announced = time.time()
     version = update.version
@@ -198,7 +221,7 @@ def run(
         work = Path(tmp)
         ensure_topics(broker.bootstrap)
         store = ModelStore(work / "store")
-        first = store.write_version("policy", lambda out: (model.save_pretrained(out), tokenizer.save_pretrained(out)))
+        first = store.write_version("policy", save_full(model, tokenizer))
         store.set_current("policy", first.version)
         replicas = [
             start_replica(f"policy-{i + 1}", work, broker.bootstrap, store.root, torch_threads)
@@ -211,27 +234,17 @@ def run(
             for stub in stubs:
                 wait_answering(stub, first.version, timeout_s=180)
             time.sleep(2.0)  # the update consumers seek to the end of the topic after SERVING
-            promote_round(promoter, store, model, tokenizer, stubs, replicas, timeout_s)  # warm-up, not counted
+            fill = save_full(model, tokenizer)
+            promote_round(promoter, store, fill, stubs, replicas, timeout_s)  # warm-up, not counted
             totals: dict[str, list[float]] = {stage: [] for stage in STAGES}
             for _ in range(repeats):
                 with torch.no_grad():
                     next(model.parameters()).add_(1e-3)  # a different candidate each round
-                for stage, seconds in promote_round(
-                    promoter, store, model, tokenizer, stubs, replicas, timeout_s
-                ).items():
+                for stage, seconds in promote_round(promoter, store, fill, stubs, replicas, timeout_s).items():
                     totals[stage].extend(seconds)
             return totals, sum(p.numel() for p in model.parameters())
         finally:
-            promoter.close()
-            for channel in channels:
-                channel.close()
-            for replica in replicas:
-                replica.proc.terminate()
-            for replica in replicas:
-                try:
-                    replica.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    replica.proc.kill()
+            close_all(promoter, channels, replicas)
 
 
 def main(argv=None) -> int:

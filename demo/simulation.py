@@ -40,6 +40,7 @@ from typing import Protocol
 
 from demo.user_feedback import FeedbackMix, best_in_taste, judged_utility, rank_answers
 from demo.world import AXES, Prompt, Verdict
+from shared.loop_watch import version_sort_key as version_sort_key  # re-exported: the demo's callers sort by it
 from shared.proto.rlhf.v1 import events_pb2
 from shared.simulated_feedback import feedback_event
 from shared.simulated_feedback import feedback_kind as feedback_kind  # re-exported: the demo's callers count by it
@@ -326,9 +327,3 @@ class SimulationStats(DriverStats):
             return {
                 v: VersionTally(t.responses, t.good, dict(t.axes), t.utility_sum) for v, t in self.by_version.items()
             }
-
-
-def version_sort_key(version: str) -> tuple[int, str]:
-    """v2 before v10; anything odd last."""
-    digits = version[1:] if version.startswith("v") else ""
-    return (int(digits), version) if digits.isdigit() else (1 << 30, version)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
-import time
 
 from shared import env
 
@@ -22,7 +19,7 @@ DEMO_POLICY_METHOD = "rloo"
 
 
 def add_parser(subparsers) -> None:
-    from rlhf_cli.simulate_cmd import add_simulation_arguments
+    from rlhf_cli.simulate_cmd import APPS, add_simulation_arguments
     from rlhf_cli.up_cmd import add_stack_arguments
 
     parser = subparsers.add_parser(
@@ -30,11 +27,22 @@ def add_parser(subparsers) -> None:
     )
     add_stack_arguments(parser, default_policy_method=DEMO_POLICY_METHOD)
     add_simulation_arguments(parser)
-    parser.add_argument("--minutes", type=float, default=10.0, help="how long the simulated users keep coming")
+    parser.add_argument(
+        "--app",
+        choices=APPS,
+        default="demo",
+        help="whose loop: demo (the toy world: a 2-layer GPT-2 built here, 10 minutes) or assistant (a real chat "
+        "model, SmolLM2-135M-Instruct from its wheel, trained as LoRA adapters for everyday-question users, 30 "
+        "minutes; its store, logs and plot go to ./model-store-assistant and ./runs/assistant unless given)",
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="how long the simulated users keep coming (demo 10, assistant 30)"
+    )
     parser.add_argument(
         "--out",
-        default=os.environ.get(env.DEMO_OUT, "runs/demo/loop.png"),
-        help=f"PNG of the series; the JSON goes next to it [env {env.DEMO_OUT}]",
+        default=os.environ.get(env.DEMO_OUT),
+        help=f"PNG of the series; the JSON goes next to it (default runs/demo/loop.png, runs/assistant/loop.png) "
+        f"[env {env.DEMO_OUT}]",
     )
     parser.add_argument("--sample-every-s", type=float, default=10.0, help="seconds per point of the series")
     parser.add_argument(
@@ -151,19 +159,60 @@ def print_headline(console, series) -> None:
 
 def run(args) -> int:
     from rich.console import Console
-    from rich.live import Live
-
-    from demo.monitor import LoopMonitor
-    from demo.plot import LoopSeries, save_series
-    from demo.simulation import SimulationStats
-    from demo.simulator import Simulator
-    from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
-    from rlhf_cli.stack import available_services, describe_process
-    from rlhf_cli.up_cmd import build_stack, missing_models, selected_services
 
     console = Console()
     if not plot_available():
         return 2
+    if args.app == "assistant":
+        from rlhf_cli import demo_assistant
+
+        return demo_assistant.run(args, console)
+    args.minutes = 10.0 if args.minutes is None else args.minutes
+    args.out = args.out or "runs/demo/loop.png"
+    return run_demo_world(args, console)
+
+
+def check_services(args, services: list[str], console) -> bool:
+    """The demo needs the policy and feedback services; without the trainer it runs but deploys nothing."""
+    from rlhf_cli.stack import available_services
+
+    missing = [s for s in ("policy", "feedback") if s not in services]
+    if missing:
+        console.print(
+            f"[red]rlhf demo needs the {' and '.join(missing)} service(s); "
+            f"this checkout has: {', '.join(services) or 'none'}[/red]"
+        )
+        return False
+    if "trainer" not in services:
+        why = (
+            "is not started (--services)"
+            if "trainer" in available_services()
+            else "is not available in this checkout (services/trainer/__main__.py)"
+        )
+        console.print(
+            f"[yellow]The trainer {why}: the demo runs without it, so no new policy version will be deployed.[/yellow]"
+        )
+    return True
+
+
+def warn_continued_state(stack, services: list[str], console) -> None:
+    if "trainer" in services and (stack.trainer_state_dir / "ledger.sqlite").exists():
+        # A fresh store with an old ledger trains on earlier runs' feedback and carries their gate tests.
+        console.print(
+            f"[yellow]The trainer continues from {stack.trainer_state_dir} (the ledger and rounds of an earlier "
+            f"run); for a fresh start remove it or set {env.TRAINER_STATE_DIR} to a new directory.[/yellow]"
+        )
+
+
+def run_demo_world(args, console) -> int:
+    from demo.monitor import LoopMonitor
+    from demo.plot import LoopSeries, save_series
+    from demo.simulation import SimulationStats
+    from demo.simulator import Simulator
+    from rlhf_cli.live_loop import LiveApp, monitor_addresses, run_live_loop, run_totals
+    from rlhf_cli.simulate_cmd import feedback_summary, simulator_config, version_table
+    from rlhf_cli.up_cmd import build_stack, missing_models, selected_services
+
     if not args.no_bootstrap:
         ensure_models(args.model_store, console)  # Ctrl-C here is a plain KeyboardInterrupt: nothing runs yet
     services = selected_services(args)
@@ -177,100 +226,49 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 2
-    missing = [s for s in ("policy", "feedback") if s not in services]
-    if missing:
-        console.print(
-            f"[red]rlhf demo needs the {' and '.join(missing)} service(s); "
-            f"this checkout has: {', '.join(services) or 'none'}[/red]"
-        )
+    if not check_services(args, services, console):
         return 2
-    if "trainer" not in services:
-        why = (
-            "is not started (--services)"
-            if "trainer" in available_services()
-            else "is not available in this checkout (services/trainer/__main__.py)"
-        )
-        console.print(
-            f"[yellow]The trainer {why}: the demo runs without it, so no new policy version will be deployed.[/yellow]"
-        )
     # The demo plugs its world's judge into the trainer's gate the way any application
     # would: by naming it (the platform never imports demo/ on its own).
     gate_judge = os.environ.get(env.TRAINER_GATE_JUDGE, "demo.evaluation:gate_judge")
     stack = build_stack(args, services, ["--gate-judge", gate_judge] if gate_judge else [])
-    if "trainer" in services and (stack.trainer_state_dir / "ledger.sqlite").exists():
-        # A fresh store with an old ledger trains on earlier runs' feedback and carries their gate tests.
-        console.print(
-            f"[yellow]The trainer continues from {stack.trainer_state_dir} (the ledger and rounds of an earlier "
-            f"run); for a fresh start remove it or set {env.TRAINER_STATE_DIR} to a new directory.[/yellow]"
-        )
+    warn_continued_state(stack, services, console)
     series = LoopSeries(kl_budget=args.kl_budget)
-    # From here on Ctrl-C only asks to stop, so the stack is always stopped and
-    # what was measured is still saved.
-    stop = threading.Event()
-    previous_handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    simulator = monitor = None
-    try:
-        stack.start_broker()
-        with console.status("starting services") as status:
-            stack.start_services(on_progress=lambda name, st: status.update(f"{name}: {st}"))
-        for proc in stack.processes.values():
-            console.print(f"  {describe_process(proc)}")
-        if stop.is_set():
-            return 130
-        total_s = args.minutes * 60
+    config_holder = {}
+
+    def start_simulator(stack, total_s: float):
         config = simulator_config(args, stack.address("policy"), stack.address("feedback"), duration_s=total_s)
-        simulator = Simulator(config, SimulationStats(recent_window=20_000)).start()
-        monitor = LoopMonitor(
+        config_holder["config"] = config
+        return Simulator(config, SimulationStats(recent_window=20_000)).start()
+
+    def make_monitor(stack, simulator):
+        return LoopMonitor(
             series,
-            reward_addr=stack.address("reward") if "reward" in stack.processes else None,
-            trainer_addr=stack.address("trainer") if "trainer" in stack.processes else None,
+            **monitor_addresses(stack),
             auth_token=args.auth_token,
-            tls=config.tls,
+            tls=config_holder["config"].tls,
             started=simulator.stats.started,
             seed=args.seed,
         )
-        next_sample = time.monotonic() + args.sample_every_s
-        with Live(render(simulator.stats, monitor, 0.0, total_s), console=console, refresh_per_second=2) as live:
-            while simulator.running() and not stop.wait(0.5):
-                if time.monotonic() >= next_sample:
-                    monitor.sample(simulator.stats)
-                    next_sample += args.sample_every_s
-                dead = stack.check_alive()
-                if dead:
-                    series.notes.append(f"{', '.join(dead)} exited during the demo")
-                    console.print(f"[red]{', '.join(dead)} exited; stopping (see {stack.log_dir})[/red]")
-                    break
-                live.update(render(simulator.stats, monitor, time.monotonic() - simulator.stats.started, total_s))
-            if stop.is_set():
-                series.notes.append("stopped early by the user")
-            live.update("stopping the simulated users…")
-            simulator.stop()
-            monitor.sample(simulator.stats)
-            live.update(render(simulator.stats, monitor, time.monotonic() - simulator.stats.started, total_s))
-        monitor.summarise(simulator.stats)
+
+    def finish(simulator, monitor, stack, console) -> int:
         stats = simulator.stats
         series.totals = {
-            "requests": stats.requests,
-            "request_errors": stats.request_errors,
-            "feedback_accepted": dict(stats.feedback_sent),
-            "feedback_failed": stats.feedback_errors,
-            "minutes": (time.monotonic() - stats.started) / 60,
-            "services": list(stack.processes),
-            "feedback_mix": config.feedback_mix.describe(),
+            **run_totals(stats, stack),
+            "feedback_mix": config_holder["config"].feedback_mix.describe(),
             "preference": args.preference or "demo.simulation:weighted_axes_utility",
         }
         png, data = save_series(series, args.out)
-        console.print(version_table(simulator.stats, title="whole run, by policy version"))
-        console.print(feedback_summary(simulator.stats))
+        console.print(version_table(stats, title="whole run, by policy version"))
+        console.print(feedback_summary(stats))
         console.print(f"saved {png} and {data}")
         print_headline(console, series)
-        return 0 if simulator.stats.requests else 1
-    finally:
-        if simulator is not None:
-            simulator.stop(flush_timeout_s=5.0)
-        if monitor is not None:
-            monitor.close()
-        codes = stack.stop()
-        console.print("stopped: " + (", ".join(f"{n} ({c})" for n, c in codes.items()) or "nothing was running"))
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+        return 0 if stats.requests else 1
+
+    app = LiveApp(
+        start_simulator=start_simulator,
+        make_monitor=make_monitor,
+        render=lambda sim, mon, elapsed, total: render(sim.stats, mon, elapsed, total),
+        finish=finish,
+    )
+    return run_live_loop(stack, app, minutes=args.minutes, sample_every_s=args.sample_every_s, console=console)

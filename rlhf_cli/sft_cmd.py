@@ -42,7 +42,12 @@ def add_training_flags(parser, defaults, kind: str) -> None:
         dest="from_version",
         default=None,
         metavar="VERSION",
-        help=f"{kind} version to start from, e.g. v3 (default: the current one)",
+        help=f"{kind} version to start from, e.g. v3 (default: the current one)"
+        + (
+            "; minilm: the MiniLM backbone with a new scalar head, for a store with no reward yet"
+            if kind == "reward"
+            else ""
+        ),
     )
     parser.add_argument(
         "--steps", type=positive_int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})"
@@ -82,8 +87,10 @@ def quiet_library_progress(args) -> None:
 
 def print_result(command: str, result, rows: list[tuple[str, str, str]]) -> None:
     """The new version, (label, metric key, format) rows as before -> after, and how to serve it."""
+    adapter = f"a LoRA adapter on {result.base_version}, " if result.base_version else ""
     print(
-        f"{result.kind} {result.version} written (from {result.parent_version}; "
+        f"{result.kind} {result.version} written ({adapter}from "
+        f"{result.parent_version or 'the MiniLM backbone, a new head'}; "
         f"{result.train_items} trained on, {result.heldout_items} held out)"
     )
     for label, key, fmt in rows:
@@ -114,7 +121,9 @@ def add_parser(subparsers) -> None:
         'demonstration per line: {"prompt": ..., "response": ...} or {"messages": [{"role": ..., "content": ...}, '
         "...]} ending with the assistant's reply (rendered with the policy's chat template). The whole file is "
         "checked first; a share of prompts is held out and the held-out response loss is measured before and "
-        "after. The result is a new policy version whose manifest records the metrics and the data file.",
+        "after. The result is a new policy version whose manifest records the metrics and the data file. "
+        "From a LoRA adapter version, the adapter trains on (its base stays frozen) and the result is a new "
+        "adapter version on the same base.",
     )
     add_training_flags(parser, SftFileSettings, "policy")
     parser.add_argument(

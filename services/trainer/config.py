@@ -11,6 +11,7 @@ method needs no edit here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,9 +19,12 @@ from typing import Any, ClassVar
 from services.trainer.data.fair_share import UserCaps
 from services.trainer.methods.base_config import MethodConfig
 from services.trainer.methods.registry import POLICY_METHODS, REGISTRY
+from services.trainer.methods.size_defaults import fit_model_size
 from shared import env
 from shared.config import Renamed, check, nested, setting
 from shared.service_config import ServiceConfig
+
+log = logging.getLogger(__name__)
 
 # The policy checkpoint's directory under --state-dir, and its name before this release (migrated on start).
 POLICY_CHECKPOINT_DIR = "policy-checkpoint"
@@ -151,6 +155,13 @@ class TrainerConfig(ServiceConfig):
         "and flags); each reads its own --<method>-* settings (--ppo-*, --rloo-*, ...)",
         env=env.TRAINER_POLICY_METHOD,
         choices=POLICY_METHODS,
+    )
+    policy_size_defaults: bool = setting(
+        True,
+        "fit the method's settings left at their defaults to a pretrained policy (50M parameters and more): a "
+        "LoRA adapter, its learning rate, one epoch (services/trainer/methods/size_defaults.py); false keeps "
+        "every declared default",
+        env=env.TRAINER_POLICY_SIZE_DEFAULTS,
     )
     gate_min_reward_gain: float = setting(
         0.0,
@@ -332,10 +343,20 @@ class TrainerConfig(ServiceConfig):
         """The settings of a registered method as given (``TrainerConfig.<method>``)."""
         return getattr(self, method)
 
-    def policy_config(self, max_positions: int | None = None) -> Any:
+    def policy_config(self, max_positions: int | None = None, n_parameters: int | None = None) -> Any:
         """The hyperparameters of ``policy_method`` (its registry entry's config class), fitted to a
-        policy with a ``max_positions`` context: a prompt plus its response must fit it."""
+        policy with a ``max_positions`` context (a prompt plus its response must fit it) and, with
+        ``policy_size_defaults``, to its ``n_parameters`` (services.trainer.methods.size_defaults)."""
         method_config: MethodConfig = self.method_config(self.policy_method)
+        if self.policy_size_defaults:
+            method_config, changes = fit_model_size(method_config, n_parameters)
+            if changes:
+                said = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())
+                log.info(
+                    f"{self.policy_method} settings fitted to a {n_parameters / 1e6:.1f}M-parameter policy: {said} "
+                    "(--policy-size-defaults false keeps the declared defaults)",
+                    extra={"size_defaults": {k: v for k, (_, v) in changes.items()}},
+                )
         return method_config.fit_context(max_positions, self.torch_threads)
 
     @property

@@ -12,17 +12,23 @@ ensemble of reward heads, the conservative score (mean - k * std), which is
 what PPO is paid and the gate compares; :meth:`RewardClient.score_ensemble`
 also gives the heads' mean and std, and :attr:`RewardClient.score_used` says
 which score the last call returned.
+
+With a ``stop`` token (services.trainer.stop_token) a call in flight, or a
+retry's backoff, ends as soon as the trainer is asked to stop: the call is
+cancelled and TrainingInterrupted raised, so a slow or unreachable reward
+service never holds a shutdown for its deadline times the retries.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
+from services.trainer.stop_token import StopToken, TrainingInterrupted
 from shared.grpc.channels import ClientTLS, open_channel
 from shared.models.reward.ensemble import describe_score
 from shared.proto.rlhf.v1 import reward_pb2, reward_pb2_grpc
@@ -67,8 +73,10 @@ class RewardClient:
         backoff_s: float = 0.5,
         max_message_bytes: int = 16 * 1024 * 1024,
         empty_response_score: float = -10.0,
+        stop: StopToken | None = None,
     ):
         self.address = address
+        self.stop = stop or StopToken()
         # The reward service refuses empty responses (INVALID_ARGUMENT: an app
         # sending one has a bug), but a policy can sample EOS first. Such a
         # response gets this score here, without a call: low, so PPO is never
@@ -127,9 +135,7 @@ class RewardClient:
         request = reward_pb2.ScoreBatchRequest(items=items)
         for attempt in range(1, self.attempts + 1):
             try:
-                reply = self.stub.ScoreBatch(
-                    request, timeout=self.timeout_s, metadata=self.metadata, wait_for_ready=True
-                )
+                reply = self._call(request)
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code not in RETRYABLE or attempt == self.attempts:
@@ -138,7 +144,8 @@ class RewardClient:
                     "reward scoring failed; retrying",
                     extra={"code": code.name, "attempt": attempt, "address": self.address},
                 )
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                if self.stop.wait(self.backoff_s * 2 ** (attempt - 1)):
+                    raise TrainingInterrupted("scoring by the reward service (between retries)") from None
                 continue
             if len(reply.scores) != len(items) or len(reply.ensemble_means) not in (0, len(items)):
                 raise RewardScoringError(f"reward service returned {len(reply.scores)} scores for {len(items)} pairs")
@@ -147,6 +154,17 @@ class RewardClient:
             self.last_conservative_k = reply.conservative_k
             return reply
         raise AssertionError("unreachable")
+
+    def _call(self, request: reward_pb2.ScoreBatchRequest) -> reward_pb2.ScoreBatchResponse:
+        """One ScoreBatch call, cancelled if the stop token is set while it waits."""
+        call = self.stub.ScoreBatch.future(request, timeout=self.timeout_s, metadata=self.metadata, wait_for_ready=True)
+        done = threading.Event()
+        call.add_done_callback(lambda _call: done.set())
+        while not done.wait(0.2):  # a stop request is noticed within 0.2 s
+            if self.stop.is_set():
+                call.cancel()
+                raise TrainingInterrupted("scoring by the reward service (a call in flight, cancelled)")
+        return call.result()
 
     def close(self) -> None:
         self.channel.close()

@@ -2,9 +2,11 @@
 
 Start order: gRPC server (NOT_SERVING), ledger, consumer loop, hold-expiry
 timer, training thread; SERVING once the consumer has its partitions. Stop:
-NOT_SERVING, stop the consumer (its last batch is committed), stop the
-training thread at a step boundary (the checkpoint lets the next start finish
-the round), then tell the other ranks to stop (under torchrun).
+first the training thread's stop request, so it abandons a step or reward
+update at its next forward pass (services.trainer.stop_token) while the rest
+shuts down; then NOT_SERVING and the gRPC drain, stop the consumer (its last
+batch is committed), join the training thread (the checkpoint lets the next
+start finish the round), then tell the other ranks to stop (under torchrun).
 
 Under torchrun (WORLD_SIZE > 1) :func:`main` hands over to
 services.trainer.parallel.launch: this server runs on rank 0 with a
@@ -24,6 +26,7 @@ from services.trainer.data.ledger import FeedbackLedger
 from services.trainer.loop.canary import CanaryReport
 from services.trainer.loop.online import OnlineTrainer
 from services.trainer.loop.promotion import Promoter, kind_name
+from services.trainer.stop_token import StopToken
 from shared.grpc.server import GrpcServer, ServiceBinding
 from shared.grpc.tls import client_tls
 from shared.kafka.deadletter import DeadLetterProducer
@@ -163,6 +166,7 @@ class TrainerServer:
             lambda: create_producer(config.kafka, client_id="rlhf-trainer-promoter", **config.kafka_client_options()),
         )
         self._reward_client = None
+        self.stop_token = StopToken()  # the training thread's stop request (and its reward calls')
         if reward_fn is None:
             from services.trainer.reward_client import RewardClient
 
@@ -173,8 +177,11 @@ class TrainerServer:
                 timeout_s=config.reward_timeout_s,
                 batch_size=config.reward_batch_size,
                 empty_response_score=config.reward_empty_response_score,
+                stop=self.stop_token,
             )
-        self.online = OnlineTrainer(config, self.store, self.promoter, reward_fn, coordinator=coordinator)
+        self.online = OnlineTrainer(
+            config, self.store, self.promoter, reward_fn, coordinator=coordinator, stop_token=self.stop_token
+        )
         self.ledger = FeedbackLedger(config.ledger_path)  # the consumer thread's connection
         dead_letters = DeadLetterProducer(
             self.producer,
@@ -213,7 +220,7 @@ class TrainerServer:
         self._threads.append(threading.Thread(target=self._expire_held_loop, name="hold-expiry", daemon=True))
         self._threads[-1].start()
         if train:
-            self._threads.append(self.online.start(self._stop))
+            self._threads.append(self.online.start())
         if not self.consumer.ready.wait(ready_timeout_s):
             log.warning("consumer has no partitions yet; serving anyway", extra={"waited_s": ready_timeout_s})
         self.online.mark_ready()
@@ -229,9 +236,10 @@ class TrainerServer:
                 log.exception("expiring held feedback failed")
 
     def stop(self, grace_s: float | None = None) -> None:
+        # Training hears first: abandoning a step takes up to one forward pass, during the drain.
+        self.online.request_stop()
         self.grpc.stop(grace_s)
         self._stop.set()
-        self.online.wake()
         for thread in self._threads:
             thread.join(timeout=30)
         if self.coordinator is not None and not any(t.is_alive() for t in self._threads):

@@ -151,11 +151,11 @@ def online_rank_main(rank: int, world_size: int, port: int, store_root: str, wor
     try:
         if group.is_main:
             # One step alone first: optimizer moments, step count and KL coefficient only rank 0 has.
-            alone = PolicyRounds(store, checkpoint, short_answer_reward, lambda _: CONFIG)
+            alone = PolicyRounds(store, checkpoint, short_answer_reward, lambda *_: CONFIG)
             alone.begin_round()
             alone.run_step(PROMPTS, DEMOS)
             coordinator = Coordinator(group)
-            rounds = PolicyRounds(store, checkpoint, short_answer_reward, lambda _: CONFIG, coordinator=coordinator)
+            rounds = PolicyRounds(store, checkpoint, short_answer_reward, lambda *_: CONFIG, coordinator=coordinator)
             rounds.ensure_trainer()  # resumes the checkpoint: the worker must be given all of its state
             for _ in range(2):
                 rounds.run_step(PROMPTS, DEMOS)

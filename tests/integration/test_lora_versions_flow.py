@@ -60,7 +60,7 @@ def logits(model, tokenizer, text: str = PROMPTS[0]) -> torch.Tensor:
 
 
 def test_a_lora_round_promotes_an_adapter_on_its_base_and_the_next_round_continues_it(store, tmp_path):
-    rounds = PolicyRounds(store, tmp_path / "state" / "ckpt", short_answer_reward, lambda _: RLOO_LORA, method="rloo")
+    rounds = PolicyRounds(store, tmp_path / "state" / "ckpt", short_answer_reward, lambda *_: RLOO_LORA, method="rloo")
     rounds.begin_round()
     rounds.run_step(PROMPTS, [])
     assert isinstance(rounds.trainer.reference, AdapterOffReference)
@@ -82,7 +82,7 @@ def test_a_lora_round_promotes_an_adapter_on_its_base_and_the_next_round_continu
 
     # A restarted trainer continues the adapter on its base; its reference stays the base v1.
     restarted = PolicyRounds(
-        store, tmp_path / "state2" / "ckpt", short_answer_reward, lambda _: RLOO_LORA, method="rloo"
+        store, tmp_path / "state2" / "ckpt", short_answer_reward, lambda *_: RLOO_LORA, method="rloo"
     )
     trainer = restarted.ensure_trainer()
     assert torch.allclose(logits(trainer.policy, trainer.tokenizer), trained, atol=1e-5)

@@ -45,20 +45,20 @@ def store(tiny_store, tmp_path):
 
 def test_an_rloo_round_resumes_after_a_restart_and_another_method_starts_over(store, tmp_path):
     checkpoint = tmp_path / "state" / "policy-checkpoint"
-    rounds = PolicyRounds(store, checkpoint, short_answer_reward, lambda _: RLOO, method="rloo")
+    rounds = PolicyRounds(store, checkpoint, short_answer_reward, lambda *_: RLOO, method="rloo")
     rounds.begin_round()
     for _ in range(2):
         stats = rounds.run_step(PROMPTS, [(PROMPTS[0], "Boil it.")])
     assert isinstance(rounds.trainer, PolicyGradientTrainer) and rounds.trainer.method == "rloo"
     assert stats.step == 1 and rounds.steps_done() == 2
 
-    restarted = PolicyRounds(store, checkpoint, short_answer_reward, lambda _: RLOO, method="rloo")
+    restarted = PolicyRounds(store, checkpoint, short_answer_reward, lambda *_: RLOO, method="rloo")
     trainer = restarted.ensure_trainer()
     assert restarted.resumed_from_step == 2 and restarted.round_active and restarted.steps_done() == 2
     for a, b in zip(rounds.trainer.policy.state_dict().values(), trainer.policy.state_dict().values()):
         assert torch.equal(a, b)
 
-    switched = PolicyRounds(store, checkpoint, short_answer_reward, lambda _: GRPO, method="grpo")
+    switched = PolicyRounds(store, checkpoint, short_answer_reward, lambda *_: GRPO, method="grpo")
     assert switched.ensure_trainer().step_count == 0 and switched.resumed_from_step is None
     assert switched.state is not None and switched.state.method == "grpo"
     switched.save_policy(tmp_path / "out")
@@ -67,7 +67,9 @@ def test_an_rloo_round_resumes_after_a_restart_and_another_method_starts_over(st
 
 def test_the_critic_free_methods_refuse_data_parallel(store, tmp_path):
     with pytest.raises(ValueError, match="under torchrun use --policy-method ppo"):
-        PolicyRounds(store, tmp_path / "ckpt", short_answer_reward, lambda _: RLOO, coordinator=object(), method="rloo")
+        PolicyRounds(
+            store, tmp_path / "ckpt", short_answer_reward, lambda *_: RLOO, coordinator=object(), method="rloo"
+        )
 
 
 # --- DPO and KTO: the trainer's own wiring (OnlineTrainer -> PolicyRounds -> selector) on a real ledger ---
@@ -152,10 +154,10 @@ def test_a_preference_round_learns_from_the_ledger_checkpoints_and_resumes(
 
 
 def test_a_preference_method_needs_its_data_source(policy_store, tmp_path):
-    rounds = PolicyRounds(policy_store, tmp_path / "ckpt", short_answer_reward, lambda _: DPOConfig(), method="dpo")
+    rounds = PolicyRounds(policy_store, tmp_path / "ckpt", short_answer_reward, lambda *_: DPOConfig(), method="dpo")
     with pytest.raises(ValueError, match="dpo learns from the ledger's feedback: it needs a data_source"):
         rounds.ensure_trainer()
     with pytest.raises(ValueError, match="under torchrun use --policy-method ppo"):
         PolicyRounds(
-            policy_store, tmp_path / "c", short_answer_reward, lambda _: DPOConfig(), coordinator=1, method="kto"
+            policy_store, tmp_path / "c", short_answer_reward, lambda *_: DPOConfig(), coordinator=1, method="kto"
         )

@@ -261,6 +261,25 @@ def test_train_reward_writes_reward_v2_with_pairwise_accuracy_before_and_after(r
     assert len(score_texts(model, tokenizer, ["How do I boil an egg?"], ["Boil it."])) == 1
 
 
+def test_train_reward_from_minilm_starts_an_empty_store_with_the_chat_frame_stripped(tmp_path, capsys):
+    from services.trainer.supervised.from_file import NEW_REWARD_BASE, RewardFileSettings, reward_from_file
+    from shared.models.reward.format import load_reward_model
+
+    store = ModelStore(tmp_path / "store")
+    data = write_jsonl(tmp_path / "pairs.jsonl", comparison_lines())
+    argv = ["train-reward", "--from", "minilm", "--data", data, "--model-store", str(store.root), *REWARD_FLAGS]
+    assert main([*argv, "--set-current"]) == 0
+    assert "reward v1 written (from the MiniLM backbone, a new head" in capsys.readouterr().out
+    assert store.current("reward") == "v1" and store.manifest("reward", "v1").parent_version == ""
+
+    # The app's chat frame is saved with the model, so the reward service strips it as trained.
+    frame = ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
+    settings = RewardFileSettings(steps=2, batch_size=8, trainable_layers=1, heldout_fraction=0.25, prompt_frame=frame)
+    result = reward_from_file(store, data, settings, base=NEW_REWARD_BASE, progress=False, log=lambda _: None)
+    model, _ = load_reward_model(store.open_version("reward", result.version))
+    assert result.version == "v2" and model.head_config.frame == frame
+
+
 def test_train_reward_bad_lines_exit_2_and_store_unchanged(reward_store, tmp_path, capsys):
     lines = comparison_lines(4) + [
         {"prompt": "Q", "chosen": "same", "rejected": "same"},

@@ -41,9 +41,10 @@ PLATFORM = ("shared", "services")
 # (scores a version on the demo world's held-out prompts with its judge).
 DEMO_COMMANDS = frozenset({"demo_cmd", "bootstrap_cmd", "simulate_cmd", "eval_cmd"})
 # Every application beside the platform, and the `rlhf` commands that may load it
-# inside the command (`rlhf simulate --app assistant`).
+# inside the command (`rlhf simulate --app assistant`, `rlhf demo --app assistant`,
+# whose part is demo_assistant).
 APPS = ("demo", "assistant")
-APP_COMMANDS = {"demo": DEMO_COMMANDS, "assistant": frozenset({"simulate_cmd", "demo_cmd"})}
+APP_COMMANDS = {"demo": DEMO_COMMANDS, "assistant": frozenset({"simulate_cmd", "demo_cmd", "demo_assistant"})}
 # What demo/ may import from the platform besides ``shared``.
 PUBLIC_SERVICE_MODULES = frozenset({"services.trainer.supervised.api"})
 

@@ -24,6 +24,13 @@ services.trainer.loop.policy_gate's, the persisted progress
 services.trainer.loop.trainer_progress's; what each version trained on goes
 into its manifest notes (services.trainer.loop.lineage). No grpc here: the
 reward callable and the promoter are injected.
+
+Stopping: :meth:`OnlineTrainer.request_stop` sets the stop token
+(services.trainer.stop_token) that the reward update, every policy step and
+the gate's sampling watch, so the thread leaves within one forward pass, not
+at the end of the round. What it was doing is abandoned whole (nothing stored
+or promoted, the checkpoint the last finished step's, the comparisons and the
+round's feedback still untrained) and logged as such; a restart resumes.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from services.trainer.loop.trainer_progress import (
     load_progress,
     save_progress,
 )
+from services.trainer.stop_token import StopToken, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,15 @@ __all__ = ["CandidateRecord", "OnlineTrainer"]
 class OnlineTrainer:
     """Training rounds in a background thread, plus the state GetStatus reports."""
 
-    def __init__(self, config: TrainerConfig, store, promoter, reward_fn: RewardFn, coordinator=None):
+    def __init__(
+        self,
+        config: TrainerConfig,
+        store,
+        promoter,
+        reward_fn: RewardFn,
+        coordinator=None,
+        stop_token: StopToken | None = None,
+    ):
         self.config = config
         self.coordinator = coordinator  # under torchrun: the other ranks take part in every update
         self.store = store
@@ -75,6 +91,8 @@ class OnlineTrainer:
         self.view = LedgerView(config)
         self.ledger, self._ledger_lock, self.split = self.view.ledger, self.view.lock, self.view.split
         self.reward_fn = reward_fn
+        # Set by request_stop; every long piece of work below watches it (the reward client may too).
+        self.stop_token = stop_token or StopToken()
         # A checkpoint an older release wrote under ppo-checkpoint/ resumes from the new name.
         migrate_checkpoint_dir(config.checkpoint_dir, Path(config.state_dir) / OLD_POLICY_CHECKPOINT_DIR)
         self.rounds = PolicyRounds(
@@ -85,6 +103,7 @@ class OnlineTrainer:
             coordinator=coordinator,
             method=config.policy_method,
             data_source=self.view.preference_source(),
+            stop=self.stop_token,
         )
         self.budget = GateBudget(config.gate_min_reward_gain, config.gate_kl_budget, config.gate_confidence_z)
         tm.GATE_KL_BUDGET.set(self.budget.kl_budget)
@@ -114,21 +133,34 @@ class OnlineTrainer:
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------
-    def start(self, stop: threading.Event) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, args=(stop,), name="training-rounds", daemon=True)
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name="training-rounds", daemon=True)
         self._thread.start()
         return self._thread
 
-    def run(self, stop: threading.Event) -> None:
+    def request_stop(self) -> None:
+        """Ask the training thread to stop: it abandons what it is doing at the next safe point
+        (services.trainer.stop_token) and ends; join the thread :meth:`start` returned."""
+        self.stop_token.request_stop()
+        self.wake()
+
+    def run(self) -> None:
         import torch
 
         torch.set_num_threads(self.config.torch_threads)
         self.mark_ready()
-        while not stop.is_set():
+        while not self.stop_token.is_set():
             try:
-                self.run_once(stop)
+                self.run_once()
                 self.error = ""
                 tm.LAST_PROGRESS.set_to_current_time()
+            except TrainingInterrupted as exc:
+                log.info(
+                    "stop requested: abandoned unfinished work; nothing of it was stored, a restart does it again",
+                    extra={"abandoned": str(exc)},
+                )
+                self._set_state(IDLE)
+                break
             except Exception as exc:  # noqa: BLE001 - a failed round must not end training for good
                 self.error = f"{type(exc).__name__}: {exc}"
                 tm.ROUND_FAILURES.inc()
@@ -139,19 +171,20 @@ class OnlineTrainer:
             self._wake.wait(self.config.round_check_s)
             self._wake.clear()
 
-    def run_once(self, stop: threading.Event | None = None) -> None:
+    def run_once(self) -> None:
         """One check: judge a running canary (even when paused: a bad one must go), then
-        a reward update if due, then a policy round if due (or unfinished) and no canary runs."""
+        a reward update if due, then a policy round if due (or unfinished) and no canary runs.
+        Raises TrainingInterrupted when a stop was requested (see :meth:`request_stop`)."""
         self.promoter.announce_pending()
         self.canary.check()
         if self.progress.paused:
             return
         if self._reward_update_due():
-            self._update_reward(stop)
+            self._update_reward()
         if self.canary.active():
             return  # one policy rollout at a time: the next candidate trains from the version that wins
         if self.rounds.round_active or self._saved_round_active() or self._policy_round_due():
-            self._policy_round(stop)
+            self._policy_round()
 
     def wake(self) -> None:
         self._wake.set()
@@ -211,7 +244,7 @@ class OnlineTrainer:
         return prompts, demos
 
     # --- reward model -----------------------------------------------------------------
-    def _update_reward(self, stop: threading.Event | None = None) -> None:
+    def _update_reward(self) -> None:
         self._set_state(TRAINING_REWARD)
         upto, new, everything, excluded = self.view.reward_data(self.progress.last_reward_seq)
         lineage = reward_lineage(self.progress.last_reward_seq, upto, new, self.config.user_caps, excluded)
@@ -223,12 +256,12 @@ class OnlineTrainer:
             everything,
             self.split,
             threads=self.config.torch_threads,
-            should_stop=stop.is_set if stop is not None else None,
+            stop=self.stop_token,  # TrainingInterrupted: last_reward_seq stays, the comparisons are used again
             coordinator=self.coordinator,
             lineage=lineage,
         )
-        if outcome.reason in ("interrupted", "heldout_too_small"):
-            return  # the same comparisons are used again (after a restart, or once enough are held out)
+        if outcome.reason == "heldout_too_small":
+            return  # the same comparisons are used again once enough are held out
         self.progress.last_reward_seq = upto
         self._save_progress()
         self._record_candidate(
@@ -240,7 +273,9 @@ class OnlineTrainer:
         )
 
     # --- policy ------------------------------------------------------------------------
-    def _policy_round(self, stop: threading.Event | None) -> None:
+    def _policy_round(self, _stop: None = None) -> None:  # _stop: what callers passed before stop_token
+        # Not begun once stopping: begin_round marks the feedback so far as this round's.
+        self.stop_token.raise_if_set("the policy round due next (not begun)")
         self._set_state(TRAINING_POLICY)
         rounds = self.rounds
         rounds.ensure_trainer()
@@ -259,8 +294,10 @@ class OnlineTrainer:
             },
         )
         while rounds.steps_done() < steps:
-            if stop is not None and stop.is_set():
-                return  # the checkpoint lets the next start finish this round
+            # Between steps nothing is lost: the checkpoint lets the next start finish this round.
+            self.stop_token.raise_if_set(
+                f"policy round {rounds.state.round_number} after {rounds.steps_done()} of {steps} steps"
+            )
             prompts, demos = self._training_data()
             if not prompts:
                 log.warning("every recent prompt is a held-out gate prompt; waiting for others")
@@ -297,6 +334,8 @@ class OnlineTrainer:
         rounds, config = self.rounds, self.config
         current = self.store.current("policy")
         decision, metrics = judge_candidate(rounds, config, current, self.view.gate_prompts(), self.budget, self.judge)
+        # A decision not yet acted on is dropped whole: the restart runs this round's gate again.
+        self.stop_token.raise_if_set(f"the gate's decision on round {rounds.state.round_number} ({decision.reason})")
         version = ""
         if decision.promote:
             lineage = CandidateLineage.load(self.progress.candidate)

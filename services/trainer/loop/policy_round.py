@@ -16,6 +16,13 @@ penalty and the gate's KL budget both measure drift from it. A LoRA run
 adapter applies to, with the adapter switched off (one copy of the base in
 memory): the current version if it is full weights, else the current adapter
 version's base, whose adapter it continues training.
+
+A stop request (the ``stop`` token, services.trainer.stop_token) abandons a
+step at its policy's next forward pass: one generated token or one minibatch.
+The half-trained weights in memory are dropped unsaved; the checkpoint stays
+the last finished step's, which a restart resumes. Data-parallel, rank 0 alone
+must not leave a step (the other ranks would wait in a collective): the PPO
+step's own agreed stop points serve instead.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from services.trainer.methods.registry import (
     build_trainer,
     resume_trainer,
 )
+from services.trainer.methods.size_defaults import count_parameters
+from services.trainer.stop_token import StopToken, TrainingInterrupted
 from shared.models.adapters import ADAPTER_CONFIG, resolve_policy_dir
 
 log = logging.getLogger(__name__)
@@ -103,11 +112,12 @@ class PolicyRounds:
         store,
         checkpoint_dir: Path,
         reward_fn: RewardFn,
-        method_config: Callable[[int], object],
+        method_config: Callable[[int, int | None], object],
         seed: int = 0,
         coordinator=None,
         method: str = "ppo",
         data_source: DataSource | None = None,
+        stop: StopToken | None = None,
     ):
         if coordinator is not None and method not in DATA_PARALLEL_METHODS:
             raise ValueError(f"--policy-method {method} runs in one process; under torchrun use --policy-method ppo")
@@ -116,8 +126,10 @@ class PolicyRounds:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.reward_fn = reward_fn
         self.method = method
-        self.method_config = method_config  # context window -> the method's config (PPOConfig, RLOOConfig, ...)
+        # (context window, parameters) -> the method's config (PPOConfig, RLOOConfig, ...) fitted to the policy
+        self.method_config = method_config
         self.data_source = data_source  # DPO/KTO: () -> the ledger's judged answers; the others ignore it
+        self.stop = stop or StopToken()  # the service's stop request: steps and the gate's sampling watch it
         self.trainer: PolicyTrainer | None = None
         self.state: RoundState | None = None
         self.rng = random.Random(seed)
@@ -200,7 +212,7 @@ class PolicyRounds:
         dirs = resolve_policy_dir(self.store.open_version("policy", version, verify=False))
         config = AutoConfig.from_pretrained(dirs.base_dir)  # an adapter version's is its base's
         window = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0)
-        return self.method_config(window)
+        return self.method_config(window, count_parameters(dirs.base_dir))
 
     def _fresh_trainer(self, version: str) -> PolicyTrainer:
         from shared.models.policy_eval import load_policy
@@ -261,10 +273,20 @@ class PolicyRounds:
         Returns the method's stats (PolicyUpdateStats; DPO/KTO: PreferenceStats)."""
         trainer = self.ensure_trainer()
         batch = [self.rng.choice(list(prompts)) for _ in range(trainer.prompts_per_step)]
-        if self.coordinator is not None:
-            self.coordinator.ppo_step(trainer, self.state.policy_version, batch, list(demonstrations))
-        stats = trainer.step(batch, list(demonstrations) or None)
-        trainer.checkpoint(self.checkpoint_dir)
+        work = f"{self.method.upper()} step {trainer.step_count + 1} of round {self.state.round_number}"
+        trainer.stop_token = self.stop  # data-parallel PPO's agreed stop points read it
+        try:
+            if self.coordinator is not None:
+                self.coordinator.ppo_step(trainer, self.state.policy_version, batch, list(demonstrations))
+                stats = trainer.step(batch, list(demonstrations) or None)
+            else:
+                with self.stop.watching(trainer.policy, trainer.reference, work=work):
+                    stats = trainer.step(batch, list(demonstrations) or None)
+        except TrainingInterrupted:
+            # Part of the step's updates are in memory: forget them; the checkpoint is the last whole step.
+            self.trainer = None
+            raise
+        trainer.checkpoint(self.checkpoint_dir)  # a finished step is kept, stop or not: the write is atomic
         return stats
 
     def end_round(self, promoted_version: str | None, keep_training: bool = False) -> None:
@@ -301,12 +323,15 @@ class PolicyRounds:
             policy, tokenizer = load_policy(self.store.open_version("policy", version))
         settings = SamplingSettings(samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, seed=seed)
         rng_state = torch.get_rng_state()  # sample_responses reseeds; PPO's own sampling stream must not change
+        work = f"the gate's evaluation of {version or 'the candidate'} (round {self.state.round_number})"
         try:
-            samples = sample_responses(policy, tokenizer, prompts, settings)
-            texts = ([s.prompt for s in samples], [s.text for s in samples])
-            rewards = gate_scores(self.reward_fn, *texts)  # an ensemble's conservative score, and its means
-            scores = rewards.scores
-            kl = kl_to_reference(policy, trainer.reference, samples, tokenizer.pad_token_id)
+            # Rank 0 samples alone (data-parallel too): its own models can be watched.
+            with self.stop.watching(policy, trainer.policy, trainer.reference, work=work):
+                samples = sample_responses(policy, tokenizer, prompts, settings)
+                texts = ([s.prompt for s in samples], [s.text for s in samples])
+                rewards = gate_scores(self.reward_fn, *texts)  # an ensemble's conservative score, and its means
+                scores = rewards.scores
+                kl = kl_to_reference(policy, trainer.reference, samples, tokenizer.pad_token_id)
         finally:
             torch.set_rng_state(rng_state)
         extra = {"samples": float(len(samples))}

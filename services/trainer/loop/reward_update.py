@@ -21,6 +21,10 @@ Ensembles (shared.models.reward.ensemble): a MiniLM version is fine-tuned with
 on its own bootstrap resample of the new comparisons, drawn from a seed derived
 from the parent version. The held-out accuracy that keeps or discards the
 result is the conservative score's (what the policy is trained on).
+
+A stop request (services.trainer.stop_token) abandons the update anywhere before
+its promotion begins: TrainingInterrupted, nothing stored, and the caller keeps
+the comparisons for the next update.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ import logging
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.trainer.data.training_sets import Comparison
 from services.trainer.loop.heldout import HeldoutSplit
+from services.trainer.stop_token import StopToken, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -154,21 +159,22 @@ def update_reward_model(
     all_comparisons: Sequence[Comparison],
     split: HeldoutSplit,
     threads: int = 2,
-    should_stop: Callable[[], bool] | None = None,
+    stop: StopToken | None = None,
     lineage: dict[str, str] | None = None,
     coordinator=None,
 ) -> RewardCandidate:
     """Fine-tune the current reward version; promote it through ``promoter`` if it holds up.
-    Returns reason "interrupted" (nothing stored) when ``should_stop`` fires.
+    Raises TrainingInterrupted (nothing stored) when ``stop`` is set before the promotion
+    begins: in the held-out scoring, any training step, or before the ONNX export.
     ``lineage``: what the caller knows of the data (ledger ranges), kept in the manifest notes.
     Under torchrun (``coordinator``) every rank takes part in the fine-tuning."""
     import torch
 
-    from services.trainer.supervised.reward_training import TrainingInterrupted
     from shared.models.reward.ensemble import describe_score
     from shared.models.reward.format import load_reward_model, save_reward_model
     from shared.models.reward.onnx_export import ONNX_FILE, export_verified_onnx
 
+    stop = stop or StopToken()
     torch.set_num_threads(threads)
     train = split.split_pairs(list(new_comparisons), lambda c: c.prompt)[0]
     heldout = split.split_pairs(list(all_comparisons), lambda c: c.prompt)[1]
@@ -178,17 +184,20 @@ def update_reward_model(
     if len(heldout) < settings.min_heldout_pairs:
         # Not trained yet: the same comparisons are used once enough held-out ones exist.
         return RewardCandidate("", False, "heldout_too_small", {"heldout_pairs": float(len(heldout))})
+    work = f"the reward update of {current} on {len(train)} new comparisons"
     model, tokenizer = load_reward_model(store.open_version("reward", current))
-    current_accuracy = heldout_accuracy(model, tokenizer, heldout)
+    # Rank 0 scores alone, so only it watches; training stops where every rank agrees (should_stop).
+    with stop.watching(model, work=f"{work} (scoring the held-out pairs)"):
+        current_accuracy = heldout_accuracy(model, tokenizer, heldout)
     try:
         train_metrics = fine_tune(
-            model, tokenizer, train, settings, should_stop, version=current, coordinator=coordinator
+            model, tokenizer, train, settings, stop.is_set, version=current, coordinator=coordinator
         )
     except TrainingInterrupted as exc:
-        log.info("reward update interrupted", extra={"why": str(exc)})
-        return RewardCandidate("", False, "interrupted", {})
+        raise TrainingInterrupted(f"{work} ({exc})") from None
     model.requires_grad_(False)
-    accuracy = heldout_accuracy(model, tokenizer, heldout)
+    with stop.watching(model, work=f"{work} (scoring the held-out pairs after training)"):
+        accuracy = heldout_accuracy(model, tokenizer, heldout)
     metrics = {
         **train_metrics,
         "pairwise_accuracy": accuracy,
@@ -207,8 +216,11 @@ def update_reward_model(
 
     with tempfile.TemporaryDirectory(prefix="rlhf-reward-onnx-") as onnx_dir:
         # The reward service's default backend loads model.onnx; an architecture
-        # that does not export (or disagrees with torch) is served by torch.
+        # that does not export (or disagrees with torch) is served by torch. The export
+        # is not watched: it would take a stop for an export failure (and serve with torch).
+        stop.raise_if_set(f"{work} (before the ONNX export)")
         onnx = export_verified_onnx(model, tokenizer, onnx_dir)
+        stop.raise_if_set(f"{work} (before storing the new version)")
 
         def fill(out: Path) -> None:
             save_reward_model(model, tokenizer, out)

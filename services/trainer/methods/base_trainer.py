@@ -48,6 +48,7 @@ from services.trainer.methods.lora import (
 )
 from services.trainer.methods.model import CausalLM, disable_dropout
 from services.trainer.methods.rollout import DemonstrationBatch, demonstration_batch, demonstration_loss
+from services.trainer.stop_token import StopToken
 from shared.models.adapters import ADAPTER_CONFIG
 
 ConfigT = TypeVar("ConfigT", bound=MethodConfig)
@@ -104,6 +105,8 @@ class MethodTrainer(Generic[ConfigT]):
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
         self._ptx_cursor = 0
+        # The online loop hands its own (services.trainer.loop.policy_round); alone, a trainer never stops.
+        self.stop_token = StopToken()
 
     def _trained_module(self, lm: torch.nn.Module) -> torch.nn.Module:
         """What the optimizer trains: the LM itself, or the LM with a head of the method's (PPO's value head)."""

@@ -33,6 +33,7 @@ from services.trainer.methods.dpo.kto_config import KTOConfig
 from services.trainer.methods.policy_gradient.grpo_config import GRPOConfig
 from services.trainer.methods.policy_gradient.rloo_config import RLOOConfig
 from services.trainer.methods.ppo.ppo_config import PPOConfig
+from services.trainer.stop_token import StopToken  # torch-free
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 DataSource = Callable[[], Sequence[Any]]
@@ -88,6 +89,7 @@ class PolicyTrainer(Protocol):
     """What the loop needs of a policy trainer (every MethodTrainer subclass)."""
 
     step_count: int  # steps taken since the trainer was built from a store version (kept by checkpoints)
+    stop_token: StopToken  # the loop's stop request; data-parallel PPO polls it where every rank agrees
     tokenizer: Any
     reference: Any  # the frozen reference causal LM (policy v1): KL penalty and gate KL
 

@@ -54,13 +54,33 @@ def run_data_parallel(argv: Sequence[str] | None = None) -> int:
 
 
 def check_data_parallel(config: TrainerConfig) -> None:
-    """Refuse, on every rank and before the process group forms, a policy method that runs in one
-    process only (RLOO, GRPO, DPO, KTO): the ranks would wait for PPO steps that never come."""
+    """Refuse, on every rank and before the process group forms, what the data-parallel step does not
+    do: a policy method that runs in one process only (RLOO, GRPO, DPO, KTO: the ranks would wait for
+    PPO steps that never come), a LoRA adapter, or running score normalisation. PPOTrainer refuses the
+    last two too, but only at the first step, in the training thread, where the refusal would only be
+    retried every check while the other ranks wait."""
+    method = config.policy_method
     check(
-        config.policy_method in DATA_PARALLEL_METHODS,
+        method in DATA_PARALLEL_METHODS,
         "policy_method",
-        f"{config.policy_method} runs in one process; under torchrun (WORLD_SIZE > 1) use "
+        f"{method} runs in one process; under torchrun (WORLD_SIZE > 1) use "
         f"{' or '.join(DATA_PARALLEL_METHODS)}, or run the trainer without torchrun",
+    )
+    settings = config.method_config(method)
+    # A LoRA run's reference is its policy with the adapter off, which the ranks' sync cannot broadcast.
+    check(
+        settings.lora_rank == 0,
+        f"{method}_lora_rank",
+        f"LoRA adapters are not trained data-parallel (under torchrun, WORLD_SIZE > 1); set "
+        f"--{method}-lora-rank 0 to fine-tune every weight on all ranks, or run the trainer without "
+        "torchrun (one process) to train the adapter",
+    )
+    # Each rank scores only its shard of the rollout: the ranks' running moments would drift apart.
+    check(
+        not getattr(settings, "normalize_scores", False),
+        f"{method}_normalize_scores",
+        f"running score normalisation is not supported data-parallel (under torchrun, WORLD_SIZE > 1); "
+        f"leave --{method}-normalize-scores off, or run the trainer without torchrun",
     )
 
 

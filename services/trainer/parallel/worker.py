@@ -7,9 +7,10 @@ state through the process group, scores its own rollouts through the reward
 service (--reward-addr, which may list several replicas), and exits on
 ``stop`` or on a failure the ranks did not agree on (so torchrun restarts
 every rank, rather than leaving rank 0 waiting). SIGTERM and SIGINT (torchrun
-and Kubernetes send them to every rank) are noted, not obeyed: rank 0 stops
-its training thread at a step boundary and then sends ``stop``, so a rank
-that left first would leave it stuck in a collective.
+and Kubernetes send them to every rank) are noted, not obeyed: rank 0 leaves
+a step only where every rank agrees to (PPOTrainer's agreed stop points, then
+TrainingInterrupted on every rank) and then sends ``stop``, so a rank that left
+first would leave it stuck in a collective.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.trainer.methods.ppo.ppo_config import PPOConfig
 from services.trainer.methods.ppo.ppo_trainer import PPOTrainer, RewardFn
 from services.trainer.parallel.coordinator import sync_ppo_state
 from services.trainer.parallel.group import DataParallel, RanksFailedTogether
+from services.trainer.stop_token import TrainingInterrupted
 from shared.models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Worker:
                     self.handle(message)
                 except RanksFailedTogether as exc:
                     log.warning("step failed on every rank; waiting for the next order", extra={"error": str(exc)})
+                except TrainingInterrupted as exc:  # rank 0 is stopping: its `stop` comes next
+                    log.info("rank 0 abandoned the step; waiting for its next order", extra={"work": str(exc)})
         except Exception:
             log.exception("data-parallel worker failed; exiting so that every rank restarts")
             return 1
@@ -112,7 +116,7 @@ class Worker:
         return self._reward_client
 
     def _train_reward(self, version: str, pairs: list[list[str]], settings: dict[str, Any]) -> None:
-        from services.trainer.supervised.reward_training import TrainingInterrupted, train_reward_model
+        from services.trainer.supervised.reward_training import train_reward_model
         from shared.models.reward.format import load_reward_model
 
         model, tokenizer = load_reward_model(self.store.open_version("reward", version))

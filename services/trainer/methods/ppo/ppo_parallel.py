@@ -25,6 +25,7 @@ from torch import Tensor
 
 from services.trainer.methods.rollout import Rollout
 from services.trainer.parallel.group import DataParallel, RanksFailedTogether
+from services.trainer.stop_token import TrainingInterrupted
 
 
 def rollout_seed(seed: int, step: int, rank: int) -> int:
@@ -70,6 +71,8 @@ def score_together(group: DataParallel, score: Callable[[Rollout], Tensor], roll
     except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank together
         error, scores = exc, torch.full((len(rollout),), math.nan)
     if not group.all_ok(error is None):
+        if isinstance(error, TrainingInterrupted):  # rank 0 stopping (its reward call cancelled): say so
+            raise error
         why = f"{type(error).__name__}: {error}" if error else "on another rank"
         raise RanksFailedTogether(f"scoring the rollout failed {why}") from error
     return scores

@@ -40,6 +40,7 @@ from services.trainer.methods.ppo.ppo_value_model import PolicyWithValue
 from services.trainer.methods.rollout import DemonstrationBatch, Rollout, demonstration_loss, repeat_prompts
 from services.trainer.methods.sampled_trainer import PolicyUpdateStats, RewardFn, SampledTrainer
 from services.trainer.parallel.group import DataParallel
+from services.trainer.stop_token import TrainingInterrupted
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -139,6 +140,7 @@ class PPOTrainer(SampledTrainer[PPOConfig]):
         for _ in range(cfg.epochs):
             order = torch.randperm(len(rollout), generator=self.shuffle_generator)
             for index in order.split(cfg.mini_batch_size):
+                self._agreed_stop_point("update")
                 share = 1.0  # this rank's part of the minibatch's token mean (ppo_parallel.my_rows)
                 if self.parallel is not None:
                     index, share = ppo_parallel.my_rows(self.parallel, index, rollout.response_mask)
@@ -222,8 +224,16 @@ class PPOTrainer(SampledTrainer[PPOConfig]):
         else:
             torch.manual_seed(ppo_parallel.rollout_seed(self.config.seed, self.step_count, self.parallel.rank))
             rollout = self.rollout(list(prompts)[self.parallel.shard(len(prompts))])
+            self._agreed_stop_point("rollout")
             scores = ppo_parallel.score_together(self.parallel, self.score, rollout)
         return self.learn(rollout, scores, demonstrations, started=start)
+
+    def _agreed_stop_point(self, phase: str) -> None:
+        """Data-parallel, leave the step here when rank 0's stop token is set, on every rank at once
+        (a rank that left alone would leave the others waiting in a collective). One process never
+        stops here: services.trainer.loop.policy_round watches its forward passes instead."""
+        if self.parallel is not None and self.parallel.main_says(self.stop_token.is_set()):
+            raise TrainingInterrupted(f"data-parallel PPO step {self.step_count + 1} ({phase})")
 
     def learn(
         self,
