@@ -3,12 +3,17 @@ callers of the policy service, in ONE process on one grpc.aio event loop (so
 the generator costs one core at most and its CPU time can be reported), each
 sending its prompt ``--rounds`` times back to back (closed loop).
 
-    .venv/bin/python -m benchmarks.policy_load --port 50051 --clients 32 --rounds 3 [--unary]
+    .venv/bin/python -m benchmarks.policy_load --port 50051 --clients 32 --rounds 3 [--unary] [--workload FILE]
+
+Without ``--workload`` each client sends a raw prompt, greedy; with it, client
+i sends ``requests[i]`` of the JSON file (``{"prompt": ...}`` or
+``{"messages": [{"role", "content"}, ...]}``) with its ``sampling`` fields set
+and every other sampling field unset (the served model's defaults apply).
 
 Prints one JSON object: per-request time to first token (streaming: the first
 message; unary: the whole answer), end-to-end latency, completion tokens,
-stream messages received, the wall time of the phase and this process's CPU
-seconds during it.
+stream messages received, the wall time of the phase, this process's CPU
+seconds during it and its peak resident memory.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.policy_throughput import make_prompts
 
@@ -28,12 +34,35 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _run(port: int, clients: int, rounds: int, max_new: int, unary: bool) -> dict:
+def _requests(clients: int, max_new: int, workload: str | None) -> list:
+    from shared.proto.rlhf.v1 import common_pb2, policy_pb2
+
+    if workload is None:
+        sampling = common_pb2.SamplingParams(max_new_tokens=max_new, temperature=0.0)
+        return [policy_pb2.GenerateRequest(prompt=p, sampling=sampling) for p in make_prompts(clients)]
+    spec = json.loads(Path(workload).read_text())
+    sampling = common_pb2.SamplingParams(**spec["sampling"])
+    out = []
+    for i in range(clients):
+        request = spec["requests"][i % len(spec["requests"])]
+        messages = [common_pb2.ChatMessage(**m) for m in request.get("messages", ())]
+        out.append(policy_pb2.GenerateRequest(prompt=request.get("prompt", ""), messages=messages, sampling=sampling))
+    return out
+
+
+def _peak_rss_mib() -> float:
+    """VmHWM: unlike ru_maxrss, which Linux carries over from the parent through fork and exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _run(port: int, requests: list, rounds: int, unary: bool) -> dict:
     import grpc
 
-    from shared.proto.rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
+    from shared.proto.rlhf.v1 import policy_pb2_grpc
 
-    sampling = common_pb2.SamplingParams(max_new_tokens=max_new, temperature=0.0)
     ttft: list[float] = []
     e2e: list[float] = []
     totals = {"tokens": 0, "messages": 0}
@@ -64,16 +93,15 @@ async def _run(port: int, clients: int, rounds: int, max_new: int, unary: bool) 
             totals["tokens"] += sum(c.completion_tokens for c in response.completions)
             totals["messages"] += 1
 
-        async def client(prompt: str) -> None:
-            request = policy_pb2.GenerateRequest(prompt=prompt, sampling=sampling)
+        async def client(request) -> None:
             for _ in range(rounds):
                 await (one_unary(request) if unary else one_stream(request))
 
-        prompts = make_prompts(clients)
         cpu0, start = _cpu_s(), time.perf_counter()
-        await asyncio.gather(*(client(p) for p in prompts))
+        await asyncio.gather(*(client(r) for r in requests))
         wall, cpu = time.perf_counter() - start, _cpu_s() - cpu0
-    return {"wall_s": wall, "client_cpu_s": cpu, "ttft_s": ttft, "e2e_s": e2e, **totals}
+    peak = _peak_rss_mib()
+    return {"wall_s": wall, "client_cpu_s": cpu, "client_peak_rss_mib": peak, "ttft_s": ttft, "e2e_s": e2e, **totals}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--unary", action="store_true", help="call Generate instead of GenerateStream")
+    parser.add_argument("--workload", help="JSON file of requests and sampling fields (see above)")
     args = parser.parse_args(argv)
-    result = asyncio.run(_run(args.port, args.clients, args.rounds, args.max_new_tokens, args.unary))
+    requests = _requests(args.clients, args.max_new_tokens, args.workload)
+    result = asyncio.run(_run(args.port, requests, args.rounds, args.unary))
     json.dump(result, sys.stdout)
     return 0
 

@@ -1,18 +1,35 @@
-"""Policy serving under load: time to first token and tokens/s of the
-streaming ``GenerateStream`` RPC at 1, 8, 32 and 64 concurrent clients, against
-one request at a time (plain ``model.generate`` in-process, sequential) and
-against one in-process batched ``generate`` of the same prompts, all in ONE
-run with the phases interleaved (``--repeats`` passes; medians reported).
+"""Policy serving under load: tokens/s and time to first token of the streaming
+``GenerateStream`` RPC of a real ``python -m services.policy`` process at N
+concurrent clients, against one request at a time (plain ``model.generate``
+in-process) and one in-process batched ``generate`` of the same N prompts, all
+in ONE run with the phases interleaved (``--repeats`` passes; medians reported),
+with every process's resident memory.
 
-    .venv/bin/python -m benchmarks.policy_serving [--clients 1,8,32,64] [--repeats 2] \\
-        [--before-ref HEAD~1] [--variant 'interval 1=--stream-interval 1'] [--json out.json]
+    .venv/bin/python -m benchmarks.policy_serving [--model-dir DIR] [--clients 1,8,32] [--repeats 2] \\
+        [--max-new-tokens 48] [--greedy] [--before-ref HEAD] [--variant 'interval 1=--stream-interval 1'] \\
+        [--in-process-engine] [--plain-generate] [--json out.json]
+
+``--model-dir`` is any policy model directory the service can serve (a model
+store version, e.g. /tmp/smolstore/policy/v1, or a Hugging Face causal-LM
+directory); without it a 4.13M-parameter GPT-2 is built with demo.tiny_lm.
+A model with a chat template gets chat ``messages`` (rendered by the service
+with its template); requests set only ``max_new_tokens`` (and temperature 0
+with ``--greedy``), so the service samples with the model's own defaults
+(generation_config.json, else the server's) and the in-process ``generate``
+paths get exactly those (benchmarks.policy_serving_inproc). The in-process
+paths run the model as the service loads it (services.policy.model: linear
+layers prepacked on CPU), so "share of batched generate" is the engine's and
+the RPC layer's cost alone; ``--plain-generate`` also times ``generate`` on
+the model as transformers loads it.
 
 The load generator is a separate process (benchmarks.policy_load: grpc.aio,
 one event loop) whose CPU seconds are reported beside the service's, since on
 a small machine it competes with the server for the same cores. Each service
-under test is its own ``python -m services.policy`` process: the working
-tree's code with its default flags, each ``--variant`` (extra flags), and,
-with ``--before-ref``, the same command run from that git ref's code.
+under test is its own process on a free port: the working tree's code with
+its default flags, each ``--variant`` (extra flags), and, with
+``--before-ref``, the same command run from that git ref's code.
+``--in-process-engine`` adds the service's GenerationEngine in this process
+(no gRPC), to tell the engine's cost from the RPC layer's.
 
 Not a test: figures depend on the machine (and on what else runs on it).
 """
@@ -27,110 +44,34 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.policy_throughput import _count_new, build_model, make_prompts, percentile
+from benchmarks.policy_serving_inproc import (
+    Workload,
+    batched_generate,
+    cpu_seconds,
+    engine_phase,
+    memory_mib,
+    sequential_generate,
+    thread_count,
+)
+from benchmarks.policy_throughput import build_model, percentile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
+SEQUENTIAL = "sequential generate"
+PLAIN = " (plain transformers model)"
 
 
-def _cpu_ticks(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def plain_bundle(bundle):
+    """``bundle`` with the model as transformers loads it (no prepacked linear layers), for reference."""
+    import dataclasses
 
+    from transformers import AutoModelForCausalLM
 
-def _threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
-
-
-class _FirstTokenClock:
-    """A generate() streamer that notes when the first new token arrives."""
-
-    def __init__(self) -> None:
-        self.puts = 0
-        self.first_at: float | None = None
-
-    def put(self, value) -> None:  # the first put is the prompt
-        self.puts += 1
-        if self.puts == 2:
-            self.first_at = time.perf_counter()
-
-    def end(self) -> None:
-        pass
-
-
-def sequential_generate(model, tokenizer, prompts: list[str], max_new: int) -> dict:
-    """One request at a time with plain ``model.generate`` (greedy)."""
-    import torch
-
-    tokens, ttft, e2e = 0, [], []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for prompt in prompts:
-            clock, t0 = _FirstTokenClock(), time.perf_counter()
-            ids = tokenizer(prompt, return_tensors="pt")
-            out = model.generate(**ids, max_new_tokens=max_new, do_sample=False, streamer=clock)
-            e2e.append(time.perf_counter() - t0)
-            ttft.append((clock.first_at or time.perf_counter()) - t0)
-            tokens += _count_new(out[0, ids.input_ids.shape[1] :].tolist(), model)
-    return {"tokens": tokens, "wall_s": time.perf_counter() - start, "ttft_s": ttft, "e2e_s": e2e}
-
-
-def batched_generate(model, tokenizer, prompts: list[str], max_new: int) -> dict:
-    """All prompts in one left-padded ``generate`` (every first token comes with the prefill)."""
-    import torch
-
-    clock, start = _FirstTokenClock(), time.perf_counter()
-    with torch.inference_mode():
-        ids = tokenizer(prompts, return_tensors="pt", padding=True)
-        out = model.generate(**ids, max_new_tokens=max_new, do_sample=False, streamer=clock)
-    wall = time.perf_counter() - start
-    tokens = sum(_count_new(row, model) for row in out[:, ids.input_ids.shape[1] :].tolist())
-    first = (clock.first_at or start + wall) - start
-    return {"tokens": tokens, "wall_s": wall, "ttft_s": [first] * len(prompts), "e2e_s": [wall] * len(prompts)}
-
-
-def engine_phase(engine, prompts: list[str], rounds: int, max_new: int) -> dict:
-    """The service's own GenerationEngine in this process, streaming to one thread
-    per client: the same batching and decoding as the service, without gRPC."""
-    import resource
-    import threading
-
-    from services.policy.sampling import SamplingDefaults, resolve_sampling
-
-    spec = resolve_sampling(SamplingDefaults(max_new_tokens_cap=max_new), temperature=0, max_new_tokens=max_new)
-    ttft: list[float] = []
-    totals = {"tokens": 0, "messages": 0}
-    lock = threading.Lock()
-
-    def client(prompt: str) -> None:
-        for _ in range(rounds):
-            t0, first, tokens, messages = time.perf_counter(), None, 0, 0
-            for chunk in engine.submit(prompt, spec, stream=True).chunks():
-                first = first if first is not None else time.perf_counter() - t0
-                tokens, messages = chunk.completion_tokens, messages + 1
-            with lock:
-                ttft.append(first if first is not None else time.perf_counter() - t0)
-                totals["tokens"] += tokens
-                totals["messages"] += messages
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu0, start = usage.ru_utime + usage.ru_stime, time.perf_counter()
-    threads = [threading.Thread(target=client, args=(p,)) for p in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    wall = time.perf_counter() - start
-    return {"wall_s": wall, "ttft_s": ttft, "server_cpu_s": usage.ru_utime + usage.ru_stime - cpu0, **totals}
+    model = AutoModelForCausalLM.from_pretrained(bundle.path, local_files_only=True).eval()
+    return dataclasses.replace(bundle, model=model, resident=None)
 
 
 def _source_tree(ref: str, into: Path) -> Path:
@@ -142,6 +83,7 @@ def _source_tree(ref: str, into: Path) -> Path:
 
 
 def start_service(code: Path, model_dir: Path, kafka: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    """A real policy server (its own process, gRPC on a free port), SERVING when this returns."""
     from benchmarks.policy_throughput import _wait_serving
     from shared.kafka.broker import free_port
 
@@ -152,57 +94,76 @@ def start_service(code: Path, model_dir: Path, kafka: str, extra: list[str]) -> 
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # let the service pick its threads
     env["PYTHONPATH"] = str(code)
     proc = subprocess.Popen(cmd, cwd=code, env=env, stdin=subprocess.DEVNULL)
-    _wait_serving(port, proc)
+    _wait_serving(port, proc, timeout_s=300)
     return proc, port
 
 
-def load_phase(proc: subprocess.Popen, port: int, clients: int, rounds: int, max_new: int) -> dict:
-    """One closed-loop phase of ``clients`` streaming callers; adds the service's CPU seconds."""
+def load_phase(proc: subprocess.Popen, port: int, clients: int, rounds: int, workload: Path) -> dict:
+    """One closed-loop phase of ``clients`` streaming callers; adds the service's CPU seconds and memory."""
     cmd = [sys.executable, "-m", "benchmarks.policy_load", "--port", str(port), "--clients", str(clients)]
-    cmd += ["--rounds", str(rounds), "--max-new-tokens", str(max_new)]
-    server_cpu0 = _cpu_ticks(proc.pid)
+    cmd += ["--rounds", str(rounds), "--workload", str(workload)]
+    server_cpu0 = cpu_seconds(proc.pid)
     out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
     result = json.loads(out)
-    result["server_cpu_s"] = _cpu_ticks(proc.pid) - server_cpu0
-    result["server_threads"] = _threads(proc.pid)
+    result["server_cpu_s"] = cpu_seconds(proc.pid) - server_cpu0
+    result["server_threads"] = thread_count(proc.pid)
+    result.update({f"server_{k}": v for k, v in memory_mib(proc.pid).items()})
     return result
 
 
 def summarize(runs: list[dict]) -> dict:
     """Median over passes of tokens/s; TTFT percentiles over all requests of all passes."""
     ttft = [t for r in runs for t in r["ttft_s"]]
+    rates = [r["tokens"] / r["wall_s"] for r in runs]
     summary = {
-        "tokens_per_s": statistics.median(r["tokens"] / r["wall_s"] for r in runs),
+        "tokens_per_s": statistics.median(rates),
+        "tokens_per_s_passes": rates,
+        "cpu_ms_per_token_passes": [r["server_cpu_s"] / r["tokens"] * 1e3 for r in runs if "server_cpu_s" in r],
         "ttft_p50_s": percentile(ttft, 0.5),
         "ttft_p99_s": percentile(ttft, 0.99),
         "requests": len(ttft),
         "passes": len(runs),
     }
-    for key in ("client_cpu_s", "server_cpu_s", "wall_s", "messages", "tokens", "server_threads"):
+    keys = ("client_cpu_s", "server_cpu_s", "wall_s", "messages", "tokens", "server_threads", "client_peak_rss_mib")
+    for key in keys + ("server_rss_mib",):
         if all(key in r for r in runs):
             summary[key] = statistics.median(r[key] for r in runs)
+    if all("server_peak_rss_mib" in r for r in runs):
+        summary["server_peak_rss_mib"] = max(r["server_peak_rss_mib"] for r in runs)
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="1,8,32,64")
+    parser.add_argument("--model-dir", help="serve this policy model directory (default: build a tiny GPT-2)")
+    parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved passes over every phase")
-    parser.add_argument("--min-requests", type=int, default=24, help="requests per phase at least (closed loop)")
+    parser.add_argument("--min-requests", type=int, default=16, help="requests per closed-loop phase at least")
+    parser.add_argument("--min-rounds", type=int, default=2, help="requests per client at least (1 = no rejoining)")
+    parser.add_argument("--sequential-requests", type=int, default=8, help="one-at-a-time requests per pass")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--n-layer", type=int, default=5)
-    parser.add_argument("--n-embd", type=int, default=256)
+    parser.add_argument("--greedy", action="store_true", help="temperature 0 (default: the model's sampling defaults)")
+    parser.add_argument("--n-layer", type=int, default=5, help="tiny GPT-2 only")
+    parser.add_argument("--n-embd", type=int, default=256, help="tiny GPT-2 only")
     parser.add_argument("--in-process-threads", default=f"1,{os.cpu_count() or 1}", help="the faster one is kept")
     parser.add_argument("--before-ref", help="also serve this git ref's code with the same flags")
     parser.add_argument("--variant", action="append", default=[], help="LABEL=FLAGS: the working tree with FLAGS")
     parser.add_argument(
         "--service-flags", default="", help="flags for every service (e.g. '--torch-threads 1'; also the engine's)"
     )
+    parser.add_argument("--in-process-engine", action="store_true", help="also time the engine in this process")
+    parser.add_argument(
+        "--plain-generate",
+        action="store_true",
+        help="also time generate on the model as transformers loads it (full-weights directories only)",
+    )
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from services.policy.engine import EngineSettings, GenerationEngine
     from services.policy.model import load_bundle
@@ -214,11 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, list[dict]] = {}
     services: dict[str, tuple[subprocess.Popen, int]] = {}
     loads: list[tuple[float, float, float]] = [os.getloadavg()]
+    memory: dict[str, dict] = {"benchmark process, before loading": memory_mib()}
+    engine = None
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(port=0) as broker:
         ensure_topics(broker.bootstrap)
-        model_dir = build_model(Path(tmp) / "model", args.n_layer, args.n_embd)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if args.model_dir:
+            model_dir = Path(args.model_dir)
+        else:
+            model_dir = build_model(Path(tmp) / "model", args.n_layer, args.n_embd)
+        bundle = load_bundle(model_dir, "bench")  # as the service loads it (linear layers prepacked on CPU)
+        work = Workload(bundle, bundle.has_chat_template, args.max_new_tokens, args.greedy)
+        if args.plain_generate:
+            work.plain = plain_bundle(bundle)
+        memory["benchmark process, model loaded (in-process generate)"] = memory_mib()
+        workloads = {n: work.write(Path(tmp) / f"workload-{n}.json", n) for n in levels}
         common = shlex.split(args.service_flags)
         targets = [("this tree", REPO, common)]
         targets += [(label, REPO, common + shlex.split(f)) for label, f in (v.split("=", 1) for v in args.variant)]
@@ -228,92 +198,136 @@ def main(argv: list[str] | None = None) -> int:
             for label, code, extra in targets:
                 services[label] = start_service(code, model_dir, broker.bootstrap, extra)
                 proc, port = services[label]
-                load_phase(proc, port, max(levels), 1, 8)  # warm-up
-            # The engine picks its torch threads as the service does (it sets them
-            # process-wide: the in-process generate phases set theirs before each run).
-            fixed = common[common.index("--torch-threads") + 1] if "--torch-threads" in common else ""
-            engine_threads = (int(fixed),) if fixed and int(fixed) else tuple(thread_counts)
-            engine_settings = EngineSettings(max_batch_size=64, thread_choices=engine_threads)
-            engine = GenerationEngine(load_bundle(model_dir, "bench"), engine_settings).start()
-            engine_phase(engine, make_prompts(max(levels)), 1, 8)  # warm-up
+                memory[f"service [{label}], model loaded"] = memory_mib(proc.pid)
+                load_phase(proc, port, max(levels), 1, workloads[max(levels)])  # warm-up
+            if args.in_process_engine:
+                # The engine picks its torch threads as the service does (it sets them
+                # process-wide: the in-process generate phases set theirs before each run).
+                fixed = common[common.index("--torch-threads") + 1] if "--torch-threads" in common else ""
+                engine_threads = (int(fixed),) if fixed and int(fixed) else tuple(thread_counts)
+                engine_settings = EngineSettings(max_batch_size=64, thread_choices=engine_threads)
+                engine = GenerationEngine(bundle, engine_settings).start()
+                engine_phase(engine, work, max(levels), 1)  # warm-up
             for threads in thread_counts:  # warm-up
                 torch.set_num_threads(threads)
-                sequential_generate(model, tokenizer, make_prompts(2), 8)
+                sequential_generate(work, 1, 4)
             for rep in range(args.repeats):
-                for n in levels:
-                    prompts = make_prompts(n)
-                    rounds = max(1, -(-args.min_requests // n))
-                    for threads in thread_counts:
-                        torch.set_num_threads(threads)
-                        if n == 1:
-                            seq = sequential_generate(
-                                model, tokenizer, make_prompts(args.min_requests), args.max_new_tokens
-                            )
-                            raw.setdefault(f"sequential generate, {threads} threads", []).append(seq)
-                        else:
-                            run = batched_generate(model, tokenizer, prompts, args.max_new_tokens)
-                            raw.setdefault(f"batched generate n={n}, {threads} threads", []).append(run)
-                    raw.setdefault(f"engine in-process n={n}", []).append(
-                        engine_phase(engine, prompts, rounds, args.max_new_tokens)
-                    )
-                    order = list(services) if rep % 2 == 0 else list(reversed(services))
-                    for label in order:
-                        proc, port = services[label]
-                        result = load_phase(proc, port, n, rounds, args.max_new_tokens)
-                        raw.setdefault(f"service [{label}] n={n}", []).append(result)
-                        print(
-                            f"pass {rep + 1} {label:>12s} n={n:<3d} {result['tokens'] / result['wall_s']:8.1f} tokens/s"
-                            f"  load {os.getloadavg()[0]:.2f}",
-                            flush=True,
-                        )
+                run_pass(args, rep, levels, thread_counts, work, workloads, services, engine, raw)
                 loads.append(os.getloadavg())
         finally:
-            if "engine" in locals():
+            if engine is not None:
                 engine.stop()
-            for proc, _ in services.values():
+            for label, (proc, _) in services.items():
+                if proc.poll() is None:
+                    memory[f"service [{label}], end"] = memory_mib(proc.pid)
                 proc.terminate()
             for proc, _ in services.values():
                 proc.wait(30)
+    memory["benchmark process, end"] = memory_mib()
     results = {name: summarize(runs) for name, runs in raw.items()}
-    report(results, levels, thread_counts, list(services), loads)
+    setup = {
+        "model_dir": str(args.model_dir or "tiny GPT-2 (demo.tiny_lm)"),
+        "architecture": bundle.architecture,
+        "parameters": bundle.num_parameters,
+        "chat": work.chat,
+        "sampling": {k: v for k, v in vars(work.spec()).items() if k != "seed"},
+        "max_new_tokens": args.max_new_tokens,
+        "cpu_count": os.cpu_count(),
+        "in_process_threads": thread_counts,
+        "service_flags": args.service_flags,
+        "argv": sys.argv[1:] if argv is None else argv,
+    }
+    report(results, levels, list(services), loads, memory, args.in_process_engine)
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": results, "load_average": loads}, indent=2))
+        out = {"setup": setup, "summary": results, "memory_mib": memory, "load_average": loads}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
-def _best(results: dict, names: list[str]) -> tuple[str, dict]:
-    name = max(names, key=lambda k: results[k]["tokens_per_s"])
+def run_pass(args, rep: int, levels, thread_counts, work, workloads, services, engine, raw) -> None:
+    """One pass over every phase: the baselines, then each service (alternating order), then the engine."""
+    import torch
+
+    def note(name: str, result: dict) -> None:
+        raw.setdefault(name, []).append(result)
+        rate = result["tokens"] / result["wall_s"]
+        print(f"pass {rep + 1} {name:>40s} {rate:8.1f} tokens/s  load {os.getloadavg()[0]:.2f}", flush=True)
+
+    variants = [("", work)] + ([(PLAIN, work.with_bundle(work.plain))] if work.plain is not None else [])
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for tag, w in variants:
+            note(f"{SEQUENTIAL}{tag}, {threads} threads", sequential_generate(w, args.sequential_requests, w.max_new))
+    for n in levels:
+        rounds = max(args.min_rounds, -(-args.min_requests // n))
+        if n > 1:
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                for tag, w in variants:
+                    note(f"batched generate{tag} n={n}, {threads} threads", batched_generate(w, n, w.max_new))
+        order = list(services) if rep % 2 == 0 else list(reversed(services))
+        for label in order:
+            proc, port = services[label]
+            note(f"service [{label}] n={n}", load_phase(proc, port, n, rounds, workloads[n]))
+        if engine is not None:
+            note(f"engine in-process n={n}", engine_phase(engine, work, n, rounds))
+
+
+def _cpu_ms(r: dict) -> float:
+    return r["server_cpu_s"] / r["tokens"] * 1e3
+
+
+def _best(results: dict, prefix: str) -> tuple[str, dict]:
+    name = max((k for k in results if k.startswith(prefix)), key=lambda k: results[k]["tokens_per_s"])
     return name, results[name]
 
 
-def report(results: dict, levels: list[int], threads: list[int], services: list[str], loads: list) -> None:
-    seq_name, seq = _best(results, [f"sequential generate, {t} threads" for t in threads])
+def report(results: dict, levels: list[int], services: list[str], loads: list, memory: dict, engine: bool) -> None:
+    seq_name, seq = _best(results, f"{SEQUENTIAL}, ")
+    plain = any(PLAIN in k for k in results)
     print(f"\nload average (1/5/15 min) at start {loads[0]}, after each pass {loads[1:]}")
+    for name, r in [(seq_name, seq)] + ([_best(results, f"{SEQUENTIAL}{PLAIN}, ")] if plain else []):
+        print(
+            f"one request at a time: {name}: {r['tokens_per_s']:.1f} tokens/s, "
+            f"TTFT p50 {r['ttft_p50_s'] * 1e3:.1f} ms p99 {r['ttft_p99_s'] * 1e3:.1f} ms, "
+            f"{_cpu_ms(r):.1f} CPU ms/token"
+        )
+    print("of batched: tokens/s share of the batched generate (1 client: of one at a time); ")
+    print("CPU share: the same by CPU ms/token (the service's process), which other processes on the cores sway less")
     print(
-        f"one request at a time: {seq_name}: {seq['tokens_per_s']:.1f} tokens/s, "
-        f"TTFT p50 {seq['ttft_p50_s'] * 1e3:.1f} ms p99 {seq['ttft_p99_s'] * 1e3:.1f} ms"
-    )
-    print(
-        f"{'path':>22s} {'clients':>7s} {'tokens/s':>9s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'x seq':>6s} "
-        f"{'of batched':>10s} {'msgs':>6s} {'srv ms/tok':>10s} {'cli cpu':>8s}"
+        f"{'path':>28s} {'clients':>7s} {'tokens/s':>9s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'x seq':>6s} "
+        f"{'of batched':>10s} {'CPU share':>9s} {'msgs':>6s} {'srv ms/tok':>10s} {'cli cpu':>8s} {'srv RSS':>8s}"
     )
     for n in levels:
-        batched = None
+        reference = seq  # one client: the share is of one request at a time
         if n > 1:
-            batched_name, batched = _best(results, [f"batched generate n={n}, {t} threads" for t in threads])
-            print(
-                f"{batched_name:>32s} {batched['tokens_per_s']:9.1f} (first token {batched['ttft_p50_s'] * 1e3:.1f} ms)"
-            )
-        rows = [("engine in-process", results[f"engine in-process n={n}"])]
-        rows += [(f"service [{label}]", results[f"service [{label}] n={n}"]) for label in services]
+            batched_name, reference = _best(results, f"batched generate n={n}, ")
+            for name, r in [(batched_name, reference)] + (
+                [_best(results, f"batched generate{PLAIN} n={n}, ")] if plain else []
+            ):
+                print(
+                    f"{name:>38s} {r['tokens_per_s']:9.1f} "
+                    f"(first token {r['ttft_p50_s'] * 1e3:.1f} ms, {_cpu_ms(r):.1f} CPU ms/token)"
+                )
+        rows = [(f"service [{label}]", results[f"service [{label}] n={n}"]) for label in services]
+        if engine:
+            rows.append(("engine in-process", results[f"engine in-process n={n}"]))
         for label, r in rows:
-            share = f"{r['tokens_per_s'] / batched['tokens_per_s']:.0%}" if batched else "-"
             client_cpu = f"{r['client_cpu_s']:7.2f}s" if "client_cpu_s" in r else "(in srv)"
+            rss = f"{r['server_rss_mib']:6.0f}Mi" if "server_rss_mib" in r else "-"
             print(
-                f"{label:>22s} {n:7d} {r['tokens_per_s']:9.1f} {r['ttft_p50_s'] * 1e3:7.1f}ms "
-                f"{r['ttft_p99_s'] * 1e3:7.1f}ms {r['tokens_per_s'] / seq['tokens_per_s']:5.2f}x {share:>10s} "
-                f"{r['messages']:6.0f} {r['server_cpu_s'] / r['tokens'] * 1e3:10.3f} {client_cpu:>8s}"
+                f"{label:>28s} {n:7d} {r['tokens_per_s']:9.1f} {r['ttft_p50_s'] * 1e3:7.1f}ms "
+                f"{r['ttft_p99_s'] * 1e3:7.1f}ms {r['tokens_per_s'] / seq['tokens_per_s']:5.2f}x "
+                f"{r['tokens_per_s'] / reference['tokens_per_s']:10.0%} {_cpu_ms(reference) / _cpu_ms(r):9.0%} "
+                f"{r['messages']:6.0f} "
+                f"{r['server_cpu_s'] / r['tokens'] * 1e3:10.3f} {client_cpu:>8s} {rss:>8s}"
             )
+    print("\nresident memory (MiB, now / peak):")
+    for name, mib in memory.items():
+        print(f"  {name:>58s} {mib.get('rss_mib', 0):7.0f} / {mib.get('peak_rss_mib', 0):7.0f}")
+    client = [r["client_peak_rss_mib"] for r in results.values() if "client_peak_rss_mib" in r]
+    if client:
+        print(f"  {'load generator (peak, largest phase)':>58s} {max(client):7.0f}")
 
 
 if __name__ == "__main__":

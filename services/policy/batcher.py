@@ -8,6 +8,11 @@ started are prefilled on their own and joined to the running batch (their
 KV cache left-padded to the batch's length), so a newcomer waits one step,
 not for the longest request of the batch to finish.
 
+A prefill skips the prompt tokens whose KV the decoder already holds (a
+recent prompt's start, or a group's common prefix computed once; see
+services.policy.prefix_cache): a chat template's system prompt is most of a
+short chat request.
+
 Every forward runs inside ``bundle.step()``: for a LoRA adapter version it
 applies the bundle's adapter to the batch's rows (services.policy.resident);
 the bundle of a batch is fixed, so every row of a batch uses one adapter today.
@@ -32,6 +37,7 @@ import torch.nn.functional as F
 
 from services.policy import metrics as pm
 from services.policy.model import ModelBundle
+from services.policy.prefix_cache import Prefix, PrefixCache, mergeable
 from services.policy.requests import FinishReason, GenerationHandle, SequenceResult, StreamChunk
 from services.policy.sampling import RowSampler, find_stop, streamable_length
 from services.policy.threads import ThreadTuner
@@ -141,12 +147,6 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _mergeable(cache) -> bool:
-    """Only plain per-layer key/value tensors can be padded and joined."""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
-
-
 # (bundle, free rows, padded length of the batch, most tokens any running row
 # may still generate) → requests to join the batch now.
 Admit = Callable[[ModelBundle, int, int, int], list[GenerationHandle]]
@@ -170,16 +170,23 @@ class _Running:
 class BatchDecoder:
     """Runs one batch to completion on one model bundle, admitting latecomers."""
 
-    def __init__(self, thread_choices: tuple[int, ...] = (), max_rows: int = 32, stream_interval: int = 1):
+    def __init__(
+        self,
+        thread_choices: tuple[int, ...] = (),
+        max_rows: int = 32,
+        stream_interval: int = 1,
+        prefix_caching: bool = True,
+    ):
         self.tuner = ThreadTuner(thread_choices)
         self.max_rows = max_rows
         self.stream_interval = stream_interval
+        self.prefixes = PrefixCache() if prefix_caching else None
 
     def run(self, bundle: ModelBundle, handles: list[GenerationHandle], admit: Admit | None = None) -> None:
         with torch.inference_mode():
             batch = self._prefill(bundle, handles)
             pm.BATCH_SIZE.observe(len(batch.rows))
-            if not _mergeable(batch.cache):
+            if not mergeable(batch.cache):
                 admit = None
             self._decode(bundle, batch, admit)
 
@@ -193,27 +200,56 @@ class BatchDecoder:
                     _Row(handle, i, min(handle.spec.max_new_tokens, room), bundle.eos_token_ids, self.stream_interval)
                 )
             pm.PROMPT_TOKENS.inc(len(handle.prompt_ids) * handle.spec.num_return_sequences)
-        width = max(len(r.handle.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), bundle.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            ids = row.handle.prompt_ids
-            input_ids[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[b, width - len(ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-        device = bundle.device
+        prompts = [r.handle.prompt_ids for r in rows]
+        prefix = self._prefix(bundle, prompts)
+        cache, mask, positions, logits = self._forward(bundle, prompts, prefix)
+        if self.prefixes is not None and prefix is None and len(rows) == 1 and mergeable(cache):
+            self.prefixes.remember(bundle, prompts[0], cache)  # a lone prompt: the next may share its start
+        sampler = RowSampler([r.handle.spec for r in rows], [r.handle.spec.row_seed(r.index) for r in rows])
+        return _Running(rows, cache, mask, positions[:, -1:] + 1, logits, sampler)
+
+    def _prefix(self, bundle: ModelBundle, prompts: list[list[int]]) -> Prefix | None:
+        """A cached prefix all ``prompts`` start with; else, for a group, their common
+        prefix computed once now (services.policy.prefix_cache); None: prefill them whole."""
+        if self.prefixes is None:
+            return None
+        prefix = self.prefixes.lookup(bundle, prompts)
+        shared = self.prefixes.shared_prefix(prompts) if prefix is None else 0
+        if shared:
+            head = prompts[0][:shared]
+            cache = self._forward(bundle, [head], None)[0]
+            if not mergeable(cache):  # this architecture's cache cannot take a prefix: stop trying
+                self.prefixes = None
+                return None
+            self.prefixes.remember(bundle, head, cache)
+            prefix = self.prefixes.lookup(bundle, prompts)
+        return prefix
+
+    def _forward(self, bundle: ModelBundle, prompts: list[list[int]], prefix: Prefix | None):
+        """Prefill ``prompts`` (after ``prefix``'s tokens, whose KV it copies to every row), left-padded:
+        (cache, mask [B, L], position ids [B, fed tokens], last logits [B, V])."""
+        skip = prefix.length if prefix is not None else 0
+        width = max(len(p) for p in prompts) - skip
+        input_ids = torch.full((len(prompts), width), bundle.pad_token_id, dtype=torch.long)
+        fed = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, ids in enumerate(prompts):
+            input_ids[b, width - len(ids) + skip :] = torch.tensor(ids[skip:], dtype=torch.long)
+            fed[b, width - len(ids) + skip :] = 1
+        positions = skip + (fed.cumsum(-1) - 1).clamp_(min=0)
+        # The prefix's columns come first; a shorter prompt's padding sits between them and its own tokens.
+        mask = fed if prefix is None else torch.cat([torch.ones((len(prompts), skip), dtype=torch.long), fed], dim=1)
+        device, model = bundle.device, bundle.model
+        past = {} if prefix is None else {_cache_kwarg(model): prefix.cache_for(len(prompts))}
         with bundle.step():  # the bundle's adapter (if any) on its rows
-            out = bundle.model(
+            out = model(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 use_cache=True,
                 logits_to_keep=1,
+                **past,
             )
-        sampler = RowSampler([r.handle.spec for r in rows], [r.handle.spec.row_seed(r.index) for r in rows])
-        return _Running(
-            rows, getattr(out, _cache_kwarg(bundle.model)), mask, positions[:, -1:] + 1, out.logits[:, -1, :], sampler
-        )
+        return getattr(out, _cache_kwarg(model)), mask, positions, out.logits[:, -1, :]
 
     def _decode(self, bundle: ModelBundle, batch: _Running, admit: Admit | None) -> None:
         model, device = bundle.model, bundle.device
@@ -228,7 +264,7 @@ class BatchDecoder:
             if not running:
                 return
             if len(running) < _COMPACT_BELOW * len(batch.rows):
-                tokens = self._compact(batch, running, tokens)
+                tokens = tokens[self._compact(batch, running)]
             batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
             threads = self.tuner.threads_for_next_step()
             started = time.perf_counter()
@@ -244,13 +280,28 @@ class BatchDecoder:
             batch.cache = getattr(out, cache_kw)
             batch.logits = out.logits[:, -1, :]
             batch.next_pos = batch.next_pos + 1
-            free = self.max_rows - len(batch.rows)
-            if admit is not None and free > 0:
-                joining = admit(bundle, free, batch.mask.shape[1], batch.remaining())
-                if joining:
-                    self._join(batch, self._prefill(bundle, joining))
+            if admit is not None:
+                self._admit(bundle, batch, admit)
 
-    def _compact(self, batch: _Running, running: list[int], tokens: torch.Tensor) -> torch.Tensor:
+    def _admit(self, bundle: ModelBundle, batch: _Running, admit: Admit) -> None:
+        """Join waiting requests to the batch. Rows that finished since the last
+        compaction leave first: the join copies the whole KV cache anyway, so
+        dropping them then costs nothing more, and a finished row left in
+        the batch costs a row's share of every later step (under a steady load
+        newcomers keep the batch from ever falling below ``_COMPACT_BELOW``)."""
+        running = [b for b, row in enumerate(batch.rows) if not row.finished]
+        free = self.max_rows - len(running)
+        if free <= 0:
+            return
+        joining = admit(bundle, free, batch.mask.shape[1], batch.remaining())
+        if not joining:
+            return
+        if len(running) < len(batch.rows):
+            self._compact(batch, running)
+        self._join(batch, self._prefill(bundle, joining))
+
+    def _compact(self, batch: _Running, running: list[int]) -> torch.Tensor:
+        """Keep only the rows ``running`` (the cache, mask and sampler with them); returns their index."""
         keep = torch.tensor(running, dtype=torch.long)
         batch.cache.batch_select_indices(keep.to(batch.logits.device))
         batch.rows = [batch.rows[b] for b in running]
@@ -258,12 +309,12 @@ class BatchDecoder:
         batch.mask, batch.next_pos, batch.logits = batch.mask[keep], batch.next_pos[keep], batch.logits[keep]
         # Columns no remaining row attends to (padding of rows that left): drop them.
         first = int(batch.mask.any(dim=0).nonzero()[0])
-        if first > 0 and _mergeable(batch.cache):
+        if first > 0 and mergeable(batch.cache):
             batch.mask = batch.mask[:, first:]
             for layer in batch.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
         self.tuner.abandon_probe()
-        return tokens[keep]
+        return keep
 
     def _join(self, batch: _Running, new: _Running) -> None:
         """Left-pad the shorter KV cache and mask, then stack the rows."""

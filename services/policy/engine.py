@@ -51,6 +51,9 @@ class EngineSettings:
     # every message costs the decoder a detokenization and a hand-off to a gRPC
     # thread that then competes with it for the GIL and the cores.
     stream_interval: int = 4
+    # Reuse the KV of prompt prefixes seen recently (a chat template's system
+    # prompt; see services/policy/prefix_cache.py).
+    prefix_caching: bool = True
     # What a SamplingRequest's unset fields mean when the version's model sets no default of its own.
     sampling: SamplingDefaults = SamplingDefaults()
 
@@ -62,7 +65,9 @@ class GenerationEngine:
     def __init__(self, bundle: ModelBundle, settings: EngineSettings = EngineSettings()):
         self.settings = settings
         self._bundle = bundle
-        self._decoder = BatchDecoder(settings.thread_choices, settings.max_batch_size, settings.stream_interval)
+        self._decoder = BatchDecoder(
+            settings.thread_choices, settings.max_batch_size, settings.stream_interval, settings.prefix_caching
+        )
         self._running: list[GenerationHandle] = []
         self._queue: collections.deque[GenerationHandle] = collections.deque()
         self._cond = threading.Condition()

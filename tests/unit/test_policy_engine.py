@@ -138,6 +138,28 @@ def test_a_request_joins_a_running_batch_and_decodes_as_if_alone(bundle):
         engine.stop()
 
 
+def test_a_finished_rows_slot_goes_to_a_newcomer(bundle):
+    # A full batch of 8 rows in which one row ends at once: 7 of 8 still run, above
+    # the share that compacts the batch, yet a newcomer takes the finished row's slot.
+    engine = GenerationEngine(bundle, EngineSettings(max_batch_size=8, batch_wait_s=0))  # queued before it starts
+    longs = [
+        engine.submit("User: hi", resolve_sampling(DEFAULTS, temperature=0, max_new_tokens=100, num_return_sequences=n))
+        for n in (4, 3)
+    ]
+    short = engine.submit(PROMPT, resolve_sampling(DEFAULTS, temperature=0, max_new_tokens=1))
+    greedy = resolve_sampling(DEFAULTS, temperature=0, max_new_tokens=10)
+    engine.start()
+    try:
+        short.result(30)
+        late = engine.submit(PROMPT, greedy)
+        text = late.result(30).sequences[0].text
+        assert not any(h.done() for h in longs)  # it joined the running batch
+        assert all(s.completion_tokens == 100 for h in longs for s in h.result(60).sequences)
+        assert text == engine.submit(PROMPT, greedy).result(30).sequences[0].text  # as if alone
+    finally:
+        engine.stop()
+
+
 def test_stream_interval_sends_one_message_per_interval_with_the_same_text(bundle):
     sampling = resolve_sampling(DEFAULTS, temperature=0, max_new_tokens=16)
     sent = {}

@@ -75,6 +75,16 @@ def test_a_rows_draws_do_not_depend_on_its_batch_neighbours():
         assert alone.next_tokens(logits).item() == batched.next_tokens(row)[1].item()
 
 
+def test_sampled_frequencies_follow_the_softmax():
+    spec = resolve_sampling(DEFAULTS, temperature=1.0, seed=7)
+    sampler = RowSampler([spec], [spec.seed])
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    logits = probs.clamp(min=1e-30).log()[None, :]
+    draws = torch.tensor([sampler.next_tokens(logits).item() for _ in range(4000)])
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[4] == 0 and torch.allclose(freq[:4], probs[:4], atol=0.03)
+
+
 def test_top_k_keeps_only_the_k_best():
     spec = resolve_sampling(DEFAULTS, temperature=5.0, top_k=3, seed=0)
     sampler = RowSampler([spec], [spec.seed])
