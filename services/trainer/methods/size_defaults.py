@@ -9,8 +9,9 @@ from 0 to 33.5 nats in 5 steps (budget 20) while the reward rose (issue 19). So 
 the value in :data:`PRETRAINED_DEFAULTS`: a LoRA adapter instead of all weights (one copy
 of the base in memory, an adapter version to promote) and one pass over each step's rows.
 Each method keeps its own KL weight (their meanings differ: a per-token penalty, a
-per-sequence one, DPO's beta). docs/BENCHMARKS.md ("Settings for a pretrained model") has the runs
-behind each value.
+per-sequence one, DPO's beta). What rests on measurement: the reward hacking above, and LoRA's one
+copy of the base and 0.64-0.70x peak RSS (docs/BENCHMARKS.md, "Trainer step: LoRA adapter vs full
+fine-tuning"); the learning rate is the toy's 1e-4, not yet swept on a pretrained model.
 
 "Did not change" means equal to the declared default: a setting given explicitly with the
 toy's value is fitted too; ``--policy-size-defaults false`` keeps every declared default.
